@@ -1,0 +1,204 @@
+"""``kronos-stream bench inference``: the fast engine against the recompute-everything baseline.
+
+Both run in the same process on the same random-weight models and inputs, interleaved
+(fast, baseline, fast, baseline, ...), so machine noise hits both alike. Prints forecasts/s of
+each, their ratio, the token-forwards each needed, and writes everything to a JSON file.
+With ``--compare-dtype bfloat16`` it also reports the greedy token agreement of that dtype with
+float32 on the same inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kronos_core.engine import GenerationStats, KronosEngine, SamplingParams
+from kronos_core.presets import build_pair
+from kronos_core.reference_generate import generate_recompute
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="Kronos-small", help="predictor preset (random weights), e.g. Kronos-small")
+    p.add_argument("--context", type=int, default=400, help="context bars per series")
+    p.add_argument("--horizon", type=int, default=30, help="bars to forecast")
+    p.add_argument("--batch", type=int, default=8, help="series per call")
+    p.add_argument("--sample-count", type=int, default=1, help="sample paths per series")
+    p.add_argument("--max-context", type=int, default=512)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
+    p.add_argument("--baseline-repeats", type=int, default=None, help="baseline rounds (default: --repeats)")
+    p.add_argument("--no-baseline", action="store_true", help="time only the fast path (large batches)")
+    p.add_argument("--compare-dtype", default=None, choices=sorted(DTYPES), help="greedy token agreement vs fp32")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/bench_inference.json", help="where to write the JSON results")
+
+
+def _inputs(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(args.seed)
+    xs = [np.clip(rng.standard_normal((args.context, 6)), -5, 5).astype(np.float32) for _ in range(args.batch)]
+    minutes = np.arange(args.context + args.horizon) * 5
+    stamp = np.stack(
+        [minutes % 60, (minutes // 60) % 24, (minutes // 1440) % 5, 1 + (minutes // 1440) % 28, np.full_like(minutes, 6)],
+        axis=1,
+    ).astype(np.float32)
+    return xs, [stamp[: args.context]] * args.batch, [stamp[args.context :]] * args.batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer, model = build_pair(args.preset, seed=args.seed)
+    engine = KronosEngine(model, tokenizer, device=args.device, max_context=args.max_context, dtype=DTYPES[args.dtype])
+    device = engine.device
+    xs, x_st, y_st = _inputs(args)
+    params = SamplingParams(T=1.0, top_k=0, top_p=0.9, sample_count=args.sample_count)
+    seeds = list(range(args.batch))
+
+    def fast() -> GenerationStats:
+        stats = GenerationStats()
+        engine.generate(xs, x_st, y_st, args.horizon, params, seeds=seeds, stats=stats)
+        _sync(device)
+        return stats
+
+    x_t = torch.as_tensor(np.stack(xs), device=device).to(engine.dtype)
+    xs_t = torch.as_tensor(np.stack(x_st), device=device).to(engine.dtype)
+    ys_t = torch.as_tensor(np.stack(y_st), device=device).to(engine.dtype)
+
+    def baseline() -> None:
+        generate_recompute(
+            engine.tokenizer, engine.model, x_t, xs_t, ys_t, args.horizon, args.max_context,
+            T=1.0, top_k=0, top_p=0.9, sample_count=args.sample_count,
+        )
+        _sync(device)
+
+    fast()  # warm-up (allocator, kernels)
+    fast_s: list[float] = []
+    base_s: list[float] = []
+    stats = GenerationStats()
+    base_rounds = args.repeats if args.baseline_repeats is None else args.baseline_repeats
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        stats = fast()
+        fast_s.append(time.perf_counter() - t0)
+        if not args.no_baseline and r < base_rounds:
+            t0 = time.perf_counter()
+            baseline()
+            base_s.append(time.perf_counter() - t0)
+
+    n = args.batch
+    fast_fps = n / statistics.median(fast_s)
+    result: dict[str, Any] = {
+        "preset": args.preset,
+        "context": args.context,
+        "horizon": args.horizon,
+        "batch": n,
+        "sample_count": args.sample_count,
+        "max_context": args.max_context,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "fast_seconds": fast_s,
+        "fast_forecasts_per_s": fast_fps,
+        "fast_token_forwards_per_forecast": (stats.prefill_tokens + stats.step_tokens + stats.recompute_tokens) / n,
+        "fast_stage_ms": stats.timings_ms,
+    }
+    if base_s:
+        base_fps = n / statistics.median(base_s)
+        base_forwards = sum(min(args.context + i, args.max_context) for i in range(args.horizon)) * args.sample_count
+        result.update(
+            baseline_seconds=base_s,
+            baseline_forecasts_per_s=base_fps,
+            baseline_token_forwards_per_forecast=base_forwards,
+            speedup=fast_fps / base_fps,
+        )
+    if args.compare_dtype:
+        result["dtype_agreement"] = greedy_agreement(args, model, tokenizer, DTYPES[args.compare_dtype], xs, x_st, y_st)
+    return result
+
+
+def greedy_agreement(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    tokenizer: torch.nn.Module,
+    dtype: torch.dtype,
+    xs: list[np.ndarray],
+    x_st: list[np.ndarray],
+    y_st: list[np.ndarray],
+) -> dict[str, float]:
+    """Greedy decoding in ``dtype`` against float32 on the same inputs: token agreement, forecast gap."""
+    greedy = SamplingParams(T=1.0, top_k=1, top_p=1.0)
+    runs = []
+    for dt in (torch.float32, dtype):
+        eng = KronosEngine(model, tokenizer, device=args.device, max_context=args.max_context, dtype=dt)  # type: ignore[arg-type]
+        stats = GenerationStats()
+        with torch.inference_mode():
+            state = eng.prefill(xs, x_st, y_st, args.horizon, stats)
+            runs.append(eng.run_horizon_tokens(state, args.horizon, greedy, seeds=list(range(len(xs))), stats=stats))
+    (p32, t32), (plo, tlo) = runs
+    first_diff = [int(np.argmax(a != b)) if (a != b).any() else args.horizon for a, b in zip(t32[0, :, 0], tlo[0, :, 0], strict=True)]
+    return {
+        "s1_token_agreement": float((t32[0] == tlo[0]).mean()),
+        "s2_token_agreement": float((t32[1] == tlo[1]).mean()),
+        "mean_steps_before_first_s1_divergence": float(np.mean(first_diff)),
+        "forecast_mean_abs_diff_normalised": float(np.abs(p32 - plo).mean()),
+    }
+
+
+def print_report(result: dict[str, Any]) -> None:
+    print(
+        f"preset={result['preset']} context={result['context']} horizon={result['horizon']} batch={result['batch']} "
+        f"samples={result['sample_count']} device={result['device']} ({result['device_name']}) dtype={result['dtype']} "
+        f"threads={result['threads']}"
+    )
+    print(
+        f"fast path:  {result['fast_forecasts_per_s']:.3f} forecasts/s "
+        f"({result['fast_token_forwards_per_forecast']:.0f} token-forwards per forecast)"
+    )
+    if "speedup" in result:
+        print(
+            f"recompute:  {result['baseline_forecasts_per_s']:.3f} forecasts/s "
+            f"({result['baseline_token_forwards_per_forecast']:.0f} token-forwards per forecast)"
+        )
+        print(f"speedup:    {result['speedup']:.1f}x (median of interleaved rounds)")
+    if "dtype_agreement" in result:
+        print(f"dtype fidelity vs fp32: {result['dtype_agreement']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kronos-stream bench inference", description=__doc__)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    return run_and_report(args)
+
+
+def run_and_report(args: argparse.Namespace) -> int:
+    result = run(args)
+    print_report(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,480 @@
+"""The fast generation engine: the same answers as upstream's recompute loop, with less work.
+
+Upstream runs the whole window through the predictor at every generated step. Here:
+
+- the context is tokenised once and run through the predictor once (prefill), filling a
+  per-layer :class:`~kronos_core.kv_cache.KVCache`;
+- each generated step feeds one token through the transformer, attending to the cache;
+- the dependency-aware layer's keys/values (projections of the context rows) are cached
+  too, and only the last row of its output is computed (upstream computes all rows and
+  keeps the last);
+- the prompt is prefilled once per series and shared by its ``sample_count`` paths, for the
+  predictor and for the tokenizer's decoder (whose context rows are decoded once, then each
+  path decodes only its horizon against that prefix);
+- series of different lengths share one batch: right padding, per-row positions and masks.
+
+Exactness, including the sliding window: while ``len(context) + step <= max_context`` the
+cached computation equals upstream's (rows of a causal window never change when tokens are
+appended). Once a row's sequence outgrows ``max_context``, upstream re-windows it to the last
+``max_context`` tokens and renumbers positions from 0, which changes every hidden state; those
+rows fall back to a full recompute of their window at every remaining step, exactly like
+upstream and at upstream's cost for those steps. Rows that still fit keep their caches.
+
+Sampling uses :mod:`kronos_core.counter_rng` when per-series seeds are given (a series'
+draws then do not depend on the rest of the batch), else ``generator`` or torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kronos_core.counter_rng import path_seeds, sample_inverse_cdf, uniforms
+from kronos_core.device import resolve_device
+from kronos_core.kv_cache import KVCache, key_mask, make_caches
+from kronos_core.layers import SelfAttention
+from kronos_core.model import Kronos
+from kronos_core.sampling import filter_logits
+from kronos_core.tokenizer import KronosTokenizer
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Upstream's sampling knobs (same names and defaults as ``KronosPredictor.predict``)."""
+
+    T: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.9
+    sample_count: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.T > 0:
+            raise ValueError(f"temperature T must be > 0, got {self.T}; use top_k=1 for greedy decoding")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.sample_count < 1:
+            raise ValueError(f"sample_count must be >= 1, got {self.sample_count}")
+
+
+@dataclass
+class GenerationStats:
+    """What the engine did (token-forwards per stage, wall time per stage)."""
+
+    encode_tokens: int = 0
+    prefill_tokens: int = 0
+    step_tokens: int = 0
+    recompute_tokens: int = 0
+    decode_tokens: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, stage: str, since: float) -> None:
+        self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (time.perf_counter() - since) * 1e3
+
+
+@dataclass
+class DecodeState:
+    """Everything generation needs after the context has been run through the predictor.
+
+    One row per series. Token/stamp buffers index tokens from the start of the series' token
+    sequence; while a row fits in ``max_context`` the token index is also its rotary position.
+    """
+
+    caches: list[KVCache]  # per layer, [B, H, T, D]
+    last_logits: Tensor  # [B, V1] s1 logits after the last context token
+    h_last: Tensor  # [B, d] last context row (after the final norm)
+    dep_k: Tensor  # [B, Hd, T, Dd] dependency-layer keys of the context rows
+    dep_v: Tensor  # [B, Hd, T, Dd]
+    tok1: Tensor  # [B, L_max + H] s1 ids (context, then room for the horizon)
+    tok2: Tensor  # [B, L_max + H]
+    stamps: Tensor  # [B, L_max + H, 5] time features of context and horizon
+    lengths: list[int]  # context tokens per row
+
+    @property
+    def cache_len(self) -> int:
+        return self.dep_k.shape[2]
+
+
+def _gather_windows(buf: Tensor, starts: Tensor, width: int) -> Tensor:
+    """Rows ``buf[n, starts[n] : starts[n] + width]`` (indices clamped to the buffer).  # [N, width, ...]"""
+    idx = (starts[:, None] + torch.arange(width, device=buf.device)[None, :]).clamp_(0, buf.shape[1] - 1)
+    if buf.dim() == 2:
+        return torch.gather(buf, 1, idx)
+    return torch.gather(buf, 1, idx[:, :, None].expand(-1, -1, buf.shape[2]))
+
+
+def _scatter_rows(buf: Tensor, positions: Tensor, values: Tensor) -> None:
+    """``buf[n, :, positions[n, s]] = values[n, :, s]`` for a [N, H, T, D] buffer."""
+    rows = torch.arange(buf.shape[0], device=buf.device)[:, None]
+    buf.transpose(1, 2)[rows, positions] = values.transpose(1, 2)
+
+
+class _Sampler:
+    """One uniform per row and draw: counter-based (seeded), from a generator, or global."""
+
+    def __init__(self, seeds: Tensor | None, generator: torch.Generator | None, n_rows: int, device: torch.device):
+        self.seeds, self.generator, self.n_rows, self.device = seeds, generator, n_rows, device
+
+    def draw(self, logits: Tensor, params: SamplingParams, counter: int) -> Tensor:  # [N, 1]
+        probs = F.softmax(filter_logits(logits / params.T, params.top_k, params.top_p), dim=-1)
+        if self.seeds is not None:
+            u = uniforms(self.seeds, counter)
+        else:
+            u = torch.rand(self.n_rows, generator=self.generator, dtype=torch.float64, device=self.device)
+        return sample_inverse_cdf(probs, u)
+
+
+class KronosEngine:
+    """KV-cached, batched generation over a :class:`Kronos` predictor and its tokenizer."""
+
+    def __init__(
+        self,
+        model: Kronos,
+        tokenizer: KronosTokenizer,
+        *,
+        device: str | torch.device | None = None,
+        max_context: int = 512,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if max_context < 2:
+            raise ValueError(f"max_context must be >= 2, got {max_context}")
+        self.device = resolve_device(device)
+        self.dtype = dtype or torch.float32
+        if self.dtype != torch.float32:
+            # A private low-precision copy; the caller's fp32 modules stay untouched.
+            model, tokenizer = copy.deepcopy(model), copy.deepcopy(tokenizer)
+        self.model = model.to(self.device, self.dtype).eval()
+        self.tokenizer = tokenizer.to(self.device, self.dtype).eval()
+        self.max_context = max_context
+
+    # ------------------------------------------------------------------ cache factories
+
+    def predictor_caches(self, rows: int, length: int) -> list[KVCache]:
+        m = self.model
+        return make_caches(m.n_layers, rows, m.n_heads, length, m.head_dim, device=self.device, dtype=self.dtype)
+
+    def _coder_caches(self, blocks: torch.nn.ModuleList, rows: int, length: int) -> list[KVCache]:
+        if len(blocks) == 0:
+            return []
+        attn = blocks[0].self_attn
+        assert isinstance(attn, SelfAttention)
+        return make_caches(len(blocks), rows, attn.n_heads, length, attn.head_dim, device=self.device, dtype=self.dtype)
+
+    def encoder_caches(self, rows: int, length: int) -> list[KVCache]:
+        return self._coder_caches(self.tokenizer.encoder, rows, length)
+
+    def decoder_caches(self, rows: int, length: int) -> list[KVCache]:
+        return self._coder_caches(self.tokenizer.decoder, rows, length)
+
+    # ------------------------------------------------------------------ tokenizer pieces
+
+    def encode(
+        self,
+        x: Tensor,  # [B, S, 6] normalised bars
+        *,
+        positions: Tensor | None = None,
+        caches: Sequence[KVCache] | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """s1, s2 ids [B, S]; with caches, rows are appended at ``positions`` (incremental encoding)."""
+        z = self.tokenizer.embed(x.to(self.dtype))
+        for i, layer in enumerate(self.tokenizer.encoder):
+            z = layer(z, positions=positions, kv_cache=None if caches is None else caches[i], attn_mask=attn_mask)
+        _, _, ids = self.tokenizer.tokenizer(self.tokenizer.quant_embed(z), half=True, collect_metrics=False)
+        return ids[0], ids[1]
+
+    def decode_ids(
+        self,
+        s1: Tensor,
+        s2: Tensor,  # [B, S]
+        *,
+        positions: Tensor | None = None,
+        caches: Sequence[KVCache] | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Bars [B, S, 6] (normalised) from ids through the full-code decoder path."""
+        h = self.tokenizer.post_quant_embed(self.tokenizer.indices_to_bits([s1, s2], half=True).to(self.dtype))
+        for i, layer in enumerate(self.tokenizer.decoder):
+            h = layer(h, positions=positions, kv_cache=None if caches is None else caches[i], attn_mask=attn_mask)
+        return self.tokenizer.head(h).float()
+
+    # ------------------------------------------------------------------ predictor pieces
+
+    def step(
+        self, s1: Tensor, s2: Tensor, stamp: Tensor, positions: Tensor, caches: Sequence[KVCache]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Feed tokens [N, S] at ``positions`` [N, S]: (s1 logits [N, V1], rows [N, S, d], dep k, dep v)."""
+        x = self.model.embed(s1, s2, stamp.to(self.dtype))
+        h = self.model.run_transformer(
+            x, positions=positions, kv_caches=caches, attn_mask=key_mask(positions, caches[0].max_len)
+        )
+        k, v = self.model.dep_layer.cross_attn.project_kv(h, h)
+        return self.model.head(h[:, -1]).float(), h, k, v
+
+    def s2_logits(self, s1: Tensor, h_last: Tensor, dep_k: Tensor, dep_v: Tensor, n_keys: Tensor) -> Tensor:
+        """Upstream's one-step ``decode_s2``, last row only.  # [N, V2]
+
+        s1 [N, 1]; h_last [N, d] the last context row; dep_k/dep_v [N, H, T, D] projected context
+        rows; n_keys [N] how many of them are valid for each row.
+        """
+        query = self.model.embedding.emb_s1(s1)  # [N, 1, d], unscaled as upstream
+        padded = torch.arange(dep_k.shape[2], device=self.device)[None, :] >= n_keys[:, None]  # [N, T]
+        attn = self.model.dep_layer.cross_attn.attend(query, dep_k, dep_v, padding_mask=padded)  # [N, 1, d]
+        x2 = self.model.dep_layer.norm(h_last[:, None, :] + attn)
+        return self.model.head.cond_forward(x2)[:, 0].float()
+
+    def _recompute_window(self, s1: Tensor, s2: Tensor, stamp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Upstream's full pass over windows [n, max_context]: (s1 logits, last row, dep k, dep v)."""
+        logits, ctx = self.model.decode_s1(s1, s2, stamp.to(self.dtype))
+        dep_k, dep_v = self.model.dep_layer.cross_attn.project_kv(ctx, ctx)
+        return logits[:, -1].float(), ctx[:, -1], dep_k, dep_v
+
+    # ------------------------------------------------------------------ generation
+
+    def prefill(
+        self,
+        xs: Sequence[np.ndarray],
+        x_stamps: Sequence[np.ndarray],
+        y_stamps: Sequence[np.ndarray],
+        horizon: int,
+        stats: GenerationStats,
+    ) -> DecodeState:
+        """Tokenise every context once and run its last ``max_context`` tokens through the predictor."""
+        dev, t0 = self.device, time.perf_counter()
+        lengths = [len(x) for x in xs]
+        if min(lengths) < 1:
+            raise ValueError("every series needs at least one context row")
+        n, l_max = len(xs), max(lengths)
+        x_pad = torch.zeros(n, l_max, 6, device=dev)
+        stamps = torch.zeros(n, l_max + horizon, 5, device=dev)
+        for b, (x, xs_, ys_) in enumerate(zip(xs, x_stamps, y_stamps, strict=True)):
+            x_pad[b, : lengths[b]] = torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)
+            stamps[b, : lengths[b]] = torch.as_tensor(np.asarray(xs_, dtype=np.float32), device=dev)
+            stamps[b, lengths[b] : lengths[b] + horizon] = torch.as_tensor(np.asarray(ys_, dtype=np.float32), device=dev)
+        ctx_s1, ctx_s2 = self.encode(x_pad)  # right padding is harmless: the encoder is causal
+        tok1 = torch.zeros(n, l_max + horizon, dtype=torch.long, device=dev)
+        tok2 = torch.zeros_like(tok1)
+        tok1[:, :l_max], tok2[:, :l_max] = ctx_s1, ctx_s2
+        stats.encode_tokens += sum(lengths)
+        stats.add_time("encode", t0)
+
+        t1 = time.perf_counter()
+        length_t = torch.tensor(lengths, device=dev)
+        window = length_t.clamp(max=self.max_context)
+        w_max = int(window.max())
+        starts = length_t - window
+        p1, p2 = _gather_windows(tok1, starts, w_max), _gather_windows(tok2, starts, w_max)
+        pst = _gather_windows(stamps, starts, w_max).to(self.dtype)
+        cache_len = min(self.max_context, w_max + horizon)
+        caches = self.predictor_caches(n, cache_len)
+        logits, ctx = self.model.decode_s1(p1, p2, pst, positions=torch.arange(w_max, device=dev), kv_caches=caches)
+        rows = torch.arange(n, device=dev)
+        k_ctx, v_ctx = self.model.dep_layer.cross_attn.project_kv(ctx, ctx)  # [B, Hd, W, Dd]
+        dep_k = k_ctx.new_zeros(n, k_ctx.shape[1], cache_len, k_ctx.shape[3])
+        dep_v = torch.zeros_like(dep_k)
+        dep_k[:, :, :w_max], dep_v[:, :, :w_max] = k_ctx, v_ctx
+        stats.prefill_tokens += int(window.sum())
+        stats.add_time("prefill", t1)
+        return DecodeState(
+            caches=caches,
+            last_logits=logits[rows, window - 1].float(),
+            h_last=ctx[rows, window - 1],
+            dep_k=dep_k,
+            dep_v=dep_v,
+            tok1=tok1,
+            tok2=tok2,
+            stamps=stamps,
+            lengths=lengths,
+        )
+
+    def run_horizon(
+        self,
+        state: DecodeState,
+        horizon: int,
+        params: SamplingParams,
+        *,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        stats: GenerationStats,
+        decoder_prefix: tuple[list[KVCache], Tensor] | None = None,
+    ) -> np.ndarray:
+        """Sample ``horizon`` tokens for every path and decode them.  # [B, S, H, 6] normalised
+
+        ``decoder_prefix`` optionally gives ready decoder caches [B, ...] of the context tokens and
+        the number of rows filled per series (incremental sessions keep these warm).
+        """
+        preds, _ = self.run_horizon_tokens(
+            state, horizon, params, seeds=seeds, generator=generator, stats=stats, decoder_prefix=decoder_prefix
+        )
+        return preds
+
+    def run_horizon_tokens(
+        self,
+        state: DecodeState,
+        horizon: int,
+        params: SamplingParams,
+        *,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        stats: GenerationStats,
+        decoder_prefix: tuple[list[KVCache], Tensor] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`run_horizon`, plus the generated (s1, s2) ids.  # [B, S, H, 6], [2, B, S, H]"""
+        dev, max_ctx, n_paths = self.device, self.max_context, params.sample_count
+        n_series = len(state.lengths)
+        t0 = time.perf_counter()
+        caches, last_logits, h_last = state.caches, state.last_logits, state.h_last
+        dep_k, dep_v = state.dep_k, state.dep_v
+        tok1, tok2, stamps = state.tok1, state.tok2, state.stamps
+        length_t = torch.tensor(state.lengths, device=dev)
+        if n_paths > 1:
+            caches = [c.repeat_rows(n_paths) for c in caches]
+            last_logits, h_last = last_logits.repeat_interleave(n_paths, 0), h_last.repeat_interleave(n_paths, 0)
+            dep_k, dep_v = dep_k.repeat_interleave(n_paths, 0), dep_v.repeat_interleave(n_paths, 0)
+            tok1, tok2 = tok1.repeat_interleave(n_paths, 0), tok2.repeat_interleave(n_paths, 0)
+            stamps = stamps.repeat_interleave(n_paths, 0)
+            length_t = length_t.repeat_interleave(n_paths, 0)
+        else:
+            dep_k, dep_v, tok1, tok2 = dep_k.clone(), dep_v.clone(), tok1.clone(), tok2.clone()
+        n_rows, cache_len = n_series * n_paths, state.cache_len
+        rows = torch.arange(n_rows, device=dev)
+        row_lengths = [n for n in state.lengths for _ in range(n_paths)]
+        seed_t = None
+        if seeds is not None:
+            if len(seeds) != n_series:
+                raise ValueError(f"got {len(seeds)} seeds for {n_series} series; pass one seed per series")
+            seed_t = path_seeds(torch.tensor([int(s) for s in seeds], dtype=torch.long, device=dev), n_paths)
+        sampler = _Sampler(seed_t, generator, n_rows, dev)
+
+        for t in range(horizon):
+            cur = length_t + t  # tokens available per row  # [N]
+            sliding = [n + t > max_ctx for n in row_lengths]
+            s1_logits, h_cur, k_cur, v_cur, n_keys = last_logits, h_last, dep_k, dep_v, cur.clamp(max=cache_len)
+            if any(sliding):
+                # Upstream re-windows these rows: recompute their last max_context tokens.
+                slide_rows = torch.tensor([i for i, s in enumerate(sliding) if s], device=dev)
+                w_start = cur[slide_rows] - max_ctx
+                r_logits, r_h, r_k, r_v = self._recompute_window(
+                    _gather_windows(tok1[slide_rows], w_start, max_ctx),
+                    _gather_windows(tok2[slide_rows], w_start, max_ctx),
+                    _gather_windows(stamps[slide_rows], w_start, max_ctx),
+                )
+                stats.recompute_tokens += len(slide_rows) * max_ctx
+                s1_logits, h_cur, n_keys = s1_logits.clone(), h_cur.clone(), n_keys.clone()
+                s1_logits[slide_rows], h_cur[slide_rows], n_keys[slide_rows] = r_logits, r_h, max_ctx
+                pad = max(0, max_ctx - k_cur.shape[2])
+                k_cur, v_cur = F.pad(k_cur, (0, 0, 0, pad)), F.pad(v_cur, (0, 0, 0, pad))
+                k_cur[slide_rows], v_cur[slide_rows] = r_k, r_v
+
+            s1 = sampler.draw(s1_logits, params, 2 * t)  # [N, 1]
+            s2 = sampler.draw(self.s2_logits(s1, h_cur, k_cur, v_cur, n_keys), params, 2 * t + 1)
+            tok1[rows, cur], tok2[rows, cur] = s1[:, 0], s2[:, 0]
+
+            if t + 1 < horizon and not all(n + t + 1 > max_ctx for n in row_lengths):
+                # Feed the new token (rows that will slide next step write a harmless clamped slot).
+                pos = cur.clamp(max=cache_len - 1)[:, None]  # [N, 1]
+                last_logits, h_new, k_new, v_new = self.step(s1, s2, stamps[rows, cur][:, None], pos, caches)
+                h_last = h_new[:, 0]
+                _scatter_rows(dep_k, pos, k_new)
+                _scatter_rows(dep_v, pos, v_new)
+                stats.step_tokens += n_rows
+        stats.add_time("generate", t0)
+
+        t1 = time.perf_counter()
+        preds = self._decode_horizon(tok1, tok2, length_t, horizon, n_paths, stats, decoder_prefix)
+        stats.add_time("decode", t1)
+        gen = torch.stack([_gather_windows(tok1, length_t, horizon), _gather_windows(tok2, length_t, horizon)])
+        return (
+            preds.reshape(n_series, n_paths, horizon, -1).cpu().numpy(),
+            gen.reshape(2, n_series, n_paths, horizon).cpu().numpy(),
+        )
+
+    def _decode_horizon(
+        self,
+        tok1: Tensor,
+        tok2: Tensor,  # [N, L_max + H] rows per path
+        length_t: Tensor,  # [N]
+        horizon: int,
+        n_paths: int,
+        stats: GenerationStats,
+        decoder_prefix: tuple[list[KVCache], Tensor] | None,
+    ) -> Tensor:
+        """Decode each path's last ``min(L + H, max_context)`` tokens, keep the horizon rows.  # [N, H, 6]
+
+        The context part of the decoded window is the same for every path of a series: it is
+        decoded once per series into decoder caches, then each path decodes its horizon tokens
+        against them (the decoder is causal, so this equals decoding the whole window).
+        """
+        dev = self.device
+        total = length_t + horizon
+        d_window = total.clamp(max=self.max_context)
+        d_start = total - d_window
+        prefix_len = d_window - horizon  # context rows inside the decoded window  # [N]
+        series_rows = torch.arange(0, len(length_t), n_paths, device=dev)
+        if decoder_prefix is not None:
+            dec_caches, filled = decoder_prefix
+            if not torch.equal(filled.to(dev), prefix_len[series_rows]):
+                raise ValueError("decoder prefix caches do not cover the decoded window")
+        else:
+            p_max = int(prefix_len.max())
+            dec_caches = self.decoder_caches(len(series_rows), int(d_window.max()))
+            if p_max > 0 and dec_caches:
+                starts = d_start[series_rows]
+                self.decode_ids(
+                    _gather_windows(tok1[series_rows], starts, p_max),
+                    _gather_windows(tok2[series_rows], starts, p_max),
+                    positions=torch.arange(p_max, device=dev),
+                    caches=dec_caches,
+                )
+                stats.decode_tokens += int(prefix_len[series_rows].sum())
+        if n_paths > 1:
+            dec_caches = [c.repeat_rows(n_paths) for c in dec_caches]
+        pos = prefix_len[:, None] + torch.arange(horizon, device=dev)[None, :]  # [N, H]
+        h_start = length_t  # generated tokens start right after the context
+        z = self.decode_ids(
+            _gather_windows(tok1, h_start, horizon),
+            _gather_windows(tok2, h_start, horizon),
+            positions=pos,
+            caches=dec_caches or None,
+            attn_mask=key_mask(pos, dec_caches[0].max_len) if dec_caches else None,
+        )
+        stats.decode_tokens += int(len(length_t) * horizon)
+        return z
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        xs: Sequence[np.ndarray],
+        x_stamps: Sequence[np.ndarray],
+        y_stamps: Sequence[np.ndarray],
+        pred_len: int,
+        params: SamplingParams | None = None,
+        *,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        stats: GenerationStats | None = None,
+    ) -> np.ndarray:
+        """Normalised forecasts of every sample path.  # [B, S, pred_len, 6] float32
+
+        xs[b] [L_b, 6] normalised and clipped bars, x_stamps[b] [L_b, 5], y_stamps[b]
+        [pred_len, 5] time features; lengths may differ between series.
+        """
+        params = params or SamplingParams()
+        stats = stats if stats is not None else GenerationStats()
+        if pred_len < 1:
+            raise ValueError(f"pred_len must be >= 1, got {pred_len}")
+        if len(xs) == 0:
+            return np.zeros((0, params.sample_count, pred_len, 6), dtype=np.float32)
+        t0 = time.perf_counter()
+        state = self.prefill(xs, x_stamps, y_stamps, pred_len, stats)
+        out = self.run_horizon(state, pred_len, params, seeds=seeds, generator=generator, stats=stats)
+        stats.add_time("total", t0)
+        return out

@@ -1,0 +1,142 @@
+"""The streaming session API: exact mode equals predict on the same window; incremental mode
+keeps its token cache, refreshes on schedule and on drift, and survives a restart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kronos_core import KronosPredictor
+from kronos_core.engine import KronosEngine, SamplingParams
+from kronos_core.stream_types import SeriesWindow, TokenState, derive_seed
+from kronos_core.streaming import StreamConfig, StreamingForecaster
+
+COLUMNS = ["open", "high", "low", "close", "volume", "amount"]
+GREEDY = SamplingParams(T=1.0, top_k=1, top_p=1.0)
+MAX_CONTEXT, HORIZON = 64, 8
+
+
+@pytest.fixture(scope="module")
+def arrays(bars):
+    return bars[COLUMNS].to_numpy(np.float64), bars["timestamps"].to_numpy("datetime64[ns]")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tiny_tokenizer) -> KronosEngine:
+    return KronosEngine(tiny_model, tiny_tokenizer, device="cpu", max_context=MAX_CONTEXT)
+
+
+def _stream(forecaster, arrays, first: int, last: int, *, restart_every: int | None = None, symbol: str = "S"):
+    values, ts = arrays
+    state, out = None, []
+    for i in range(first, last):
+        lo = max(0, i + 1 - MAX_CONTEXT)
+        if restart_every and i % restart_every == 0:
+            forecaster.drop([symbol])  # a new process: only what the store kept survives
+            state = None if state is None else TokenState.from_dict(state.to_dict())
+        window = SeriesWindow(symbol, values[lo : i + 1], ts[lo : i + 1], ts[i + 1 : i + 1 + HORIZON],
+                              seed=derive_seed(symbol, int(ts[i].astype(np.int64)), "test"), token_state=state)
+        (f,) = forecaster.forecast([window], HORIZON)
+        state = f.token_state
+        out.append(f)
+    return out
+
+
+def test_exact_stream_equals_predict_on_the_same_window(engine, arrays, bars, tiny_model, tiny_tokenizer) -> None:
+    fc = StreamingForecaster(engine, StreamConfig(mode="exact", sampling=GREEDY), model_version="t")
+    out = _stream(fc, arrays, 100, 104)
+    predictor = KronosPredictor(tiny_model, tiny_tokenizer, device="cpu", max_context=MAX_CONTEXT)
+    lookback = fc.lookback(HORIZON)
+    for k, i in enumerate(range(100, 104)):
+        ctx = bars.iloc[i + 1 - lookback : i + 1]
+        fut = bars["timestamps"].iloc[i + 1 : i + 1 + HORIZON]
+        ref = predictor.predict(ctx[COLUMNS], ctx["timestamps"], fut, HORIZON, top_k=1, top_p=1.0, verbose=False)
+        np.testing.assert_allclose(out[k].mean, ref.to_numpy(), rtol=1e-4, atol=1e-5)
+        assert out[k].token_state is None
+
+
+def test_incremental_keeps_tokens_and_refreshes_on_schedule(engine, arrays) -> None:
+    fc = StreamingForecaster(engine, StreamConfig(mode="incremental", sampling=GREEDY, refresh_every=10),
+                             model_version="t")
+    out = _stream(fc, arrays, 200, 235)
+    states = [f.token_state for f in out]
+    assert all(s is not None for s in states)
+    refreshes = [k for k, s in enumerate(states) if s.bars_since_refresh == 0]
+    assert refreshes[0] == 0 and all(b - a == 11 for a, b in zip(refreshes, refreshes[1:], strict=False))
+    for prev, cur in zip(states, states[1:], strict=False):
+        if cur.bars_since_refresh:  # appended: earlier tokens unchanged, one more token
+            np.testing.assert_array_equal(cur.s1[:-1], prev.s1)
+            np.testing.assert_array_equal(cur.s2[:-1], prev.s2)
+            np.testing.assert_array_equal(cur.mean, prev.mean)
+            assert len(cur) == len(prev) + 1
+    assert all(len(s) + HORIZON <= MAX_CONTEXT for s in states)
+
+
+def test_incremental_after_restart_equals_warm(engine, arrays) -> None:
+    cfg = StreamConfig(mode="incremental", sampling=SamplingParams(sample_count=3), refresh_every=12)
+    warm = _stream(StreamingForecaster(engine, cfg, model_version="t"), arrays, 300, 330)
+    cold = _stream(StreamingForecaster(engine, cfg, model_version="t"), arrays, 300, 330, restart_every=4)
+    for a, b in zip(warm, cold, strict=True):
+        np.testing.assert_array_equal(a.token_state.s1, b.token_state.s1)
+        np.testing.assert_allclose(a.samples, b.samples, rtol=1e-5)
+
+
+def test_incremental_refreshes_when_prices_drift(engine, arrays) -> None:
+    values, ts = arrays
+    fc = StreamingForecaster(engine, StreamConfig(mode="incremental", sampling=GREEDY, refresh_every=50,
+                                                  drift_sigma=3.0), model_version="t")
+    lo, i = 400, 440
+    (f,) = fc.forecast([SeriesWindow("D", values[lo:i], ts[lo:i], ts[i : i + HORIZON], seed=1)], HORIZON)
+    jumped = values[lo : i + 1].copy()
+    jumped[-1, :4] *= 1.5  # a 50% jump is far outside 3 sigma of the frozen statistics
+    (g,) = fc.forecast(
+        [SeriesWindow("D", jumped, ts[lo : i + 1], ts[i + 1 : i + 1 + HORIZON], seed=2, token_state=f.token_state)],
+        HORIZON,
+    )
+    assert g.token_state.bars_since_refresh == 0
+    assert not np.allclose(g.token_state.mean, f.token_state.mean)
+
+
+def test_incremental_tracks_exact_on_real_bars(engine, arrays) -> None:
+    exact = _stream(StreamingForecaster(engine, StreamConfig(mode="exact", sampling=GREEDY), model_version="t"),
+                    arrays, 500, 530)
+    incr = _stream(StreamingForecaster(engine, StreamConfig(mode="incremental", sampling=GREEDY),
+                                       model_version="t"), arrays, 500, 530)
+    close_exact = np.array([f.mean[:, 3] for f in exact])
+    close_incr = np.array([f.mean[:, 3] for f in incr])
+    level = np.abs(close_exact).mean()
+    assert np.abs(close_exact - close_incr).mean() < 0.05 * level  # same ballpark, not identical
+
+
+def test_results_carry_bands_in_order(engine, arrays) -> None:
+    fc = StreamingForecaster(engine, StreamConfig(mode="exact", sampling=SamplingParams(sample_count=8),
+                                                  quantile_levels=(0.1, 0.5, 0.9)), model_version="t")
+    (f,) = _stream(fc, arrays, 700, 701)
+    assert f.samples.shape == (8, HORIZON, 6) and f.quantiles.shape == (3, HORIZON, 6)
+    assert (np.diff(f.quantiles, axis=0) >= 0).all()
+    assert "model" in f.timings_ms
+
+
+def test_token_state_round_trips_and_rejects_bad_records() -> None:
+    state = TokenState(s1=np.array([1, 2, 3]), s2=np.array([4, 5, 6]), mean=np.arange(6.0), std=np.ones(6),
+                       anchor_ts=10, last_ts=30, refreshed_ts=20, bars_since_refresh=1)
+    back = TokenState.from_dict(state.to_dict())
+    np.testing.assert_array_equal(back.s1, state.s1)
+    assert back.fingerprint() == state.fingerprint()
+    with pytest.raises(ValueError, match="lacks the field"):
+        TokenState.from_dict({"s1": ""})
+    with pytest.raises(ValueError, match="inconsistent"):
+        TokenState(s1=np.array([1]), s2=np.array([1, 2]), mean=np.zeros(6), std=np.ones(6),
+                   anchor_ts=0, last_ts=0, refreshed_ts=0)
+
+
+def test_bad_horizon_and_windows_are_rejected(engine, arrays) -> None:
+    values, ts = arrays
+    fc = StreamingForecaster(engine, StreamConfig(), model_version="t")
+    w = SeriesWindow("X", values[:10], ts[:10], ts[10:14], seed=0)
+    with pytest.raises(ValueError, match="horizon"):
+        fc.forecast([w], 0)
+    with pytest.raises(ValueError, match="future timestamps"):
+        fc.forecast([w], 5)
+    with pytest.raises(ValueError, match="mode"):
+        StreamConfig(mode="fast")  # type: ignore[arg-type]

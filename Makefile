@@ -1,0 +1,46 @@
+# Entry points for developers and CI (see README.md). `make test` is what CI runs (.ci/run).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.NOTPARALLEL:
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# pip runs again only when pyproject.toml changes (or .venv is gone): the stamp's name holds its hash.
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+
+.PHONY: test venv lint typecheck pytest services-up services-down services-status
+
+# ruff, mypy, then the whole pytest suite against a real Kafka broker and Redis server.
+test: lint typecheck pytest
+
+venv: $(STAMP)
+
+$(STAMP):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	  || { echo "make: $(PYTHON) is older than 3.11; run with PYTHON=python3.11 (or newer)" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar off --cache-dir .cache/pip -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+# Starts Kafka and Redis if they are not running, and stops what it started. PYTEST_ARGS go to pytest.
+pytest: venv
+	scripts/run-tests $(PYTEST_ARGS)
+
+services-up: venv
+	scripts/services up
+	@echo 'services are up; for this shell: eval "$$(scripts/services env)"'
+
+services-down:
+	scripts/services down
+
+services-status:
+	scripts/services status

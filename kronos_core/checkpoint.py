@@ -104,6 +104,7 @@ def save_checkpoint(model: nn.Module, config: _Config, directory: str | os.PathL
     (path / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
     save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+    os.chmod(path / WEIGHTS_NAME, 0o644)  # safetensors writes 0600; serving processes may run as another user
     return path
 
 

@@ -1,0 +1,208 @@
+"""Wiring: settings -> state store, bus, forecaster, loop, ops endpoints; start, serve, shut down.
+
+Shutdown (SIGTERM or SIGINT): stop fetching, let the batch in flight finish and commit, then close
+the consumer (leaving the group, so its partitions move at once), the producer (flushing) and Redis.
+All of it is bounded by ``KRONOS_GRACEFUL_SHUTDOWN_S`` (default 25 s): keep it a few seconds under the
+pod's ``terminationGracePeriodSeconds`` (Kubernetes default 30 s), after which the kubelet sends
+SIGKILL. A batch cut off by the bound is not committed and is processed again by the next owner,
+with the same forecast ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import structlog
+
+from daemon.bus import DeadLetters, InputBus, OutputBus
+from daemon.errors import DaemonError
+from daemon.forecaster import build_forecaster, check_forecaster
+from daemon.logging import configure_logging
+from daemon.loop import ForecastLoop, LoopConfig
+from daemon.metrics import Metrics
+from daemon.ops import OpsServer
+from daemon.settings import Settings, load_settings, unknown_env_names
+from daemon.state import StateStore
+from kronos_core.stream_types import StreamForecaster
+
+log = structlog.get_logger("kronos.app")
+
+
+class Daemon:
+    """One daemon instance. Parts not given are built from ``settings`` (Kafka, Redis, the engine);
+    the demo and tests pass in-memory ones, or their own forecaster."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bus_in: InputBus | None = None,
+        bus_out: OutputBus | None = None,
+        store: StateStore | None = None,
+        forecaster: StreamForecaster | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.bus_in = bus_in
+        self.bus_out = bus_out
+        self.store = store
+        self.forecaster = forecaster
+        self.loop: ForecastLoop | None = None
+        self.ops: OpsServer | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._stop_requested = asyncio.Event()
+
+    # -- probes ---------------------------------------------------------------------------------
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        if self.loop is None or self._run_task is None:
+            return True, {"loop": "starting"}
+        age = time.monotonic() - self.loop.last_tick
+        ok = age < self.settings.health_stale_s and not self._run_task.done()
+        return ok, {"last_tick_age_s": round(age, 3), "loop_running": not self._run_task.done()}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        model = self.forecaster is not None
+        assigned = self.loop is not None and self.loop.assignment_received
+        parts = sorted(f"{p.topic}/{p.partition}" for p in self.bus_in.assignment()) if self.bus_in else []
+        details: dict[str, Any] = {
+            "model_loaded": model,
+            "assignment_received": assigned,
+            "partitions": parts,
+        }
+        if self.forecaster is not None:
+            details["model_version"] = self.forecaster.model_version
+        return model and assigned and not self._stop_requested.is_set(), details
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.http_port is not None:
+            self.ops = OpsServer(self.metrics, self.live, self.ready, s.http_host, s.http_port)
+            await self.ops.start()
+        if self.store is None:
+            from daemon.state_redis import RedisStateStore
+
+            password = s.redis.password.get_secret_value() if s.redis.password else None
+            self.store = RedisStateStore.from_url(
+                s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s
+            )
+        await self.store.ping()
+        if self.forecaster is None:
+            log.info("loading the model", model=s.model.model_dump(mode="json"))
+            self.forecaster = await asyncio.to_thread(build_forecaster, s)
+        check_forecaster(self.forecaster, s)
+        self.metrics.model_info.info({"version": self.forecaster.model_version, "mode": self.forecaster.mode})
+        if self.bus_in is None or self.bus_out is None:
+            from daemon.kafka_io import KafkaInput, KafkaOutput
+
+            self.bus_in = self.bus_in or KafkaInput(s.kafka)
+            self.bus_out = self.bus_out or KafkaOutput(s.kafka)
+        await self.bus_out.start()
+        dead = DeadLetters(self.bus_out, s.kafka.dead_letter_topic, self._count_dead_letter)
+        self.loop = ForecastLoop(
+            bus_in=self.bus_in,
+            bus_out=self.bus_out,
+            dead_letters=dead,
+            store=self.store,
+            forecaster=self.forecaster,
+            config=LoopConfig(
+                output_topic=s.kafka.output_topic,
+                horizon=s.model.horizon,
+                max_batch_size=s.batch.max_batch_size,
+                max_wait_ms=s.batch.max_wait_ms,
+                default_interval_s=s.default_bar_interval_s,
+                forecast_ttl_s=s.redis.forecast_ttl_s,
+                base_seed=s.model.base_seed,
+            ),
+            metrics=self.metrics,
+        )
+        await self.bus_in.start(self.loop)
+        log.info(
+            "daemon started",
+            input_topic=s.kafka.input_topic,
+            output_topic=s.kafka.output_topic,
+            group=s.kafka.group_id,
+            model_version=self.forecaster.model_version,
+            mode=self.forecaster.mode,
+        )
+
+    def _count_dead_letter(self, kind: str) -> None:
+        self.metrics.invalid.labels(kind).inc()
+
+    async def serve(self) -> None:
+        """Run the loop until :meth:`request_stop`; a fatal error in the loop propagates."""
+        assert self.loop is not None, "start() first"
+        if self._stop_requested.is_set():
+            return
+        self._run_task = asyncio.create_task(self.loop.run(), name="kronos-loop")
+        await self._run_task
+
+    def request_stop(self) -> None:
+        if not self._stop_requested.is_set():
+            log.info("stop requested: finishing the batch in flight")
+            self._stop_requested.set()
+        if self.loop is not None:
+            self.loop.request_stop()
+
+    async def close(self) -> None:
+        """Finish, commit and close everything within ``graceful_shutdown_s``."""
+        deadline = time.monotonic() + self.settings.graceful_shutdown_s
+        self.request_stop()
+        if self._run_task is not None and not self._run_task.done():
+            _, pending = await asyncio.wait({self._run_task}, timeout=max(0.0, deadline - time.monotonic()))
+            if pending:
+                log.warning("the batch in flight did not finish in time; it will be processed again")
+                self._run_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._run_task
+        closers = [
+            ("consumer", self.bus_in, "stop"),
+            ("producer", self.bus_out, "stop"),
+            ("store", self.store, "close"),
+        ]
+        for name, part, method in closers:
+            if part is None:
+                continue
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    await getattr(part, method)()
+            except (TimeoutError, DaemonError) as exc:
+                log.warning("closing failed", part=name, error=repr(exc))
+        if self.loop is not None:
+            self.loop.close()
+        if self.ops is not None:
+            await self.ops.stop()
+        log.info("daemon closed")
+
+
+async def serve_until_signalled(daemon: Daemon) -> int:
+    """Start, serve until SIGTERM/SIGINT, close. Returns the exit code (1 after a fatal error)."""
+    running = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        running.add_signal_handler(sig, daemon.request_stop)
+    code = 0
+    try:
+        await daemon.start()
+        await daemon.serve()
+    except DaemonError as exc:
+        log.error("daemon failed", error=str(exc), error_type=type(exc).__name__)
+        code = 1
+    finally:
+        await daemon.close()
+    return code
+
+
+def run(settings: Settings | None = None) -> int:
+    """``kronos-stream run``: the daemon from the environment's settings."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    unknown = unknown_env_names()
+    if unknown:
+        log.warning("ignoring environment variables that match no setting (typos?)", names=unknown)
+    return asyncio.run(serve_until_signalled(Daemon(settings)))

@@ -1,0 +1,171 @@
+"""The ``kronos-stream`` command.
+
+    kronos-stream run                                  the daemon (settings from KRONOS_* variables)
+    kronos-stream replay CSV --symbol S [--topic T] [--speed X] [--tz Asia/Shanghai]
+    kronos-stream synth --symbols N --rate R --duration D [--topic T]
+    kronos-stream forecast SYMBOL                      the latest forecast from Redis, as JSON
+    kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
+
+Kafka and Redis addresses come from the same settings as the daemon's (``--bootstrap``/``--redis-url``
+override them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+from pathlib import Path
+
+from daemon.errors import DaemonError
+from daemon.settings import Settings, load_settings
+
+try:  # the installed distribution's version, without importing kronos_core (and torch) for --help
+    __version__ = _dist_version("kronos-stream")
+except PackageNotFoundError:  # a source checkout that is not installed
+    __version__ = "0+unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kronos-stream",
+        description="Real-time Kronos forecasting: Kafka in, Redis state, forecasts out.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("run", help="run the forecasting daemon (configured by KRONOS_* variables)")
+
+    replay = sub.add_parser("replay", help="publish the bars of a CSV file to the input topic")
+    replay.add_argument("csv", type=Path, help="columns timestamps,open,high,low,close,volume[,amount]")
+    replay.add_argument("--symbol", required=True, help="symbol of the bars (also the message key)")
+    replay.add_argument("--topic", help="input topic (default: KRONOS_KAFKA__INPUT_TOPIC)")
+    replay.add_argument(
+        "--speed", type=float, default=0.0, help="multiple of real time; 0 = as fast as possible"
+    )
+    replay.add_argument("--tz", default="UTC", help="time zone of the CSV's naive timestamps (default UTC)")
+    replay.add_argument("--limit", type=int, help="publish only the first N bars")
+    replay.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (default: KRONOS_KAFKA__BOOTSTRAP_SERVERS)"
+    )
+
+    synth = sub.add_parser("synth", help="publish synthetic random-walk bars for many symbols (load)")
+    synth.add_argument("--symbols", type=int, default=10, help="number of symbols")
+    synth.add_argument("--rate", type=float, default=100.0, help="bars per second, all symbols together")
+    synth.add_argument("--duration", type=float, default=10.0, help="seconds to run")
+    synth.add_argument("--interval-s", type=float, default=60.0, help="bar interval of the synthetic clock")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--topic", help="input topic (default: KRONOS_KAFKA__INPUT_TOPIC)")
+    synth.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (default: KRONOS_KAFKA__BOOTSTRAP_SERVERS)"
+    )
+
+    forecast = sub.add_parser("forecast", help="print the latest forecast of a symbol from Redis")
+    forecast.add_argument("symbol")
+    forecast.add_argument("--redis-url", help="default: KRONOS_REDIS__URL")
+    forecast.add_argument("--prefix", help="key prefix (default: KRONOS_REDIS__KEY_PREFIX)")
+
+    check = sub.add_parser("check", help="exit 0 if the daemon's /healthz answers 200, else 1")
+    check.add_argument("--url", help="default: http://127.0.0.1:$KRONOS_HTTP_PORT/healthz")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings()
+    kafka = settings.kafka
+    if getattr(args, "bootstrap", None):
+        kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap})
+    redis = settings.redis
+    if getattr(args, "redis_url", None):
+        redis = redis.model_copy(update={"url": args.redis_url})
+    if getattr(args, "prefix", None):
+        redis = redis.model_copy(update={"key_prefix": args.prefix})
+    return settings.model_copy(update={"kafka": kafka, "redis": redis})
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    from itertools import islice
+
+    from daemon.feeds import csv_bars, publish, synthetic_bars
+    from daemon.kafka_io import KafkaOutput
+
+    settings = _settings(args)
+    topic = args.topic or settings.kafka.input_topic
+    out = KafkaOutput(settings.kafka)
+    await out.start()
+    try:
+        if args.command == "replay":
+            bars = csv_bars(args.csv, args.symbol, args.tz)
+            if args.limit is not None:
+                bars = islice(bars, args.limit)
+            sent = await publish(out, topic, bars, speed=args.speed)
+        else:
+            bars = synthetic_bars(args.symbols, interval_s=args.interval_s, seed=args.seed)
+            sent = await publish(out, topic, bars, rate=args.rate, duration_s=args.duration)
+    finally:
+        await out.stop()
+    print(json.dumps({"topic": topic, "published": sent}))
+    return 0
+
+
+async def _forecast(args: argparse.Namespace) -> int:
+    from daemon.state_redis import RedisStateStore
+
+    settings = _settings(args)
+    r = settings.redis
+    password = r.password.get_secret_value() if r.password else None
+    store = RedisStateStore.from_url(
+        r.url, r.key_prefix, settings.model.max_context, password, r.socket_timeout_s
+    )
+    try:
+        record = await store.latest_forecast(args.symbol)
+    finally:
+        await store.close()
+    if record is None:
+        print(
+            f"no forecast for {args.symbol!r} under prefix {r.key_prefix!r} (expired, or never made)",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from daemon.ops import check
+
+    url = args.url
+    if not url:
+        settings = _settings(args)
+        url = f"http://127.0.0.1:{settings.http_port or 8080}/healthz"
+    return 0 if check(url) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            settings = load_settings()  # a bad value fails here, before torch is imported
+            from daemon.app import run
+
+            return run(settings)
+        if args.command in ("replay", "synth"):
+            return asyncio.run(_publish(args))
+        if args.command == "forecast":
+            return asyncio.run(_forecast(args))
+        if args.command == "check":
+            return _check(args)
+    except DaemonError as exc:
+        print(f"kronos-stream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

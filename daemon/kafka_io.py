@@ -1,0 +1,207 @@
+"""Kafka I/O with aiokafka: a consumer-group member that commits by hand, and an idempotent producer.
+
+The consumer never auto-commits: the loop commits a fetch's offsets only after every forecast of that
+fetch is acknowledged by Kafka and written to the state store. Rebalances go to the loop's
+:class:`~daemon.bus.RebalanceHandler`: ``on_revoked`` runs before the group re-forms, while this
+member's generation is still valid, so the loop can finish the batch in flight and commit it there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from daemon.bus import Headers, InMessage, InputBus, OutputBus, Partition, RebalanceHandler
+from daemon.errors import BusError, CommitRefused
+from daemon.settings import KafkaSettings
+
+
+def connection_config(settings: KafkaSettings) -> dict[str, Any]:
+    """Bootstrap servers, client id and security options shared by consumer and producer."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        cafile = str(settings.ssl_cafile) if settings.ssl_cafile else None
+        config["ssl_context"] = create_ssl_context(cafile=cafile)
+    if settings.security_protocol.startswith("SASL_"):
+        assert settings.sasl_password is not None  # checked by KafkaSettings
+        config["sasl_mechanism"] = settings.sasl_mechanism
+        config["sasl_plain_username"] = settings.sasl_username
+        config["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return config
+
+
+def _partition(tp: TopicPartition) -> Partition:
+    return Partition(tp.topic, tp.partition)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, handler: RebalanceHandler, owner: KafkaInput) -> None:
+        self._handler = handler
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        parts = {_partition(tp) for tp in revoked}
+        await self._handler.on_revoked(parts)
+        self._owner.forget(parts)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._handler.on_assigned({_partition(tp) for tp in assigned})
+
+
+class KafkaInput(InputBus):
+    def __init__(self, settings: KafkaSettings, topic: str | None = None) -> None:
+        self._settings = settings
+        self._topic = topic or settings.input_topic
+        self._consumer: AIOKafkaConsumer | None = None
+        self._positions: dict[Partition, int] = {}
+
+    async def start(self, handler: RebalanceHandler) -> None:
+        s = self._settings
+        self._consumer = AIOKafkaConsumer(
+            **connection_config(s),
+            group_id=s.group_id,
+            group_instance_id=s.group_instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset=s.auto_offset_reset,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            isolation_level="read_committed",
+        )
+        self._consumer.subscribe([self._topic], listener=_Listener(handler, self))
+        try:
+            await self._consumer.start()
+        except KafkaError as exc:
+            await self._consumer.stop()
+            raise BusError(
+                f"cannot start the Kafka consumer at {s.bootstrap_servers}: {exc}; check "
+                "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
+            ) from exc
+
+    def _require(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise BusError("the Kafka consumer is not started; call start() first")
+        return self._consumer
+
+    async def fetch(self, max_records: int, timeout_ms: int) -> list[InMessage]:
+        consumer = self._require()
+        try:
+            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            raise BusError(f"fetching from {self._topic!r} failed: {exc}") from exc
+        out: list[InMessage] = []
+        for tp, records in batches.items():
+            for r in records:
+                out.append(
+                    InMessage(
+                        tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp, list(r.headers or ())
+                    )
+                )
+            if records:
+                self._positions[_partition(tp)] = records[-1].offset + 1
+        return out
+
+    async def commit(self, offsets: dict[Partition, int]) -> None:
+        if not offsets:
+            return
+        consumer = self._require()
+        try:
+            await consumer.commit({TopicPartition(p.topic, p.partition): off for p, off in offsets.items()})
+        except (CommitFailedError, IllegalStateError) as exc:
+            raise CommitRefused(
+                f"committing offsets {dict(offsets)} was refused after a rebalance: {exc}"
+            ) from exc
+        except KafkaError as exc:
+            raise BusError(f"committing offsets {dict(offsets)} failed: {exc}") from exc
+
+    def assignment(self) -> set[Partition]:
+        if self._consumer is None:
+            return set()
+        return {_partition(tp) for tp in self._consumer.assignment()}
+
+    def forget(self, partitions: set[Partition]) -> None:
+        for p in partitions:
+            self._positions.pop(p, None)
+
+    def lag(self) -> dict[Partition, int]:
+        if self._consumer is None:
+            return {}
+        lags = {}
+        for tp in self._consumer.assignment():
+            part = _partition(tp)
+            high = self._consumer.highwater(tp)
+            pos = self._positions.get(part)
+            if high is not None and pos is not None:
+                lags[part] = max(0, high - pos)
+        return lags
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            try:
+                await consumer.stop()
+            except KafkaError as exc:
+                raise BusError(f"closing the Kafka consumer failed: {exc}") from exc
+
+
+class KafkaOutput(OutputBus):
+    """Idempotent producer (acks=all): a retried send never duplicates a message within a session."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        s = self._settings
+        self._producer = AIOKafkaProducer(
+            **connection_config(s),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+        )
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise BusError(
+                f"cannot start the Kafka producer at {s.bootstrap_servers}: {exc}; check "
+                "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
+            ) from exc
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
+    ) -> None:
+        if self._producer is None:
+            raise BusError("the Kafka producer is not started; call start() first")
+        try:
+            await self._producer.send_and_wait(topic, value=value, key=key, headers=headers or None)
+        except KafkaError as exc:
+            raise BusError(f"publishing to {topic!r} failed: {exc}") from exc
+
+    async def send_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
+        if self._producer is None:
+            raise BusError("the Kafka producer is not started; call start() first")
+        try:
+            # Enqueue one by one (keeps the order within each partition), then wait for all acks.
+            acks = [await self._producer.send(topic, value=value, key=key) for key, value in records]
+            await asyncio.gather(*acks)
+        except KafkaError as exc:
+            raise BusError(f"publishing {len(records)} messages to {topic!r} failed: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            try:
+                await producer.stop()  # flushes what is pending
+            except KafkaError as exc:
+                raise BusError(f"closing the Kafka producer failed: {exc}") from exc

@@ -1,0 +1,75 @@
+"""Prometheus metrics, one CollectorRegistry per daemon instance (tests run several side by side)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from daemon.bus import Partition
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.bars_in = Counter("kronos_bars_in", "Input messages consumed (valid or not).", registry=r)
+        self.invalid = Counter(
+            "kronos_invalid",
+            "Messages sent to the dead-letter topic, by kind (empty, json, schema, key, forecast).",
+            ["kind"],
+            registry=r,
+        )
+        self.skipped = Counter(
+            "kronos_skipped",
+            "Valid bars skipped, by reason (duplicate, out_of_order).",
+            ["reason"],
+            registry=r,
+        )
+        self.forecasts_out = Counter("kronos_forecasts_out", "Forecasts published and stored.", registry=r)
+        self.state_conflicts = Counter(
+            "kronos_state_conflicts", "Bars the state store refused because it held a newer bar.", registry=r
+        )
+        self.latency_from_bar = Histogram(
+            "kronos_latency_from_bar_seconds", "Bar timestamp until the forecast is published.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.latency_from_consume = Histogram(
+            "kronos_latency_from_consume_seconds", "Message fetched until its forecast is published.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "kronos_batch_size", "Series per batched model call.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.model_step = Histogram(
+            "kronos_model_step_seconds",
+            "Duration of one batched model call.",
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "kronos_consumer_lag",
+            "Messages behind the end of the partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge("kronos_assigned_partitions", "Input partitions owned.", registry=r)
+        self.symbols_cached = Gauge(
+            "kronos_symbols_cached", "Symbols whose state is held in memory.", registry=r
+        )
+        self.model_info = Info("kronos_model", "The model serving forecasts.", registry=r)
+
+    def set_lag(self, lags: dict[Partition, int]) -> None:
+        for p, lag in lags.items():
+            self.consumer_lag.labels(p.topic, str(p.partition)).set(lag)
+
+    def forget_partitions(self, partitions: set[Partition]) -> None:
+        for p in partitions:
+            with contextlib.suppress(KeyError):
+                self.consumer_lag.remove(p.topic, str(p.partition))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,225 @@
+"""Configuration from the environment: ``KRONOS_`` prefix, ``__`` between a group and its field.
+
+Examples: ``KRONOS_KAFKA__BOOTSTRAP_SERVERS=broker:9092``, ``KRONOS_REDIS__URL=redis://redis:6379/0``,
+``KRONOS_MODEL__PREDICTOR_DIR=/models/current/predictor``, ``KRONOS_MODE=incremental``,
+``KRONOS_MODEL__QUANTILE_LEVELS=0.1,0.5,0.9`` (a comma list or JSON).
+
+:func:`load_settings` turns every bad value into one :class:`~daemon.errors.ConfigError` that names the
+environment variables to fix, so a misconfigured pod stops at start-up with a readable message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from daemon.errors import ConfigError
+
+ENV_PREFIX = "KRONOS_"
+NESTED_DELIMITER = "__"
+
+
+def _parse_levels(value: Any) -> Any:
+    """Accept ``0.1,0.5,0.9`` or ``[0.1, 0.5, 0.9]`` from the environment; pass sequences through."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part for part in (p.strip() for p in text.split(",")) if part]
+    return value
+
+
+QuantileLevels = Annotated[tuple[float, ...], NoDecode, BeforeValidator(_parse_levels)]
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Group):
+    bootstrap_servers: str = "localhost:9092"
+    input_topic: str = "bars"
+    output_topic: str = "forecasts"
+    dead_letter_topic: str = "bars.dlq"
+    group_id: str = "kronos-stream"
+    group_instance_id: str | None = None  # static membership: no rebalance on a quick pod restart
+    client_id: str = "kronos-stream"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
+    request_timeout_ms: int = Field(default=40_000, ge=1_000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and "
+                "sasl_password (set KRONOS_KAFKA__SASL_MECHANISM, KRONOS_KAFKA__SASL_USERNAME, "
+                "KRONOS_KAFKA__SASL_PASSWORD)"
+            )
+        return self
+
+
+class RedisSettings(_Group):
+    url: str = "redis://localhost:6379/0"
+    key_prefix: str = Field(default="kronos", min_length=1, pattern=r"^[^\s{}]+$")
+    password: SecretStr | None = None
+    forecast_ttl_s: int | None = Field(default=None, ge=1)
+    socket_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class ModelSettings(_Group):
+    tokenizer_dir: Path | None = None
+    predictor_dir: Path | None = None
+    preset: str | None = None  # random weights of a published shape: benchmarks only
+    factory: str | None = None  # "module:callable" taking Settings, returning a StreamForecaster
+    version: str | None = None  # overrides the checkpoint's content hash as the model version
+    calendar_tz: str = "UTC"  # zone the time features (minute, hour, weekday...) are read in
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_context: int = Field(default=512, ge=2, le=8192)
+    horizon: int = Field(default=12, ge=1, le=4096)
+    sample_count: int = Field(default=8, ge=1, le=1024)
+    temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)
+    base_seed: int = Field(default=0, ge=0)
+    quantile_levels: QuantileLevels = (0.1, 0.5, 0.9)
+
+    @model_validator(mode="after")
+    def _horizon_fits(self) -> ModelSettings:
+        if self.horizon >= self.max_context:
+            raise ValueError(
+                f"horizon ({self.horizon}) must be below max_context ({self.max_context}); "
+                "lower KRONOS_MODEL__HORIZON or raise KRONOS_MODEL__MAX_CONTEXT"
+            )
+        return self
+
+    @field_validator("calendar_tz")
+    @classmethod
+    def _zone_known(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Asia/Shanghai") from exc
+        return name
+
+    @field_validator("quantile_levels")
+    @classmethod
+    def _levels_valid(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
+        if not levels:
+            raise ValueError("name at least one level, e.g. 0.1,0.5,0.9")
+        if any(not (0.0 < q < 1.0) or math.isnan(q) for q in levels):
+            raise ValueError(f"levels must lie strictly between 0 and 1, got {levels}")
+        if list(levels) != sorted(set(levels)):
+            raise ValueError(f"levels must be increasing without repeats, got {levels}")
+        return levels
+
+
+class BatchSettings(_Group):
+    max_batch_size: int = Field(default=256, ge=1, le=100_000)  # records per fetch (getmany max_records)
+    max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # how long a fetch waits for records
+
+
+class Settings(BaseSettings):
+    """Everything the daemon reads from the environment (frozen once loaded)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        frozen=True,
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    model: ModelSettings = ModelSettings()
+    batch: BatchSettings = BatchSettings()
+    mode: Literal["exact", "incremental"] = "exact"
+    refresh_every_bars: int = Field(default=64, ge=1)  # incremental: refreeze mean/std this often
+    drift_sigma: float = Field(default=4.0, gt=0, allow_inf_nan=False)  # ... or when a bar is this far out
+    default_bar_interval_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    http_host: str = "0.0.0.0"
+    http_port: int | None = Field(default=8080, ge=0, le=65535)  # 0: any free port; unset: no HTTP
+    health_stale_s: float = Field(default=60.0, gt=0)
+    graceful_shutdown_s: float = Field(default=25.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable behind a pydantic error location, e.g. KRONOS_KAFKA__GROUP_ID."""
+    parts: list[str] = []
+    for item in loc:
+        if not isinstance(item, str):
+            break
+        parts.append(item.upper())
+        if len(parts) == 2:
+            break
+    return ENV_PREFIX + NESTED_DELIMITER.join(parts) if parts else ENV_PREFIX + "*"
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        name = env_name(tuple(err["loc"]))
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | BaseModel) or got is None else f" (got {got!r})"
+        if isinstance(got, SecretStr) or "password" in name.lower():
+            shown = ""
+        lines.append(f"  {name}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (and ``overrides``, which win); a bad value raises ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(
+            "the configuration is invalid; fix these environment variables:\n" + _describe(exc)
+        ) from exc
+    except (SettingsError, ValueError) as exc:
+        raise ConfigError(
+            f"the configuration could not be read: {exc}. Nested values are set as "
+            f"{ENV_PREFIX}GROUP{NESTED_DELIMITER}FIELD, lists as JSON or comma lists."
+        ) from exc
+
+
+def unknown_env_names(environ: dict[str, str] | None = None) -> list[str]:
+    """KRONOS_ variables that match no setting (likely typos); the app logs them as a warning."""
+    env = os.environ if environ is None else environ
+    known: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        top = ENV_PREFIX + name.upper()
+        known.add(top)
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            known.update(top + NESTED_DELIMITER + sub.upper() for sub in group.model_fields)
+    return sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)

@@ -1,0 +1,191 @@
+"""Per-symbol state: the record types, their encoding and the :class:`StateStore` interface.
+
+Redis key schema (``{prefix}`` is ``KRONOS_REDIS__KEY_PREFIX``, default ``kronos``; one set per symbol):
+
+==================================  ======  ================================================================
+key                                 type    content
+==================================  ======  ================================================================
+``{prefix}:bars:{symbol}``          list    the raw-bar ring, oldest first, at most ``max_context`` entries;
+                                            each entry JSON ``[ts_ns, open, high, low, close, volume, amount]``
+``{prefix}:tokens:{symbol}``        string  the token cache, JSON ``{"model_version": ..., "state":
+                                            TokenState.to_dict()}`` (s1/s2 ids as base64 int32, mean/std,
+                                            anchor_ts, last_ts, refreshed_ts); absent in exact mode
+``{prefix}:meta:{symbol}``          hash    ``last_ts`` (epoch ns of the last processed bar), ``model_version``,
+                                            ``updated_ms`` (wall clock), ``source`` (topic/partition/offset)
+``{prefix}:forecast:{symbol}``      string  the latest forecast, the JSON published on the output topic;
+                                            expires after ``KRONOS_REDIS__FORECAST_TTL_S`` when set
+==================================  ======  ================================================================
+
+All four keys of a processed bar are written in one atomic step (a Lua script on Redis): ring append
+and trim, token cache, meta and latest forecast. The step is idempotent: it skips a bar whose ``ts`` is
+not after the stored ``last_ts``, so a retried write or a stale writer cannot append a bar twice.
+Reading the latest forecast: ``GET {prefix}:forecast:{symbol}`` (or ``kronos-stream forecast SYMBOL``).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from daemon.errors import StateError
+from daemon.schemas import Bar
+from kronos_core.stream_types import TokenState
+
+
+def bars_key(prefix: str, symbol: str) -> str:
+    return f"{prefix}:bars:{symbol}"
+
+
+def tokens_key(prefix: str, symbol: str) -> str:
+    return f"{prefix}:tokens:{symbol}"
+
+
+def meta_key(prefix: str, symbol: str) -> str:
+    return f"{prefix}:meta:{symbol}"
+
+
+def forecast_key(prefix: str, symbol: str) -> str:
+    return f"{prefix}:forecast:{symbol}"
+
+
+class SymbolState:
+    """One symbol's working state: the bar ring, the token cache and the last-seen bar time."""
+
+    __slots__ = ("symbol", "timestamps", "rows", "token_state", "token_version", "last_ts")
+
+    def __init__(
+        self,
+        symbol: str,
+        max_context: int,
+        bars: Iterable[tuple[int, tuple[float, ...]]] = (),
+        token_state: TokenState | None = None,
+        token_version: str | None = None,
+        last_ts: int | None = None,
+    ) -> None:
+        self.symbol = symbol
+        self.timestamps: deque[int] = deque(maxlen=max_context)  # epoch ns, oldest first
+        self.rows: deque[tuple[float, ...]] = deque(maxlen=max_context)  # 6 raw features per bar
+        for ts, row in bars:
+            self.timestamps.append(ts)
+            self.rows.append(row)
+        self.token_state = token_state
+        self.token_version = token_version  # model version that produced token_state
+        if last_ts is None and self.timestamps:
+            last_ts = self.timestamps[-1]
+        self.last_ts = last_ts
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def window(self, bar: Bar) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """The ring with ``bar`` appended, capped at max_context: values [L, 6], datetime64 [L], ns list."""
+        cap = self.timestamps.maxlen or len(self.timestamps) + 1
+        keep = cap - 1
+        ts = list(self.timestamps)[-keep:] if keep else []
+        rows = list(self.rows)[-keep:] if keep else []
+        ts.append(bar.ts_ns)
+        rows.append(bar.values)
+        values = np.asarray(rows, dtype=np.float64)  # [L, 6]
+        stamps = np.asarray(ts, dtype="datetime64[ns]")  # [L]
+        return values, stamps, ts
+
+    def append(self, bar: Bar, token_state: TokenState | None, model_version: str) -> None:
+        self.timestamps.append(bar.ts_ns)
+        self.rows.append(bar.values)
+        self.token_state = token_state
+        self.token_version = model_version if token_state is not None else None
+        self.last_ts = bar.ts_ns
+
+
+class StateUpdate:
+    """Everything written for one processed bar, in one atomic step."""
+
+    __slots__ = ("symbol", "bar", "token_state", "forecast_json", "model_version", "source")
+
+    def __init__(
+        self,
+        bar: Bar,
+        token_state: TokenState | None,
+        forecast_json: bytes,
+        model_version: str,
+        source: str,
+    ) -> None:
+        self.symbol = bar.symbol
+        self.bar = bar
+        self.token_state = token_state
+        self.forecast_json = forecast_json
+        self.model_version = model_version
+        self.source = source  # "topic/partition/offset" of the input message
+
+
+# -- encoding shared by the implementations -------------------------------------------------------
+
+
+def encode_bar(bar: Bar) -> bytes:
+    return json.dumps([bar.ts_ns, *bar.values], allow_nan=False, separators=(",", ":")).encode()
+
+
+def decode_bar(raw: bytes | str, where: str) -> tuple[int, tuple[float, ...]]:
+    try:
+        item = json.loads(raw)
+        ts, values = int(item[0]), tuple(float(v) for v in item[1:])
+    except (ValueError, TypeError, IndexError) as exc:
+        raise StateError(
+            f"{where} holds an unreadable bar {raw!r}; delete the key to restart the symbol"
+        ) from exc
+    if len(values) != 6:
+        raise StateError(f"{where} holds a bar with {len(values)} values, expected 6; delete the key")
+    return ts, values
+
+
+def encode_tokens(token_state: TokenState | None, model_version: str) -> bytes:
+    if token_state is None:
+        return b""
+    return json.dumps({"model_version": model_version, "state": token_state.to_dict()}).encode()
+
+
+def decode_tokens(raw: bytes | str | None) -> tuple[TokenState | None, str | None]:
+    """The token cache and its model version; an unreadable cache reads as absent (a cold start)."""
+    if not raw:
+        return None, None
+    try:
+        data: dict[str, Any] = json.loads(raw)
+        return TokenState.from_dict(data["state"]), str(data["model_version"])
+    except (ValueError, TypeError, KeyError):
+        return None, None
+
+
+class StateStore(ABC):
+    """Where per-symbol state lives between bars, restarts and rebalances."""
+
+    def __init__(self, key_prefix: str, max_context: int) -> None:
+        self.key_prefix = key_prefix
+        self.max_context = max_context
+
+    @abstractmethod
+    async def load(self, symbols: Sequence[str]) -> dict[str, SymbolState]:
+        """The stored state of each symbol (an empty state for a symbol never seen)."""
+
+    @abstractmethod
+    async def apply(self, updates: Sequence[StateUpdate], forecast_ttl_s: int | None = None) -> list[str]:
+        """Write the updates atomically (ring append + trim, tokens, meta, forecast).
+
+        At most one update per symbol. Returns the symbols whose update was refused because the store
+        already holds a bar at or after it (a retried write, or another writer).
+        """
+
+    @abstractmethod
+    async def latest_forecast(self, symbol: str) -> dict[str, Any] | None:
+        """The latest forecast of ``symbol`` (decoded JSON), or None."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise StateError when the store cannot be reached."""
+
+    @abstractmethod
+    async def close(self) -> None: ...

@@ -1,0 +1,87 @@
+"""The in-memory state store: the zero-setup default for the demo and for unit tests of pure logic.
+
+Same semantics as the Redis store (capped ring, idempotent apply, forecast TTL), kept in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from daemon.state import (
+    StateStore,
+    StateUpdate,
+    SymbolState,
+    decode_bar,
+    decode_tokens,
+    encode_bar,
+    encode_tokens,
+)
+
+
+class _Record:
+    __slots__ = ("bars", "tokens", "last_ts", "meta", "forecast", "forecast_expires")
+
+    def __init__(self) -> None:
+        self.bars: list[bytes] = []
+        self.tokens = b""
+        self.last_ts: int | None = None
+        self.meta: dict[str, str] = {}
+        self.forecast: bytes | None = None
+        self.forecast_expires: float | None = None
+
+
+class MemoryStateStore(StateStore):
+    def __init__(self, key_prefix: str = "kronos", max_context: int = 512) -> None:
+        super().__init__(key_prefix, max_context)
+        self._records: dict[str, _Record] = {}
+
+    async def load(self, symbols: Sequence[str]) -> dict[str, SymbolState]:
+        states = {}
+        for s in symbols:
+            rec = self._records.get(s) or _Record()
+            bars = [decode_bar(raw, f"memory:bars:{s}") for raw in rec.bars]
+            token_state, token_version = decode_tokens(rec.tokens)
+            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, rec.last_ts)
+        return states
+
+    async def apply(self, updates: Sequence[StateUpdate], forecast_ttl_s: int | None = None) -> list[str]:
+        skipped = []
+        now = time.time()
+        for u in updates:  # no await inside: atomic with respect to other coroutines
+            rec = self._records.setdefault(u.symbol, _Record())
+            if rec.last_ts is not None and u.bar.ts_ns <= rec.last_ts:
+                skipped.append(u.symbol)
+                continue
+            rec.bars.append(encode_bar(u.bar))
+            del rec.bars[: -self.max_context]
+            rec.tokens = encode_tokens(u.token_state, u.model_version)
+            rec.last_ts = u.bar.ts_ns
+            rec.meta = {
+                "model_version": u.model_version,
+                "updated_ms": str(int(now * 1e3)),
+                "source": u.source,
+            }
+            rec.forecast = u.forecast_json
+            rec.forecast_expires = None if forecast_ttl_s is None else now + forecast_ttl_s
+        return skipped
+
+    async def latest_forecast(self, symbol: str) -> dict[str, Any] | None:
+        rec = self._records.get(symbol)
+        if rec is None or rec.forecast is None:
+            return None
+        if rec.forecast_expires is not None and time.time() >= rec.forecast_expires:
+            return None
+        return dict(json.loads(rec.forecast))
+
+    def ring_length(self, symbol: str) -> int:
+        rec = self._records.get(symbol)
+        return 0 if rec is None else len(rec.bars)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

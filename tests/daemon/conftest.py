@@ -1,0 +1,75 @@
+"""Fixtures of the daemon's tests. Kafka, Redis and unique names come from tests/conftest.py.
+
+The model the daemons run here is the deterministic stub (``stub_forecaster.py``) unless
+``DAEMON_TEST_FORECASTER=engine``: then it is kronos_core's StreamingForecaster over the tiny
+checkpoint in tests/fixtures/kronos-tiny-a (on CPU). Tests that need the stub's knobs (injected
+failures, a slow model, its token cache) build a stub themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from daemon_helpers import MakeForecaster, Topics
+from stub_forecaster import StubForecaster
+
+from daemon.forecaster import build_forecaster, checkpoint_version
+from daemon.settings import load_settings
+from kronos_core.stream_types import StreamForecaster
+
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "kronos-tiny-a"
+USE_ENGINE = os.environ.get("DAEMON_TEST_FORECASTER", "stub") == "engine"
+
+
+def _engine(max_context: int) -> StreamForecaster:
+    model = {
+        "tokenizer_dir": TINY / "tokenizer",
+        "predictor_dir": TINY / "predictor",
+        "max_context": max_context,
+        "horizon": 4,
+        "sample_count": 4,
+        "device": "cpu",
+    }
+    return build_forecaster(load_settings(model=model))
+
+
+@pytest.fixture
+def make_forecaster() -> MakeForecaster:
+    """``make_forecaster(max_context)``: the model of a daemon in this process."""
+    return _engine if USE_ENGINE else (lambda max_context: StubForecaster(max_context=max_context))
+
+
+@pytest.fixture
+def forecaster(make_forecaster: MakeForecaster) -> StreamForecaster:
+    return make_forecaster(64)
+
+
+@pytest.fixture
+def forecaster_env() -> dict[str, str]:
+    """KRONOS_MODEL__* variables giving a daemon in a subprocess the same model (PYTHONPATH gets tests/daemon)."""
+    if USE_ENGINE:
+        return {
+            "KRONOS_MODEL__TOKENIZER_DIR": str(TINY / "tokenizer"),
+            "KRONOS_MODEL__PREDICTOR_DIR": str(TINY / "predictor"),
+            "KRONOS_MODEL__DEVICE": "cpu",
+        }
+    return {"KRONOS_MODEL__FACTORY": "stub_forecaster:build"}
+
+
+@pytest.fixture
+def model_version() -> str:
+    """The model version forecasts of ``forecaster``/``forecaster_env`` carry (part of every forecast id)."""
+    return checkpoint_version(TINY / "tokenizer", TINY / "predictor") if USE_ENGINE else "stub-1"
+
+
+@pytest.fixture
+async def topics(topic_factory: Callable[..., Awaitable[str]]) -> Topics:
+    """Input (3 partitions), output (3) and dead-letter (1) topics of this test."""
+    return Topics(
+        await topic_factory(partitions=3),
+        await topic_factory(partitions=3),
+        await topic_factory(partitions=1),
+    )

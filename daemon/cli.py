@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="exit 0 if the daemon's /healthz answers 200, else 1")
     check.add_argument("--url", help="default: http://127.0.0.1:$KRONOS_HTTP_PORT/healthz")
+
+    bench = sub.add_parser("bench", help="benchmarks (see 'kronos-stream bench inference --help')")
+    bench.add_argument("which", choices=["inference"], help="inference: fast engine vs recompute baseline")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of that benchmark")
     return parser
 
 
@@ -160,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_forecast(args))
         if args.command == "check":
             return _check(args)
+        if args.command == "bench":
+            from kronos_core.bench import main as bench_main
+
+            return bench_main(args.bench_args)
     except DaemonError as exc:
         print(f"kronos-stream {args.command}: {exc}", file=sys.stderr)
         return 2

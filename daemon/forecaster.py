@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 from pathlib import Path
 
 from daemon.errors import ConfigError, ForecasterError
@@ -32,6 +33,18 @@ def checkpoint_version(*directories: Path) -> str:
             except OSError as exc:
                 raise ForecasterError(f"cannot read {path}: {exc}; check KRONOS_MODEL__*_DIR") from exc
     return "ckpt-" + h.hexdigest()
+
+
+def manifest_version(predictor_dir: Path) -> str | None:
+    """The ``version`` of a published checkpoint's ``manifest.json`` (beside or above the model dirs)."""
+    for candidate in (predictor_dir / "manifest.json", predictor_dir.parent / "manifest.json"):
+        if candidate.is_file():
+            try:
+                version = json.loads(candidate.read_text()).get("version")
+            except (OSError, ValueError) as exc:
+                raise ForecasterError(f"cannot read {candidate}: {exc}; fix or remove the manifest") from exc
+            return str(version) if version else None
+    return None
 
 
 def _from_factory(path: str, settings: Settings) -> StreamForecaster:
@@ -55,6 +68,8 @@ def _from_engine(settings: Settings) -> StreamForecaster:
         )
     import torch
 
+    if m.threads:
+        torch.set_num_threads(m.threads)
     from kronos_core import Kronos, KronosError, KronosTokenizer, StreamConfig, StreamingForecaster
     from kronos_core.engine import KronosEngine, SamplingParams
     from kronos_core.presets import build_pair
@@ -63,7 +78,11 @@ def _from_engine(settings: Settings) -> StreamForecaster:
         if m.tokenizer_dir and m.predictor_dir:
             tokenizer = KronosTokenizer.from_pretrained(m.tokenizer_dir)
             model = Kronos.from_pretrained(m.predictor_dir)
-            version = m.version or checkpoint_version(m.tokenizer_dir, m.predictor_dir)
+            version = (
+                m.version
+                or manifest_version(m.predictor_dir)
+                or checkpoint_version(m.tokenizer_dir, m.predictor_dir)
+            )
         else:
             assert m.preset is not None
             tokenizer, model = build_pair(m.preset, seed=m.base_seed)

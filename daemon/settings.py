@@ -101,6 +101,7 @@ class ModelSettings(_Group):
     version: str | None = None  # overrides the checkpoint's content hash as the model version
     calendar_tz: str = "UTC"  # zone the time features (minute, hour, weekday...) are read in
     device: str = "auto"
+    threads: int | None = Field(default=None, ge=1, le=1024)  # torch CPU threads (None: torch's default)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_context: int = Field(default=512, ge=2, le=8192)
     horizon: int = Field(default=12, ge=1, le=4096)

@@ -1,9 +1,10 @@
 """Fixtures of the daemon's tests. Kafka, Redis and unique names come from tests/conftest.py.
 
-The model the daemons run here is the deterministic stub (``stub_forecaster.py``) unless
-``DAEMON_TEST_FORECASTER=engine``: then it is kronos_core's StreamingForecaster over the tiny
-checkpoint in tests/fixtures/kronos-tiny-a (on CPU). Tests that need the stub's knobs (injected
-failures, a slow model, its token cache) build a stub themselves.
+The model the daemons run here is kronos_core's StreamingForecaster over the tiny checkpoint in
+tests/fixtures/kronos-tiny-a (on CPU, one thread), so the whole path (bars in, real model, forecasts
+out) is exercised. ``DAEMON_TEST_FORECASTER=stub`` swaps in the deterministic stub
+(``stub_forecaster.py``) to tell daemon bugs from model bugs. Tests that need the stub's knobs
+(injected failures, a slow model, its token cache) build a stub themselves.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from daemon.settings import load_settings
 from kronos_core.stream_types import StreamForecaster
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "kronos-tiny-a"
-USE_ENGINE = os.environ.get("DAEMON_TEST_FORECASTER", "stub") == "engine"
+USE_ENGINE = os.environ.get("DAEMON_TEST_FORECASTER", "engine") == "engine"
 
 
 def _engine(max_context: int) -> StreamForecaster:
@@ -32,6 +33,7 @@ def _engine(max_context: int) -> StreamForecaster:
         "horizon": 4,
         "sample_count": 4,
         "device": "cpu",
+        "threads": 1,
     }
     return build_forecaster(load_settings(model=model))
 
@@ -55,6 +57,7 @@ def forecaster_env() -> dict[str, str]:
             "KRONOS_MODEL__TOKENIZER_DIR": str(TINY / "tokenizer"),
             "KRONOS_MODEL__PREDICTOR_DIR": str(TINY / "predictor"),
             "KRONOS_MODEL__DEVICE": "cpu",
+            "KRONOS_MODEL__THREADS": "1",
         }
     return {"KRONOS_MODEL__FACTORY": "stub_forecaster:build"}
 

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from kronos_core.counter_rng import path_seeds, sample_inverse_cdf, uniforms
 from kronos_core.device import resolve_device
+from kronos_core.fused_step import FusedDecoder
 from kronos_core.kv_cache import KVCache, key_mask, make_caches
 from kronos_core.layers import SelfAttention
 from kronos_core.model import Kronos
@@ -154,6 +155,7 @@ class KronosEngine:
         self.model = model.to(self.device, self.dtype).eval()
         self.tokenizer = tokenizer.to(self.device, self.dtype).eval()
         self.max_context = max_context
+        self._fused = FusedDecoder(self.model)
 
     # ------------------------------------------------------------------ cache factories
 
@@ -209,33 +211,52 @@ class KronosEngine:
     # ------------------------------------------------------------------ predictor pieces
 
     def step(
-        self, s1: Tensor, s2: Tensor, stamp: Tensor, positions: Tensor, caches: Sequence[KVCache]
+        self,
+        s1: Tensor,
+        s2: Tensor,
+        stamp: Tensor,
+        positions: Tensor,
+        caches: Sequence[KVCache],
+        kv_len: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Feed tokens [N, S] at ``positions`` [N, S]: (s1 logits [N, V1], rows [N, S, d], dep k, dep v)."""
+        """Feed tokens [N, S] at ``positions`` [N, S]: (s1 logits [N, V1], rows [N, S, d], dep k, dep v).
+
+        ``kv_len`` (optional) bounds the cache slots attention reads: ``max(positions) + 1``.
+        """
+        kv_len = kv_len or caches[0].max_len
         x = self.model.embed(s1, s2, stamp.to(self.dtype))
-        h = self.model.run_transformer(
-            x, positions=positions, kv_caches=caches, attn_mask=key_mask(positions, caches[0].max_len)
-        )
+        h = self._fused.forward(x, positions, list(caches), key_mask(positions, kv_len), kv_len)
         k, v = self.model.dep_layer.cross_attn.project_kv(h, h)
         return self.model.head(h[:, -1]).float(), h, k, v
 
-    def s2_logits(self, s1: Tensor, h_last: Tensor, dep_k: Tensor, dep_v: Tensor, n_keys: Tensor) -> Tensor:
+    def s2_logits(
+        self, s1: Tensor, h_last: Tensor, dep_k: Tensor, dep_v: Tensor, n_keys: Tensor, kv_len: int | None = None
+    ) -> Tensor:
         """Upstream's one-step ``decode_s2``, last row only.  # [N, V2]
 
         s1 [N, 1]; h_last [N, d] the last context row; dep_k/dep_v [N, H, T, D] projected context
-        rows; n_keys [N] how many of them are valid for each row.
+        rows; n_keys [N] how many of them are valid for each row (``kv_len``: their maximum, when
+        known, so unused cache slots are not read). With a one-row query upstream rotates query and
+        keys to position 0, i.e. not at all (cos 0 = 1, sin 0 = 0): the rotation is skipped here,
+        bit-identically, instead of being applied to every cached key at every step.
         """
+        attn_mod = self.model.dep_layer.cross_attn
+        if kv_len is not None:
+            dep_k, dep_v = dep_k[:, :, :kv_len], dep_v[:, :, :kv_len]
         query = self.model.embedding.emb_s1(s1)  # [N, 1, d], unscaled as upstream
-        padded = torch.arange(dep_k.shape[2], device=self.device)[None, :] >= n_keys[:, None]  # [N, T]
-        attn = self.model.dep_layer.cross_attn.attend(query, dep_k, dep_v, padding_mask=padded)  # [N, 1, d]
+        n, _, d = query.shape
+        q = attn_mod.q_proj(query).view(n, 1, attn_mod.n_heads, attn_mod.head_dim).transpose(1, 2)  # [N, H, 1, D]
+        valid = torch.arange(dep_k.shape[2], device=self.device)[None, :] < n_keys[:, None]  # [N, T]
+        att = F.scaled_dot_product_attention(q, dep_k, dep_v, attn_mask=valid[:, None, None, :])  # [N, H, 1, D]
+        attn = attn_mod.out_proj(att.transpose(1, 2).reshape(n, 1, d))
         x2 = self.model.dep_layer.norm(h_last[:, None, :] + attn)
         return self.model.head.cond_forward(x2)[:, 0].float()
 
     def _recompute_window(self, s1: Tensor, s2: Tensor, stamp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Upstream's full pass over windows [n, max_context]: (s1 logits, last row, dep k, dep v)."""
-        logits, ctx = self.model.decode_s1(s1, s2, stamp.to(self.dtype))
+        ctx = self.model.run_transformer(self.model.embed(s1, s2, stamp.to(self.dtype)))
         dep_k, dep_v = self.model.dep_layer.cross_attn.project_kv(ctx, ctx)
-        return logits[:, -1].float(), ctx[:, -1], dep_k, dep_v
+        return self.model.head(ctx[:, -1]).float(), ctx[:, -1], dep_k, dep_v
 
     # ------------------------------------------------------------------ generation
 
@@ -275,8 +296,11 @@ class KronosEngine:
         pst = _gather_windows(stamps, starts, w_max).to(self.dtype)
         cache_len = min(self.max_context, w_max + horizon)
         caches = self.predictor_caches(n, cache_len)
-        logits, ctx = self.model.decode_s1(p1, p2, pst, positions=torch.arange(w_max, device=dev), kv_caches=caches)
+        ctx = self.model.run_transformer(
+            self.model.embed(p1, p2, pst), positions=torch.arange(w_max, device=dev), kv_caches=caches
+        )  # [B, W, d]
         rows = torch.arange(n, device=dev)
+        h_last = ctx[rows, window - 1]  # [B, d]: only the last row's s1 logits are needed
         k_ctx, v_ctx = self.model.dep_layer.cross_attn.project_kv(ctx, ctx)  # [B, Hd, W, Dd]
         dep_k = k_ctx.new_zeros(n, k_ctx.shape[1], cache_len, k_ctx.shape[3])
         dep_v = torch.zeros_like(dep_k)
@@ -285,8 +309,8 @@ class KronosEngine:
         stats.add_time("prefill", t1)
         return DecodeState(
             caches=caches,
-            last_logits=logits[rows, window - 1].float(),
-            h_last=ctx[rows, window - 1],
+            last_logits=self.model.head(h_last).float(),
+            h_last=h_last,
             dep_k=dep_k,
             dep_v=dep_v,
             tok1=tok1,
@@ -375,13 +399,17 @@ class KronosEngine:
                 k_cur[slide_rows], v_cur[slide_rows] = r_k, r_v
 
             s1 = sampler.draw(s1_logits, params, 2 * t)  # [N, 1]
-            s2 = sampler.draw(self.s2_logits(s1, h_cur, k_cur, v_cur, n_keys), params, 2 * t + 1)
+            kv_len = min(max(row_lengths) + t, k_cur.shape[2])  # keys any row may read this step
+            s2 = sampler.draw(self.s2_logits(s1, h_cur, k_cur, v_cur, n_keys, kv_len), params, 2 * t + 1)
             tok1[rows, cur], tok2[rows, cur] = s1[:, 0], s2[:, 0]
 
             if t + 1 < horizon and not all(n + t + 1 > max_ctx for n in row_lengths):
                 # Feed the new token (rows that will slide next step write a harmless clamped slot).
                 pos = cur.clamp(max=cache_len - 1)[:, None]  # [N, 1]
-                last_logits, h_new, k_new, v_new = self.step(s1, s2, stamps[rows, cur][:, None], pos, caches)
+                step_len = min(max(row_lengths) + t + 1, cache_len)
+                last_logits, h_new, k_new, v_new = self.step(
+                    s1, s2, stamps[rows, cur][:, None], pos, caches, kv_len=step_len
+                )
                 h_last = h_new[:, 0]
                 _scatter_rows(dep_k, pos, k_new)
                 _scatter_rows(dep_v, pos, v_new)

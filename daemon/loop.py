@@ -391,6 +391,9 @@ class ForecastLoop:
         for s in symbols:
             self._owner.pop(s, None)
             self._states.pop(s, None)
+        forget = getattr(self._forecaster, "drop", None)  # warm model sessions (incremental mode)
+        if callable(forget):
+            forget(symbols)
         self._metrics.forget_partitions(partitions)
         self._metrics.symbols_cached.set(len(self._states))
         return len(symbols)

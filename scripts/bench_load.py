@@ -1,0 +1,733 @@
+"""Load benchmark of the daemon through the real Kafka broker and Redis server (issue #5).
+
+For each mode (``exact``, ``incremental``) the script starts the daemon as a subprocess
+(``python -m daemon run``, configured by ``KRONOS_*`` variables, its log in ``results/tmp/``), on
+fresh topics (input and output with ``--partitions`` partitions, a dead-letter topic), its own
+consumer group and its own Redis key prefix, and drives it from this process:
+
+1. **warm-up** (not measured for latency): ``--warm-bars`` bars per symbol (default: max_context)
+   published as fast as possible, then wait until every one has its forecast, so each symbol's
+   window is full. Its drain rate is reported too (contexts grow from 1 bar to full).
+2. **measured phase**: ``--duration`` seconds at ``--rate`` bars/s in total over ``--symbols``
+   symbols (round-robin, a fixed schedule so a late send catches up). Per bar, the wall clock just
+   before the send is kept; a collector in this process reads the output topic and notes each
+   forecast's arrival. Reported: forecasts arrived per second during the phase (sustained rate),
+   end-to-end latency percentiles (send until the forecast is read from the output topic; bars whose
+   forecast comes after the phase get ``--grace`` seconds more, the rest are counted as missing), the
+   daemon's own ``latency_ms`` fields from the forecasts (queue, model, end_to_end), and the group's
+   lag on the input topic (end offsets minus committed offsets) when the phase ends.
+3. **max throughput**: a backlog of about ``--drain-seconds`` worth of bars (sized from the warm-up
+   rate, whole rounds of all symbols) published as fast as possible; drain rate = backlog / (time
+   from the first send to the last forecast read).
+
+Then the daemon gets SIGTERM, and its topics and Redis keys are deleted (also after a failure).
+The bars come from :func:`daemon.feeds.synthetic_bars` (same seed for both modes, so both see the
+same bars). Every wait is bounded; only loopback addresses are used (``KAFKA_BOOTSTRAP`` and
+``REDIS_URL`` from ``eval "$(scripts/services env)"``).
+
+Output: a table on stdout, ``--out`` (JSON, default ``results/bench_load.json``) and the same path
+with ``.md`` (the table and the machine facts).
+
+Run: ``.venv/bin/python scripts/bench_load.py`` (defaults: 20 symbols, 20 bars/s, 30 s, both modes,
+the demo model, 4 sample paths, 1 torch thread; a few minutes in all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.feeds import FeedBar, synthetic_bars
+from daemon.schemas import bar_to_json, format_ts, to_ns
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = {
+    "demo": REPO / "daemon" / "assets" / "demo-model",
+    "tiny": REPO / "tests" / "fixtures" / "kronos-tiny-a",
+}
+BAR_START = datetime(2024, 1, 2, tzinfo=UTC)  # synthetic clock start; the same bars in every mode
+BAR_INTERVAL_S = 60.0
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+Key = tuple[str, str]  # (symbol, bar ts as the forecast's "as_of")
+
+
+# -- output topic reader ------------------------------------------------------------------------
+
+
+@dataclass
+class Arrival:
+    at: float  # wall clock when this process read the forecast
+    latency_ms: dict[str, float]
+
+
+class Collector:
+    """Reads the output topic from the beginning and keeps each forecast's first arrival."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.first: dict[Key, Arrival] = {}
+        self.duplicates = 0
+        self.times: list[float] = []  # arrival time of every first arrival, in order
+
+    async def start(self, partitions: int) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
+        )
+        await self._consumer.start()
+        parts = [TopicPartition(self._topic, p) for p in range(partitions)]
+        self._consumer.assign(parts)
+        await self._consumer.seek_to_beginning(*parts)
+        self._task = asyncio.create_task(self._run(), name="bench-collector")
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=50, max_records=1000)
+            now = time.time()
+            for records in batch.values():
+                for r in records:
+                    msg = json.loads(r.value)
+                    key = (msg["symbol"], msg["as_of"])
+                    if key in self.first:
+                        self.duplicates += 1
+                        continue
+                    self.first[key] = Arrival(now, msg.get("latency_ms") or {})
+                    self.times.append(now)
+
+    def count_between(self, t0: float, t1: float) -> int:
+        return sum(1 for t in self.times if t0 <= t < t1)
+
+    async def wait_for(self, keys: list[Key], timeout_s: float) -> bool:
+        """True once every key has arrived; False after ``timeout_s`` (or if the reader died)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._task is not None and self._task.done():
+                self._task.result()  # re-raise the reader's failure
+                return False
+            if all(k in self.first for k in keys):
+                return True
+            await asyncio.sleep(0.05)
+        return all(k in self.first for k in keys)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+# -- publishing ---------------------------------------------------------------------------------
+
+
+def key_of(symbol: str, ts: datetime) -> Key:
+    return symbol, format_ts(to_ns(ts))
+
+
+async def publish_fast(producer: AIOKafkaProducer, topic: str, bars: list[FeedBar]) -> list[Key]:
+    """Send all, as fast as the producer takes them; returns once every send is acknowledged."""
+    acks = [await producer.send(topic, key=s.encode(), value=bar_to_json(s, ts, v)) for s, ts, v in bars]
+    await asyncio.gather(*acks)
+    return [key_of(s, ts) for s, ts, _ in bars]
+
+
+async def publish_paced(
+    producer: AIOKafkaProducer, topic: str, bars: Iterator[FeedBar], rate: float, duration_s: float
+) -> dict[Key, float]:
+    """Bar n is sent at start + n / rate (late sends catch up); returns each bar's send time."""
+    sent: dict[Key, float] = {}
+    acks = []
+    began = time.monotonic()
+    for n in itertools.count():
+        due = began + n / rate
+        if due - began >= duration_s:
+            break
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        symbol, ts, values = next(bars)
+        sent[key_of(symbol, ts)] = time.time()
+        acks.append(await producer.send(topic, key=symbol.encode(), value=bar_to_json(symbol, ts, values)))
+        if len(acks) >= 1000:
+            await asyncio.gather(*acks)
+            acks = []
+    await asyncio.gather(*acks)
+    rest = began + duration_s - time.monotonic()
+    if rest > 0:
+        await asyncio.sleep(rest)  # the phase lasts duration_s, whatever the last send took
+    return sent
+
+
+# -- the daemon subprocess ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (a loopback URL we built)
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+@dataclass
+class Run:
+    """The names of one mode's run (all unique to it)."""
+
+    mode: str
+    uid: str
+    partitions: int
+    input: str = field(init=False)
+    output: str = field(init=False)
+    dead: str = field(init=False)
+    group: str = field(init=False)
+    prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        base = f"bench-load-{self.uid}-{self.mode}"
+        self.input, self.output, self.dead = f"{base}-in", f"{base}-out", f"{base}-dlq"
+        self.group = base
+        self.prefix = f"bench-load:{self.uid}:{self.mode}"
+
+
+def daemon_env(
+    args: argparse.Namespace, run: Run, bootstrap: str, redis_url: str, port: int
+) -> dict[str, str]:
+    model_dir = MODELS[args.model]
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("KRONOS_")}
+    env.update(
+        {
+            "KRONOS_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "KRONOS_KAFKA__INPUT_TOPIC": run.input,
+            "KRONOS_KAFKA__OUTPUT_TOPIC": run.output,
+            "KRONOS_KAFKA__DEAD_LETTER_TOPIC": run.dead,
+            "KRONOS_KAFKA__GROUP_ID": run.group,
+            "KRONOS_KAFKA__CLIENT_ID": run.group,
+            "KRONOS_REDIS__URL": redis_url,
+            "KRONOS_REDIS__KEY_PREFIX": run.prefix,
+            "KRONOS_MODEL__TOKENIZER_DIR": str(model_dir / "tokenizer"),
+            "KRONOS_MODEL__PREDICTOR_DIR": str(model_dir / "predictor"),
+            "KRONOS_MODEL__DEVICE": "cpu",
+            "KRONOS_MODEL__THREADS": str(args.threads),
+            "KRONOS_MODEL__MAX_CONTEXT": str(args.max_context),
+            "KRONOS_MODEL__HORIZON": str(args.horizon),
+            "KRONOS_MODEL__SAMPLE_COUNT": str(args.sample_count),
+            "KRONOS_MODE": run.mode,
+            "KRONOS_DEFAULT_BAR_INTERVAL_S": str(BAR_INTERVAL_S),
+            "KRONOS_HTTP_HOST": "127.0.0.1",
+            "KRONOS_HTTP_PORT": str(port),
+            "KRONOS_GRACEFUL_SHUTDOWN_S": "10",
+            "KRONOS_LOG_LEVEL": "INFO",
+            "KRONOS_LOG_FORMAT": "json",
+        }
+    )
+    return env
+
+
+class DaemonProcess:
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self._env = env
+        self.port = port
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "daemon", "run"],
+                cwd=REPO,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def wait_ready(self, timeout_s: float) -> float:
+        """Seconds until /readyz answered 200; raises if the process died or the time ran out."""
+        began = time.monotonic()
+        while time.monotonic() - began < timeout_s:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {self._proc.returncode}:\n{self.log_tail()}")
+            status, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{self.port}/readyz")
+            if status == 200:
+                return time.monotonic() - began
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"the daemon was not ready within {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    async def metrics(self) -> dict[str, float]:
+        status, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{self.port}/metrics")
+        if status != 200:
+            return {}
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    continue
+                out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+        return out
+
+    async def stop(self, timeout_s: float = 20.0) -> int | None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 5)
+        return proc.returncode
+
+
+# -- Kafka and Redis housekeeping ---------------------------------------------------------------
+
+
+async def group_lag(admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer, run: Run) -> int:
+    """Messages of the input topic not yet committed by the daemon's group."""
+    parts = [TopicPartition(run.input, p) for p in range(run.partitions)]
+    ends = await probe.end_offsets(parts)
+    committed = await admin.list_consumer_group_offsets(run.group)
+    lag = 0
+    for tp in parts:
+        meta = committed.get(tp)
+        done = meta.offset if meta is not None and meta.offset >= 0 else 0
+        lag += max(0, ends[tp] - done)
+    return lag
+
+
+async def create_topics(admin: AIOKafkaAdminClient, run: Run) -> None:
+    await admin.create_topics(
+        [
+            NewTopic(run.input, num_partitions=run.partitions, replication_factor=1),
+            NewTopic(run.output, num_partitions=run.partitions, replication_factor=1),
+            NewTopic(run.dead, num_partitions=1, replication_factor=1),
+        ]
+    )
+
+
+async def wait_for_leaders(probe: AIOKafkaConsumer, run: Run, timeout_s: float = 15.0) -> None:
+    """Until the new topics' partitions all show up in the metadata (a leader is elected)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        await probe._client.force_metadata_update()  # noqa: SLF001
+        cluster = probe._client.cluster  # noqa: SLF001
+        ready = True
+        for topic in (run.input, run.output):
+            parts = cluster.partitions_for_topic(topic) or set()
+            leaders = [cluster.leader_for_partition(TopicPartition(topic, p)) for p in parts]
+            ready = ready and len(parts) == run.partitions and all(x is not None and x >= 0 for x in leaders)
+        if ready:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"the topics of {run.group} have no leaders after {timeout_s} s")
+
+
+async def delete_topics(admin: AIOKafkaAdminClient, run: Run) -> None:
+    names = {run.input, run.output, run.dead}
+    present = names & set(await admin.list_topics())
+    if not present:
+        return
+    await admin.delete_topics(sorted(present))
+    deadline = time.monotonic() + 15
+    while names & set(await admin.list_topics()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
+async def delete_redis_keys(redis_url: str, prefix: str) -> int:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        for i in range(0, len(keys), 500):
+            await client.delete(*keys[i : i + 500])
+        return len(keys)
+    finally:
+        await client.aclose()
+
+
+# -- one mode -----------------------------------------------------------------------------------
+
+
+def percentiles(values: list[float], qs: tuple[int, ...] = (50, 90, 99)) -> dict[str, float | None]:
+    if not values:
+        empty: dict[str, float | None] = {f"p{q}": None for q in qs}
+        empty["max"] = None
+        return empty
+    arr = np.asarray(values, dtype=float)
+    out: dict[str, float | None] = {f"p{q}": round(float(np.percentile(arr, q)), 1) for q in qs}
+    out["max"] = round(float(arr.max()), 1)
+    return out
+
+
+def round_robin(bars: Iterator[FeedBar], count: int) -> list[FeedBar]:
+    return list(itertools.islice(bars, count))
+
+
+async def bench_mode(
+    args: argparse.Namespace, mode: str, bootstrap: str, redis_url: str, uid: str
+) -> dict[str, Any]:
+    run = Run(mode, uid, args.partitions)
+    port = free_port()
+    log_path = REPO / "results" / "tmp" / f"bench_load-{mode}.log"
+    daemon = DaemonProcess(daemon_env(args, run, bootstrap, redis_url, port), port, log_path)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0)
+    collector = Collector(bootstrap, run.output)
+    bars = synthetic_bars(args.symbols, None, interval_s=BAR_INTERVAL_S, seed=args.seed, start=BAR_START)
+    result: dict[str, Any] = {"mode": mode, "daemon_log": str(log_path.relative_to(REPO))}
+    await admin.start()
+    try:
+        await create_topics(admin, run)
+        await probe.start()
+        await wait_for_leaders(probe, run)
+        await producer.start()
+        began = time.monotonic()
+        daemon.start()
+        result["startup_s"] = round(await daemon.wait_ready(args.ready_timeout), 2)
+        await collector.start(run.partitions)  # reads from the beginning; nothing is published yet
+        print(f"[{mode}] daemon ready after {result['startup_s']} s", flush=True)
+
+        # 1. warm-up: full windows for every symbol
+        warm = round_robin(bars, args.symbols * args.warm_bars)
+        t0 = time.time()
+        keys = await publish_fast(producer, run.input, warm)
+        complete = await collector.wait_for(keys, args.warm_timeout)
+        last = max((collector.first[k].at for k in keys if k in collector.first), default=t0)
+        got = sum(1 for k in keys if k in collector.first)
+        result["warmup"] = {
+            "bars": len(keys),
+            "forecasts": got,
+            "complete": complete,
+            "seconds": round(last - t0, 2),
+            "rate": round(got / max(last - t0, 1e-9), 1),
+        }
+        print(f"[{mode}] warm-up: {got}/{len(keys)} forecasts in {last - t0:.1f} s", flush=True)
+        if not complete:
+            raise RuntimeError(f"warm-up did not finish within {args.warm_timeout} s; lower --warm-bars")
+
+        # 2. measured phase at the target rate
+        before = await daemon.metrics()
+        t_start = time.time()
+        sent = await publish_paced(producer, run.input, bars, args.rate, args.duration)
+        t_end = time.time()
+        lag_end = await group_lag(admin, probe, run)
+        in_phase = collector.count_between(t_start, t_end)
+        missing_at_end = sum(1 for k in sent if k not in collector.first)
+        after_phase = await daemon.metrics()
+        await collector.wait_for(list(sent), args.grace)
+        arrived = {k: collector.first[k] for k in sent if k in collector.first}
+        e2e = [(a.at - sent[k]) * 1e3 for k, a in arrived.items()]
+        own = {
+            name: percentiles([float(a.latency_ms[name]) for a in arrived.values() if name in a.latency_ms])
+            for name in ("queue", "model", "end_to_end")
+        }
+        calls = after_phase.get("kronos_batch_size_count", 0.0) - before.get("kronos_batch_size_count", 0.0)
+        series = after_phase.get("kronos_batch_size_sum", 0.0) - before.get("kronos_batch_size_sum", 0.0)
+        step_s = after_phase.get("kronos_model_step_seconds_sum", 0.0) - before.get(
+            "kronos_model_step_seconds_sum", 0.0
+        )
+        phase_s = t_end - t_start
+        result["measured"] = {
+            "seconds": round(phase_s, 2),
+            "bars_sent": len(sent),
+            "send_rate": round(len(sent) / phase_s, 2),
+            "forecasts_in_phase": in_phase,
+            "sustained_rate": round(in_phase / phase_s, 2),
+            "forecasts_missing_at_end": missing_at_end,
+            "forecasts_missing_after_grace": len(sent) - len(arrived),
+            "lag_at_end": lag_end,
+            "e2e_ms": percentiles(e2e),
+            "daemon_latency_ms": own,
+            "model_calls": int(calls),
+            "mean_batch": round(series / calls, 2) if calls else None,
+            "model_busy_share": round(step_s / phase_s, 3),
+            "mean_model_call_ms": round(step_s / calls * 1e3, 2) if calls else None,
+        }
+        m = result["measured"]
+        print(
+            f"[{mode}] measured: {m['sustained_rate']} forecasts/s (sent {m['send_rate']}/s), e2e p50 "
+            f"{m['e2e_ms']['p50']} ms p99 {m['e2e_ms']['p99']} ms, lag at end {lag_end}",
+            flush=True,
+        )
+
+        # 3. max throughput: drain a backlog
+        backlog_rounds = max(1, round(result["warmup"]["rate"] * args.drain_seconds / args.symbols))
+        backlog_rounds = min(backlog_rounds, args.max_backlog_rounds)
+        drain = round_robin(bars, args.symbols * backlog_rounds)
+        d0 = time.time()
+        keys = await publish_fast(producer, run.input, drain)
+        published_s = time.time() - d0
+        complete = await collector.wait_for(keys, args.drain_timeout)
+        got_at = sorted(collector.first[k].at for k in keys if k in collector.first)
+        end = got_at[-1] if got_at else d0
+        lag_drain = await group_lag(admin, probe, run)
+        final = await daemon.metrics()
+        result["drain"] = {
+            "bars": len(keys),
+            "publish_s": round(published_s, 2),
+            "forecasts": len(got_at),
+            "complete": complete,
+            "seconds": round(end - d0, 2),
+            "rate": round(len(got_at) / max(end - d0, 1e-9), 2),
+            "lag_at_end": lag_drain,
+        }
+        calls = final.get("kronos_batch_size_count", 0.0) - after_phase.get("kronos_batch_size_count", 0.0)
+        series = final.get("kronos_batch_size_sum", 0.0) - after_phase.get("kronos_batch_size_sum", 0.0)
+        result["drain"]["mean_batch"] = round(series / calls, 2) if calls else None
+        result["daemon_totals"] = {
+            k.removeprefix("kronos_"): final.get(k, 0.0)
+            for k in ("kronos_forecasts_out_total", "kronos_bars_in_total", "kronos_skipped_total",
+                      "kronos_invalid_total", "kronos_state_conflicts_total")
+        }  # fmt: skip
+        result["duplicates_read"] = collector.duplicates
+        result["wall_s"] = round(time.monotonic() - began, 1)
+        print(
+            f"[{mode}] drain: {len(got_at)}/{len(keys)} in {end - d0:.1f} s = {result['drain']['rate']}/s",
+            flush=True,
+        )
+    finally:
+        result["exit_code"] = await daemon.stop()
+        await collector.stop()
+        await producer.stop()
+        await probe.stop()
+        try:
+            await delete_topics(admin, run)
+        finally:
+            await admin.close()
+        result["redis_keys_deleted"] = await delete_redis_keys(redis_url, run.prefix)
+    return result
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def machine_facts(args: argparse.Namespace) -> dict[str, Any]:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        torch_version = dist_version("torch")
+    except PackageNotFoundError:
+        torch_version = "?"
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "torch_threads": args.threads,
+        "python": platform.python_version(),
+        "torch": torch_version,
+        "load_avg_before": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def table(results: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [
+        "| mode | sent bars/s | sustained forecasts/s | e2e p50 ms | e2e p99 ms | daemon e2e p50/p99 ms "
+        "| model call ms (mean) | mean batch | lag at end | drain bars/s (batch) | warm-up bars/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, r in results.items():
+        if "measured" not in r or "drain" not in r:
+            error = " ".join(str(r.get("error", "?")).split())[:300].replace("|", "/")
+            rows.append(f"| {mode} | failed: {error} |||||||||")
+            continue
+        m, d = r["measured"], r["drain"]
+        own = m["daemon_latency_ms"]["end_to_end"]
+        rows.append(
+            f"| {mode} | {m['send_rate']} | {m['sustained_rate']} | {m['e2e_ms']['p50']} | {m['e2e_ms']['p99']} "
+            f"| {own['p50']} / {own['p99']} | {m['mean_model_call_ms']} | {m['mean_batch']} | {m['lag_at_end']} "
+            f"| {d['rate']} ({d['mean_batch']}) | {r['warmup']['rate']} |"
+        )
+    return rows
+
+
+def write_markdown(path: Path, report: dict[str, Any]) -> None:
+    a, mf = report["settings"], report["machine"]
+    lines = [
+        "# Daemon load benchmark (real Kafka and Redis)",
+        "",
+        f"{mf['date']}; {mf['cores']} cores ({mf['cpu']}), torch {mf['torch']} on CPU with "
+        f"{mf['torch_threads']} thread(s), Python {mf['python']}; load average before "
+        f"{mf['load_avg_before']}, after {mf['load_avg_after']}. The daemon ran as a subprocess "
+        "(`python -m daemon run`); the producer and the output reader ran in the benchmark process, and "
+        "broker and Redis on the same machine (loopback).",
+        "",
+        f"Model `{a['model']}` ({a['model_dir']}), max_context {a['max_context']}, horizon {a['horizon']}, "
+        f"sample_count {a['sample_count']}; {a['symbols']} symbols, target {a['rate']} bars/s for "
+        f"{a['duration']} s after a warm-up of {a['warm_bars']} bars per symbol; input/output topics with "
+        f"{a['partitions']} partitions; daemon batch settings at their defaults (256 records per fetch, "
+        "20 ms wait). Command: `" + report["command"] + "`.",
+        "",
+        *table(report["modes"]),
+        "",
+        "- *sustained*: forecasts read from the output topic during the measured phase / its length.",
+        "- *e2e*: this process's clock just before sending a bar until it read that bar's forecast from "
+        "the output topic. *daemon e2e*: the forecast's own `latency_ms.end_to_end` (the input message's "
+        "Kafka timestamp until the forecast was handed to the producer).",
+        "- *lag at end*: input messages not yet committed by the daemon's group when the phase ended.",
+        "- *drain*: a backlog published as fast as possible; bars / (first send to last forecast read); "
+        "*batch* = mean series per model call while draining.",
+        "- *warm-up*: the same drain from empty state (contexts growing to max_context), not measured "
+        "for latency.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--symbols", type=int, default=20, help="number of symbols (default 20)")
+    p.add_argument("--rate", type=float, default=20.0, help="bars/s, all symbols together (default 20)")
+    p.add_argument("--duration", type=float, default=30.0, help="measured phase, seconds (default 30)")
+    p.add_argument("--modes", default="exact,incremental", help="comma list of exact, incremental")
+    p.add_argument(
+        "--model", choices=sorted(MODELS), default="demo", help="demo model or tiny test checkpoint"
+    )
+    p.add_argument("--max-context", type=int, default=128)
+    p.add_argument("--horizon", type=int, default=12)
+    p.add_argument("--sample-count", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads of the daemon (default 1)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the input and output topics")
+    p.add_argument(
+        "--warm-bars", type=int, default=None, help="warm-up bars per symbol (default max_context)"
+    )
+    p.add_argument("--drain-seconds", type=float, default=12.0, help="target size of the backlog, in seconds")
+    p.add_argument("--max-backlog-rounds", type=int, default=200, help="cap on backlog bars per symbol")
+    p.add_argument("--grace", type=float, default=10.0, help="extra wait for the measured phase's forecasts")
+    p.add_argument("--ready-timeout", type=float, default=60.0)
+    p.add_argument("--warm-timeout", type=float, default=90.0)
+    p.add_argument("--drain-timeout", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("results/bench_load.json"))
+    args = p.parse_args(argv)
+    args.warm_bars = args.warm_bars or args.max_context
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in ("exact", "incremental") for m in modes):
+        p.error(f"--modes takes exact and/or incremental, got {args.modes!r}")
+    args.mode_list = modes
+    if args.symbols < 1 or args.rate <= 0 or args.duration <= 0 or args.partitions < 1:
+        p.error("--symbols, --rate, --duration and --partitions must be positive")
+    return args
+
+
+def service_addresses() -> tuple[str, str]:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "")
+    redis_url = os.environ.get("REDIS_URL", "")
+    if not bootstrap or not redis_url:
+        raise SystemExit('set KAFKA_BOOTSTRAP and REDIS_URL: eval "$(scripts/services env)"')
+    hosts = [urlsplit(f"//{b}").hostname for b in bootstrap.split(",")] + [urlsplit(redis_url).hostname]
+    if any(h not in LOOPBACK for h in hosts):
+        raise SystemExit(f"only loopback services are benchmarked, got {bootstrap} and {redis_url}")
+    return bootstrap, redis_url
+
+
+async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    bootstrap, redis_url = service_addresses()
+    uid = uuid.uuid4().hex[:10]
+    model_dir = MODELS[args.model]
+    report: dict[str, Any] = {
+        "command": command,
+        "machine": machine_facts(args),
+        "settings": {
+            "symbols": args.symbols,
+            "rate": args.rate,
+            "duration": args.duration,
+            "modes": args.mode_list,
+            "model": args.model,
+            "model_dir": str(model_dir.relative_to(REPO)),
+            "max_context": args.max_context,
+            "horizon": args.horizon,
+            "sample_count": args.sample_count,
+            "partitions": args.partitions,
+            "warm_bars": args.warm_bars,
+            "drain_seconds": args.drain_seconds,
+            "grace": args.grace,
+            "run_id": uid,
+        },
+        "modes": {},
+    }
+    began = time.monotonic()
+    for mode in args.mode_list:
+        try:
+            report["modes"][mode] = await bench_mode(args, mode, bootstrap, redis_url, uid)
+        except Exception as exc:  # report what ran; the next mode still runs
+            print(f"[{mode}] failed: {exc}", file=sys.stderr, flush=True)
+            report["modes"][mode] = {"mode": mode, "error": f"{type(exc).__name__}: {exc}"}
+    report["wall_s"] = round(time.monotonic() - began, 1)
+    report["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python scripts/bench_load.py" + (
+        "" if not (argv or sys.argv[1:]) else " " + " ".join(argv or sys.argv[1:])
+    )
+    report = asyncio.run(main_async(args, command))
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(out.with_suffix(".md"), report)
+    print()
+    print("\n".join(table(report["modes"])))
+    print(f"\nwrote {out} and {out.with_suffix('.md')} ({report['wall_s']} s)")
+    return 0 if all("error" not in r for r in report["modes"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

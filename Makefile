@@ -10,10 +10,15 @@ BIN := $(VENV)/bin
 # pip runs again only when pyproject.toml changes (or .venv is gone): the stamp's name holds its hash.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: test venv lint typecheck pytest services-up services-down services-status
+.PHONY: demo test venv lint typecheck pytest services-up services-down services-status
 
 # ruff, mypy, then the whole pytest suite against a real Kafka broker and Redis server.
 test: lint typecheck pytest
+
+# The main job: the daemon on the bundled real bars with the demo model, no services needed.
+# DEMO_ARGS go to `kronos-stream demo` (e.g. DEMO_ARGS='--mode exact --bars 120 --out /tmp/demo.png').
+demo: venv
+	$(BIN)/kronos-stream demo $(DEMO_ARGS)
 
 venv: $(STAMP)
 

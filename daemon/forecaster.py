@@ -58,7 +58,7 @@ def _from_factory(path: str, settings: Settings) -> StreamForecaster:
     return factory(settings)  # type: ignore[no-any-return]
 
 
-def _from_engine(settings: Settings) -> StreamForecaster:
+def build_engine_forecaster(settings: Settings) -> StreamForecaster:
     """kronos_core's StreamingForecaster over a checkpoint (or a random-weight preset, for benchmarks)."""
     m = settings.model
     if not ((m.tokenizer_dir and m.predictor_dir) or m.preset):
@@ -127,6 +127,6 @@ def check_forecaster(forecaster: StreamForecaster, settings: Settings) -> None:
 
 def build_forecaster(settings: Settings) -> StreamForecaster:
     factory = settings.model.factory
-    forecaster = _from_factory(factory, settings) if factory else _from_engine(settings)
+    forecaster = _from_factory(factory, settings) if factory else build_engine_forecaster(settings)
     check_forecaster(forecaster, settings)
     return forecaster

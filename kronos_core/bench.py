@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_and_report(args: argparse.Namespace) -> int:
-    result = run(args)
+    try:
+        result = run(args)
+    except ValueError as exc:  # KronosError/ConfigError/InputError are ValueErrors: bad options
+        print(f"kronos-stream bench inference: {exc}", file=sys.stderr)
+        return 2
     print_report(result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

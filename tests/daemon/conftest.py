@@ -58,6 +58,8 @@ def forecaster_env() -> dict[str, str]:
             "KRONOS_MODEL__PREDICTOR_DIR": str(TINY / "predictor"),
             "KRONOS_MODEL__DEVICE": "cpu",
             "KRONOS_MODEL__THREADS": "1",
+            "KRONOS_MODEL__FACTORY": "stub_forecaster:build_engine",  # the engine, slowed on request
+            "KRONOS_MODEL__VERSION": checkpoint_version(TINY / "tokenizer", TINY / "predictor"),
         }
     return {"KRONOS_MODEL__FACTORY": "stub_forecaster:build"}
 

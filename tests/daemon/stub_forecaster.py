@@ -100,3 +100,28 @@ def build(settings: Any) -> StubForecaster:
         sample_count=min(settings.model.sample_count, 8),
         delay_ms=float(os.environ.get("STUB_FORECASTER_DELAY_MS", "0")),
     )
+
+
+class SlowedForecaster:
+    """A real forecaster whose calls take ``delay_ms`` longer: lets a test land a kill mid-batch."""
+
+    def __init__(self, inner: Any, delay_ms: float) -> None:
+        self.inner, self.delay_ms = inner, delay_ms
+        self.model_version, self.mode = inner.model_version, inner.mode
+        self.max_context, self.quantile_levels = inner.max_context, inner.quantile_levels
+
+    def forecast(self, windows: Sequence[SeriesWindow], horizon: int) -> list[SeriesForecast]:
+        if self.delay_ms:
+            time.sleep(self.delay_ms / 1e3)
+        result: list[SeriesForecast] = self.inner.forecast(windows, horizon)
+        return result
+
+
+def build_engine(settings: Any) -> SlowedForecaster:
+    """KRONOS_MODEL__FACTORY entry point: kronos_core's engine over KRONOS_MODEL__*_DIR, slowed by
+    STUB_FORECASTER_DELAY_MS (0: not at all)."""
+    from daemon.forecaster import build_engine_forecaster
+
+    return SlowedForecaster(
+        build_engine_forecaster(settings), float(os.environ.get("STUB_FORECASTER_DELAY_MS", "0"))
+    )

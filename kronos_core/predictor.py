@@ -135,13 +135,17 @@ class KronosPredictor:
                 results[i] = paths[row]
         return [r for r in results if r is not None]
 
-    def _prepare_one(
+    def _single_paths(
         self, df: pd.DataFrame, x_timestamp: Any, y_timestamp: Any, pred_len: int, T: float, top_k: int,
-        top_p: float, sample_count: int,
-    ) -> tuple[PreparedSeries, int]:
+        top_p: float, sample_count: int, verbose: bool, generator: torch.Generator | None, seed: int | None,
+    ) -> tuple[PreparedSeries, np.ndarray]:
+        """Validate one series and generate its normalised sample paths [S, pred_len, 6]."""
         pred_len = check_pred_len(pred_len, self.max_context)
         _check_sampling(T, top_k, top_p, sample_count)
-        return prepare_series(df, x_timestamp, y_timestamp, pred_len, self.clip), pred_len
+        series = prepare_series(df, x_timestamp, y_timestamp, pred_len, self.clip)
+        seeds = None if seed is None else [int(seed)]
+        (paths,) = self._paths([series], pred_len, T, top_k, top_p, sample_count, verbose, generator, seeds)
+        return series, paths
 
     def predict(
         self,
@@ -160,9 +164,9 @@ class KronosPredictor:
     ) -> pd.DataFrame:
         """Forecast ``pred_len`` bars after ``df``; a frame indexed by ``y_timestamp`` with columns
         open, high, low, close, volume, amount (the mean over ``sample_count`` paths)."""
-        series, pred_len = self._prepare_one(df, x_timestamp, y_timestamp, pred_len, T, top_k, top_p, sample_count)
-        seeds = None if seed is None else [int(seed)]
-        (paths,) = self._paths([series], pred_len, T, top_k, top_p, sample_count, verbose, generator, seeds)
+        series, paths = self._single_paths(
+            df, x_timestamp, y_timestamp, pred_len, T, top_k, top_p, sample_count, verbose, generator, seed
+        )
         return forecast_frame(np.mean(paths, axis=0), series)
 
     def predict_samples(
@@ -180,9 +184,9 @@ class KronosPredictor:
         seed: int | None = None,
     ) -> np.ndarray:
         """Every sample path in price units.  # [sample_count, pred_len, 6] (open .. amount)"""
-        series, pred_len = self._prepare_one(df, x_timestamp, y_timestamp, pred_len, T, top_k, top_p, sample_count)
-        seeds = None if seed is None else [int(seed)]
-        (paths,) = self._paths([series], pred_len, T, top_k, top_p, sample_count, False, generator, seeds)
+        series, paths = self._single_paths(
+            df, x_timestamp, y_timestamp, pred_len, T, top_k, top_p, sample_count, False, generator, seed
+        )
         return np.asarray(denormalize(paths, series.mean, series.std))
 
     def predict_quantiles(
@@ -208,9 +212,9 @@ class KronosPredictor:
         levels = [float(q) for q in quantile_levels]
         if not levels or not all(0.0 < q < 1.0 for q in levels):
             raise InputError(f"quantile_levels must be numbers in (0, 1), got {list(quantile_levels)!r}")
-        series, pred_len = self._prepare_one(df, x_timestamp, y_timestamp, pred_len, T, top_k, top_p, sample_count)
-        seeds = None if seed is None else [int(seed)]
-        (paths,) = self._paths([series], pred_len, T, top_k, top_p, sample_count, False, generator, seeds)
+        series, paths = self._single_paths(
+            df, x_timestamp, y_timestamp, pred_len, T, top_k, top_p, sample_count, False, generator, seed
+        )
         samples = denormalize(paths, series.mean, series.std)  # [S, P, 6]
         q_values = np.quantile(samples, levels, axis=0)  # [Q, P, 6]
         bands = {

@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline-repeats", type=int, default=None, help="baseline rounds (default: --repeats)")
     p.add_argument("--no-baseline", action="store_true", help="time only the fast path (large batches)")
     p.add_argument("--compare-dtype", default=None, choices=sorted(DTYPES), help="greedy token agreement vs fp32")
+    p.add_argument("--no-packed", action="store_true", help="fast path without oneDNN-prepacked weights (CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/bench_inference.json", help="where to write the JSON results")
@@ -66,7 +67,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer, model = build_pair(args.preset, seed=args.seed)
-    engine = KronosEngine(model, tokenizer, device=args.device, max_context=args.max_context, dtype=DTYPES[args.dtype])
+    engine = KronosEngine(
+        model, tokenizer, device=args.device, max_context=args.max_context, dtype=DTYPES[args.dtype],
+        packed=not args.no_packed,
+    )
     device = engine.device
     xs, x_st, y_st = _inputs(args)
     params = SamplingParams(T=1.0, top_k=0, top_p=0.9, sample_count=args.sample_count)
@@ -115,6 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": args.dtype,
+        "packed_weights": engine.packed,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "fast_seconds": fast_s,
@@ -168,6 +173,7 @@ def print_report(result: dict[str, Any]) -> None:
     print(
         f"preset={result['preset']} context={result['context']} horizon={result['horizon']} batch={result['batch']} "
         f"samples={result['sample_count']} device={result['device']} ({result['device_name']}) dtype={result['dtype']} "
+        f"packed={result['packed_weights']} "
         f"threads={result['threads']}"
     )
     print(

@@ -38,10 +38,11 @@ from torch import Tensor
 
 from kronos_core.counter_rng import path_seeds, sample_inverse_cdf, uniforms
 from kronos_core.device import resolve_device
-from kronos_core.fused_step import FusedDecoder
+from kronos_core.fused_step import FusedBlocks, masked_attention
 from kronos_core.kv_cache import KVCache, key_mask, make_caches
 from kronos_core.layers import SelfAttention
 from kronos_core.model import Kronos
+from kronos_core.packed_linear import PackedLinear
 from kronos_core.sampling import filter_logits
 from kronos_core.tokenizer import KronosTokenizer
 
@@ -144,7 +145,9 @@ class KronosEngine:
         device: str | torch.device | None = None,
         max_context: int = 512,
         dtype: torch.dtype | None = None,
+        packed: bool = True,
     ) -> None:
+        """``packed``: on CPU in fp32, run the predictor's matrix products with oneDNN-prepacked weights."""
         if max_context < 2:
             raise ValueError(f"max_context must be >= 2, got {max_context}")
         self.device = resolve_device(device)
@@ -155,7 +158,22 @@ class KronosEngine:
         self.model = model.to(self.device, self.dtype).eval()
         self.tokenizer = tokenizer.to(self.device, self.dtype).eval()
         self.max_context = max_context
-        self._fused = FusedDecoder(self.model)
+        m, tok = self.model, self.tokenizer
+        self._fused = FusedBlocks(m.transformer, m.norm, pack=packed)
+        self._encoder = FusedBlocks(tok.encoder, pack=packed) if len(tok.encoder) else None
+        self._decoder = FusedBlocks(tok.decoder, pack=packed) if len(tok.decoder) else None
+        self.packed = self._fused.packed
+        with torch.no_grad():  # the per-step products outside the blocks, prepacked too
+            cross = m.dep_layer.cross_attn
+            self._head_s1 = PackedLinear(m.head.proj_s1.weight, m.head.proj_s1.bias, pack=packed)
+            self._head_s2 = PackedLinear(m.head.proj_s2.weight, m.head.proj_s2.bias, pack=packed)
+            self._dep_q = PackedLinear(cross.q_proj.weight, cross.q_proj.bias, pack=packed)
+            self._dep_out = PackedLinear(cross.out_proj.weight, cross.out_proj.bias, pack=packed)
+            self._dep_kv = PackedLinear(
+                torch.cat([cross.k_proj.weight, cross.v_proj.weight]),
+                torch.cat([cross.k_proj.bias, cross.v_proj.bias]),
+                pack=packed,
+            )
 
     # ------------------------------------------------------------------ cache factories
 
@@ -188,8 +206,10 @@ class KronosEngine:
     ) -> tuple[Tensor, Tensor]:
         """s1, s2 ids [B, S]; with caches, rows are appended at ``positions`` (incremental encoding)."""
         z = self.tokenizer.embed(x.to(self.dtype))
-        for i, layer in enumerate(self.tokenizer.encoder):
-            z = layer(z, positions=positions, kv_cache=None if caches is None else caches[i], attn_mask=attn_mask)
+        if self._encoder is not None:
+            out = self._encoder.forward(z, self._positions(z, positions), list(caches) if caches else None, attn_mask)
+            assert out is not None
+            z = out
         _, _, ids = self.tokenizer.tokenizer(self.tokenizer.quant_embed(z), half=True, collect_metrics=False)
         return ids[0], ids[1]
 
@@ -204,9 +224,35 @@ class KronosEngine:
     ) -> Tensor:
         """Bars [B, S, 6] (normalised) from ids through the full-code decoder path."""
         h = self.tokenizer.post_quant_embed(self.tokenizer.indices_to_bits([s1, s2], half=True).to(self.dtype))
-        for i, layer in enumerate(self.tokenizer.decoder):
-            h = layer(h, positions=positions, kv_cache=None if caches is None else caches[i], attn_mask=attn_mask)
+        if self._decoder is not None:
+            out = self._decoder.forward(h, self._positions(h, positions), list(caches) if caches else None, attn_mask)
+            assert out is not None
+            h = out
         return self.tokenizer.head(h).float()
+
+    def fill_decoder_caches(
+        self, s1: Tensor, s2: Tensor, positions: Tensor, caches: Sequence[KVCache], attn_mask: Tensor | None = None
+    ) -> None:
+        """Put the decoder keys/values of ids [B, S] into ``caches`` without decoding them (the causal
+        decoder's later rows need them; their own outputs are not wanted)."""
+        if self._decoder is None:
+            return
+        h = self.tokenizer.post_quant_embed(self.tokenizer.indices_to_bits([s1, s2], half=True).to(self.dtype))
+        self._decoder.forward(h, positions, list(caches), attn_mask, kv_only=True)
+
+    def _positions(self, x: Tensor, positions: Tensor | None) -> Tensor:
+        return torch.arange(x.shape[1], device=self.device) if positions is None else positions
+
+    def head_s1(self, h: Tensor) -> Tensor:
+        """s1 logits of final-normed rows, float32.  # [..., V1]"""
+        return self._head_s1(h).float()
+
+    def dep_kv(self, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """Dependency-layer keys and values of context rows [N, S, d] (unrotated).  # [N, Hd, S, Dd] each"""
+        cross = self.model.dep_layer.cross_attn
+        n, s, _ = ctx.shape
+        kv = self._dep_kv(ctx).view(n, s, 2, cross.n_heads, cross.head_dim).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
 
     # ------------------------------------------------------------------ predictor pieces
 
@@ -226,8 +272,15 @@ class KronosEngine:
         kv_len = kv_len or caches[0].max_len
         x = self.model.embed(s1, s2, stamp.to(self.dtype))
         h = self._fused.forward(x, positions, list(caches), key_mask(positions, kv_len), kv_len)
-        k, v = self.model.dep_layer.cross_attn.project_kv(h, h)
-        return self.model.head(h[:, -1]).float(), h, k, v
+        assert h is not None
+        k, v = self.dep_kv(h)
+        return self._head_s1(h[:, -1]).float(), h, k, v
+
+    def transformer(self, x: Tensor, caches: list[KVCache] | None) -> Tensor:
+        """Prefill: embedded rows x [N, S, d] at positions 0..S-1, filling ``caches``.  # [N, S, d]"""
+        out = self._fused.forward(x, torch.arange(x.shape[1], device=self.device), caches)
+        assert out is not None
+        return out
 
     def s2_logits(
         self, s1: Tensor, h_last: Tensor, dep_k: Tensor, dep_v: Tensor, n_keys: Tensor, kv_len: int | None = None
@@ -240,23 +293,23 @@ class KronosEngine:
         keys to position 0, i.e. not at all (cos 0 = 1, sin 0 = 0): the rotation is skipped here,
         bit-identically, instead of being applied to every cached key at every step.
         """
-        attn_mod = self.model.dep_layer.cross_attn
+        cross = self.model.dep_layer.cross_attn
         if kv_len is not None:
             dep_k, dep_v = dep_k[:, :, :kv_len], dep_v[:, :, :kv_len]
         query = self.model.embedding.emb_s1(s1)  # [N, 1, d], unscaled as upstream
         n, _, d = query.shape
-        q = attn_mod.q_proj(query).view(n, 1, attn_mod.n_heads, attn_mod.head_dim).transpose(1, 2)  # [N, H, 1, D]
+        q = self._dep_q(query).view(n, 1, cross.n_heads, cross.head_dim).transpose(1, 2)  # [N, H, 1, D]
         valid = torch.arange(dep_k.shape[2], device=self.device)[None, :] < n_keys[:, None]  # [N, T]
-        att = F.scaled_dot_product_attention(q, dep_k, dep_v, attn_mask=valid[:, None, None, :])  # [N, H, 1, D]
-        attn = attn_mod.out_proj(att.transpose(1, 2).reshape(n, 1, d))
+        att = masked_attention(q, dep_k, dep_v, valid[:, None, None, :])  # [N, H, 1, D]
+        attn = self._dep_out(att.transpose(1, 2).reshape(n, 1, d))
         x2 = self.model.dep_layer.norm(h_last[:, None, :] + attn)
-        return self.model.head.cond_forward(x2)[:, 0].float()
+        return self._head_s2(x2)[:, 0].float()
 
     def _recompute_window(self, s1: Tensor, s2: Tensor, stamp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Upstream's full pass over windows [n, max_context]: (s1 logits, last row, dep k, dep v)."""
-        ctx = self.model.run_transformer(self.model.embed(s1, s2, stamp.to(self.dtype)))
-        dep_k, dep_v = self.model.dep_layer.cross_attn.project_kv(ctx, ctx)
-        return self.model.head(ctx[:, -1]).float(), ctx[:, -1], dep_k, dep_v
+        ctx = self.transformer(self.model.embed(s1, s2, stamp.to(self.dtype)), None)
+        dep_k, dep_v = self.dep_kv(ctx)
+        return self._head_s1(ctx[:, -1]).float(), ctx[:, -1], dep_k, dep_v
 
     # ------------------------------------------------------------------ generation
 
@@ -296,12 +349,10 @@ class KronosEngine:
         pst = _gather_windows(stamps, starts, w_max).to(self.dtype)
         cache_len = min(self.max_context, w_max + horizon)
         caches = self.predictor_caches(n, cache_len)
-        ctx = self.model.run_transformer(
-            self.model.embed(p1, p2, pst), positions=torch.arange(w_max, device=dev), kv_caches=caches
-        )  # [B, W, d]
+        ctx = self.transformer(self.model.embed(p1, p2, pst), caches)  # [B, W, d]
         rows = torch.arange(n, device=dev)
         h_last = ctx[rows, window - 1]  # [B, d]: only the last row's s1 logits are needed
-        k_ctx, v_ctx = self.model.dep_layer.cross_attn.project_kv(ctx, ctx)  # [B, Hd, W, Dd]
+        k_ctx, v_ctx = self.dep_kv(ctx)  # [B, Hd, W, Dd]
         dep_k = k_ctx.new_zeros(n, k_ctx.shape[1], cache_len, k_ctx.shape[3])
         dep_v = torch.zeros_like(dep_k)
         dep_k[:, :, :w_max], dep_v[:, :, :w_max] = k_ctx, v_ctx
@@ -309,7 +360,7 @@ class KronosEngine:
         stats.add_time("prefill", t1)
         return DecodeState(
             caches=caches,
-            last_logits=self.model.head(h_last).float(),
+            last_logits=self._head_s1(h_last).float(),
             h_last=h_last,
             dep_k=dep_k,
             dep_v=dep_v,
@@ -456,11 +507,11 @@ class KronosEngine:
             dec_caches = self.decoder_caches(len(series_rows), int(d_window.max()))
             if p_max > 0 and dec_caches:
                 starts = d_start[series_rows]
-                self.decode_ids(
+                self.fill_decoder_caches(
                     _gather_windows(tok1[series_rows], starts, p_max),
                     _gather_windows(tok2[series_rows], starts, p_max),
-                    positions=torch.arange(p_max, device=dev),
-                    caches=dec_caches,
+                    torch.arange(p_max, device=dev),
+                    dec_caches,
                 )
                 stats.decode_tokens += int(prefix_len[series_rows].sum())
         if n_paths > 1:

@@ -1,11 +1,16 @@
-"""The predictor's transformer re-laid for decode steps: fewer, larger matrix products.
+"""Transformer stacks re-laid for inference: fewer, larger, prepacked matrix products.
 
-A decode step feeds a handful of rows per series, so each linear layer is a skinny matrix
-product whose cost is reading the weights. Here the query/key/value projections of a block
-are one ``[3d, d]`` product and the two SwiGLU input projections one ``[2f, d]`` product, and the
-rotary tables are computed once per step for all blocks. The arithmetic per output element is
-the same as the block-by-block modules (same dot products, same order of the residual adds);
-the test suite holds it to the module path with a tight tolerance.
+The engine runs the predictor's prefill and decode steps, and the tokenizer's encoder and decoder,
+through this instead of the block modules:
+
+- the query/key/value projections of a block are one ``[3d, d]`` product and the two SwiGLU input
+  projections one ``[2f, d]`` product;
+- on CPU the weights are prepacked for oneDNN (:mod:`kronos_core.packed_linear`);
+- the rotary tables are computed once per call for all blocks.
+
+The arithmetic is the block modules' (same dot products, same residual order) up to float rounding
+of the matrix-product kernel; the test suite holds it to the module path with a tight tolerance.
+Inference only: no dropout.
 """
 
 from __future__ import annotations
@@ -17,68 +22,123 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kronos_core.kv_cache import KVCache
-from kronos_core.layers import RMSNorm, SelfAttention, TransformerBlock, apply_rotary, rotary_cos_sin
-from kronos_core.model import Kronos
+from kronos_core.layers import RMSNorm, SelfAttention, TransformerBlock, rotary_cos_sin
+from kronos_core.packed_linear import PackedLinear
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """Softmax attention of a few query rows over cached keys; ``mask`` True = may attend.  # [N, H, S, D]
+
+    Plain products rather than the fused SDPA kernel: for one or a few query rows over a long
+    cache the CPU kernel is slower (measured ~1.3x here) than two batched matrix products.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # [N, H, S, T]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 @dataclass(frozen=True)
 class _FusedBlock:
     norm1: RMSNorm
     norm2: RMSNorm
-    qkv_w: Tensor  # [3d, d]
-    qkv_b: Tensor  # [3d]
-    out_w: Tensor  # [d, d]
-    out_b: Tensor  # [d]
-    w13: Tensor  # [2f, d]
-    w2: Tensor  # [d, f]
+    qkv: PackedLinear  # [3d, d] + bias
+    out: PackedLinear  # [d, d] + bias
+    w13: PackedLinear  # [2f, d]
+    w2: PackedLinear  # [d, f]
     inv_freq: Tensor  # [head_dim / 2]
 
 
-class FusedDecoder:
-    """Decode-step forward of a :class:`Kronos` transformer (no dropout: inference only)."""
+class FusedBlocks:
+    """Inference forward of a stack of :class:`TransformerBlock` (the predictor's transformer with
+    its final norm, or the tokenizer's encoder or decoder)."""
 
-    def __init__(self, model: Kronos) -> None:
-        self.model = model
+    def __init__(self, blocks: torch.nn.ModuleList, final_norm: RMSNorm | None = None, *, pack: bool = True) -> None:
+        if len(blocks) == 0:
+            raise ValueError("FusedBlocks needs at least one transformer block")
+        self.final_norm = final_norm
         self.blocks: list[_FusedBlock] = []
-        for block in model.transformer:
-            assert isinstance(block, TransformerBlock)
-            attn = block.self_attn
-            assert isinstance(attn, SelfAttention)
-            self.blocks.append(
-                _FusedBlock(
-                    norm1=block.norm1,
-                    norm2=block.norm2,
-                    qkv_w=torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach(),
-                    qkv_b=torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach(),
-                    out_w=attn.out_proj.weight.detach(),
-                    out_b=attn.out_proj.bias.detach(),
-                    w13=torch.cat([block.ffn.w1.weight, block.ffn.w3.weight]).detach(),
-                    w2=block.ffn.w2.weight.detach(),
-                    inv_freq=attn.rotary.inv_freq,
+        with torch.no_grad():
+            for block in blocks:
+                assert isinstance(block, TransformerBlock)
+                attn = block.self_attn
+                assert isinstance(attn, SelfAttention)
+                self.blocks.append(
+                    _FusedBlock(
+                        norm1=block.norm1,
+                        norm2=block.norm2,
+                        qkv=PackedLinear(
+                            torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                            torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
+                            pack=pack,
+                        ),
+                        out=PackedLinear(attn.out_proj.weight, attn.out_proj.bias, pack=pack),
+                        w13=PackedLinear(torch.cat([block.ffn.w1.weight, block.ffn.w3.weight]), pack=pack),
+                        w2=PackedLinear(block.ffn.w2.weight, pack=pack),
+                        inv_freq=attn.rotary.inv_freq,
+                    )
                 )
-            )
-        self.n_heads, self.head_dim = model.n_heads, model.head_dim
+        self.packed = self.blocks[0].w2.packed
+        first_attn = blocks[0].self_attn
+        assert isinstance(first_attn, SelfAttention)
+        self.n_heads, self.head_dim = first_attn.n_heads, first_attn.head_dim
         first = self.blocks[0].inv_freq
         self._shared_rotary = all(torch.equal(b.inv_freq, first) for b in self.blocks)
 
     def forward(
-        self, x: Tensor, positions: Tensor, caches: list[KVCache], attn_mask: Tensor, kv_len: int
-    ) -> Tensor:
-        """x [N, S, d] at ``positions`` [N, S] -> final-normed rows [N, S, d]; caches are updated.
+        self,
+        x: Tensor,
+        positions: Tensor,
+        caches: list[KVCache] | None,
+        attn_mask: Tensor | None = None,
+        kv_len: int | None = None,
+        *,
+        kv_only: bool = False,
+    ) -> Tensor | None:
+        """x [N, S, d] at ``positions`` ([S] or [N, S]) -> output rows [N, S, d]; caches are updated.
 
-        Attention reads the first ``kv_len`` cache slots (``attn_mask`` [N, 1, S, kv_len]).
+        Without ``attn_mask`` this is a prefill: ``positions`` must be ``0..S-1`` and attention is
+        causal (``caches=None``: a one-off pass that keeps nothing). With it ([N, 1, S, kv_len]),
+        attention reads the first ``kv_len`` cache slots. ``kv_only``: only fill the caches (the last
+        block then stops after its keys and values, and nothing is returned).
         """
         n, s, d = x.shape
-        tables = rotary_cos_sin(self.blocks[0].inv_freq, positions) if self._shared_rotary else None
-        for blk, cache in zip(self.blocks, caches, strict=True):
-            cos, sin = tables if tables is not None else rotary_cos_sin(blk.inv_freq, positions)
-            qkv = F.linear(blk.norm1(x), blk.qkv_w, blk.qkv_b)  # [N, S, 3d]
+        tables = _rotary_tables(self.blocks[0].inv_freq, positions) if self._shared_rotary else None
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            cos, sin_signed = tables if tables is not None else _rotary_tables(blk.inv_freq, positions)
+            qkv = blk.qkv(blk.norm1(x))  # [N, S, 3d]
             q, k, v = qkv.view(n, s, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [N, H, S, D] each
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            k_all, v_all = cache.update(positions, k, v)
-            k_all, v_all = k_all[:, :, :kv_len], v_all[:, :, :kv_len]
-            att = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=attn_mask)  # [N, H, S, D]
-            x = x + F.linear(att.transpose(1, 2).reshape(n, s, d), blk.out_w, blk.out_b)
-            gate, up = F.linear(blk.norm2(x), blk.w13).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, blk.w2)
-        return self.model.norm(x)
+            k = _rotate(k, cos, sin_signed)
+            if kv_only and i == last:
+                assert caches is not None, "kv_only needs caches to fill"
+                caches[i].update(positions, k, v)
+                return None
+            q = _rotate(q, cos, sin_signed)
+            k_all, v_all = (k, v) if caches is None else caches[i].update(positions, k, v)
+            if attn_mask is None:
+                assert k_all.shape[2] == s, "a prefill must start at position 0 of an empty cache"
+                att = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)  # [N, H, S, D]
+            else:
+                end = kv_len or k_all.shape[2]
+                att = masked_attention(q, k_all[:, :, :end], v_all[:, :, :end], attn_mask)
+            x = x + blk.out(att.transpose(1, 2).reshape(n, s, d))
+            gate, up = blk.w13(blk.norm2(x)).chunk(2, dim=-1)
+            x = x + blk.w2(F.silu(gate) * up)
+        return x if self.final_norm is None else self.final_norm(x)
+
+
+def _rotary_tables(inv_freq: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    """cos and a sign-folded sin, shaped to broadcast over [N, H, S, D]."""
+    cos, sin = rotary_cos_sin(inv_freq, positions)  # [S, D] or [N, S, D]
+    half = sin.shape[-1] // 2
+    sin_signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    if cos.dim() == 2:
+        return cos[None, None], sin_signed[None, None]
+    return cos[:, None], sin_signed[:, None]
+
+
+def _rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
+    """:func:`kronos_core.layers.apply_rotary` with the sign folded into the table (bit-identical:
+    ``-(b * s) == b * (-s)``), one pass fewer over ``x``."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((second, first), dim=-1) * sin_signed

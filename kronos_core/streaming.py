@@ -265,8 +265,8 @@ class StreamingForecaster:
         s2 = torch.as_tensor(state.s2, device=eng.device)[None]
         stamp = torch.as_tensor(calendar_features(ts, self.config.calendar_tz), device=eng.device)[None]
         pred = eng.predictor_caches(1, self.max_context)
-        logits, ctx = eng.model.decode_s1(s1, s2, stamp.to(eng.dtype), positions=self._arange(n), kv_caches=pred)
-        k, v = eng.model.dep_layer.cross_attn.project_kv(ctx, ctx)
+        ctx = eng.transformer(eng.model.embed(s1, s2, stamp.to(eng.dtype)), pred)  # [1, n, d]
+        k, v = eng.dep_kv(ctx)
         dep_k = k.new_zeros(1, k.shape[1], self.max_context, k.shape[3])
         dep_v = torch.zeros_like(dep_k)
         dep_k[:, :, :n], dep_v[:, :, :n] = k, v
@@ -274,8 +274,7 @@ class StreamingForecaster:
         stats.add_time("prefill", t0)
         t1 = time.perf_counter()
         dec = eng.decoder_caches(1, self.max_context)
-        if dec:
-            eng.decode_ids(s1, s2, positions=self._arange(n), caches=dec)
+        eng.fill_decoder_caches(s1, s2, self._arange(n), dec)
         stats.decode_tokens += n
         stats.add_time("decode", t1)
         return _Session(
@@ -286,7 +285,7 @@ class StreamingForecaster:
             dec=dec,
             dep_k=dep_k,
             dep_v=dep_v,
-            last_logits=logits[:, -1].float(),
+            last_logits=eng.head_s1(ctx[:, -1]),
             h_last=ctx[:, -1],
         )
 
@@ -316,7 +315,7 @@ class StreamingForecaster:
         stats.step_tokens += k
         stats.add_time("append", t1)
         if session.dec:
-            eng.decode_ids(s1, s2, positions=pos, caches=session.dec, attn_mask=key_mask(pos, session.dec[0].max_len))
+            eng.fill_decoder_caches(s1, s2, pos, session.dec, key_mask(pos, session.dec[0].max_len))
         stats.decode_tokens += k
         session.state = TokenState(
             s1=np.concatenate([state.s1, s1[0].cpu().numpy()]),

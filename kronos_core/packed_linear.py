@@ -1,0 +1,59 @@
+"""Linear layers with weights prepacked for oneDNN on CPU.
+
+``F.linear`` on CPU goes through a general matrix product that re-reads the weight in its
+original layout on every call; with the few rows of a decode step that runs at a fraction of the
+memory bandwidth. oneDNN can reorder a weight once into its blocked layout and then stream it:
+measured here (2-core EPYC, fp32) about 2x faster for 8-row products and about 25% faster for the
+3,200-row prefill. The results differ from ``F.linear`` only by float rounding (another summation
+order), like any other matrix-product kernel.
+
+The reorder/linear pair is PyTorch's own oneDNN path (what ``torch.compile`` uses on CPU); when it
+is missing or fails its self-check, :class:`PackedLinear` falls back to ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@functools.cache
+def onednn_linear_available() -> bool:
+    """True when this torch build can prepack fp32 linear weights for oneDNN, and they compute right."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    if ops is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        w, b = torch.randn(24, 16, generator=gen), torch.randn(24, generator=gen)
+        x = torch.randn(3, 5, 16, generator=gen)
+        with torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+            got = torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
+        return bool(torch.allclose(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5))
+    except (RuntimeError, AttributeError, TypeError):
+        return False
+
+
+class PackedLinear:
+    """``y = x @ weight.T + bias`` with the weight prepacked for oneDNN when that is possible."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, *, pack: bool = True) -> None:
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
+        self.bias = bias
+        self.packed = (
+            pack and weight.device.type == "cpu" and weight.dtype == torch.float32 and onednn_linear_available()
+        )
+        if self.packed:
+            with torch.no_grad():
+                self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        else:
+            self.weight = weight
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)

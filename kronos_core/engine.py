@@ -27,6 +27,7 @@ draws then do not depend on the rest of the batch), else ``generator`` or torch'
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -165,6 +166,8 @@ class KronosEngine:
         self.packed = self._fused.packed
         with torch.no_grad():  # the per-step products outside the blocks, prepacked too
             cross = m.dep_layer.cross_attn
+            fusion = m.embedding.fusion_proj
+            self._fusion = PackedLinear(fusion.weight, fusion.bias, pack=packed)
             self._head_s1 = PackedLinear(m.head.proj_s1.weight, m.head.proj_s1.bias, pack=packed)
             self._head_s2 = PackedLinear(m.head.proj_s2.weight, m.head.proj_s2.bias, pack=packed)
             self._dep_q = PackedLinear(cross.q_proj.weight, cross.q_proj.bias, pack=packed)
@@ -243,6 +246,13 @@ class KronosEngine:
     def _positions(self, x: Tensor, positions: Tensor | None) -> Tensor:
         return torch.arange(x.shape[1], device=self.device) if positions is None else positions
 
+    def embed(self, s1: Tensor, s2: Tensor, stamp: Tensor) -> Tensor:
+        """``Kronos.embed`` in inference (no token dropout) with the fusion product prepacked.  # [N, S, d]"""
+        emb = self.model.embedding
+        scale = math.sqrt(emb.d_model)
+        x = self._fusion(torch.cat([emb.emb_s1(s1) * scale, emb.emb_s2(s2) * scale], dim=-1))
+        return x + self.model.time_emb(stamp.to(self.dtype))
+
     def head_s1(self, h: Tensor) -> Tensor:
         """s1 logits of final-normed rows, float32.  # [..., V1]"""
         return self._head_s1(h).float()
@@ -270,7 +280,7 @@ class KronosEngine:
         ``kv_len`` (optional) bounds the cache slots attention reads: ``max(positions) + 1``.
         """
         kv_len = kv_len or caches[0].max_len
-        x = self.model.embed(s1, s2, stamp.to(self.dtype))
+        x = self.embed(s1, s2, stamp.to(self.dtype))
         h = self._fused.forward(x, positions, list(caches), key_mask(positions, kv_len), kv_len)
         assert h is not None
         k, v = self.dep_kv(h)
@@ -307,7 +317,7 @@ class KronosEngine:
 
     def _recompute_window(self, s1: Tensor, s2: Tensor, stamp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Upstream's full pass over windows [n, max_context]: (s1 logits, last row, dep k, dep v)."""
-        ctx = self.transformer(self.model.embed(s1, s2, stamp.to(self.dtype)), None)
+        ctx = self.transformer(self.embed(s1, s2, stamp.to(self.dtype)), None)
         dep_k, dep_v = self.dep_kv(ctx)
         return self._head_s1(ctx[:, -1]).float(), ctx[:, -1], dep_k, dep_v
 
@@ -349,7 +359,7 @@ class KronosEngine:
         pst = _gather_windows(stamps, starts, w_max).to(self.dtype)
         cache_len = min(self.max_context, w_max + horizon)
         caches = self.predictor_caches(n, cache_len)
-        ctx = self.transformer(self.model.embed(p1, p2, pst), caches)  # [B, W, d]
+        ctx = self.transformer(self.embed(p1, p2, pst), caches)  # [B, W, d]
         rows = torch.arange(n, device=dev)
         h_last = ctx[rows, window - 1]  # [B, d]: only the last row's s1 logits are needed
         k_ctx, v_ctx = self.dep_kv(ctx)  # [B, Hd, W, Dd]

@@ -77,7 +77,7 @@ class FusedBlocks:
                         inv_freq=attn.rotary.inv_freq,
                     )
                 )
-        self.packed = self.blocks[0].w2.packed
+        self.packed = any(b.qkv.packed or b.w13.packed for b in self.blocks)
         first_attn = blocks[0].self_attn
         assert isinstance(first_attn, SelfAttention)
         self.n_heads, self.head_dim = first_attn.n_heads, first_attn.head_dim

@@ -195,3 +195,24 @@ def test_bf16_on_cuda_stays_close_to_fp32() -> None:
     b = bf16.generate(xs, x_st, y_st, 10, GREEDY)
     assert np.isfinite(b).all()
     assert np.abs(a - b).mean() < 0.5
+
+
+def test_prepacked_weights_give_the_same_tokens(monkeypatch) -> None:
+    """The oneDNN-prepacked path (used for large models on CPU) against the plain products."""
+    import kronos_core.packed_linear as packed_linear
+
+    if not packed_linear.onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(packed_linear, "MIN_PACKED_WEIGHTS", 0)  # pack even the tiny test model
+    tok, model = _random_pair(11)
+    packed = KronosEngine(model, tok, device="cpu", max_context=48)
+    plain = KronosEngine(model, tok, device="cpu", max_context=48, packed=False)
+    assert packed.packed and not plain.packed
+    xs, x_st, y_st = _inputs(np.random.default_rng(11), [30, 44, 12], 8)  # one row slides
+    with torch.inference_mode():
+        outs = []
+        for eng in (packed, plain):
+            state = eng.prefill(xs, x_st, y_st, 8, GenerationStats())
+            outs.append(eng.run_horizon_tokens(state, 8, GREEDY, stats=GenerationStats()))
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)

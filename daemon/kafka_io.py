@@ -44,6 +44,18 @@ def _partition(tp: TopicPartition) -> Partition:
     return Partition(tp.topic, tp.partition)
 
 
+
+async def _start_client(client: AIOKafkaConsumer | AIOKafkaProducer, what: str, bootstrap: str) -> None:
+    """Start an aiokafka client; a failure closes it and says which settings to check."""
+    try:
+        await client.start()
+    except KafkaError as exc:
+        await client.stop()
+        raise BusError(
+            f"cannot start the Kafka {what} at {bootstrap}: {exc}; check "
+            "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
+        ) from exc
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, handler: RebalanceHandler, owner: KafkaInput) -> None:
         self._handler = handler
@@ -79,14 +91,7 @@ class KafkaInput(InputBus):
             isolation_level="read_committed",
         )
         self._consumer.subscribe([self._topic], listener=_Listener(handler, self))
-        try:
-            await self._consumer.start()
-        except KafkaError as exc:
-            await self._consumer.stop()
-            raise BusError(
-                f"cannot start the Kafka consumer at {s.bootstrap_servers}: {exc}; check "
-                "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
-            ) from exc
+        await _start_client(self._consumer, "consumer", s.bootstrap_servers)
 
     def _require(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -169,14 +174,7 @@ class KafkaOutput(OutputBus):
             acks="all",
             linger_ms=0,
         )
-        try:
-            await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
-            raise BusError(
-                f"cannot start the Kafka producer at {s.bootstrap_servers}: {exc}; check "
-                "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
-            ) from exc
+        await _start_client(self._producer, "producer", s.bootstrap_servers)
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None

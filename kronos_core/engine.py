@@ -280,7 +280,7 @@ class KronosEngine:
         ``kv_len`` (optional) bounds the cache slots attention reads: ``max(positions) + 1``.
         """
         kv_len = kv_len or caches[0].max_len
-        x = self.embed(s1, s2, stamp.to(self.dtype))
+        x = self.embed(s1, s2, stamp)
         h = self._fused.forward(x, positions, list(caches), key_mask(positions, kv_len), kv_len)
         assert h is not None
         k, v = self.dep_kv(h)
@@ -317,7 +317,7 @@ class KronosEngine:
 
     def _recompute_window(self, s1: Tensor, s2: Tensor, stamp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Upstream's full pass over windows [n, max_context]: (s1 logits, last row, dep k, dep v)."""
-        ctx = self.transformer(self.embed(s1, s2, stamp.to(self.dtype)), None)
+        ctx = self.transformer(self.embed(s1, s2, stamp), None)
         dep_k, dep_v = self.dep_kv(ctx)
         return self._head_s1(ctx[:, -1]).float(), ctx[:, -1], dep_k, dep_v
 

@@ -265,7 +265,7 @@ class StreamingForecaster:
         s2 = torch.as_tensor(state.s2, device=eng.device)[None]
         stamp = torch.as_tensor(calendar_features(ts, self.config.calendar_tz), device=eng.device)[None]
         pred = eng.predictor_caches(1, self.max_context)
-        ctx = eng.transformer(eng.embed(s1, s2, stamp.to(eng.dtype)), pred)  # [1, n, d]
+        ctx = eng.transformer(eng.embed(s1, s2, stamp), pred)  # [1, n, d]
         k, v = eng.dep_kv(ctx)
         dep_k = k.new_zeros(1, k.shape[1], self.max_context, k.shape[3])
         dep_v = torch.zeros_like(dep_k)

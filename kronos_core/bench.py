@@ -42,6 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baseline", action="store_true", help="time only the fast path (large batches)")
     p.add_argument("--compare-dtype", default=None, choices=sorted(DTYPES), help="greedy token agreement vs fp32")
     p.add_argument("--no-packed", action="store_true", help="fast path without oneDNN-prepacked weights (CPU)")
+    p.add_argument(
+        "--decode-loop", default="auto", choices=("auto", "dynamic", "fixed", "graphed"),
+        help="generated-step loop: auto is graphed (CUDA graphs) on CUDA, dynamic elsewhere",
+    )
+    p.add_argument("--tf32", action="store_true", help="let CUDA fp32 matrix products use TF32 tensor cores")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/bench_inference.json", help="where to write the JSON results")
@@ -66,18 +71,20 @@ def _sync(device: torch.device) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
     tokenizer, model = build_pair(args.preset, seed=args.seed)
     engine = KronosEngine(
         model, tokenizer, device=args.device, max_context=args.max_context, dtype=DTYPES[args.dtype],
-        packed=not args.no_packed,
+        packed=not args.no_packed, decode_loop=args.decode_loop,
     )
     device = engine.device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     xs, x_st, y_st = _inputs(args)
     params = SamplingParams(T=1.0, top_k=0, top_p=0.9, sample_count=args.sample_count)
     seeds = list(range(args.batch))
 
     def fast() -> GenerationStats:
-        stats = GenerationStats()
+        stats = GenerationStats(synchronize=sync)
         engine.generate(xs, x_st, y_st, args.horizon, params, seeds=seeds, stats=stats)
         _sync(device)
         return stats
@@ -120,6 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": args.dtype,
         "packed_weights": engine.packed,
+        "decode_loop": engine.decode_loop,
+        "tf32": bool(args.tf32),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "fast_seconds": fast_s,
@@ -173,7 +182,7 @@ def print_report(result: dict[str, Any]) -> None:
     print(
         f"preset={result['preset']} context={result['context']} horizon={result['horizon']} batch={result['batch']} "
         f"samples={result['sample_count']} device={result['device']} ({result['device_name']}) dtype={result['dtype']} "
-        f"packed={result['packed_weights']} "
+        f"packed={result['packed_weights']} loop={result['decode_loop']} "
         f"threads={result['threads']}"
     )
     print(
@@ -190,11 +199,14 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"dtype fidelity vs fp32: {result['dtype_agreement']}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kronos-stream bench inference", description=__doc__)
     add_arguments(p)
-    args = p.parse_args(argv)
-    return run_and_report(args)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_and_report(make_parser().parse_args(argv))
 
 
 def run_and_report(args: argparse.Namespace) -> int:

@@ -41,9 +41,14 @@ def path_seeds(series_seeds: Tensor, n_paths: int) -> Tensor:
     return mix64(series_seeds[:, None] * 31 + (paths[None, :] + 1) * _GOLDEN).reshape(-1)
 
 
-def uniforms(seeds: Tensor, counter: int) -> Tensor:
-    """One float64 uniform in [0, 1) per seed for draw number ``counter``.  # [N]"""
-    bits = mix64(seeds + _wrap((counter + 1) * _GOLDEN))
+def uniforms(seeds: Tensor, counter: int | Tensor) -> Tensor:
+    """One float64 uniform in [0, 1) per seed for draw number ``counter``.  # [N]
+
+    ``counter`` may be a 0-d int64 tensor (a captured CUDA graph reads it from device memory):
+    int64 tensor arithmetic wraps like :func:`_wrap`, so both forms give the same bits.
+    """
+    offset = (counter + 1) * _GOLDEN if isinstance(counter, Tensor) else _wrap((counter + 1) * _GOLDEN)
+    bits = mix64(seeds + offset)
     return (_shift_right(bits, 11) & _LOW53).to(torch.float64) / float(1 << 53)
 
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,12 +41,15 @@ from torch import Tensor
 from kronos_core.counter_rng import path_seeds, sample_inverse_cdf, uniforms
 from kronos_core.device import resolve_device
 from kronos_core.fused_step import FusedBlocks, masked_attention
+from kronos_core.graphed_decode import GraphedSteps, LoopBuffers
 from kronos_core.kv_cache import KVCache, key_mask, make_caches
 from kronos_core.layers import SelfAttention
 from kronos_core.model import Kronos
 from kronos_core.packed_linear import PackedLinear
 from kronos_core.sampling import filter_logits
 from kronos_core.tokenizer import KronosTokenizer
+
+DecodeLoop = Literal["auto", "dynamic", "fixed", "graphed"]
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,13 @@ class GenerationStats:
     recompute_tokens: int = 0
     decode_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Called before a stage's time is read (e.g. torch.cuda.synchronize): on a GPU, work is queued
+    # asynchronously, and without it the stage times say when work was queued, not when it ran.
+    synchronize: Callable[[], None] | None = None
 
     def add_time(self, stage: str, since: float) -> None:
+        if self.synchronize is not None:
+            self.synchronize()
         self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (time.perf_counter() - since) * 1e3
 
 
@@ -126,7 +135,7 @@ class _Sampler:
     def __init__(self, seeds: Tensor | None, generator: torch.Generator | None, n_rows: int, device: torch.device):
         self.seeds, self.generator, self.n_rows, self.device = seeds, generator, n_rows, device
 
-    def draw(self, logits: Tensor, params: SamplingParams, counter: int) -> Tensor:  # [N, 1]
+    def draw(self, logits: Tensor, params: SamplingParams, counter: int | Tensor) -> Tensor:  # [N, 1]
         probs = F.softmax(filter_logits(logits / params.T, params.top_k, params.top_p), dim=-1)
         if self.seeds is not None:
             u = uniforms(self.seeds, counter)
@@ -147,11 +156,27 @@ class KronosEngine:
         max_context: int = 512,
         dtype: torch.dtype | None = None,
         packed: bool = True,
+        decode_loop: DecodeLoop = "auto",
     ) -> None:
-        """``packed``: on CPU in fp32, run the predictor's matrix products with oneDNN-prepacked weights."""
+        """``packed``: on CPU in fp32, run the predictor's matrix products with oneDNN-prepacked weights.
+
+        ``decode_loop``: how generated steps run while no row outgrows ``max_context``.
+        ``"dynamic"`` reads only the cache slots filled so far (cheapest per step on CPU);
+        ``"fixed"`` keeps every shape the same from step to step (what a CUDA graph needs);
+        ``"graphed"`` captures the fixed step as a CUDA graph once per batch shape and replays it
+        (CUDA only); ``"auto"`` is ``"graphed"`` on CUDA and ``"dynamic"`` elsewhere.
+        """
         if max_context < 2:
             raise ValueError(f"max_context must be >= 2, got {max_context}")
+        if decode_loop not in ("auto", "dynamic", "fixed", "graphed"):
+            raise ValueError(f"decode_loop must be auto, dynamic, fixed or graphed, got {decode_loop!r}")
         self.device = resolve_device(device)
+        if decode_loop == "graphed" and self.device.type != "cuda":
+            raise ValueError(f"decode_loop='graphed' needs a CUDA device, got {self.device}; use 'fixed' or 'dynamic'")
+        if decode_loop == "auto":
+            decode_loop = "graphed" if self.device.type == "cuda" else "dynamic"
+        self.decode_loop: DecodeLoop = decode_loop
+        self._graphs = GraphedSteps(self.fixed_step) if decode_loop == "graphed" else None
         self.dtype = dtype or torch.float32
         if self.dtype != torch.float32:
             # A private low-precision copy; the caller's fp32 modules stay untouched.
@@ -337,12 +362,14 @@ class KronosEngine:
         if min(lengths) < 1:
             raise ValueError("every series needs at least one context row")
         n, l_max = len(xs), max(lengths)
-        x_pad = torch.zeros(n, l_max, 6, device=dev)
-        stamps = torch.zeros(n, l_max + horizon, 5, device=dev)
+        # Padded on the host and moved in one copy each (per-series copies cost ~10 us apiece on a GPU).
+        x_np = np.zeros((n, l_max, 6), dtype=np.float32)
+        stamps_np = np.zeros((n, l_max + horizon, 5), dtype=np.float32)
         for b, (x, xs_, ys_) in enumerate(zip(xs, x_stamps, y_stamps, strict=True)):
-            x_pad[b, : lengths[b]] = torch.as_tensor(np.asarray(x, dtype=np.float32), device=dev)
-            stamps[b, : lengths[b]] = torch.as_tensor(np.asarray(xs_, dtype=np.float32), device=dev)
-            stamps[b, lengths[b] : lengths[b] + horizon] = torch.as_tensor(np.asarray(ys_, dtype=np.float32), device=dev)
+            x_np[b, : lengths[b]] = x
+            stamps_np[b, : lengths[b]] = xs_
+            stamps_np[b, lengths[b] : lengths[b] + horizon] = ys_
+        x_pad, stamps = torch.from_numpy(x_np).to(dev), torch.from_numpy(stamps_np).to(dev)
         ctx_s1, ctx_s2 = self.encode(x_pad)  # right padding is harmless: the encoder is causal
         tok1 = torch.zeros(n, l_max + horizon, dtype=torch.long, device=dev)
         tok2 = torch.zeros_like(tok1)
@@ -413,7 +440,7 @@ class KronosEngine:
         decoder_prefix: tuple[list[KVCache], Tensor] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`run_horizon`, plus the generated (s1, s2) ids.  # [B, S, H, 6], [2, B, S, H]"""
-        dev, max_ctx, n_paths = self.device, self.max_context, params.sample_count
+        dev, n_paths = self.device, params.sample_count
         n_series = len(state.lengths)
         t0 = time.perf_counter()
         caches, last_logits, h_last = state.caches, state.last_logits, state.h_last
@@ -429,16 +456,57 @@ class KronosEngine:
             length_t = length_t.repeat_interleave(n_paths, 0)
         else:
             dep_k, dep_v, tok1, tok2 = dep_k.clone(), dep_v.clone(), tok1.clone(), tok2.clone()
-        n_rows, cache_len = n_series * n_paths, state.cache_len
-        rows = torch.arange(n_rows, device=dev)
         row_lengths = [n for n in state.lengths for _ in range(n_paths)]
         seed_t = None
         if seeds is not None:
             if len(seeds) != n_series:
                 raise ValueError(f"got {len(seeds)} seeds for {n_series} series; pass one seed per series")
             seed_t = path_seeds(torch.tensor([int(s) for s in seeds], dtype=torch.long, device=dev), n_paths)
-        sampler = _Sampler(seed_t, generator, n_rows, dev)
+        loop = LoopBuffers(
+            caches=caches, last_logits=last_logits, h_last=h_last, dep_k=dep_k, dep_v=dep_v,
+            tok1=tok1, tok2=tok2, stamps=stamps, length_t=length_t, seeds=seed_t,
+            t=torch.zeros((), dtype=torch.long, device=dev),
+        )
+        fits = max(row_lengths) + horizon - 1 <= self.max_context  # no row outgrows the window
+        if self.decode_loop == "dynamic" or not fits or (generator is not None and self._graphs is not None):
+            self._dynamic_loop(loop, row_lengths, horizon, params, generator, stats)
+        elif self._graphs is not None:
+            tok1, tok2 = self._graphs.run(loop, params, horizon)
+            stats.step_tokens += len(row_lengths) * (horizon - 1)
+        else:
+            loop.last_logits, loop.h_last = last_logits.clone(), h_last.clone()  # updated in place
+            for t in range(horizon):
+                loop.t.fill_(t)
+                self.fixed_step(loop, params, generator, feed=t + 1 < horizon)
+            stats.step_tokens += len(row_lengths) * (horizon - 1)
+        stats.add_time("generate", t0)
 
+        t1 = time.perf_counter()
+        preds = self._decode_horizon(tok1, tok2, length_t, horizon, n_paths, stats, decoder_prefix)
+        stats.add_time("decode", t1)
+        gen = torch.stack([_gather_windows(tok1, length_t, horizon), _gather_windows(tok2, length_t, horizon)])
+        return (
+            preds.reshape(n_series, n_paths, horizon, -1).cpu().numpy(),
+            gen.reshape(2, n_series, n_paths, horizon).cpu().numpy(),
+        )
+
+    def _dynamic_loop(
+        self,
+        b: LoopBuffers,
+        row_lengths: list[int],
+        horizon: int,
+        params: SamplingParams,
+        generator: torch.Generator | None,
+        stats: GenerationStats,
+    ) -> None:
+        """Generate ``horizon`` tokens into ``b.tok1``/``b.tok2``, attention reading only the cache
+        slots filled so far; rows that outgrow ``max_context`` are recomputed over their window."""
+        dev, max_ctx, cache_len = self.device, self.max_context, b.dep_k.shape[2]
+        n_rows = len(row_lengths)
+        rows = torch.arange(n_rows, device=dev)
+        sampler = _Sampler(b.seeds, generator, n_rows, dev)
+        caches, last_logits, h_last, dep_k, dep_v = b.caches, b.last_logits, b.h_last, b.dep_k, b.dep_v
+        tok1, tok2, stamps, length_t = b.tok1, b.tok2, b.stamps, b.length_t
         for t in range(horizon):
             cur = length_t + t  # tokens available per row  # [N]
             sliding = [n + t > max_ctx for n in row_lengths]
@@ -475,16 +543,32 @@ class KronosEngine:
                 _scatter_rows(dep_k, pos, k_new)
                 _scatter_rows(dep_v, pos, v_new)
                 stats.step_tokens += n_rows
-        stats.add_time("generate", t0)
 
-        t1 = time.perf_counter()
-        preds = self._decode_horizon(tok1, tok2, length_t, horizon, n_paths, stats, decoder_prefix)
-        stats.add_time("decode", t1)
-        gen = torch.stack([_gather_windows(tok1, length_t, horizon), _gather_windows(tok2, length_t, horizon)])
-        return (
-            preds.reshape(n_series, n_paths, horizon, -1).cpu().numpy(),
-            gen.reshape(2, n_series, n_paths, horizon).cpu().numpy(),
-        )
+    def fixed_step(
+        self, b: LoopBuffers, params: SamplingParams, generator: torch.Generator | None, *, feed: bool
+    ) -> None:
+        """Generated step ``b.t`` with shapes that do not change from step to step (for CUDA graphs).
+
+        Samples s1 then s2 for every row, writes them at the row's next token index and, with
+        ``feed``, runs them through the predictor, updating the caches and ``b.last_logits`` /
+        ``b.h_last`` in place. Every row must fit ``max_context`` for the whole horizon. No host
+        synchronisation happens here: the step index is read from ``b.t`` on the device.
+        """
+        cache_len = b.dep_k.shape[2]
+        rows = torch.arange(b.tok1.shape[0], device=self.device)
+        cur = b.length_t + b.t  # [N] each row's next token index (its position too: no row slides)
+        sampler = _Sampler(b.seeds, generator, rows.shape[0], self.device)
+        s1 = sampler.draw(b.last_logits, params, 2 * b.t)  # [N, 1]
+        s2_logits = self.s2_logits(s1, b.h_last, b.dep_k, b.dep_v, cur.clamp(max=cache_len))
+        s2 = sampler.draw(s2_logits, params, 2 * b.t + 1)
+        b.tok1[rows, cur], b.tok2[rows, cur] = s1[:, 0], s2[:, 0]
+        if feed:
+            pos = cur[:, None]  # [N, 1]
+            logits, h_new, k_new, v_new = self.step(s1, s2, b.stamps[rows, cur][:, None], pos, b.caches, kv_len=cache_len)
+            b.last_logits.copy_(logits)
+            b.h_last.copy_(h_new[:, 0])
+            _scatter_rows(b.dep_k, pos, k_new)
+            _scatter_rows(b.dep_v, pos, v_new)
 
     def _decode_horizon(
         self,

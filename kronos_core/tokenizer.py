@@ -64,6 +64,7 @@ class KronosTokenizer(nn.Module, PretrainedMixin[TokenizerConfig]):
 
     def decode_code(self, code: Tensor) -> Tensor:
         """Reconstruct bars from a scaled code: all bits [B, S, C] or only the s1 bits [B, S, s1_bits]."""
+        code = code.to(self.post_quant_embed.weight.dtype)  # ids become float32 bits; a bf16 copy needs bf16
         if code.shape[-1] == self.codebook_dim:
             h = self.post_quant_embed(code)
         elif code.shape[-1] == self.s1_bits:

@@ -52,9 +52,10 @@ def _inputs(rng: np.random.Generator, lengths: list[int], horizon: int):
         (3, [40, 12], 5, 32),  # one row longer than max_context, one that fits
     ],
 )
-def test_fast_tokens_equal_recompute_tokens(seed, lengths, horizon, max_context) -> None:
+@pytest.mark.parametrize("decode_loop", ["dynamic", "fixed"])
+def test_fast_tokens_equal_recompute_tokens(seed, lengths, horizon, max_context, decode_loop) -> None:
     tok, model = _random_pair(seed)
-    engine = KronosEngine(model, tok, device="cpu", max_context=max_context)
+    engine = KronosEngine(model, tok, device="cpu", max_context=max_context, decode_loop=decode_loop)
     xs, x_st, y_st = _inputs(np.random.default_rng(seed), lengths, horizon)
     stats = GenerationStats()
     with torch.inference_mode():
@@ -216,3 +217,70 @@ def test_prepacked_weights_give_the_same_tokens(monkeypatch) -> None:
             outs.append(eng.run_horizon_tokens(state, 8, GREEDY, stats=GenerationStats()))
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
+
+
+def _sampled_tokens(engine: KronosEngine, xs, x_st, y_st, horizon: int, params: SamplingParams, **kw) -> np.ndarray:
+    stats = GenerationStats()
+    with torch.inference_mode():
+        state = engine.prefill(xs, x_st, y_st, horizon, stats)
+        _, tokens = engine.run_horizon_tokens(state, horizon, params, stats=stats, **kw)
+    assert stats.step_tokens == sum(len(x) > 0 for x in xs) * params.sample_count * (horizon - 1)
+    return tokens
+
+
+@pytest.mark.parametrize("params", [SamplingParams(top_p=0.9, sample_count=3), SamplingParams(T=0.7, top_k=5)])
+def test_fixed_shape_step_samples_what_the_dynamic_loop_samples(params) -> None:
+    """The step a CUDA graph captures (every cache slot read, masked) draws the same tokens."""
+    tok, model = _random_pair(8)
+    xs, x_st, y_st = _inputs(np.random.default_rng(8), [30, 9, 21], 8)
+    runs = {}
+    for loop in ("dynamic", "fixed"):
+        engine = KronosEngine(model, tok, device="cpu", max_context=64, decode_loop=loop)
+        runs[loop] = _sampled_tokens(engine, xs, x_st, y_st, 8, params, seeds=[4, 5, 6])
+        gen = torch.Generator().manual_seed(3)
+        runs[loop + "-generator"] = _sampled_tokens(engine, xs, x_st, y_st, 8, params, generator=gen)
+    np.testing.assert_array_equal(runs["fixed"], runs["dynamic"])
+    np.testing.assert_array_equal(runs["fixed-generator"], runs["dynamic-generator"])
+    assert not np.array_equal(runs["fixed"], runs["fixed-generator"])
+
+
+def test_fixed_shape_step_leaves_the_prefilled_state_reusable() -> None:
+    tok, model = _random_pair(9)
+    engine = KronosEngine(model, tok, device="cpu", max_context=64, decode_loop="fixed")
+    xs, x_st, y_st = _inputs(np.random.default_rng(9), [25, 14], 6)
+    params = SamplingParams(top_p=0.8, sample_count=2)
+    with torch.inference_mode():
+        state = engine.prefill(xs, x_st, y_st, 6, GenerationStats())
+        first = engine.run_horizon_tokens(state, 6, params, seeds=[1, 2], stats=GenerationStats())[1]
+        again = engine.run_horizon_tokens(state, 6, params, seeds=[1, 2], stats=GenerationStats())[1]
+    np.testing.assert_array_equal(first, again)
+
+
+def test_uniforms_take_a_device_counter() -> None:
+    seeds = path_seeds(torch.arange(5, dtype=torch.long) * 977 - 3, 2)
+    for counter in (0, 1, 7, 12345, 2**40 + 3):
+        expected = uniforms(seeds, counter)
+        assert torch.equal(uniforms(seeds, torch.tensor(counter, dtype=torch.long)), expected)
+
+
+@pytest.mark.parametrize(
+    ("loop", "device", "message"), [("graphed", "cpu", "needs a CUDA device"), ("eager", "cpu", "decode_loop must")]
+)
+def test_decode_loop_is_checked(loop, device, message) -> None:
+    tok, model = _random_pair(1)
+    with pytest.raises(ValueError, match=message):
+        KronosEngine(model, tok, device=device, decode_loop=loop)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replay_samples_what_the_eager_step_samples() -> None:
+    tok, model = _random_pair(10)
+    xs, x_st, y_st = _inputs(np.random.default_rng(10), [30, 9, 21], 8)
+    params = SamplingParams(top_p=0.9, sample_count=2)
+    fixed = KronosEngine(model, tok, device="cuda", max_context=64, decode_loop="fixed")
+    graphed = KronosEngine(model, tok, device="cuda", max_context=64, decode_loop="graphed")
+    want = _sampled_tokens(fixed, xs, x_st, y_st, 8, params, seeds=[1, 2, 3])
+    for _ in range(2):  # the second call replays the captured graph with new inputs copied in
+        np.testing.assert_array_equal(_sampled_tokens(graphed, xs, x_st, y_st, 8, params, seeds=[1, 2, 3]), want)
+    assert graphed._graphs is not None and graphed._graphs.captures == 1

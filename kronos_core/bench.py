@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--decode-loop", default="auto", choices=("auto", "dynamic", "fixed", "graphed"),
         help="generated-step loop: auto is graphed (CUDA graphs) on CUDA, dynamic elsewhere",
     )
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (see KronosEngine)")
     p.add_argument("--tf32", action="store_true", help="let CUDA fp32 matrix products use TF32 tensor cores")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer, model = build_pair(args.preset, seed=args.seed)
     engine = KronosEngine(
         model, tokenizer, device=args.device, max_context=args.max_context, dtype=DTYPES[args.dtype],
-        packed=not args.no_packed, decode_loop=args.decode_loop,
+        packed=not args.no_packed, decode_loop=args.decode_loop, compile_blocks=args.compile,
     )
     device = engine.device
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "packed_weights": engine.packed,
         "decode_loop": engine.decode_loop,
+        "compiled": engine.compiled,
         "tf32": bool(args.tf32),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -157,6 +157,7 @@ class KronosEngine:
         dtype: torch.dtype | None = None,
         packed: bool = True,
         decode_loop: DecodeLoop = "auto",
+        compile_blocks: bool = False,
     ) -> None:
         """``packed``: on CPU in fp32, run the predictor's matrix products with oneDNN-prepacked weights.
 
@@ -165,6 +166,9 @@ class KronosEngine:
         ``"fixed"`` keeps every shape the same from step to step (what a CUDA graph needs);
         ``"graphed"`` captures the fixed step as a CUDA graph once per batch shape and replays it
         (CUDA only); ``"auto"`` is ``"graphed"`` on CUDA and ``"dynamic"`` elsewhere.
+
+        ``compile_blocks``: run the transformer blocks' products and elementwise work through
+        ``torch.compile`` (the first calls compile; meant for CUDA, see :meth:`FusedBlocks.compile`).
         """
         if max_context < 2:
             raise ValueError(f"max_context must be >= 2, got {max_context}")
@@ -189,6 +193,11 @@ class KronosEngine:
         self._encoder = FusedBlocks(tok.encoder, pack=packed) if len(tok.encoder) else None
         self._decoder = FusedBlocks(tok.decoder, pack=packed) if len(tok.decoder) else None
         self.packed = self._fused.packed
+        if compile_blocks:
+            for blocks in (self._fused, self._encoder, self._decoder):
+                if blocks is not None:
+                    blocks.compile()
+        self.compiled = compile_blocks
         with torch.no_grad():  # the per-step products outside the blocks, prepacked too
             cross = m.dep_layer.cross_attn
             fusion = m.embedding.fusion_proj

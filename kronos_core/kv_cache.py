@@ -33,11 +33,14 @@ class KVCache:
         """Store k, v [B, H, S, D] at ``positions``; return the keys/values queries may look at."""
         if positions.dim() == 1:
             # Same positions for every row. A prefill from 0 returns just the filled prefix.
+            end = positions.shape[0]
+            if end > 0 and bool(positions[0] == 0) and bool(positions[-1] == end - 1):
+                # 0..end-1 (positions are increasing): a strided copy, cheaper than an indexed one
+                self.k[:, :, :end].copy_(k)
+                self.v[:, :, :end].copy_(v)
+                return self.k[:, :, :end], self.v[:, :, :end]
             self.k.index_copy_(2, positions, k)
             self.v.index_copy_(2, positions, v)
-            end = positions.shape[0]
-            if bool(positions[0] == 0) and end > 0:
-                return self.k[:, :, :end], self.v[:, :, :end]
             return self.k, self.v
         rows = torch.arange(k.shape[0], device=k.device).unsqueeze(1)  # [B, 1]
         self.k.transpose(1, 2)[rows, positions] = k.transpose(1, 2)  # [B, S, H, D] scattered

@@ -23,33 +23,45 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kronos_core import bench  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from kronos_core import Kronos, KronosTokenizer, bench  # noqa: E402
+from kronos_core.preprocess import prepare_series  # noqa: E402
 
 COMMON = ["--device", "cuda", "--preset", "Kronos-small", "--context", "400", "--horizon", "30"]
 
 
 def _configs() -> list[tuple[str, list[str]]]:
-    """(name, bench arguments), most wanted first."""
-    runs: list[tuple[str, list[str]]] = []
-    for dtype in ("bfloat16", "float32"):
-        runs.append((f"{dtype}_b1024_graphed", ["--dtype", dtype, "--batch", "1024", "--repeats", "3", "--no-baseline"]))
+    """(name, bench arguments), most wanted first; ``demo_agreement`` is the trained-model check."""
+    b1024 = ["--batch", "1024", "--repeats", "3", "--no-baseline"]
+    runs: list[tuple[str, list[str]]] = [
+        ("bfloat16_b1024_graphed", ["--dtype", "bfloat16", *b1024]),
+        ("float32_b1024_graphed", ["--dtype", "float32", *b1024]),
+    ]
     for dtype in ("bfloat16", "float32"):
         runs.append((f"{dtype}_b64_graphed", ["--dtype", dtype, "--batch", "64", "--repeats", "5", "--baseline-repeats", "1"]))
         runs.append((f"{dtype}_b1_graphed", ["--dtype", dtype, "--batch", "1", "--repeats", "5", "--baseline-repeats", "2"]))
-    runs.append(("bf16_agreement_b256", ["--batch", "256", "--repeats", "1", "--no-baseline", "--compare-dtype", "bfloat16"]))
+    runs += [
+        ("demo_agreement", []),
+        ("bf16_agreement_b256", ["--batch", "256", "--repeats", "1", "--no-baseline", "--compare-dtype", "bfloat16"]),
+        ("bfloat16_b1024_graphed_compiled", ["--dtype", "bfloat16", "--compile", *b1024]),
+        ("float32_b1024_graphed_compiled", ["--dtype", "float32", "--compile", *b1024]),
+        ("bfloat16_b64_graphed_compiled", ["--dtype", "bfloat16", "--compile", "--batch", "64", "--repeats", "5", "--no-baseline"]),
+        ("bfloat16_b1_graphed_compiled", ["--dtype", "bfloat16", "--compile", "--batch", "1", "--repeats", "5", "--no-baseline"]),
+    ]
     for batch in ("1", "64", "1024"):
         runs.append((f"bfloat16_b{batch}_dynamic", ["--dtype", "bfloat16", "--batch", batch, "--repeats", "3",
                                                      "--no-baseline", "--decode-loop", "dynamic"]))
-    runs.append(("bfloat16_b64_s16_graphed", ["--dtype", "bfloat16", "--batch", "64", "--sample-count", "16",
-                                              "--repeats", "3", "--no-baseline"]))
-    runs.append(("float32_tf32_b1024_graphed", ["--dtype", "float32", "--tf32", "--batch", "1024", "--repeats", "3",
-                                                "--no-baseline"]))
-    runs.append(("bfloat16_b2048_graphed", ["--dtype", "bfloat16", "--batch", "2048", "--repeats", "3", "--no-baseline"]))
-    runs.append(("float32_b1024_dynamic", ["--dtype", "float32", "--batch", "1024", "--repeats", "2", "--no-baseline",
-                                           "--decode-loop", "dynamic"]))
+    runs += [
+        ("bfloat16_b64_s16_graphed_compiled", ["--dtype", "bfloat16", "--compile", "--batch", "64", "--sample-count", "16",
+                                               "--repeats", "3", "--no-baseline"]),
+        ("bfloat16_b2048_graphed_compiled", ["--dtype", "bfloat16", "--compile", "--batch", "2048", "--repeats", "3",
+                                             "--no-baseline"]),
+        ("float32_tf32_b1024_graphed_compiled", ["--dtype", "float32", "--tf32", "--compile", *b1024]),
+    ]
     return runs
 
 
@@ -64,16 +76,42 @@ def _nvidia_smi() -> str:
 def _dry(extra: list[str]) -> list[str]:
     """The same configuration at CPU-sized scale (tiny preset, small batches) for ``--dry-run``."""
     argv = ["--device", "cpu", "--preset", "Kronos-tiny", "--context", "40", "--horizon", "6", "--max-context", "64"]
-    small = list(extra)
+    small = [a for a in extra if a != "--compile"]  # compiling on CPU is slow; the test suite covers it
     for i, a in enumerate(small[:-1]):
         if a == "--batch":
             small[i + 1] = str(min(int(small[i + 1]), 4))
     return argv + small
 
 
+def demo_model_agreement(device: str) -> dict[str, Any]:
+    """Greedy bf16 vs fp32 on a trained checkpoint (the bundled demo model) over windows of the real
+    bars. Random weights give near-flat logits whose argmax flips at the smallest rounding, so this
+    is the figure that says what bf16 does to a real model's forecasts."""
+    assets = REPO / "daemon" / "assets"
+    model = Kronos.from_pretrained(assets / "demo-model" / "predictor")
+    tokenizer = KronosTokenizer.from_pretrained(assets / "demo-model" / "tokenizer")
+    bars = pd.read_csv(assets / "bars_5min_a_share.csv", parse_dates=["timestamps"])
+    context, horizon, max_context = 116, 12, 128  # the demo model's trained window
+    features = bars[["open", "high", "low", "close", "volume", "amount"]]
+    series = [
+        prepare_series(
+            features.iloc[o - context : o], bars.timestamps.iloc[o - context : o],
+            bars.timestamps.iloc[o : o + horizon], horizon,
+        )
+        for o in range(context, len(bars) - horizon, 7)
+    ]
+    args = argparse.Namespace(device=device, max_context=max_context, horizon=horizon)
+    result = bench.greedy_agreement(
+        args, model, tokenizer, torch.bfloat16,
+        [s.x for s in series], [s.x_stamp for s in series], [s.y_stamp for s in series],
+    )
+    return {"windows": len(series), "context": context, "horizon": horizon, **result}
+
+
 def _run_tests(out: Path) -> dict[str, Any]:
     """kronos_core's test suite on this machine (the CUDA tests run here; the rest run on CPU)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--confcutdir=tests/core", "tests/core"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--confcutdir=tests/core", "-m", "not slow",
+           "tests/core"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     (out / "gpu_tests.log").write_text(proc.stdout + proc.stderr)
@@ -83,11 +121,11 @@ def _run_tests(out: Path) -> dict[str, Any]:
 
 
 def _profile(out: Path) -> None:
-    """Top CUDA kernels of one bf16 batch-1024 call (where the time goes, for the next change)."""
+    """Top CUDA kernels of bf16 batch-1024 calls (compiled blocks, graphed decode) (where the time goes, for the next change)."""
     from torch.profiler import ProfilerActivity, profile
 
     args = bench.make_parser().parse_args([*COMMON, "--dtype", "bfloat16", "--batch", "1024", "--repeats", "1",
-                                          "--no-baseline", "--out", str(out / "scratch.json")])
+                                          "--compile", "--no-baseline", "--out", str(out / "scratch.json")])
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         bench.run(args)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
@@ -102,6 +140,10 @@ def main() -> int:
     p.add_argument("--dry-run", action="store_true", help="check this script on CPU with a tiny model and batches")
     opts = p.parse_args()
     cuda = torch.cuda.is_available() and not opts.dry_run
+    # Many shapes and two dtypes go through the same compiled functions in this one process: let
+    # dynamo keep them all instead of silently falling back to eager after its default of 8.
+    torch._dynamo.config.cache_size_limit = 64
+    torch._dynamo.config.accumulated_cache_size_limit = 512
     out = Path(os.environ.get("OUT") or "results")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -126,6 +168,10 @@ def main() -> int:
         args = bench.make_parser().parse_args([*argv, "--out", str(out / "scratch.json")])
         t0 = time.perf_counter()
         try:
+            if name == "demo_agreement":
+                report["demo_model_bf16_agreement"] = demo_model_agreement("cuda" if cuda else "cpu")
+                print(f"demo model, bf16 vs fp32 (greedy, real bars): {report['demo_model_bf16_agreement']}", flush=True)
+                continue
             result = bench.run(args)
             result["wall_s"] = time.perf_counter() - t0
             result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
@@ -160,6 +206,8 @@ def main() -> int:
         )
         if "dtype_agreement" in r:
             print(f"{'':32s} bf16 vs fp32: {r['dtype_agreement']}")
+    if "demo_model_bf16_agreement" in report:
+        print(f"demo model (trained), bf16 vs fp32, greedy on real bars: {report['demo_model_bf16_agreement']}")
     print(f"total {time.perf_counter() - t_start:.0f} s; results in {results_path}")
     return 0
 

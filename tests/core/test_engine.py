@@ -284,3 +284,35 @@ def test_cuda_graph_replay_samples_what_the_eager_step_samples() -> None:
     for _ in range(2):  # the second call replays the captured graph with new inputs copied in
         np.testing.assert_array_equal(_sampled_tokens(graphed, xs, x_st, y_st, 8, params, seeds=[1, 2, 3]), want)
     assert graphed._graphs is not None and graphed._graphs.captures == 1
+
+
+@pytest.mark.slow
+def test_compiled_blocks_sample_what_the_eager_blocks_sample() -> None:
+    """torch.compile of the block products (meant for CUDA) computes the same function; checked on
+    CPU so CI covers it (the first calls compile, which takes a while)."""
+    tok, model = _random_pair(11)
+    xs, x_st, y_st = _inputs(np.random.default_rng(11), [26, 14], 6)
+    params = SamplingParams(top_p=0.9, sample_count=2)
+    eager = KronosEngine(model, tok, device="cpu", max_context=64, packed=False, decode_loop="fixed")
+    compiled = KronosEngine(model, tok, device="cpu", max_context=64, packed=False, decode_loop="fixed",
+                            compile_blocks=True)
+    want = _sampled_tokens(eager, xs, x_st, y_st, 6, params, seeds=[1, 2])
+    np.testing.assert_array_equal(_sampled_tokens(compiled, xs, x_st, y_st, 6, params, seeds=[1, 2]), want)
+    assert compiled.compiled and not eager.compiled
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_graphed_cuda_engine_matches_recompute_greedy() -> None:
+    tok, model = _random_pair(12)
+    lengths, horizon = [30, 11, 25], 7
+    engine = KronosEngine(model, tok, device="cuda", max_context=64, compile_blocks=True)  # moves both to CUDA
+    xs, x_st, y_st = _inputs(np.random.default_rng(12), lengths, horizon)
+    fast = _sampled_tokens(engine, xs, x_st, y_st, horizon, GREEDY, seeds=[0, 1, 2])
+    for b, n in enumerate(lengths):
+        x = torch.as_tensor(xs[b], device="cuda")[None]
+        s1, s2 = tok.encode(x, half=True)
+        stamps = torch.as_tensor(np.concatenate([x_st[b], y_st[b]]), device="cuda")[None]
+        seq1, seq2 = generate_tokens_recompute(model, s1, s2, stamps, horizon, 64, top_k=1, top_p=1.0)
+        np.testing.assert_array_equal(fast[0, b, 0], seq1[0, n:].cpu().numpy())
+        np.testing.assert_array_equal(fast[1, b, 0], seq2[0, n:].cpu().numpy())

@@ -163,20 +163,27 @@ def greedy_agreement(
 ) -> dict[str, float]:
     """Greedy decoding in ``dtype`` against float32 on the same inputs: token agreement, forecast gap."""
     greedy = SamplingParams(T=1.0, top_k=1, top_p=1.0)
-    runs = []
+    runs, first_logits = [], []
     for dt in (torch.float32, dtype):
         eng = KronosEngine(model, tokenizer, device=args.device, max_context=args.max_context, dtype=dt)  # type: ignore[arg-type]
         stats = GenerationStats()
         with torch.inference_mode():
             state = eng.prefill(xs, x_st, y_st, args.horizon, stats)
+            first_logits.append(state.last_logits.float().cpu())
             runs.append(eng.run_horizon_tokens(state, args.horizon, greedy, seeds=list(range(len(xs))), stats=stats))
     (p32, t32), (plo, tlo) = runs
+    # The first step's s1 logits (same tokens in, before any divergence): how far the numbers move.
+    l32, llo = first_logits
+    logits_rel_error = float((llo - l32).norm() / l32.norm())
+    first_top1 = float((llo.argmax(-1) == l32.argmax(-1)).float().mean())
     first_diff = [int(np.argmax(a != b)) if (a != b).any() else args.horizon for a, b in zip(t32[0, :, 0], tlo[0, :, 0], strict=True)]
     return {
         "s1_token_agreement": float((t32[0] == tlo[0]).mean()),
         "s2_token_agreement": float((t32[1] == tlo[1]).mean()),
         "mean_steps_before_first_s1_divergence": float(np.mean(first_diff)),
         "forecast_mean_abs_diff_normalised": float(np.abs(p32 - plo).mean()),
+        "first_step_s1_logits_rel_error": logits_rel_error,
+        "first_step_s1_top1_agreement": first_top1,
     }
 
 

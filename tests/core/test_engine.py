@@ -316,3 +316,21 @@ def test_compiled_graphed_cuda_engine_matches_recompute_greedy() -> None:
         seq1, seq2 = generate_tokens_recompute(model, s1, s2, stamps, horizon, 64, top_k=1, top_p=1.0)
         np.testing.assert_array_equal(fast[0, b, 0], seq1[0, n:].cpu().numpy())
         np.testing.assert_array_equal(fast[1, b, 0], seq2[0, n:].cpu().numpy())
+
+
+def test_low_precision_engine_rotates_positions_past_256_exactly() -> None:
+    """bfloat16 holds integers exactly only up to 256: the engine computes rotary angles in float32."""
+    from kronos_core.fused_step import _rotary_tables
+    from kronos_core.layers import rotary_cos_sin, rotary_inv_freq
+
+    tok, model = _random_pair(13)
+    engine = KronosEngine(model, tok, device="cpu", max_context=512, dtype=torch.bfloat16)
+    blk = engine._fused.blocks[0]
+    assert blk.inv_freq.dtype == torch.float32
+    positions = torch.tensor([5, 257, 301, 430])
+    cos, sin_signed = _rotary_tables(blk.inv_freq, positions, torch.bfloat16)
+    want_cos, want_sin = rotary_cos_sin(rotary_inv_freq(blk.inv_freq.shape[0] * 2), positions)
+    assert cos.dtype == torch.bfloat16
+    assert torch.equal(cos[0, 0], want_cos.to(torch.bfloat16))
+    half = want_sin.shape[-1] // 2
+    assert torch.equal(sin_signed[0, 0, :, half:], want_sin[:, half:].to(torch.bfloat16))

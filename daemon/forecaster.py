@@ -93,6 +93,7 @@ def build_engine_forecaster(settings: Settings) -> StreamForecaster:
             device=None if m.device == "auto" else m.device,
             max_context=m.max_context,
             dtype=getattr(torch, m.dtype),
+            compile_blocks=m.compile,
         )
         config = StreamConfig(
             mode=settings.mode,

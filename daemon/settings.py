@@ -103,6 +103,7 @@ class ModelSettings(_Group):
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1, le=1024)  # torch CPU threads (None: torch's default)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    compile: bool = False  # torch.compile the transformer blocks (pays on CUDA at large batches)
     max_context: int = Field(default=512, ge=2, le=8192)
     horizon: int = Field(default=12, ge=1, le=4096)
     sample_count: int = Field(default=8, ge=1, le=1024)

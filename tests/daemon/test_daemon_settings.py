@@ -84,3 +84,15 @@ def test_env_name_and_typo_detection() -> None:
     assert env_name(("mode",)) == "KRONOS_MODE"
     env = {"KRONOS_KAFKA__BOOTSTRAP_SERVER": "x", "KRONOS_MODE": "exact", "PATH": "/bin"}
     assert unknown_env_names(env) == ["KRONOS_KAFKA__BOOTSTRAP_SERVER"]
+
+
+def test_model_compile_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.forecaster import build_engine_forecaster
+
+    monkeypatch.setenv("KRONOS_MODEL__PRESET", "Kronos-tiny")
+    monkeypatch.setenv("KRONOS_MODEL__MAX_CONTEXT", "64")
+    monkeypatch.setenv("KRONOS_MODEL__DEVICE", "cpu")
+    assert load_settings().model.compile is False
+    monkeypatch.setenv("KRONOS_MODEL__COMPILE", "true")
+    forecaster = build_engine_forecaster(load_settings())
+    assert forecaster.engine.compiled  # type: ignore[attr-defined]

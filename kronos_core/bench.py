@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fast_forecasts_per_s": fast_fps,
         "fast_token_forwards_per_forecast": (stats.prefill_tokens + stats.step_tokens + stats.recompute_tokens) / n,
         "fast_stage_ms": stats.timings_ms,
+        "fast_decode_loop_used": stats.decode_loops[-1] if stats.decode_loops else None,
     }
     if base_s:
         base_fps = n / statistics.median(base_s)
@@ -196,7 +197,8 @@ def print_report(result: dict[str, Any]) -> None:
     )
     print(
         f"fast path:  {result['fast_forecasts_per_s']:.3f} forecasts/s "
-        f"({result['fast_token_forwards_per_forecast']:.0f} token-forwards per forecast)"
+        f"({result['fast_token_forwards_per_forecast']:.0f} token-forwards per forecast, "
+        f"loop {result['fast_decode_loop_used']})"
     )
     if "speedup" in result:
         print(

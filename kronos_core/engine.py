@@ -47,6 +47,7 @@ from kronos_core.layers import SelfAttention
 from kronos_core.model import Kronos
 from kronos_core.packed_linear import PackedLinear
 from kronos_core.sampling import filter_logits
+from kronos_core.shared_prefix import shared_prefix_attention
 from kronos_core.tokenizer import KronosTokenizer
 
 DecodeLoop = Literal["auto", "dynamic", "fixed", "graphed"]
@@ -82,6 +83,7 @@ class GenerationStats:
     recompute_tokens: int = 0
     decode_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    decode_loops: list[str] = field(default_factory=list)  # the loop of each horizon ("fixed+shared", ...)
     # Called before a stage's time is read (e.g. torch.cuda.synchronize): on a GPU, work is queued
     # asynchronously, and without it the stage times say when work was queued, not when it ran.
     synchronize: Callable[[], None] | None = None
@@ -177,6 +179,7 @@ class KronosEngine:
         self.device = resolve_device(device)
         if decode_loop == "graphed" and self.device.type != "cuda":
             raise ValueError(f"decode_loop='graphed' needs a CUDA device, got {self.device}; use 'fixed' or 'dynamic'")
+        self._auto_loop = decode_loop == "auto"
         if decode_loop == "auto":
             decode_loop = "graphed" if self.device.type == "cuda" else "dynamic"
         self.decode_loop: DecodeLoop = decode_loop
@@ -320,6 +323,28 @@ class KronosEngine:
         k, v = self.dep_kv(h)
         return self._head_s1(h[:, -1]).float(), h, k, v
 
+    def _step_shared(
+        self, s1: Tensor, s2: Tensor, stamp: Tensor, positions: Tensor, b: LoopBuffers, slot: Tensor, prefix_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`step` of one token per path [N, 1] with the context shared by the paths of a series:
+        the new keys and values go to suffix slot ``slot`` [1]; attention reads the series' prefix
+        (``prefix_mask`` [B, 1, 1, P]) and the path's suffix up to ``slot``."""
+        assert b.suffix is not None
+        suffix_mask = torch.arange(b.suffix[0].max_len, device=self.device) <= slot  # [G]
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            assert b.suffix is not None
+            sfx = b.suffix[i]
+            sfx.k.index_copy_(2, slot, k)
+            sfx.v.index_copy_(2, slot, v)
+            pre = b.caches[i]
+            return shared_prefix_attention(q, pre.k, pre.v, prefix_mask, sfx.k, sfx.v, suffix_mask, b.paths)
+
+        h = self._fused.run(self.embed(s1, s2, stamp), positions, attend)
+        assert h is not None
+        k, v = self.dep_kv(h)
+        return self._head_s1(h[:, -1]).float(), h, k, v
+
     def transformer(self, x: Tensor, caches: list[KVCache] | None) -> Tensor:
         """Prefill: embedded rows x [N, S, d] at positions 0..S-1, filling ``caches``.  # [N, S, d]"""
         out = self._fused.forward(x, torch.arange(x.shape[1], device=self.device), caches)
@@ -337,15 +362,19 @@ class KronosEngine:
         keys to position 0, i.e. not at all (cos 0 = 1, sin 0 = 0): the rotation is skipped here,
         bit-identically, instead of being applied to every cached key at every step.
         """
-        cross = self.model.dep_layer.cross_attn
         if kv_len is not None:
             dep_k, dep_v = dep_k[:, :, :kv_len], dep_v[:, :, :kv_len]
+        valid = torch.arange(dep_k.shape[2], device=self.device)[None, :] < n_keys[:, None]  # [N, T]
+        return self._s2_logits_with(s1, h_last, lambda q: masked_attention(q, dep_k, dep_v, valid[:, None, None, :]))
+
+    def _s2_logits_with(self, s1: Tensor, h_last: Tensor, attend: Callable[[Tensor], Tensor]) -> Tensor:
+        """:meth:`s2_logits` with the attention over the dependency keys left to ``attend(q)``,
+        q [N, H, 1, D] -> [N, H, 1, D].  # [N, V2]"""
+        cross = self.model.dep_layer.cross_attn
         query = self.model.embedding.emb_s1(s1)  # [N, 1, d], unscaled as upstream
         n, _, d = query.shape
         q = self._dep_q(query).view(n, 1, cross.n_heads, cross.head_dim).transpose(1, 2)  # [N, H, 1, D]
-        valid = torch.arange(dep_k.shape[2], device=self.device)[None, :] < n_keys[:, None]  # [N, T]
-        att = masked_attention(q, dep_k, dep_v, valid[:, None, None, :])  # [N, H, 1, D]
-        attn = self._dep_out(att.transpose(1, 2).reshape(n, 1, d))
+        attn = self._dep_out(attend(q).transpose(1, 2).reshape(n, 1, d))
         x2 = self.model.dep_layer.norm(h_last[:, None, :] + attn)
         return self._head_s2(x2)[:, 0].float()
 
@@ -452,42 +481,29 @@ class KronosEngine:
         dev, n_paths = self.device, params.sample_count
         n_series = len(state.lengths)
         t0 = time.perf_counter()
-        caches, last_logits, h_last = state.caches, state.last_logits, state.h_last
-        dep_k, dep_v = state.dep_k, state.dep_v
-        tok1, tok2, stamps = state.tok1, state.tok2, state.stamps
-        length_t = torch.tensor(state.lengths, device=dev)
-        if n_paths > 1:
-            caches = [c.repeat_rows(n_paths) for c in caches]
-            last_logits, h_last = last_logits.repeat_interleave(n_paths, 0), h_last.repeat_interleave(n_paths, 0)
-            dep_k, dep_v = dep_k.repeat_interleave(n_paths, 0), dep_v.repeat_interleave(n_paths, 0)
-            tok1, tok2 = tok1.repeat_interleave(n_paths, 0), tok2.repeat_interleave(n_paths, 0)
-            stamps = stamps.repeat_interleave(n_paths, 0)
-            length_t = length_t.repeat_interleave(n_paths, 0)
-        else:
-            dep_k, dep_v, tok1, tok2 = dep_k.clone(), dep_v.clone(), tok1.clone(), tok2.clone()
         row_lengths = [n for n in state.lengths for _ in range(n_paths)]
+        fits = max(row_lengths) + horizon - 1 <= self.max_context  # no row outgrows the window
+        kind = self._loop_for(n_paths, fits, generator)
         seed_t = None
         if seeds is not None:
             if len(seeds) != n_series:
                 raise ValueError(f"got {len(seeds)} seeds for {n_series} series; pass one seed per series")
             seed_t = path_seeds(torch.tensor([int(s) for s in seeds], dtype=torch.long, device=dev), n_paths)
-        loop = LoopBuffers(
-            caches=caches, last_logits=last_logits, h_last=h_last, dep_k=dep_k, dep_v=dep_v,
-            tok1=tok1, tok2=tok2, stamps=stamps, length_t=length_t, seeds=seed_t,
-            t=torch.zeros((), dtype=torch.long, device=dev),
-        )
-        fits = max(row_lengths) + horizon - 1 <= self.max_context  # no row outgrows the window
-        if self.decode_loop == "dynamic" or not fits or (generator is not None and self._graphs is not None):
+        shared = kind != "dynamic" and n_paths > 1
+        loop = self._loop_buffers(state, n_paths, horizon, seed_t, shared=shared)
+        stats.decode_loops.append(kind + ("+shared" if shared else ""))
+        if kind == "dynamic":
             self._dynamic_loop(loop, row_lengths, horizon, params, generator, stats)
-        elif self._graphs is not None:
-            tok1, tok2 = self._graphs.run(loop, params, horizon)
+        elif kind == "graphed":
+            assert self._graphs is not None
+            loop.tok1, loop.tok2 = self._graphs.run(loop, params, horizon)
             stats.step_tokens += len(row_lengths) * (horizon - 1)
         else:
-            loop.last_logits, loop.h_last = last_logits.clone(), h_last.clone()  # updated in place
             for t in range(horizon):
                 loop.t.fill_(t)
                 self.fixed_step(loop, params, generator, feed=t + 1 < horizon)
             stats.step_tokens += len(row_lengths) * (horizon - 1)
+        tok1, tok2, length_t = loop.tok1, loop.tok2, loop.length_t
         stats.add_time("generate", t0)
 
         t1 = time.perf_counter()
@@ -497,6 +513,51 @@ class KronosEngine:
         return (
             preds.reshape(n_series, n_paths, horizon, -1).cpu().numpy(),
             gen.reshape(2, n_series, n_paths, horizon).cpu().numpy(),
+        )
+
+    def _loop_for(self, n_paths: int, fits: bool, generator: torch.Generator | None) -> DecodeLoop:
+        """Which loop generates this horizon: ``dynamic`` (also whenever a row will slide), ``fixed``
+        or ``graphed``. With several sample paths, ``decode_loop="auto"`` takes the fixed-shape loop,
+        whose paths share their context's cache (:mod:`kronos_core.shared_prefix`)."""
+        if not fits or (self.decode_loop == "dynamic" and not (self._auto_loop and n_paths > 1)):
+            return "dynamic"
+        if self._graphs is not None and generator is None:
+            return "graphed"
+        return "fixed"
+
+    def _loop_buffers(
+        self, state: DecodeState, n_paths: int, horizon: int, seeds: Tensor | None, *, shared: bool
+    ) -> LoopBuffers:
+        """One row per sample path (series-major). The state's tensors are not modified: what the
+        loop writes is a copy, except the caches' unused slots (single path) that later writes of a
+        session overwrite anyway. ``shared``: the paths of a series read one copy of the context's
+        keys and values (the prefix); their generated rows get their own suffix caches."""
+        dev, n_rows = self.device, len(state.lengths) * n_paths
+
+        def per_path(t: Tensor) -> Tensor:
+            return t.repeat_interleave(n_paths, 0) if n_paths > 1 else t.clone()
+
+        caches, dep_k, dep_v = state.caches, state.dep_k, state.dep_v
+        suffix: list[KVCache] | None = None
+        dep_suffix: KVCache | None = None
+        if shared:
+            prefix = max(state.lengths)  # every row fits: the whole context is the window
+            caches = [KVCache.wrap(c.k[:, :, :prefix], c.v[:, :, :prefix]) for c in caches]
+            dep_k, dep_v = dep_k[:, :, :prefix], dep_v[:, :, :prefix]  # read only: writes go to the suffix
+            suffix = self.predictor_caches(n_rows, horizon)
+            dep_suffix = KVCache(n_rows, dep_k.shape[1], horizon, dep_k.shape[3], device=dev, dtype=dep_k.dtype)
+        elif n_paths > 1:
+            caches = [c.repeat_rows(n_paths) for c in caches]
+            dep_k, dep_v = per_path(dep_k), per_path(dep_v)
+        else:
+            dep_k, dep_v = dep_k.clone(), dep_v.clone()
+        return LoopBuffers(
+            caches=caches, last_logits=per_path(state.last_logits), h_last=per_path(state.h_last),
+            dep_k=dep_k, dep_v=dep_v, tok1=per_path(state.tok1), tok2=per_path(state.tok2),
+            stamps=per_path(state.stamps),
+            length_t=torch.tensor(state.lengths, device=dev).repeat_interleave(n_paths, 0),
+            seeds=seeds, t=torch.zeros((), dtype=torch.long, device=dev),
+            suffix=suffix, dep_suffix=dep_suffix, paths=n_paths,
         )
 
     def _dynamic_loop(
@@ -568,16 +629,35 @@ class KronosEngine:
         cur = b.length_t + b.t  # [N] each row's next token index (its position too: no row slides)
         sampler = _Sampler(b.seeds, generator, rows.shape[0], self.device)
         s1 = sampler.draw(b.last_logits, params, 2 * b.t)  # [N, 1]
-        s2_logits = self.s2_logits(s1, b.h_last, b.dep_k, b.dep_v, cur.clamp(max=cache_len))
+        if b.dep_suffix is None:
+            s2_logits = self.s2_logits(s1, b.h_last, b.dep_k, b.dep_v, cur.clamp(max=cache_len))
+        else:
+            series_len = b.length_t[:: b.paths]  # [B] context rows of each series
+            prefix_mask = (torch.arange(cache_len, device=self.device) < series_len[:, None])[:, None, None, :]
+            dep_sfx = b.dep_suffix
+            generated = torch.arange(dep_sfx.max_len, device=self.device) < b.t  # dependency keys written so far
+            s2_logits = self._s2_logits_with(
+                s1, b.h_last,
+                lambda q: shared_prefix_attention(
+                    q, b.dep_k, b.dep_v, prefix_mask, dep_sfx.k, dep_sfx.v, generated, b.paths
+                ),
+            )
         s2 = sampler.draw(s2_logits, params, 2 * b.t + 1)
         b.tok1[rows, cur], b.tok2[rows, cur] = s1[:, 0], s2[:, 0]
-        if feed:
-            pos = cur[:, None]  # [N, 1]
-            logits, h_new, k_new, v_new = self.step(s1, s2, b.stamps[rows, cur][:, None], pos, b.caches, kv_len=cache_len)
-            b.last_logits.copy_(logits)
-            b.h_last.copy_(h_new[:, 0])
+        if not feed:
+            return
+        pos, stamp = cur[:, None], b.stamps[rows, cur][:, None]  # [N, 1]
+        if b.dep_suffix is None:
+            logits, h_new, k_new, v_new = self.step(s1, s2, stamp, pos, b.caches, kv_len=cache_len)
             _scatter_rows(b.dep_k, pos, k_new)
             _scatter_rows(b.dep_v, pos, v_new)
+        else:
+            slot = b.t.view(1)
+            logits, h_new, k_new, v_new = self._step_shared(s1, s2, stamp, pos, b, slot, prefix_mask)
+            b.dep_suffix.k.index_copy_(2, slot, k_new)
+            b.dep_suffix.v.index_copy_(2, slot, v_new)
+        b.last_logits.copy_(logits)
+        b.h_last.copy_(h_new[:, 0])
 
     def _decode_horizon(
         self,

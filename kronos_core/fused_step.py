@@ -15,6 +15,7 @@ Inference only: no dropout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -109,24 +110,42 @@ class FusedBlocks:
         attention reads the first ``kv_len`` cache slots. ``kv_only``: only fill the caches (the last
         block then stops after its keys and values, and nothing is returned).
         """
-        n, s, d = x.shape
+        s = x.shape[1]
+
+        def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            k_all, v_all = (k, v) if caches is None else caches[i].update(positions, k, v)
+            if attn_mask is None:
+                assert k_all.shape[2] == s, "a prefill must start at position 0 of an empty cache"
+                return F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)  # [N, H, S, D]
+            end = kv_len or k_all.shape[2]
+            return masked_attention(q, k_all[:, :, :end], v_all[:, :, :end], attn_mask)
+
+        def store_last(k: Tensor, v: Tensor) -> None:
+            assert caches is not None, "kv_only needs caches to fill"
+            caches[-1].update(positions, k, v)
+
+        return self.run(x, positions, attend, store_last if kv_only else None)
+
+    def run(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        attend: Callable[[int, Tensor, Tensor, Tensor], Tensor],
+        store_last: Callable[[Tensor, Tensor], None] | None = None,
+    ) -> Tensor | None:
+        """The blocks over x [N, S, d] at ``positions``, with attention left to the caller:
+        ``attend(block_index, q, k, v)`` ([N, H, S, D] each, rotated) stores what it keeps and returns
+        the attention output. With ``store_last`` the last block only hands its keys and values
+        to it, and nothing is returned."""
         tables = _rotary_tables(self.blocks[0].inv_freq, positions, x.dtype) if self._shared_rotary else None
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
             cos, sin_signed = tables if tables is not None else _rotary_tables(blk.inv_freq, positions, x.dtype)
             q, k, v = self._attention_inputs(blk, x, cos, sin_signed)  # [N, H, S, D] each
-            if kv_only and i == last:
-                assert caches is not None, "kv_only needs caches to fill"
-                caches[i].update(positions, k, v)
+            if store_last is not None and i == last:
+                store_last(k, v)
                 return None
-            k_all, v_all = (k, v) if caches is None else caches[i].update(positions, k, v)
-            if attn_mask is None:
-                assert k_all.shape[2] == s, "a prefill must start at position 0 of an empty cache"
-                att = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)  # [N, H, S, D]
-            else:
-                end = kv_len or k_all.shape[2]
-                att = masked_attention(q, k_all[:, :, :end], v_all[:, :, :end], attn_mask)
-            x = self._output_and_ffn(blk, x, att)
+            x = self._output_and_ffn(blk, x, attend(i, q, k, v))
         return x if self.final_norm is None else self.final_norm(x)
 
     def compile(self) -> None:

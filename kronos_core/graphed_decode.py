@@ -40,33 +40,46 @@ class LoopBuffers:
     length_t: Tensor  # [N] context tokens per row
     seeds: Tensor | None  # [N] counter-RNG seeds per path, or None (torch's global RNG)
     t: Tensor  # 0-d int64: the step index
+    # Sample paths sharing their series' context (kronos_core.shared_prefix): then ``caches`` and
+    # ``dep_k``/``dep_v`` hold the context once per series [B, ...] and these the generated rows.
+    suffix: list[KVCache] | None = None  # per predictor layer, [N, H, horizon, D]
+    dep_suffix: KVCache | None = None  # [N, Hd, horizon, Dd]
+    paths: int = 1  # sample paths per series
+
+    def _caches(self) -> list[KVCache]:
+        return [*self.caches, *(self.suffix or []), *([self.dep_suffix] if self.dep_suffix is not None else [])]
+
+    def _tensors(self) -> list[Tensor | None]:
+        return [getattr(self, f.name) for f in fields(self) if f.name not in _NOT_TENSORS]
 
     def shape_key(self) -> tuple[Any, ...]:
-        return (
-            tuple(self.caches[0].k.shape), len(self.caches), self.caches[0].k.dtype,
-            tuple(self.dep_k.shape), tuple(self.tok1.shape), self.seeds is not None,
-        )
+        caches = tuple((tuple(c.k.shape), c.k.dtype) for c in self._caches())
+        tensors = tuple(None if t is None else (tuple(t.shape), t.dtype) for t in self._tensors())
+        return caches, tensors, self.paths
 
     def empty_like(self) -> LoopBuffers:
-        caches = []
-        for c in self.caches:
-            cache = KVCache.__new__(KVCache)
-            cache.k, cache.v = torch.empty_like(c.k), torch.empty_like(c.v)
-            caches.append(cache)
-        e = torch.empty_like
+        def e(c: KVCache) -> KVCache:
+            return KVCache.wrap(torch.empty_like(c.k), torch.empty_like(c.v))
+
+        tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_TENSORS}
         return LoopBuffers(
-            caches=caches, last_logits=e(self.last_logits), h_last=e(self.h_last), dep_k=e(self.dep_k),
-            dep_v=e(self.dep_v), tok1=e(self.tok1), tok2=e(self.tok2), stamps=e(self.stamps),
-            length_t=e(self.length_t), seeds=None if self.seeds is None else e(self.seeds), t=e(self.t),
+            caches=[e(c) for c in self.caches],
+            **{name: None if t is None else torch.empty_like(t) for name, t in tensors.items()},  # type: ignore[arg-type]
+            suffix=None if self.suffix is None else [e(c) for c in self.suffix],
+            dep_suffix=None if self.dep_suffix is None else e(self.dep_suffix),
+            paths=self.paths,
         )
 
     def copy_from(self, src: LoopBuffers) -> None:
-        for mine, theirs in zip(self.caches, src.caches, strict=True):
+        for mine, theirs in zip(self._caches(), src._caches(), strict=True):
             mine.k.copy_(theirs.k)
             mine.v.copy_(theirs.v)
-        for f in fields(self):
-            if f.name != "caches" and getattr(self, f.name) is not None:
-                getattr(self, f.name).copy_(getattr(src, f.name))
+        for mine_t, theirs_t in zip(self._tensors(), src._tensors(), strict=True):
+            if mine_t is not None and theirs_t is not None:
+                mine_t.copy_(theirs_t)
+
+
+_NOT_TENSORS = frozenset({"caches", "suffix", "dep_suffix", "paths"})
 
 
 StepFn = Callable[..., None]  # (buffers, params, generator, *, feed: bool) -> None

@@ -47,18 +47,19 @@ class KVCache:
         self.v.transpose(1, 2)[rows, positions] = v.transpose(1, 2)
         return self.k, self.v
 
-    def repeat_rows(self, repeats: int) -> KVCache:
-        """A new cache with every row repeated ``repeats`` times (row r -> rows r*repeats ...)."""
-        out = KVCache.__new__(KVCache)
-        out.k = self.k.repeat_interleave(repeats, dim=0)
-        out.v = self.v.repeat_interleave(repeats, dim=0)
+    @classmethod
+    def wrap(cls, k: Tensor, v: Tensor) -> KVCache:
+        """A cache over existing tensors [B, H, T, D] (views stay views: writes reach the original)."""
+        out = cls.__new__(cls)
+        out.k, out.v = k, v
         return out
 
+    def repeat_rows(self, repeats: int) -> KVCache:
+        """A new cache with every row repeated ``repeats`` times (row r -> rows r*repeats ...)."""
+        return KVCache.wrap(self.k.repeat_interleave(repeats, dim=0), self.v.repeat_interleave(repeats, dim=0))
+
     def select_rows(self, rows: Tensor) -> KVCache:
-        out = KVCache.__new__(KVCache)
-        out.k = self.k.index_select(0, rows)
-        out.v = self.v.index_select(0, rows)
-        return out
+        return KVCache.wrap(self.k.index_select(0, rows), self.v.index_select(0, rows))
 
 
 def make_caches(

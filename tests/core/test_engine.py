@@ -334,3 +334,38 @@ def test_low_precision_engine_rotates_positions_past_256_exactly() -> None:
     assert torch.equal(cos[0, 0], want_cos.to(torch.bfloat16))
     half = want_sin.shape[-1] // 2
     assert torch.equal(sin_signed[0, 0, :, half:], want_sin[:, half:].to(torch.bfloat16))
+
+
+def test_shared_prefix_attention_equals_attention_over_the_concatenated_keys() -> None:
+    from kronos_core.fused_step import masked_attention
+    from kronos_core.shared_prefix import shared_prefix_attention
+
+    gen = torch.Generator().manual_seed(0)
+    series, paths, heads, n_q, dim, prefix, suffix = 3, 4, 2, 5, 8, 11, 6
+    n = series * paths
+    q = torch.randn(n, heads, n_q, dim, generator=gen)
+    pk, pv = torch.randn(series, heads, prefix, dim, generator=gen), torch.randn(series, heads, prefix, dim, generator=gen)
+    sk, sv = torch.randn(n, heads, suffix, dim, generator=gen), torch.randn(n, heads, suffix, dim, generator=gen)
+    prefix_len = torch.tensor([11, 4, 7])
+    prefix_mask = (torch.arange(prefix) < prefix_len[:, None])[:, None, None, :]  # [B, 1, 1, P]
+    suffix_mask = torch.ones(n_q, suffix, dtype=torch.bool).tril(1)[None, None]  # [1, 1, Q, G]
+    got = shared_prefix_attention(q, pk, pv, prefix_mask, sk, sv, suffix_mask, paths)
+
+    k_all = torch.cat([pk.repeat_interleave(paths, 0), sk], dim=2)
+    v_all = torch.cat([pv.repeat_interleave(paths, 0), sv], dim=2)
+    mask = torch.cat(
+        [prefix_mask.repeat_interleave(paths, 0).expand(n, 1, n_q, prefix), suffix_mask.expand(n, 1, n_q, suffix)], dim=-1
+    )
+    torch.testing.assert_close(got, masked_attention(q, k_all, v_all, mask), rtol=1e-5, atol=1e-6)
+
+
+def test_sample_paths_share_the_context_cache_by_default_on_cpu() -> None:
+    tok, model = _random_pair(14)
+    xs, x_st, y_st = _inputs(np.random.default_rng(14), [22, 35], 5)
+    engine = KronosEngine(model, tok, device="cpu", max_context=64)
+    stats = GenerationStats()
+    engine.generate(xs, x_st, y_st, 5, SamplingParams(sample_count=4), seeds=[1, 2], stats=stats)
+    engine.generate(xs, x_st, y_st, 5, SamplingParams(sample_count=1), seeds=[1, 2], stats=stats)
+    xs, x_st, y_st = _inputs(np.random.default_rng(14), [22, 35], 40)
+    engine.generate(xs, x_st, y_st, 40, SamplingParams(sample_count=4), seeds=[1, 2], stats=stats)  # slides
+    assert stats.decode_loops == ["fixed+shared", "dynamic", "dynamic"]

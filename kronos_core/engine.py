@@ -11,7 +11,11 @@ Upstream runs the whole window through the predictor at every generated step. He
 - the prompt is prefilled once per series and shared by its ``sample_count`` paths, for the
   predictor and for the tokenizer's decoder (whose context rows are decoded once, then each
   path decodes only its horizon against that prefix);
-- series of different lengths share one batch: right padding, per-row positions and masks.
+- series of different lengths share one batch: right padding, per-row positions and masks;
+- the sample paths of a series read one copy of its context's keys and values, each path adding
+  its own generated rows (:mod:`kronos_core.shared_prefix`);
+- on CUDA the generated step is captured once per batch shape as a CUDA graph and replayed
+  (:mod:`kronos_core.graphed_decode`), and the blocks can go through ``torch.compile``.
 
 Exactness, including the sliding window: while ``len(context) + step <= max_context`` the
 cached computation equals upstream's (rows of a causal window never change when tokens are
@@ -167,7 +171,10 @@ class KronosEngine:
         ``"dynamic"`` reads only the cache slots filled so far (cheapest per step on CPU);
         ``"fixed"`` keeps every shape the same from step to step (what a CUDA graph needs);
         ``"graphed"`` captures the fixed step as a CUDA graph once per batch shape and replays it
-        (CUDA only); ``"auto"`` is ``"graphed"`` on CUDA and ``"dynamic"`` elsewhere.
+        (CUDA only); ``"auto"`` is ``"graphed"`` on CUDA and ``"dynamic"`` elsewhere, except that
+        with several sample paths it takes the fixed-shape loop, where the paths of a series read
+        one copy of the context's cache (:mod:`kronos_core.shared_prefix`). A horizon in which some
+        row outgrows ``max_context`` always runs the dynamic loop.
 
         ``compile_blocks``: run the transformer blocks' products and elementwise work through
         ``torch.compile`` (the first calls compile; meant for CUDA, see :meth:`FusedBlocks.compile`).

@@ -40,6 +40,12 @@ def _configs() -> list[tuple[str, list[str]]]:
     runs: list[tuple[str, list[str]]] = [
         ("bfloat16_b1024_graphed", ["--dtype", "bfloat16", *b1024]),
         ("float32_b1024_graphed", ["--dtype", "float32", *b1024]),
+        # 16 sample paths: graphed with the context cache shared by the paths, against the
+        # dynamic loop over per-path copies of it
+        ("bfloat16_b64_s16_graphed", ["--dtype", "bfloat16", "--batch", "64", "--sample-count", "16", "--repeats", "3",
+                                      "--no-baseline"]),
+        ("bfloat16_b64_s16_dynamic", ["--dtype", "bfloat16", "--batch", "64", "--sample-count", "16", "--repeats", "3",
+                                      "--no-baseline", "--decode-loop", "dynamic"]),
     ]
     for dtype in ("bfloat16", "float32"):
         runs.append((f"{dtype}_b64_graphed", ["--dtype", dtype, "--batch", "64", "--repeats", "5", "--baseline-repeats", "1"]))

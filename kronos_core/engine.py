@@ -270,7 +270,7 @@ class KronosEngine:
         attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Bars [B, S, 6] (normalised) from ids through the full-code decoder path."""
-        h = self.tokenizer.post_quant_embed(self.tokenizer.indices_to_bits([s1, s2], half=True).to(self.dtype))
+        h = self._decoder_input(s1, s2)
         if self._decoder is not None:
             out = self._decoder.forward(h, self._positions(h, positions), list(caches) if caches else None, attn_mask)
             assert out is not None
@@ -284,8 +284,11 @@ class KronosEngine:
         decoder's later rows need them; their own outputs are not wanted)."""
         if self._decoder is None:
             return
-        h = self.tokenizer.post_quant_embed(self.tokenizer.indices_to_bits([s1, s2], half=True).to(self.dtype))
-        self._decoder.forward(h, positions, list(caches), attn_mask, kv_only=True)
+        self._decoder.forward(self._decoder_input(s1, s2), positions, list(caches), attn_mask, kv_only=True)
+
+    def _decoder_input(self, s1: Tensor, s2: Tensor) -> Tensor:
+        """The decoder's input rows for ids [B, S]: their full code, embedded.  # [B, S, d]"""
+        return self.tokenizer.post_quant_embed(self.tokenizer.indices_to_bits([s1, s2], half=True).to(self.dtype))
 
     def _positions(self, x: Tensor, positions: Tensor | None) -> Tensor:
         return torch.arange(x.shape[1], device=self.device) if positions is None else positions
@@ -675,12 +678,15 @@ class KronosEngine:
         n_paths: int,
         stats: GenerationStats,
         decoder_prefix: tuple[list[KVCache], Tensor] | None,
+        *,
+        share_prefix: bool = True,
     ) -> Tensor:
         """Decode each path's last ``min(L + H, max_context)`` tokens, keep the horizon rows.  # [N, H, 6]
 
         The context part of the decoded window is the same for every path of a series: it is
         decoded once per series into decoder caches, then each path decodes its horizon tokens
-        against them (the decoder is causal, so this equals decoding the whole window).
+        against them (the decoder is causal, so this equals decoding the whole window); the paths
+        read those caches without copies (``share_prefix=False``: from per-path copies).
         """
         dev = self.device
         total = length_t + horizon
@@ -704,19 +710,29 @@ class KronosEngine:
                     dec_caches,
                 )
                 stats.decode_tokens += int(prefix_len[series_rows].sum())
+        pos = prefix_len[:, None] + torch.arange(horizon, device=dev)[None, :]  # [N, H]
+        h1, h2 = _gather_windows(tok1, length_t, horizon), _gather_windows(tok2, length_t, horizon)  # generated
+        stats.decode_tokens += int(len(length_t) * horizon)
+        if n_paths > 1 and dec_caches and share_prefix:
+            # The paths of a series read its context rows once; each path's rows attend causally.
+            width = dec_caches[0].max_len
+            prefix_mask = (torch.arange(width, device=dev) < prefix_len[series_rows][:, None])[:, None, None, :]
+            causal = torch.ones(horizon, horizon, dtype=torch.bool, device=dev).tril()
+
+            def attend(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+                c = dec_caches[i]
+                return shared_prefix_attention(q, c.k, c.v, prefix_mask, k, v, causal, n_paths)
+
+            assert self._decoder is not None
+            out = self._decoder.run(self._decoder_input(h1, h2), pos, attend)
+            assert out is not None
+            return self.tokenizer.head(out).float()
         if n_paths > 1:
             dec_caches = [c.repeat_rows(n_paths) for c in dec_caches]
-        pos = prefix_len[:, None] + torch.arange(horizon, device=dev)[None, :]  # [N, H]
-        h_start = length_t  # generated tokens start right after the context
-        z = self.decode_ids(
-            _gather_windows(tok1, h_start, horizon),
-            _gather_windows(tok2, h_start, horizon),
-            positions=pos,
-            caches=dec_caches or None,
+        return self.decode_ids(
+            h1, h2, positions=pos, caches=dec_caches or None,
             attn_mask=key_mask(pos, dec_caches[0].max_len) if dec_caches else None,
         )
-        stats.decode_tokens += int(len(length_t) * horizon)
-        return z
 
     @torch.inference_mode()
     def generate(

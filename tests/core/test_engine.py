@@ -369,3 +369,20 @@ def test_sample_paths_share_the_context_cache_by_default_on_cpu() -> None:
     xs, x_st, y_st = _inputs(np.random.default_rng(14), [22, 35], 40)
     engine.generate(xs, x_st, y_st, 40, SamplingParams(sample_count=4), seeds=[1, 2], stats=stats)  # slides
     assert stats.decode_loops == ["fixed+shared", "dynamic", "dynamic"]
+
+
+def test_decoding_paths_against_one_copy_of_the_context_equals_per_path_copies() -> None:
+    tok, model = _random_pair(15)
+    engine = KronosEngine(model, tok, device="cpu", max_context=40)
+    rng = np.random.default_rng(15)
+    paths, horizon, lengths = 3, 6, torch.tensor([30, 12, 38])  # 38 + 6 > 40: that window is cut
+    length_t = lengths.repeat_interleave(paths)
+    tok1, tok2 = (torch.as_tensor(rng.integers(0, 16, (len(length_t), 44))) for _ in range(2))
+    for toks in (tok1, tok2):
+        for b, n in enumerate(lengths.tolist()):  # the paths of a series share their context tokens
+            toks[b * paths + 1 : (b + 1) * paths, :n] = toks[b * paths, :n]
+    with torch.inference_mode():
+        shared = engine._decode_horizon(tok1, tok2, length_t, horizon, paths, GenerationStats(), None)
+        copies = engine._decode_horizon(tok1, tok2, length_t, horizon, paths, GenerationStats(), None,
+                                        share_prefix=False)
+    torch.testing.assert_close(shared, copies, rtol=1e-5, atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -287,6 +289,9 @@ def test_cuda_graph_replay_samples_what_the_eager_step_samples() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")), reason="torch.compile on CPU needs a C++ compiler"
+)
 def test_compiled_blocks_sample_what_the_eager_blocks_sample() -> None:
     """torch.compile of the block products (meant for CUDA) computes the same function; checked on
     CPU so CI covers it (the first calls compile, which takes a while)."""

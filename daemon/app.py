@@ -98,6 +98,11 @@ class Daemon:
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
         check_forecaster(self.forecaster, s)
         self.metrics.model_info.info({"version": self.forecaster.model_version, "mode": self.forecaster.mode})
+        if (self.bus_in is None or self.bus_out is None) and s.kafka.exactly_once:
+            from daemon.kafka_eos import TransactionalInput, TransactionalOutput
+
+            self.bus_out = TransactionalOutput(s.kafka)
+            self.bus_in = TransactionalInput(s.kafka, self.bus_out)
         if self.bus_in is None or self.bus_out is None:
             from daemon.kafka_io import KafkaInput, KafkaOutput
 
@@ -119,6 +124,7 @@ class Daemon:
                 default_interval_s=s.default_bar_interval_s,
                 forecast_ttl_s=s.redis.forecast_ttl_s,
                 base_seed=s.model.base_seed,
+                exactly_once=s.kafka.exactly_once,
             ),
             metrics=self.metrics,
         )

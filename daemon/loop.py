@@ -57,6 +57,7 @@ class LoopConfig:
     default_interval_s: float = 60.0
     forecast_ttl_s: int | None = None
     base_seed: int = 0
+    exactly_once: bool = False  # Kafka transactions: a fetch runs as segments, one transaction each
 
 
 def next_offsets(batch: Sequence[InMessage]) -> dict[Partition, int]:
@@ -78,6 +79,27 @@ def commit_offsets(batch: Sequence[InMessage], not_done: Sequence[InMessage]) ->
     for m in not_done:
         offsets[m.tp] = min(offsets[m.tp], m.offset)
     return offsets
+
+
+def eos_segments(batch: Sequence[InMessage]) -> list[list[InMessage]]:
+    """Exactly-once: cut a fetch into segments in which no key repeats and each partition's messages
+    follow on from the previous segment's. A segment is then one round, one transaction whose input
+    offsets cover every message it sent a forecast or dead letter for, and which holds at most one
+    bar per symbol (so after an abort, Redis's latest forecast of a symbol is the aborted one)."""
+    segments: list[list[InMessage]] = []
+    cursor: dict[Partition, int] = {}  # per partition: index of the segment its next message joins
+    keys: list[set[bytes | None]] = []
+    for m in batch:
+        k = cursor.get(m.tp, 0)
+        while k < len(segments) and m.key is not None and m.key in keys[k]:  # no key: dead-lettered
+            k += 1
+        if k == len(segments):
+            segments.append([])
+            keys.append(set())
+        segments[k].append(m)
+        keys[k].add(m.key)
+        cursor[m.tp] = k
+    return segments
 
 
 def plan_rounds(
@@ -194,7 +216,16 @@ class ForecastLoop:
             self._drop(set(self._owner.values()))
 
     async def process(self, batch: list[InMessage]) -> None:
-        """One fetch, from validation to commit."""
+        """One fetch, from validation to commit (exactly-once: segment by segment, see eos_segments)."""
+        if not self._cfg.exactly_once:
+            await self._process_part(batch)
+            return
+        for segment in eos_segments(batch):
+            await self._process_part(segment)
+            if self._stopping or self._revoking:
+                break  # the rest is not committed: fetched again
+
+    async def _process_part(self, batch: list[InMessage]) -> None:
         fetched_at = time.time()
         owned = self._in.assignment()
         batch = [m for m in batch if m.tp in owned]  # revoked since the fetch: the new owner has them
@@ -207,9 +238,11 @@ class ForecastLoop:
         for (msg, bar), reason in skipped:
             self._metrics.skipped.labels(reason).inc()
             log.info("bar skipped", reason=reason, symbol=bar.symbol, ts=bar.ts_ns, source=msg.source)
+        if self._cfg.exactly_once:
+            await self._republish([item for item, reason in skipped if reason == "duplicate"])
         done = 0
         for round_items in rounds:
-            if self._stopping or self._revoking:
+            if (self._stopping or self._revoking) and not self._cfg.exactly_once:
                 break  # shutting down or giving partitions up: commit what is done, leave the rest
             await self._forecast_round(round_items, fetched_at)
             self.last_tick = time.monotonic()
@@ -295,6 +328,19 @@ class ForecastLoop:
             log.warning("state store holds newer bars; reloading those symbols", symbols=sorted(refused))
             for s in refused:
                 self._states.pop(s, None)
+
+    async def _republish(self, duplicates: list[Item]) -> None:
+        """Exactly-once: a replayed bar that Redis already holds *from this very message* had its
+        transaction aborted after the Redis write; publish its stored forecast again (same bytes) in
+        this transaction. A true duplicate (another message with the same ts) stays skipped."""
+        records = []
+        for msg, bar in duplicates:
+            stored = await self._store.forecast_from(bar.symbol, msg.source)
+            if stored is not None:
+                records.append((bar.symbol.encode(), stored))
+        if records:
+            log.info("re-publishing forecasts of an aborted transaction", count=len(records))
+            await self._out.send_batch(self._cfg.output_topic, records)
 
     async def _still_new(self, items: list[Item]) -> list[Item]:
         """Reload symbols the store refused earlier in this fetch and drop bars that are no longer new."""

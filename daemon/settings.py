@@ -71,6 +71,11 @@ class KafkaSettings(_Group):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    # Exactly-once (Kafka transactions, see daemon/kafka_eos.py): forecasts, dead letters and input
+    # offsets commit together; the transactional id defaults to <group_id>.<group_instance_id>.
+    exactly_once: bool = False
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -81,6 +86,15 @@ class KafkaSettings(_Group):
                 f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and "
                 "sasl_password (set KRONOS_KAFKA__SASL_MECHANISM, KRONOS_KAFKA__SASL_USERNAME, "
                 "KRONOS_KAFKA__SASL_PASSWORD)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _transactional_id_stable(self) -> KafkaSettings:
+        if self.exactly_once and not (self.transactional_id or self.group_instance_id):
+            raise ValueError(
+                "exactly_once needs a transactional id stable per replica: set KRONOS_KAFKA__GROUP_INSTANCE_ID "
+                "(e.g. the StatefulSet pod name) or KRONOS_KAFKA__TRANSACTIONAL_ID"
             )
         return self
 

@@ -183,6 +183,11 @@ class StateStore(ABC):
     async def latest_forecast(self, symbol: str) -> dict[str, Any] | None:
         """The latest forecast of ``symbol`` (decoded JSON), or None."""
 
+    async def forecast_from(self, symbol: str, source: str) -> bytes | None:
+        """The stored latest forecast of ``symbol`` (raw JSON) if the stored bar came from the input
+        message ``source`` ("topic/partition/offset"), else None (exactly-once replays use it)."""
+        return None
+
     @abstractmethod
     async def ping(self) -> None:
         """Raise StateError when the store cannot be reached."""

@@ -150,6 +150,19 @@ class RedisStateStore(StateStore):
             raise StateError(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
         return None if raw is None else dict(json.loads(raw))
 
+    async def forecast_from(self, symbol: str, source: str) -> bytes | None:
+        p = self.key_prefix
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hget(meta_key(p, symbol), "source")
+                pipe.get(forecast_key(p, symbol))
+                stored_source, forecast = await pipe.execute()
+        except RedisError as exc:
+            raise StateError(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
+        if stored_source is None or stored_source.decode() != source:
+            return None
+        return bytes(forecast) if forecast is not None else None
+
     async def ping(self) -> None:
         try:
             await self._client.ping()

@@ -90,7 +90,8 @@ class Daemon:
 
             password = s.redis.password.get_secret_value() if s.redis.password else None
             self.store = RedisStateStore.from_url(
-                s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s
+                s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s,
+                cluster=s.redis.cluster,
             )
         await self.store.ping()
         if self.forecaster is None:

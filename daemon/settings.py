@@ -105,6 +105,7 @@ class RedisSettings(_Group):
     password: SecretStr | None = None
     forecast_ttl_s: int | None = Field(default=None, ge=1)
     socket_timeout_s: float = Field(default=5.0, gt=0)
+    cluster: bool = False  # a Redis Cluster (the URL names any node); keys of a symbol share a hash tag
 
 
 class ModelSettings(_Group):

@@ -2,24 +2,31 @@
 
 Redis key schema (``{prefix}`` is ``KRONOS_REDIS__KEY_PREFIX``, default ``kronos``; one set per symbol):
 
-==================================  ======  ================================================================
-key                                 type    content
-==================================  ======  ================================================================
-``{prefix}:bars:{symbol}``          list    the raw-bar ring, oldest first, at most ``max_context`` entries;
-                                            each entry JSON ``[ts_ns, open, high, low, close, volume, amount]``
-``{prefix}:tokens:{symbol}``        string  the token cache, JSON ``{"model_version": ..., "state":
-                                            TokenState.to_dict()}`` (s1/s2 ids as base64 int32, mean/std,
-                                            anchor_ts, last_ts, refreshed_ts); absent in exact mode
-``{prefix}:meta:{symbol}``          hash    ``last_ts`` (epoch ns of the last processed bar), ``model_version``,
-                                            ``updated_ms`` (wall clock), ``source`` (topic/partition/offset)
-``{prefix}:forecast:{symbol}``      string  the latest forecast, the JSON published on the output topic;
-                                            expires after ``KRONOS_REDIS__FORECAST_TTL_S`` when set
-==================================  ======  ================================================================
+======================================  ======  ============================================================
+key                                     type    content
+======================================  ======  ============================================================
+``{prefix}:{{symbol}}:bars``            list    the raw-bar ring, oldest first, at most ``max_context``
+                                                entries; each entry JSON ``[ts_ns, open, high, low, close,
+                                                volume, amount]``
+``{prefix}:{{symbol}}:tokens``          string  the token cache, JSON ``{"model_version": ..., "state":
+                                                TokenState.to_dict()}`` (s1/s2 ids as base64 int32, mean/std,
+                                                anchor_ts, last_ts, refreshed_ts); absent in exact mode
+``{prefix}:{{symbol}}:meta``            hash    ``last_ts`` (epoch ns of the last processed bar),
+                                                ``model_version``, ``updated_ms`` (wall clock), ``source``
+                                                (topic/partition/offset)
+``{prefix}:{{symbol}}:forecast``        string  the latest forecast, the JSON published on the output topic;
+                                                expires after ``KRONOS_REDIS__FORECAST_TTL_S`` when set
+======================================  ======  ============================================================
+
+``{{symbol}}`` is the symbol in braces, e.g. ``kronos:{600977.SH}:bars``: the Redis Cluster hash tag, so
+all keys of a symbol live in one slot (``KRONOS_REDIS__CLUSTER=true`` runs against a cluster). Keys of
+the older schema (``{prefix}:bars:{symbol}``...) are moved to the new names the first time a symbol is
+loaded (:func:`legacy_keys`).
 
 All four keys of a processed bar are written in one atomic step (a Lua script on Redis): ring append
 and trim, token cache, meta and latest forecast. The step is idempotent: it skips a bar whose ``ts`` is
 not after the stored ``last_ts``, so a retried write or a stale writer cannot append a bar twice.
-Reading the latest forecast: ``GET {prefix}:forecast:{symbol}`` (or ``kronos-stream forecast SYMBOL``).
+Reading the latest forecast: ``GET {prefix}:{{symbol}}:forecast`` (or ``kronos-stream forecast SYMBOL``).
 """
 
 from __future__ import annotations
@@ -37,20 +44,37 @@ from daemon.schemas import Bar
 from kronos_core.stream_types import TokenState
 
 
+def _tagged(prefix: str, symbol: str, kind: str) -> str:
+    # The symbol in braces is the key's Redis Cluster hash tag: all keys of a symbol share one slot,
+    # so the atomic Lua update (which names them all) runs on a cluster too.
+    return f"{prefix}:{{{symbol}}}:{kind}"
+
+
 def bars_key(prefix: str, symbol: str) -> str:
-    return f"{prefix}:bars:{symbol}"
+    return _tagged(prefix, symbol, "bars")
 
 
 def tokens_key(prefix: str, symbol: str) -> str:
-    return f"{prefix}:tokens:{symbol}"
+    return _tagged(prefix, symbol, "tokens")
 
 
 def meta_key(prefix: str, symbol: str) -> str:
-    return f"{prefix}:meta:{symbol}"
+    return _tagged(prefix, symbol, "meta")
 
 
 def forecast_key(prefix: str, symbol: str) -> str:
-    return f"{prefix}:forecast:{symbol}"
+    return _tagged(prefix, symbol, "forecast")
+
+
+def legacy_keys(prefix: str, symbol: str) -> tuple[str, str, str, str]:
+    """The keys before the cluster-ready schema (``{prefix}:bars:{symbol}``...): bars, tokens, meta,
+    forecast. The Redis store moves a symbol's legacy keys to the new ones the first time it loads it."""
+    return (
+        f"{prefix}:bars:{symbol}",
+        f"{prefix}:tokens:{symbol}",
+        f"{prefix}:meta:{symbol}",
+        f"{prefix}:forecast:{symbol}",
+    )
 
 
 class SymbolState:

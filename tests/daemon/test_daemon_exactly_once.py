@@ -19,12 +19,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from daemon_helpers import (
     Topics,
     bar_series,
+    committed_offsets,
     daemon_settings,
     forecasts,
     interleave,
     produce,
     settings_env,
     wait_committed,
+    wait_until,
 )
 
 from daemon.app import Daemon
@@ -180,6 +182,10 @@ async def test_crash_between_redis_write_and_commit_republishes_once(
     assert len(dead) == 1
 
 
+async def _more(progress: Any, before: int) -> bool:
+    return bool(await progress() > before)
+
+
 def _spawn(settings: Settings, model_env: dict[str, str], log: Path, delay_ms: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
     env.update(settings_env(settings))
@@ -193,12 +199,15 @@ def _spawn(settings: Settings, model_env: dict[str, str], log: Path, delay_ms: i
     )
 
 
-async def _open_transaction(consumer: AIOKafkaConsumer, parts: list[TopicPartition]) -> bool:
-    """True while a transaction on the output is open: the high watermark is past the last stable offset."""
-    stable = await consumer.end_offsets(parts)  # read_committed consumer: the last stable offsets
-    high = {tp: consumer.highwater(tp) for tp in parts}
-    await consumer.getmany(timeout_ms=1)  # refreshes the high watermarks
-    return any(high[tp] is not None and high[tp] > stable[tp] for tp in parts)
+async def _open_transaction(watcher: AIOKafkaConsumer, parts: list[TopicPartition]) -> bool:
+    """True while a transaction on the output is open: the high watermark is past the last stable offset
+    (both as of the read_committed watcher's latest fetch response)."""
+    await watcher.getmany(timeout_ms=5)
+    for tp in parts:
+        high, stable = watcher.highwater(tp), watcher.last_stable_offset(tp)
+        if high is not None and stable is not None and high > stable:
+            return True
+    return False
 
 
 @pytest.mark.slow
@@ -214,25 +223,35 @@ async def test_sigkill_ten_times_each_forecast_exactly_once_for_a_read_committed
     tmp_path: Path,
 ) -> None:
     rng = random.Random(9)
-    series = {f"X{i}": bar_series(f"X{i}", 40, seed=i) for i in range(12)}
+    series = {f"X{i}": bar_series(f"X{i}", 60, seed=i) for i in range(12)}
     await produce(kafka_bootstrap, topics.input, interleave(*series.values()))
     settings = _eos_settings(
         kafka_bootstrap, redis_url, key_prefix, group_id, topics, batch={"max_batch_size": 24}
     )
     model_env = {"KRONOS_MODEL__FACTORY": "stub_forecaster:build"}  # the kills test the daemon, not the model
     log = tmp_path / "daemon.log"
-    watcher = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, isolation_level="read_committed")
+    watcher = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, isolation_level="read_committed", fetch_max_wait_ms=10
+    )
     await watcher.start()
     parts = [TopicPartition(topics.output, p) for p in range(3)]
     watcher.assign(parts)
     in_txn_kills = 0
+    total = 12 * 60
+
+    async def progress() -> int:
+        return sum((await committed_offsets(kafka_bootstrap, group_id, topics.input)).values())
+
     try:
         for _ in range(10):
-            proc = _spawn(settings, model_env, log, delay_ms=rng.choice([20, 60, 120]))
+            before = await progress()
+            assert before < total, "the stream ended before the tenth kill: slow the model down"
+            proc = _spawn(settings, model_env, log, delay_ms=rng.choice([100, 200, 300]))
             try:
-                # Kill while a transaction is open when we catch one, else after a random moment.
-                deadline = time.monotonic() + rng.uniform(2.0, 6.0)
-                while time.monotonic() < deadline and proc.poll() is None:
+                await wait_until(lambda b=before: _more(progress, b), 90, "the restarted daemon to commit")
+                # Then kill at a random moment, at once if a transaction is seen open.
+                deadline = time.monotonic() + rng.uniform(0.0, 0.8)
+                while time.monotonic() < deadline:
                     if await _open_transaction(watcher, parts):
                         in_txn_kills += 1
                         break
@@ -253,4 +272,4 @@ async def test_sigkill_ten_times_each_forecast_exactly_once_for_a_read_committed
     assert set(counts) == _expected_ids(series, "stub-1"), "a bar has no forecast"
     assert max(counts.values()) == 1, f"twice: {[i for i, n in counts.items() if n > 1]}"
     everything = await _read(kafka_bootstrap, topics.output, "read_uncommitted")
-    print(f"kills inside an open transaction: {in_txn_kills}/10; aborted records: {len(everything) - len(committed)}")
+    print(f"kills with a transaction in flight: {in_txn_kills}/10; aborted records: {len(everything) - len(committed)}")

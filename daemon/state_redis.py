@@ -135,25 +135,26 @@ class RedisStateStore(StateStore):
                 for s in symbols:
                     pipe.lrange(bars_key(p, s), 0, -1)
                     pipe.get(tokens_key(p, s))
-                    pipe.hget(meta_key(p, s), "last_ts")
+                    pipe.hmget(meta_key(p, s), "last_ts", "source")
                 replies = await pipe.execute()
-            unseen = [s for i, s in enumerate(symbols) if not replies[3 * i] and replies[3 * i + 2] is None]
+            unseen = [s for i, s in enumerate(symbols) if not replies[3 * i] and replies[3 * i + 2][0] is None]
             moved = await self._migrate_legacy(unseen) if unseen else {}
         except RedisError as exc:
             raise StateError(f"reading state of {len(symbols)} symbols from Redis failed: {exc}") from exc
         states = {}
         for i, s in enumerate(symbols):
-            raw_bars, raw_tokens, raw_last = moved.get(s) or replies[3 * i : 3 * i + 3]
+            raw_bars, raw_tokens, (raw_last, raw_source) = moved.get(s) or replies[3 * i : 3 * i + 3]
             where = bars_key(p, s)
             bars = [decode_bar(raw, where) for raw in raw_bars]
             token_state, token_version = decode_tokens(raw_tokens)
             last_ts = int(raw_last) if raw_last is not None else None
-            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, last_ts)
+            source = raw_source.decode() if raw_source is not None else None
+            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, last_ts, source)
         return states
 
     async def _migrate_legacy(self, symbols: Sequence[str]) -> dict[str, list[Any]]:
         """Move the legacy keys of ``symbols`` (where any exist) to the new names; returns, per moved
-        symbol, the (bars, tokens, last_ts) replies that load() reads."""
+        symbol, the (bars, tokens, [last_ts, source]) replies that load() reads."""
         p = self.key_prefix
         async with self._pipeline() as pipe:
             for s in symbols:
@@ -178,7 +179,7 @@ class RedisStateStore(StateStore):
             else:
                 await self._client.delete(*legacy_keys(p, s))
             self.migrated += 1
-            moved[s] = [raw_bars, raw_tokens, meta.get(b"last_ts")]
+            moved[s] = [raw_bars, raw_tokens, [meta.get(b"last_ts"), meta.get(b"source")]]
         return moved
 
     async def apply(self, updates: Sequence[StateUpdate], forecast_ttl_s: int | None = None) -> list[str]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -78,9 +77,15 @@ def legacy_keys(prefix: str, symbol: str) -> tuple[str, str, str, str]:
 
 
 class SymbolState:
-    """One symbol's working state: the bar ring, the token cache and the last-seen bar time."""
+    """One symbol's working state: the bar ring, the token cache and the last-seen bar time.
 
-    __slots__ = ("symbol", "timestamps", "rows", "token_state", "token_version", "last_ts", "source")
+    The ring is two numpy arrays (epoch-ns int64 [n], features float64 [n, 6]) used as a circular
+    buffer that grows to ``max_context`` rows: 56 bytes a bar, against ~290 as a deque of Python
+    tuples (measured: results/memory.md), which is what the daemon's memory grows with per symbol.
+    """
+
+    __slots__ = ("symbol", "max_context", "_ts", "_rows", "_head", "_n", "token_state", "token_version",
+                 "last_ts", "source")  # fmt: skip
 
     def __init__(
         self,
@@ -93,38 +98,79 @@ class SymbolState:
         source: str | None = None,
     ) -> None:
         self.symbol = symbol
-        self.timestamps: deque[int] = deque(maxlen=max_context)  # epoch ns, oldest first
-        self.rows: deque[tuple[float, ...]] = deque(maxlen=max_context)  # 6 raw features per bar
-        for ts, row in bars:
-            self.timestamps.append(ts)
-            self.rows.append(row)
+        self.max_context = max_context
+        items = list(bars)[-max_context:]
+        n = len(items)
+        size = min(max_context, max(8, n))
+        self._ts = np.zeros(size, dtype=np.int64)  # epoch ns
+        self._rows = np.zeros((size, 6), dtype=np.float64)  # 6 raw features per bar
+        if n:
+            self._ts[:n] = [ts for ts, _ in items]
+            self._rows[:n] = [row for _, row in items]
+        self._head = 0  # index of the oldest bar (non-zero only once the ring is full)
+        self._n = n
         self.token_state = token_state
         self.token_version = token_version  # model version that produced token_state
-        if last_ts is None and self.timestamps:
-            last_ts = self.timestamps[-1]
+        if last_ts is None and n:
+            last_ts = int(self._ts[n - 1])
         self.last_ts = last_ts
         self.source = parse_source(source)  # (topic, partition, offset) of the last processed message
 
     def __len__(self) -> int:
-        return len(self.timestamps)
+        return self._n
+
+    def _ordered(self) -> tuple[np.ndarray, np.ndarray]:
+        """Timestamps [n] and rows [n, 6], oldest first (views when the ring has not wrapped)."""
+        h, n = self._head, self._n
+        if h == 0:
+            return self._ts[:n], self._rows[:n]
+        return np.concatenate([self._ts[h:], self._ts[:h]]), np.concatenate([self._rows[h:], self._rows[:h]])
+
+    @property
+    def timestamps(self) -> list[int]:
+        """Epoch ns of the ring's bars, oldest first."""
+        return [int(t) for t in self._ordered()[0]]
+
+    @property
+    def rows(self) -> list[tuple[float, ...]]:
+        """The ring's 6 raw features per bar, oldest first."""
+        return [tuple(r) for r in self._ordered()[1].tolist()]
+
+    def nbytes(self) -> int:
+        """Bytes of the ring's arrays (allocated, not only filled)."""
+        return int(self._ts.nbytes + self._rows.nbytes)
 
     def window(self, bar: Bar) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """The ring with ``bar`` appended, capped at max_context: values [L, 6], datetime64 [L], ns list."""
-        cap = self.timestamps.maxlen or len(self.timestamps) + 1
-        keep = cap - 1
-        ts = list(self.timestamps)[-keep:] if keep else []
-        rows = list(self.rows)[-keep:] if keep else []
-        ts.append(bar.ts_ns)
-        rows.append(bar.values)
-        values = np.asarray(rows, dtype=np.float64)  # [L, 6]
-        stamps = np.asarray(ts, dtype="datetime64[ns]")  # [L]
-        return values, stamps, ts
+        keep = self.max_context - 1
+        ts, rows = self._ordered()
+        first = max(0, len(ts) - keep)
+        ts, rows = ts[first:], rows[first:]
+        values = np.empty((len(ts) + 1, 6), dtype=np.float64)  # [L, 6]
+        values[:-1] = rows
+        values[-1] = bar.values
+        ts_list = [*ts.tolist(), bar.ts_ns]
+        stamps = np.asarray(ts_list, dtype="datetime64[ns]")  # [L]
+        return values, stamps, ts_list
+
+    def _push(self, ts: int, row: tuple[float, ...]) -> None:
+        size = len(self._ts)
+        if self._n == size and size < self.max_context:  # grow (doubling) up to max_context
+            grown = min(self.max_context, 2 * size)
+            self._ts = np.concatenate([self._ts, np.zeros(grown - size, dtype=np.int64)])
+            self._rows = np.concatenate([self._rows, np.zeros((grown - size, 6), dtype=np.float64)])
+            size = grown
+        if self._n < size:
+            self._ts[self._n], self._rows[self._n] = ts, row
+            self._n += 1
+        else:  # full: overwrite the oldest
+            self._ts[self._head], self._rows[self._head] = ts, row
+            self._head = (self._head + 1) % size
 
     def append(
         self, bar: Bar, token_state: TokenState | None, model_version: str, source: str | None = None
     ) -> None:
-        self.timestamps.append(bar.ts_ns)
-        self.rows.append(bar.values)
+        self._push(bar.ts_ns, bar.values)
         self.token_state = token_state
         self.token_version = model_version if token_state is not None else None
         self.last_ts = bar.ts_ns

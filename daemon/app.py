@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from typing import Any
@@ -270,4 +271,9 @@ def run(settings: Settings | None = None) -> int:
     unknown = unknown_env_names()
     if unknown:
         log.warning("ignoring environment variables that match no setting (typos?)", names=unknown)
-    return asyncio.run(serve_until_signalled(Daemon(settings)))
+    code = asyncio.run(serve_until_signalled(Daemon(settings)))
+    # Everything is closed (the group left, the producer flushed). Interpreter teardown would now
+    # garbage-collect every object (torch's included) for seconds on a busy node, and a restarted pod
+    # waits for this exit: objects alive now are frozen out of the final collections.
+    gc.freeze()
+    return code

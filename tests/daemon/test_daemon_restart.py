@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from daemon_helpers import Topics, bar_series, daemon_settings, produce, read_topic, running_daemon, wait_until
+from daemon_helpers import (
+    Topics,
+    bar_series,
+    daemon_settings,
+    produce,
+    read_topic,
+    running_daemon,
+    wait_until,
+)
 from stub_forecaster import StubForecaster
 from test_daemon_process import _spawn, _stop
 

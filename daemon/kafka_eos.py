@@ -35,8 +35,8 @@ import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
-from daemon.bus import Headers, Partition
-from daemon.errors import BusError, CommitRefused
+from daemon.bus import Headers, InMessage, Partition
+from daemon.errors import BusError, CommitRefused, DaemonError
 from daemon.kafka_io import KafkaInput, KafkaOutput, _start_client, connection_config
 from daemon.settings import KafkaSettings
 
@@ -45,6 +45,11 @@ log = structlog.get_logger("kronos.eos")
 
 class TransactionAborted(CommitRefused):
     """A transaction failed and was aborted; the consumer is rewound to the committed offsets."""
+
+
+class ProducerFencedError(DaemonError):
+    """Another instance took over this transactional id: this process is a zombie and must stop
+    (not a BusError, so it is not retried as an outage)."""
 
 
 def transactional_id(settings: KafkaSettings) -> str:
@@ -68,6 +73,7 @@ class TransactionalOutput(KafkaOutput):
         self._open = False
         self._lock = asyncio.Lock()
         self._input: TransactionalInput | None = None
+        self._broken = False  # an abort failed: replace the producer before the next transaction
         self.transactions = 0  # committed
         self.aborts = 0
 
@@ -93,6 +99,8 @@ class TransactionalOutput(KafkaOutput):
 
     async def _begin(self) -> None:
         async with self._lock:
+            if self._broken:
+                await self._replace_producer()
             if not self._open:
                 await self._require().begin_transaction()
                 self._open = True
@@ -135,25 +143,44 @@ class TransactionalOutput(KafkaOutput):
     async def _fail(self, exc: KafkaError, what: str) -> None:
         """Abort the open transaction, rewind the consumer, raise (fatal when fenced)."""
         if isinstance(exc, ProducerFenced):
-            raise BusError(
+            raise ProducerFencedError(
                 f"{what} failed: producer fenced, another instance now uses transactional id "
                 f"{self.transactional_id!r}; this process is a zombie and stops"
             ) from exc
-        async with self._lock:
-            if self._open:
-                try:
-                    await self._require().abort_transaction()
-                except KafkaError as abort_exc:
-                    raise BusError(
-                        f"{what} failed ({exc}) and aborting the transaction failed too ({abort_exc})"
-                    ) from exc
-                finally:
-                    self._open = False
-        self.aborts += 1
-        if self._input is not None:
-            await self._input.rewind()
+        await self.abort_open()
         log.warning("transaction aborted; replaying from the committed offsets", error=f"{what}: {exc}")
         raise TransactionAborted(f"{what} failed: {exc}; the transaction was aborted") from exc
+
+    async def abort_open(self) -> None:
+        """Abort the open transaction (if any) and rewind the consumer to the committed offsets. When
+        the broker cannot be reached, the producer is replaced before the next transaction (its
+        successor's start aborts the open one) and the rewind happens before the next fetch."""
+        async with self._lock:
+            if self._open:
+                self._open = False
+                self.aborts += 1
+                try:
+                    async with asyncio.timeout(self._settings.request_timeout_ms / 1e3):
+                        await self._require().abort_transaction()
+                except (KafkaError, TimeoutError) as abort_exc:
+                    log.warning("aborting the transaction failed; the producer will be replaced", error=str(abort_exc))
+                    self._broken = True
+        if self._input is not None:
+            self._input.rewind_pending = True
+            try:
+                await self._input.rewind()
+            except BusError as rewind_exc:  # done before the next fetch instead
+                log.warning("rewinding failed; retried before the next fetch", error=str(rewind_exc))
+
+    async def _replace_producer(self) -> None:
+        old, self._producer = self._producer, None
+        if old is not None:
+            try:
+                await old.stop()
+            except KafkaError as exc:
+                log.warning("closing the broken transactional producer failed", error=str(exc))
+        await self.start()  # raises BusError while the broker is away: the caller retries
+        self._broken = False
 
     async def stop(self) -> None:
         if self._producer is not None and self._open:
@@ -172,6 +199,12 @@ class TransactionalInput(KafkaInput):
         super().__init__(settings, topic)
         self._output = output
         output._input = self
+        self.rewind_pending = False  # an aborted transaction's rewind that could not be done yet
+
+    async def fetch(self, max_records: int, timeout_ms: int) -> list[InMessage]:
+        if self.rewind_pending:
+            await self.rewind()  # BusError while the broker is away: the loop retries the fetch
+        return await super().fetch(max_records, timeout_ms)
 
     async def commit(self, offsets: dict[Partition, int]) -> None:
         if offsets:
@@ -182,6 +215,7 @@ class TransactionalInput(KafkaInput):
         consumer = self._require()
         parts = list(consumer.assignment())
         if not parts:
+            self.rewind_pending = False
             return
         try:
             for tp in parts:
@@ -198,3 +232,4 @@ class TransactionalInput(KafkaInput):
         except KafkaError as exc:
             raise BusError(f"rewinding to the committed offsets failed: {exc}") from exc
         self.forget({Partition(tp.topic, tp.partition) for tp in parts})
+        self.rewind_pending = False

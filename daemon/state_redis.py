@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from daemon.errors import StateError
+from daemon.errors import StateError, StateUnavailable
 from daemon.state import (
     StateStore,
     StateUpdate,
@@ -139,8 +139,8 @@ class RedisStateStore(StateStore):
                 replies = await pipe.execute()
             unseen = [s for i, s in enumerate(symbols) if not replies[3 * i] and replies[3 * i + 2][0] is None]
             moved = await self._migrate_legacy(unseen) if unseen else {}
-        except RedisError as exc:
-            raise StateError(f"reading state of {len(symbols)} symbols from Redis failed: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"reading state of {len(symbols)} symbols from Redis failed: {exc}") from exc
         states = {}
         for i, s in enumerate(symbols):
             raw_bars, raw_tokens, (raw_last, raw_source) = moved.get(s) or replies[3 * i : 3 * i + 3]
@@ -196,8 +196,8 @@ class RedisStateStore(StateStore):
             else:
                 keys, args = self._call_args(updates, head)
                 skipped = [int(i) for i in await self._apply(keys=keys, args=args)]
-        except RedisError as exc:
-            raise StateError(f"writing state of {len(updates)} bars to Redis failed: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"writing state of {len(updates)} bars to Redis failed: {exc}") from exc
         return [updates[i].symbol for i in skipped]
 
     async def _apply_per_symbol(self, updates: Sequence[StateUpdate], head: list[Any]) -> list[int]:
@@ -247,7 +247,7 @@ class RedisStateStore(StateStore):
             if raw is None:  # not moved from the legacy schema yet (the daemon moves it on first load)
                 raw = await self._client.get(legacy_keys(self.key_prefix, symbol)[3])
         except RedisError as exc:
-            raise StateError(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
+            raise StateUnavailable(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
         return None if raw is None else dict(json.loads(raw))
 
     async def forecast_from(self, symbol: str, source: str) -> bytes | None:
@@ -257,8 +257,8 @@ class RedisStateStore(StateStore):
                 pipe.hget(meta_key(p, symbol), "source")
                 pipe.get(forecast_key(p, symbol))
                 stored_source, forecast = await pipe.execute()
-        except RedisError as exc:
-            raise StateError(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
         if stored_source is None or stored_source.decode() != source:
             return None
         return bytes(forecast) if forecast is not None else None
@@ -267,7 +267,7 @@ class RedisStateStore(StateStore):
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            raise StateError(f"Redis is not reachable: {exc}; check KRONOS_REDIS__URL") from exc
+            raise StateUnavailable(f"Redis is not reachable: {exc}; check KRONOS_REDIS__URL") from exc
 
     async def close(self) -> None:
         try:

@@ -31,7 +31,7 @@ from daemon_helpers import (
 
 from daemon.app import Daemon
 from daemon.bus import InMessage, Partition
-from daemon.errors import BusError, ConfigError
+from daemon.errors import ConfigError, DaemonError
 from daemon.kafka_eos import TransactionalInput, TransactionalOutput
 from daemon.kafka_io import KafkaOutput
 from daemon.loop import eos_segments
@@ -114,8 +114,8 @@ def _eos_settings(
     return daemon_settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics, kafka=kafka, **over)
 
 
-class _Crash(BusError):
-    """Stands for the process dying: raised by the commit, nothing aborted."""
+class _Crash(DaemonError):
+    """Stands for the process dying: raised by the commit, nothing aborted (not an outage: no retry)."""
 
 
 class _CrashingInput(TransactionalInput):

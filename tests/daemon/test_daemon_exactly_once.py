@@ -4,11 +4,8 @@ once, across a crash between the Redis write and the transaction's commit and ac
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,10 +21,10 @@ from daemon_helpers import (
     forecasts,
     interleave,
     produce,
-    settings_env,
     wait_committed,
     wait_until,
 )
+from test_daemon_process import _spawn
 
 from daemon.app import Daemon
 from daemon.bus import InMessage, Partition
@@ -184,19 +181,6 @@ async def test_crash_between_redis_write_and_commit_republishes_once(
 
 async def _more(progress: Any, before: int) -> bool:
     return bool(await progress() > before)
-
-
-def _spawn(settings: Settings, model_env: dict[str, str], log: Path, delay_ms: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
-    env.update(settings_env(settings))
-    env.update(model_env)
-    env["STUB_FORECASTER_DELAY_MS"] = str(delay_ms)
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(ROOT / "tests" / "daemon"), str(ROOT), env.get("PYTHONPATH")])
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "daemon", "run"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
 
 
 async def _open_transaction(watcher: AIOKafkaConsumer, parts: list[TopicPartition]) -> bool:

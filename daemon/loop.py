@@ -2,13 +2,19 @@
 
 Delivery is at-least-once. For each fetch:
 
-1. invalid messages go to the dead-letter topic (original bytes, a ``reason`` header);
+0. the store is checked for lost data (generation marker, partition watermarks); what it lost is
+   restored from the input topic before anything is forecast;
+1. invalid messages, and any message whose handling fails, go to the dead-letter topic (original
+   bytes, a ``reason`` header);
 2. per symbol, bars whose ts is not after the last seen one (stored, or earlier in this fetch) are
-   skipped and counted;
+   skipped and counted by reason (``replayed``, ``duplicate``, ``out_of_order``);
 3. the remaining bars run in rounds (the k-th bar of every symbol in round k), each round one
    batched forecaster call in a worker thread, so the event loop keeps heartbeating;
 4. each round's forecasts are published and acknowledged by Kafka, *then* written to the state store;
-5. only when all of that succeeded are the fetch's offsets committed.
+5. only when all of that succeeded are the partitions' watermarks written and the offsets committed.
+
+Every Kafka and Redis call is retried through an outage (:mod:`daemon.retry`), so an outage delays
+the batch and never skips a step.
 
 A crash anywhere before 5 replays the fetch; replayed bars get the same window, seed and model, hence
 the same forecast id and numbers, and bars already stored are skipped as duplicates. A stop request

@@ -229,3 +229,25 @@ async def test_broker_down_20s_readiness_503_then_recovery_without_restart(
     )  # fmt: skip
     assert not any(ready_during)  # 503 throughout
     assert ids == expected  # 0 lost
+
+
+async def test_an_invalid_message_just_under_the_size_limit_is_dead_lettered_truncated(
+    kafka_bootstrap: str, redis_url: str, key_prefix: str, group_id: str, topics: Topics
+) -> None:
+    """Fault 3 against the real broker: the dead letter (original + headers) exceeds the producer's
+    maximum request size; a truncated copy goes instead and the consumer goes on."""
+    huge = (b"H", b"{" + b"x" * (1_048_576 - 200))  # invalid JSON, fits the limit by itself
+    good = bar_series("H", 3)
+    await produce(kafka_bootstrap, topics.input, good[:1] + [huge] + good[1:])
+    settings = daemon_settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics)
+    async with _serving(Daemon(settings, forecaster=StubForecaster(max_context=64))) as task:
+        out = forecasts(await read_topic(kafka_bootstrap, topics.output, 3))
+        dead = await read_topic(kafka_bootstrap, topics.dead, 1)
+        await wait_committed(kafka_bootstrap, group_id, topics.input)
+        assert not task.done()
+    assert len(out) == 3
+    (letter,) = dead
+    headers = dict(letter.headers)
+    assert headers["truncated"] == b"true" and len(letter.value) == 1024
+    assert headers["original_value_bytes"] == str(len(huge[1])).encode()
+    assert headers["source_offset"] == b"1" and b"MessageSizeTooLarge" in headers["send_error"]

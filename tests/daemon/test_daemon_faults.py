@@ -12,27 +12,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from daemon_helpers import T0, bar_record, bar_series, encode, interleave, metric, running_daemon, wait_until
 from stub_forecaster import StubForecaster
+from test_daemon_loop import _settings
 
 from daemon.bus import Headers, Partition
 from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.errors import BusError, InvalidBar
 from daemon.schemas import check_bar_time, forecast_id, parse_bar
-from daemon.settings import Settings, load_settings
 from daemon.state_memory import MemoryStateStore
 
 pytestmark = pytest.mark.timeout(30)
 
 M = timedelta(minutes=1)
-
-
-def _settings(**over: object) -> Settings:
-    return load_settings(
-        kafka={"input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "group_id": "g"},
-        model={"max_context": 16, "horizon": 3},
-        batch={"max_batch_size": 1000, "max_wait_ms": 10},
-        http_port=None,
-        **over,
-    )
 
 
 def _parts(broker: MemoryBroker, store: MemoryStateStore, output: MemoryOutput | None = None) -> dict[str, object]:

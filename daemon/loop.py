@@ -346,6 +346,7 @@ class ForecastLoop:
         now = time.time()
 
         def sink(messages: list[InMessage]) -> None:
+            self._tick()  # a long read is progress, not a stuck loop (liveness)
             for m in messages:
                 try:
                     bar = parse_bar(m.key, m.value)

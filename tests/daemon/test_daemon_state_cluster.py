@@ -5,15 +5,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from daemon_helpers import (
+    bar_series,
+    daemon_settings,
+    forecasts,
+    interleave,
+    produce,
+    read_topic,
+    running_daemon,
+    wait_committed,
+)
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from daemon.schemas import Bar
+from daemon.schemas import Bar, parse_bar
 from daemon.state import StateUpdate, bars_key, forecast_key, legacy_keys, meta_key, tokens_key
 from daemon.state_redis import RedisStateStore
+from kronos_core.stream_types import StreamForecaster
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -118,3 +130,45 @@ async def test_legacy_keys_move_on_a_cluster_too(
         await _check_moved(cluster_store, client, key_prefix)
     finally:
         await client.aclose()
+
+
+@pytest.mark.kafka
+async def test_the_daemon_runs_on_the_cluster_and_a_wipe_of_it_is_restored(
+    kafka_bootstrap: str,
+    redis_cluster_url: str,
+    key_prefix: str,
+    group_id: str,
+    topics: Any,
+    forecaster: StreamForecaster,
+) -> None:
+    """The whole daemon with KRONOS_REDIS__CLUSTER=true: forecasts, rings, and the lost-state restore
+    (generation marker, watermarks, per-symbol restore script) all on a 3-master cluster."""
+    symbols = [f"C{i}" for i in range(6)]
+    series = {s: bar_series(s, 12, seed=i) for i, s in enumerate(symbols)}
+    await produce(kafka_bootstrap, topics.input, interleave(*(v[:8] for v in series.values())))
+    settings = daemon_settings(
+        kafka_bootstrap, redis_cluster_url, key_prefix, group_id, topics, redis={"cluster": True}
+    )
+    client = RedisCluster.from_url(redis_cluster_url)
+    try:
+        async with running_daemon(settings, forecaster):
+            await wait_committed(kafka_bootstrap, group_id, topics.input, timeout_s=60)
+        # Lose everything of this prefix (as a failover to an empty replica would), then go on.
+        for key in [k async for k in client.scan_iter(match=f"{key_prefix}*")]:
+            await client.delete(key)
+        await produce(kafka_bootstrap, topics.input, interleave(*(v[8:] for v in series.values())))
+        async with running_daemon(settings, forecaster):
+            await wait_committed(kafka_bootstrap, group_id, topics.input, timeout_s=60)
+        store = RedisStateStore.from_url(redis_cluster_url, settings.redis.key_prefix, 64, cluster=True)
+        states = await store.load(symbols)
+        await store.close()
+    finally:
+        for key in [k async for k in client.scan_iter(match=f"{key_prefix}*")]:
+            await client.delete(key)
+        await client.aclose()
+    out = forecasts(await read_topic(kafka_bootstrap, topics.output, 72))
+    assert len({f["id"] for f in out}) == 72
+    for s in symbols:
+        assert states[s].timestamps == [parse_bar(k, v).ts_ns for k, v in series[s]]  # restored, then 4 more
+        last = [f for f in out if f["symbol"] == s][-1]
+        assert last["context_bars"] == 12

@@ -71,9 +71,9 @@ def normalize_window(features: np.ndarray, lookback: int, clip: float = 5.0) -> 
     """Scale a window [W, 6] by the mean/std of its first ``lookback`` rows (float32, clipped).
 
     Returns ``(x [W, 6], mean [6], std [6])``; rows after ``lookback`` never change the statistics."""
-    context = np.asarray(features[:lookback], dtype=np.float32)
+    context = np.asarray(features[:lookback], dtype=np.float64)  # float64: no summation-order noise
     mean, std = context.mean(axis=0), context.std(axis=0)
-    x = np.clip((np.asarray(features, dtype=np.float32) - mean) / (std + STD_EPS), -clip, clip)
+    x = np.clip((np.asarray(features, dtype=np.float64) - mean) / (std + STD_EPS), -clip, clip)
     return x.astype(np.float32), mean, std
 
 

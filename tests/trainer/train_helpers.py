@@ -18,7 +18,16 @@ if str(REPO) not in sys.path:  # started as a script
 
 from kronos_core import Kronos, KronosTokenizer, PredictorConfig, TokenizerConfig  # noqa: E402
 from trainer.data import SymbolSeries, series_from_frame, walk_forward  # noqa: E402
-from trainer.loop import LoopConfig, PhaseConfig, run_loop, setup_distributed, teardown  # noqa: E402
+from trainer.loop import (  # noqa: E402
+    LoopConfig,
+    PhaseConfig,
+    Runtime,
+    predictor_loss_ddp,
+    run_loop,
+    setup_distributed,
+    teardown,
+    wrap,
+)
 
 BARS_CSV = REPO / "daemon" / "assets" / "bars_5min_a_share.csv"
 TINY_TOKENIZER = TokenizerConfig(
@@ -70,6 +79,18 @@ def loop_config(steps: int, *, lr: float = 1e-3, batch_size: int = 4, save_every
     )
 
 
+def first_step_grads(runtime: Runtime, rows: slice) -> dict[str, torch.Tensor]:
+    """Gradients after one backward through the DDP wrapper on training windows ``rows`` (fixed)."""
+    tok, model = tiny_models()
+    split = walk_forward(tiny_series(), LOOKBACK, HORIZON, 0.2)
+    xs, stamps = zip(*(split.train[i] for i in range(rows.start, rows.stop)), strict=True)
+    model.train()
+    ddp = wrap(model, runtime)
+    loss, _ = predictor_loss_ddp(ddp, tok, torch.stack(xs), torch.stack(stamps), LOOKBACK, teacher_forcing=True)
+    loss.backward()
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
 def main() -> int:
     """Train the tiny predictor for --steps on the bundled bars; rank 0 writes its parameters."""
     parser = argparse.ArgumentParser()
@@ -79,10 +100,15 @@ def main() -> int:
     parser.add_argument("--save-every", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--step-file", type=Path, help="append each finished step here (crash tests)")
+    parser.add_argument("--grad-rows", type=int, default=0, help="first save first-step gradients of N rows per rank")
     args = parser.parse_args()
     torch.set_num_threads(1)
     runtime = setup_distributed("cpu")
     try:
+        if args.grad_rows:
+            n = args.grad_rows
+            grads = first_step_grads(runtime, slice(runtime.rank * n, (runtime.rank + 1) * n))
+            torch.save(grads, args.out / f"grads-rank{runtime.rank}.pt")
         tok, model = tiny_models()
         split = walk_forward(tiny_series(), LOOKBACK, HORIZON, 0.2)
         cfg = loop_config(args.steps, batch_size=args.batch_size, save_every=args.save_every)

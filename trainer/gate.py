@@ -78,14 +78,34 @@ def score_model(tokenizer: KronosTokenizer, model: Kronos, es: EvalSet, samples:
     return score_paths(forecast_close_paths(tokenizer, model, es, samples, device), es.truth, es.last_close)
 
 
+def score_candidate(tokenizer: KronosTokenizer, model: Kronos, es: EvalSet, samples: int,
+                    device: str | torch.device = "cpu") -> ScoreReport:
+    """As :func:`score_model`, but a model that cannot forecast (e.g. non-finite weights make the
+    sampler fail) scores as all non-finite instead of failing the job: the gate then refuses it."""
+    try:
+        return score_model(tokenizer, model, es, samples, device)
+    except (RuntimeError, ValueError):
+        nan = np.full((len(es), samples, es.horizon), np.nan)
+        return score_paths(nan, es.truth, es.last_close)
+
+
 @dataclass(frozen=True)
 class Verdict:
     promote: bool
     reason: str
 
 
-def decide(candidate: ScoreReport, champion: ScoreReport, margin: float) -> Verdict:
+def weights_finite(*modules: torch.nn.Module) -> bool:
+    """Every floating-point tensor of the modules' state is finite."""
+    return all(
+        bool(torch.isfinite(t).all()) for m in modules for t in m.state_dict().values() if t.is_floating_point()
+    )
+
+
+def decide(candidate: ScoreReport, champion: ScoreReport, margin: float, *, finite_weights: bool = True) -> Verdict:
     """Promote only a finite candidate whose CRPS is below ``champion_crps * (1 - margin)``."""
+    if not finite_weights:
+        return Verdict(False, "the candidate has non-finite weights")
     if not candidate.all_finite or candidate.crps is None or not np.isfinite(candidate.crps):
         return Verdict(False, "the candidate produced non-finite forecasts")
     if champion.crps is None or not np.isfinite(champion.crps) or not champion.all_finite:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import kronos_core
 from kronos_core import Kronos, KronosTokenizer
 from trainer.data import Split, series_from_frame, walk_forward
-from trainer.gate import build_eval_set, decide, figures, score_model
+from trainer.gate import build_eval_set, decide, figures, score_candidate, score_model, weights_finite
 from trainer.loop import LoopConfig, LoopResult, PhaseConfig, Runtime, run_loop, setup_distributed, teardown
 from trainer.settings import TrainSettings
 
@@ -187,11 +187,11 @@ def _run(settings: TrainSettings, runtime: Runtime) -> dict[str, Any]:
     tokenizer.cpu()
     model.cpu()
     es = build_eval_set(split.val, settings.eval_windows, settings.seed)
-    candidate = score_model(tokenizer, model, es, settings.eval_samples)
+    candidate = score_candidate(tokenizer, model, es, settings.eval_samples)
     baseline = champion_to_beat(settings, start)
     champion = score_model(KronosTokenizer.from_pretrained(baseline.tokenizer_dir),
                            Kronos.from_pretrained(baseline.predictor_dir), es, settings.eval_samples)
-    verdict = decide(candidate, champion, settings.gate_margin)
+    verdict = decide(candidate, champion, settings.gate_margin, finite_weights=weights_finite(tokenizer, model))
     evaluation = figures(candidate, champion, es, settings.eval_samples)
     gate = {"promoted": verdict.promote and settings.promote, "passed": verdict.promote, "reason": verdict.reason,
             "margin": settings.gate_margin, "metric": "crps"}

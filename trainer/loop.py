@@ -111,7 +111,7 @@ def predictor_loss_ddp(
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Dual cross-entropy of the horizon tokens only (targets at rows ``>= lookback``)."""
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # tokens as at inference (fp32)
         s1, s2 = tokenizer.encode(x, half=True)  # the tokenizer is causal: row t sees rows <= t
     s1_logits, s2_logits = ddp(
         s1[:, :-1], s2[:, :-1], stamp[:, :-1],

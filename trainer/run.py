@@ -142,7 +142,7 @@ def build_manifest(settings: TrainSettings, start: StartingPoint, split: Split, 
         "format": MANIFEST_FORMAT,
         "parent": start.version,
         "parent_source": None if start.version else str(start.predictor_dir.parent),
-        "runtime": {"max_context": settings.window, "calendar_tz": start.calendar_tz},
+        "runtime": {"max_context": settings.window, "calendar_tz": settings.calendar_tz or start.calendar_tz},
         "data": {"archive": settings.archive, "start": str(settings.start) if settings.start else None,
                  "end": str(settings.end) if settings.end else None,
                  **{k: v for k, v in split.summary.items() if k != "symbols"},
@@ -174,7 +174,7 @@ def run_training(settings: TrainSettings) -> dict[str, Any]:
 
 def _run(settings: TrainSettings, runtime: Runtime) -> dict[str, Any]:
     start = resolve_start(settings, runtime)
-    split = load_split(settings, start.calendar_tz)
+    split = load_split(settings, settings.calendar_tz or start.calendar_tz)
     if runtime.is_main:
         log.info("train_data", **{k: v for k, v in split.summary.items() if k != "symbols"},
                  symbols=len(split.summary["symbols"]))  # type: ignore[arg-type]
@@ -228,6 +228,10 @@ def publish(settings: TrainSettings, folder: Path, manifest: dict[str, Any], pas
         return {**manifest, "version": version}
     stored = registry.publish(version, folder / "tokenizer", folder / "predictor", manifest,
                               promote=settings.promote)
+    if settings.keep_versions:
+        deleted = registry.gc(settings.keep_versions)
+        if deleted:
+            log.info("registry_gc", deleted=deleted, kept=settings.keep_versions)
     if settings.promote and settings.redis_url:
         try:
             asyncio.run(publish_hint(settings.redis_url, settings.key_prefix, version))

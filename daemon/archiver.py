@@ -237,7 +237,8 @@ class Archiver:
             buf.invalid += 1
             self.stats.invalid[exc.kind] += 1
             log.warning("archive.invalid_bar", partition=tp.partition, offset=offset, reason=exc.reason)
-        if until is not None and offset >= until:
+        full = until is None and len(buf.bars) >= self.settings.roll_max_rows
+        if full or (until is not None and offset >= until):
             await self._roll(tp)
 
     async def _find_uncommitted(self, tp: TopicPartition, first: int) -> None:

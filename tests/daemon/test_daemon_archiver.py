@@ -15,7 +15,6 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import TopicPartition
 from daemon_helpers import (
     T0,
     bar_record,
@@ -29,6 +28,7 @@ from daemon_helpers import (
 )
 
 from daemon.archiver import Archiver, ArchiveStats, import_csv
+from daemon.bus import Partition
 from daemon.cli import main as cli_main
 from daemon.schemas import parse_bar
 from daemon.settings import ArchiveSettings, KafkaSettings
@@ -123,7 +123,7 @@ class CrashBeforeSecondCommit(Archiver):
         super().__init__(*args)
         self.written: list[str] = []
 
-    def _before_commit(self, tp: TopicPartition, paths: list[str]) -> None:
+    def _before_commit(self, tp: Partition, paths: list[str]) -> None:
         self.written += paths
         if self.stats.rolls == 2:
             raise RuntimeError("crash injected after the files, before the commit")

@@ -249,3 +249,27 @@ def test_import_skips_and_counts_invalid_rows(tmp_path: Path) -> None:
     summary = import_csv(csv, "X", "UTC", str(tmp_path / "archive"))
     assert (summary["bars"], summary["invalid"]) == (4, 1)
     assert (summary["first"], summary["last"]) == ("2024-06-18T11:15:00Z", "2024-06-18T13:05:00Z")
+
+
+async def test_rebalance_rolls_and_commits_before_partitions_move(
+    kafka_bootstrap: str, topic_factory: Callable[..., Awaitable[str]], group_id: str, tmp_path: Path
+) -> None:
+    topic = await topic_factory(partitions=2)
+    records = interleave(*(bar_series(s, 30, seed=i) for i, s in enumerate(("AAA", "BBB", "CCC", "DDD"))))
+    await produce(kafka_bootstrap, topic, records)
+    first = Archiver(*settings(kafka_bootstrap, topic, group_id, tmp_path))
+    stop_first = asyncio.Event()
+    task = asyncio.create_task(first.run(stop_first))
+    try:
+        await wait_until(lambda: first.stats.consumed == len(records), 60, "the first archiver to consume")
+        assert first.stats.rolls == 0  # everything is buffered: no size or age roll is due
+        second = Archiver(*settings(kafka_bootstrap, topic, group_id, tmp_path))
+        stats = await run_until(second, lambda s: first.stats.rolls == 2)
+    finally:
+        stop_first.set()
+        await task
+    assert first.stats.archived == len(records) and stats.consumed == 0
+    assert raw_rows(tmp_path) == len(records)
+    pd.testing.assert_frame_equal(read_bars(str(tmp_path)), expected_frame(records), check_dtype=False)
+    ends = await end_offsets(kafka_bootstrap, topic)
+    assert await committed_offsets(kafka_bootstrap, group_id, topic) == ends

@@ -124,15 +124,21 @@ def main() -> int:
         "archiver": archived,
         "import": imported,
         "read": read,
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "pyarrow": pyarrow.__version__,
-                    "platform": platform.platform()},  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "pyarrow": pyarrow.__version__,
+            "platform": platform.platform(),
+        },  # fmt: skip
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"archiver: {archived['bars']} bars, {archived['partitions']} partitions, {archived['files']} files: "
           f"{archived['bars_per_s']} bars/s (group join {archived['join_s']} s apart)")  # fmt: skip
-    print(f"import:   {imported['bars']} bars into {imported['files']} files: {imported['bars_per_s']} bars/s")
+    print(
+        f"import:   {imported['bars']} bars into {imported['files']} files: {imported['bars_per_s']} bars/s"
+    )
     print(f"read:     {read['rows']} rows in {read['seconds']} s ({read['rows_per_s']} rows/s); "
           f"one symbol, 4 hours: {read['filtered_rows']} rows in {read['filtered_seconds']} s")  # fmt: skip
     print(f"written to {args.out}")

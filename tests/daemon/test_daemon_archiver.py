@@ -273,3 +273,48 @@ async def test_rebalance_rolls_and_commits_before_partitions_move(
     pd.testing.assert_frame_equal(read_bars(str(tmp_path)), expected_frame(records), check_dtype=False)
     ends = await end_offsets(kafka_bootstrap, topic)
     assert await committed_offsets(kafka_bootstrap, group_id, topic) == ends
+
+
+async def test_storage_outage_is_waited_out_and_a_stop_during_it_commits_nothing(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., Awaitable[str]],
+    group_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import daemon.archiver as archiver_mod
+
+    topic = await topic_factory(partitions=1)
+    records = bar_series("AAA", 20)
+    await produce(kafka_bootstrap, topic, records)
+    real_write = archiver_mod.write_bars
+    broken = {"on": True}
+
+    def flaky_write(*args: Any, **kwargs: Any) -> list[str]:
+        if broken["on"]:
+            raise OSError("object store unreachable")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(archiver_mod, "write_bars", flaky_write)
+    archiver = Archiver(*settings(kafka_bootstrap, topic, group_id, tmp_path, roll_max_rows=10))
+    stop = asyncio.Event()
+    task = asyncio.create_task(archiver.run(stop))
+    try:
+        await wait_until(lambda: archiver.stats.write_failures >= 2, 60, "two failed writes")
+        assert not task.done() and archiver.stats.committed == {}
+        broken["on"] = False  # the store is back: the same roll goes through, then the rest
+        await wait_until(
+            lambda: archiver.stats.committed.get((topic, 0)) == 20, 60, "the rolls after the outage"
+        )
+        await produce(kafka_bootstrap, topic, bar_series("AAA", 25)[20:])
+        await wait_until(lambda: archiver.stats.consumed == 25, 60, "five more bars buffered")
+        broken["on"] = True  # down again when the stop asks for the last roll
+        stop.set()
+        with pytest.raises(OSError, match="unreachable"):
+            await asyncio.wait_for(task, 30)  # gives up instead of retrying until SIGKILL
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+    assert await committed_offsets(kafka_bootstrap, group_id, topic) == {0: 20}
+    assert len(read_bars(str(tmp_path))) == 20

@@ -114,16 +114,19 @@ class Archiver:
 
     # -- consumer ------------------------------------------------------------------------------------
 
-    async def _start(self) -> None:
+    async def _start(self) -> bool:
+        """Join the group, retrying with backoff while Kafka is unreachable; False if stopped first."""
         delay = 1.0
-        while True:
+        while not self._stop.is_set():
             try:
                 await self._bus.start(self)
-                return
+                return True
             except BusError as exc:
                 log.warning("archive.kafka_unavailable", bootstrap=self._bootstrap, error=str(exc))
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
+        return False
 
     async def on_assigned(self, assigned: set[Partition]) -> None:
         self._fresh |= set(assigned)
@@ -132,7 +135,9 @@ class Archiver:
     async def on_revoked(self, revoked: set[Partition]) -> None:
         async with self._lock:
             for tp in sorted(revoked, key=lambda t: t.partition):
-                if tp in self._buffers:
+                if tp in self._recover_until:  # mid-rewrite: the next owner rewrites the whole range
+                    self._buffers.pop(tp, None)
+                elif tp in self._buffers:
                     await self._roll(tp)
                 self._recover_until.pop(tp, None)
                 self._fresh.discard(tp)
@@ -143,7 +148,8 @@ class Archiver:
         A write that fails once ``stop`` is set is not retried: the run raises and commits nothing
         more (the next run rewrites the same files), instead of outliving the pod's grace period."""
         self._stop = stop
-        await self._start()
+        if not await self._start():
+            return self.stats
         log.info("archive.started", topic=self.topic, root=self.settings.root, group=self.settings.group_id)
         clean = False
         try:

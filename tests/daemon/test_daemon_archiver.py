@@ -318,3 +318,15 @@ async def test_storage_outage_is_waited_out_and_a_stop_during_it_commits_nothing
             task.cancel()
     assert await committed_offsets(kafka_bootstrap, group_id, topic) == {0: 20}
     assert len(read_bars(str(tmp_path))) == 20
+
+
+async def test_a_stop_while_kafka_is_unreachable_ends_the_run(tmp_path: Path) -> None:
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_ms=1000)
+    archiver = Archiver(kafka, ArchiveSettings(root=str(tmp_path), topic="bars"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(archiver.run(stop))
+    await asyncio.sleep(1.5)  # at least one failed start, now waiting to retry
+    assert not task.done()
+    stop.set()
+    stats = await asyncio.wait_for(task, 10)
+    assert stats.consumed == 0 and not list(tmp_path.iterdir())

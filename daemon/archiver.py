@@ -21,6 +21,7 @@ leaves the group. A failing write (an object store outage) is retried with backo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections import Counter
@@ -30,12 +31,11 @@ from typing import Any
 
 import pandas as pd
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from daemon.errors import InvalidBar
+from daemon.bus import InputBus, Partition
+from daemon.errors import BusError, CommitRefused, InvalidBar
 from daemon.feeds import csv_bars
-from daemon.kafka_io import connection_config
+from daemon.kafka_io import KafkaInput
 from daemon.schemas import Bar, bar_to_json, format_ts, parse_bar
 from daemon.settings import ArchiveSettings, KafkaSettings
 from kronos_contract.archive import COLUMNS, offset_file_name, parse_offset_name, safe_name, write_bars
@@ -64,6 +64,7 @@ class ArchiveStats:
     files: int = 0
     rolls: int = 0
     rewrites: int = 0  # rolls that rewrote the files of a range found uncommitted after a crash
+    write_failures: int = 0  # failed writes (each retried with backoff, unless stopping)
     invalid: Counter[str] = field(default_factory=Counter)
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -92,73 +93,63 @@ def bars_frame(bars: list[Bar]) -> pd.DataFrame:
     return frame
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, archiver: Archiver) -> None:
-        self._archiver = archiver
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._archiver.on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._archiver.on_assigned(assigned)
-
-
 class Archiver:
-    """One archiver process: consume, buffer per partition, roll to Parquet, then commit."""
+    """One archiver process: consume, buffer per partition, roll to Parquet, then commit.
 
-    def __init__(self, kafka: KafkaSettings, settings: ArchiveSettings) -> None:
-        self._kafka = kafka
+    ``bus`` defaults to a Kafka consumer of ``settings.topic`` in the group ``settings.group_id``."""
+
+    def __init__(self, kafka: KafkaSettings, settings: ArchiveSettings, bus: InputBus | None = None) -> None:
         self.settings = settings
         self.topic = settings.topic or kafka.input_topic
         self.stats = ArchiveStats()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._buffers: dict[TopicPartition, _Buffer] = {}
-        self._recover_until: dict[TopicPartition, int] = {}
-        self._fresh: set[TopicPartition] = set()  # assigned, first bar not seen yet
+        own = kafka.model_copy(update={"group_id": settings.group_id, "group_instance_id": None})
+        self._bus = bus or KafkaInput(own, self.topic)
+        self._bootstrap = kafka.bootstrap_servers
+        self._buffers: dict[Partition, _Buffer] = {}
+        self._recover_until: dict[Partition, int] = {}
+        self._fresh: set[Partition] = set()  # assigned, first bar not seen yet
         self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
         self._fs, self._root = open_fs(settings.root, settings.storage_options)
 
     # -- consumer ------------------------------------------------------------------------------------
 
-    async def _start(self) -> AIOKafkaConsumer:
-        k = self._kafka
-        consumer = AIOKafkaConsumer(
-            **connection_config(k),
-            group_id=self.settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=k.auto_offset_reset,
-            session_timeout_ms=k.session_timeout_ms,
-            heartbeat_interval_ms=k.heartbeat_interval_ms,
-            max_poll_interval_ms=k.max_poll_interval_ms,
-            isolation_level="read_committed",
-        )
-        consumer.subscribe([self.topic], listener=_Listener(self))
+    async def _start(self) -> bool:
+        """Join the group, retrying with backoff while Kafka is unreachable; False if stopped first."""
         delay = 1.0
-        while True:
+        while not self._stop.is_set():
             try:
-                await consumer.start()
-                return consumer
-            except KafkaError as exc:
-                await consumer.stop()
-                log.warning("archive.kafka_unavailable", bootstrap=k.bootstrap_servers, error=str(exc))
-                await asyncio.sleep(delay)
+                await self._bus.start(self)
+                return True
+            except BusError as exc:
+                log.warning("archive.kafka_unavailable", bootstrap=self._bootstrap, error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
+        return False
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_assigned(self, assigned: set[Partition]) -> None:
         self._fresh |= set(assigned)
         log.info("archive.assigned", partitions=sorted(tp.partition for tp in assigned), topic=self.topic)
 
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+    async def on_revoked(self, revoked: set[Partition]) -> None:
         async with self._lock:
             for tp in sorted(revoked, key=lambda t: t.partition):
-                if tp in self._buffers:
+                if tp in self._recover_until:  # mid-rewrite: the next owner rewrites the whole range
+                    self._buffers.pop(tp, None)
+                elif tp in self._buffers:
                     await self._roll(tp)
                 self._recover_until.pop(tp, None)
                 self._fresh.discard(tp)
 
     async def run(self, stop: asyncio.Event) -> ArchiveStats:
-        """Archive until ``stop`` is set; then roll and commit every buffer and leave the group."""
-        self._consumer = await self._start()
+        """Archive until ``stop`` is set; then roll and commit every buffer and leave the group.
+
+        A write that fails once ``stop`` is set is not retried: the run raises and commits nothing
+        more (the next run rewrites the same files), instead of outliving the pod's grace period."""
+        self._stop = stop
+        if not await self._start():
+            return self.stats
         log.info("archive.started", topic=self.topic, root=self.settings.root, group=self.settings.group_id)
         clean = False
         try:
@@ -168,58 +159,42 @@ class Archiver:
                     await self._roll(tp)
             clean = True
         finally:
-            consumer, self._consumer = self._consumer, None
             if not clean:  # a crash: nothing more is committed; a restart rewrites the same files
                 log.error("archive.aborted", buffered=sum(len(b.bars) for b in self._buffers.values()))
             self._buffers.clear()
-            await consumer.stop()
+            await self._bus.stop()
             log.info("archive.stopped", **self.stats.as_dict())
         return self.stats
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        consumer = self._consumer
-        assert consumer is not None
         s = self.settings
         next_progress = time.monotonic() + s.progress_every_s
         delay = 1.0
         while not stop.is_set():
             try:
-                batches = await consumer.getmany(
-                    timeout_ms=s.fetch_timeout_ms, max_records=s.fetch_max_records
-                )
+                messages = await self._bus.fetch(s.fetch_max_records, s.fetch_timeout_ms)
                 delay = 1.0
-            except KafkaError as exc:
+            except BusError as exc:
                 log.warning("archive.fetch_failed", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 continue
             async with self._lock:
-                for tp, records in batches.items():
-                    for record in records:
-                        await self._add(tp, record.offset, record.key, record.value)
+                for msg in messages:
+                    await self._add(msg.tp, msg.offset, msg.key, msg.value)
                 await self._roll_due()
             if time.monotonic() >= next_progress:
                 next_progress = time.monotonic() + s.progress_every_s
-                self._progress(consumer)
-
-    def _progress(self, consumer: AIOKafkaConsumer) -> None:
-        lag = {}
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            buf = self._buffers.get(tp)
-            done = buf.last + 1 if buf else self.stats.committed.get((tp.topic, tp.partition))
-            if high is not None and done is not None:
-                lag[str(tp.partition)] = max(0, high - done)
-        log.info(
-            "archive.progress",
-            buffered=sum(len(b.bars) for b in self._buffers.values()),
-            lag=lag,
-            **self.stats.as_dict(),
-        )
+                log.info(
+                    "archive.progress",
+                    buffered=sum(len(b.bars) for b in self._buffers.values()),
+                    lag={str(p.partition): n for p, n in self._bus.lag().items()},
+                    **self.stats.as_dict(),
+                )
 
     # -- buffering and rolling -----------------------------------------------------------------------
 
-    async def _add(self, tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None) -> None:
+    async def _add(self, tp: Partition, offset: int, key: bytes | None, value: bytes | None) -> None:
         if tp in self._fresh:
             self._fresh.discard(tp)
             await self._find_uncommitted(tp, offset)
@@ -237,10 +212,11 @@ class Archiver:
             buf.invalid += 1
             self.stats.invalid[exc.kind] += 1
             log.warning("archive.invalid_bar", partition=tp.partition, offset=offset, reason=exc.reason)
-        if until is not None and offset >= until:
+        full = until is None and len(buf.bars) >= self.settings.roll_max_rows
+        if full or (until is not None and offset >= until):
             await self._roll(tp)
 
-    async def _find_uncommitted(self, tp: TopicPartition, first: int) -> None:
+    async def _find_uncommitted(self, tp: Partition, first: int) -> None:
         """Files of a range that starts at the committed offset were written but not committed."""
         prefix = offset_file_name(tp.topic, tp.partition, first, 0)[: -len("0")]
         pattern = f"{self._root}/date=*/{prefix}*.parquet"
@@ -263,7 +239,7 @@ class Archiver:
             if len(buf.bars) >= s.roll_max_rows or now - buf.opened_at >= s.roll_max_age_s:
                 await self._roll(tp)
 
-    async def _roll(self, tp: TopicPartition) -> None:
+    async def _roll(self, tp: Partition) -> None:
         """Write the partition's buffer (if it holds bars), then commit past it."""
         buf = self._buffers.pop(tp)
         rewrite = self._recover_until.pop(tp, None) is not None
@@ -301,19 +277,22 @@ class Archiver:
                     storage_options=self.settings.storage_options,
                 )
             except OSError as exc:
+                self.stats.write_failures += 1
+                if self._stop.is_set():  # shutting down: give up, commit nothing; a restart rewrites it
+                    log.error("archive.write_failed", file=name, error=str(exc), retry_in_s=None)
+                    raise
                 log.error("archive.write_failed", file=name, error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # a stop request ends the wait
+                    await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
 
-    def _before_commit(self, tp: TopicPartition, paths: list[str]) -> None:
+    def _before_commit(self, tp: Partition, paths: list[str]) -> None:
         """A seam for fault tests: runs after the files are durable, before the offsets are committed."""
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> bool:
-        consumer = self._consumer
-        assert consumer is not None
+    async def _commit(self, tp: Partition, offset: int) -> bool:
         try:
-            await consumer.commit({tp: offset})
-        except (CommitFailedError, IllegalStateError) as exc:
+            await self._bus.commit({tp: offset})
+        except CommitRefused as exc:
             # the partition moved to another member: it replays from the last commit and rewrites the
             # same files (see the module docstring)
             log.warning("archive.commit_refused", partition=tp.partition, offset=offset, error=str(exc))

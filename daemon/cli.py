@@ -293,6 +293,9 @@ def _archive(args: argparse.Namespace) -> int:
     if getattr(args, "import_root", None):
         update["root"] = args.import_root
     archive = settings.archive.model_copy(update=update)
+    from daemon.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     if args.archive_command == "import":
         from daemon.archiver import import_csv
 
@@ -300,9 +303,7 @@ def _archive(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0 if summary["bars"] else 1
     from daemon.archiver import run_archiver
-    from daemon.logging import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
     stats = asyncio.run(run_archiver(settings.kafka, archive))
     print(json.dumps(stats.as_dict()))
     return 0

@@ -156,7 +156,8 @@ class ArchiveSettings(_Group):
     topic: str | None = None  # default: KRONOS_KAFKA__INPUT_TOPIC
     group_id: str = "kronos-archive"  # its own consumer group: it never takes bars from the daemon
     roll_max_rows: int = Field(default=200_000, ge=1)  # a partition's file is written at this many bars
-    roll_max_age_s: float = Field(default=900.0, gt=0, allow_inf_nan=False)  # ... or when its first is this old
+    # ... or when its first bar was buffered this long ago
+    roll_max_age_s: float = Field(default=900.0, gt=0, allow_inf_nan=False)
     fetch_max_records: int = Field(default=5_000, ge=1)
     fetch_timeout_ms: int = Field(default=1_000, ge=1)
     progress_every_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)  # progress log line period

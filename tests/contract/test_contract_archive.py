@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,16 @@ def test_bad_frames_are_refused_with_a_reason(tmp_path: Path) -> None:
         write_bars(str(tmp_path), frame, name="a/b")
     with pytest.raises(ValueError, match="one string"):
         read_bars(str(tmp_path), symbols="A")
+
+
+def test_object_store_path_through_fsspec_memory() -> None:
+    import fsspec
+
+    url = f"memory://archive-{uuid.uuid4().hex}"
+    frame = bars(["A", "B"], "2024-06-18T20:00Z", 10)
+    paths = write_bars(url, frame, name="bars-p0-o0-19")
+    assert len(paths) == 2
+    pd.testing.assert_frame_equal(read_bars(url), frame.sort_values(["symbol", "ts"]).reset_index(drop=True),
+                                  check_dtype=False)  # fmt: skip
+    assert len(read_bars(url, start="2024-06-19")) == 2 * 6
+    fsspec.filesystem("memory").rm(url, recursive=True)

@@ -240,7 +240,8 @@ def _run(settings: TrainSettings, runtime: Runtime) -> dict[str, Any]:
                            Kronos.from_pretrained(baseline.predictor_dir), es, settings.eval_samples)
     verdict = decide(candidate, champion, settings.gate_margin, finite_weights=weights_finite(tokenizer, model))
     evaluation = figures(candidate, champion, es, settings.eval_samples)
-    gate = {"promoted": verdict.promote and settings.promote, "passed": verdict.promote, "reason": verdict.reason,
+    promoted = verdict.promote and settings.promote and settings.registry is not None  # no registry: kept locally
+    gate = {"promoted": promoted, "passed": verdict.promote, "reason": verdict.reason,
             "margin": settings.gate_margin, "metric": "crps"}
     gate["champion"] = baseline.version or str(baseline.predictor_dir.parent)
     manifest = build_manifest(settings, start, split, result, evaluation, gate, runtime)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 import kronos_core
 from kronos_core import Kronos, KronosTokenizer
-from trainer.data import Split, series_from_frame, walk_forward
+from trainer.data import Split, TrainingDataError, series_from_frame, walk_forward
 from trainer.gate import build_eval_set, decide, figures, score_candidate, score_model, weights_finite
 from trainer.loop import LoopConfig, LoopResult, PhaseConfig, Runtime, run_loop, setup_distributed, teardown
 from trainer.settings import TrainSettings
@@ -99,6 +99,12 @@ def load_split(settings: TrainSettings, calendar_tz: str) -> Split:
 
     frame = read_bars(settings.archive, start=settings.start, end=settings.end,
                       symbols=list(settings.symbols) if settings.symbols else None)
+    if frame.empty:
+        raise TrainingDataError(
+            f"the archive {_redact_url(settings.archive)} holds no bars from {settings.start or 'the beginning'} "
+            f"to {settings.end or 'now'} for symbols {list(settings.symbols) if settings.symbols else 'all'}: "
+            "check the archive path, the time range and the symbols"
+        )
     return walk_forward(series_from_frame(frame, calendar_tz), settings.lookback, settings.horizon,
                         settings.val_fraction)
 

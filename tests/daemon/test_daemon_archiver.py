@@ -28,7 +28,7 @@ from daemon_helpers import (
 )
 
 from daemon.archiver import Archiver, ArchiveStats, import_csv
-from daemon.bus import Partition
+from daemon.bus import InputBus, Partition
 from daemon.cli import main as cli_main
 from daemon.schemas import parse_bar
 from daemon.settings import ArchiveSettings, KafkaSettings
@@ -330,3 +330,55 @@ async def test_a_stop_while_kafka_is_unreachable_ends_the_run(tmp_path: Path) ->
     stop.set()
     stats = await asyncio.wait_for(task, 10)
     assert stats.consumed == 0 and not list(tmp_path.iterdir())
+
+
+class _RecordingBus(InputBus):
+    """Only what on_revoked may touch: commits are recorded."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[Partition, int]] = []
+
+    async def start(self, handler: Any) -> None:
+        raise AssertionError("not started in this test")
+
+    async def fetch(self, max_records: int, timeout_ms: int) -> list[Any]:
+        return []
+
+    async def commit(self, offsets: dict[Partition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def assignment(self) -> set[Partition]:
+        return set()
+
+    def lag(self) -> dict[Partition, int]:
+        return {}
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_revoked_mid_rewrite_leaves_the_range_to_the_next_owner(tmp_path: Path) -> None:
+    """A partition taken away while its uncommitted range is being rewritten is neither written nor
+    committed in part: the next owner finds the same files and rewrites the whole range."""
+    records = bar_series("AAA", 10)
+    archiver = Archiver(KafkaSettings(), ArchiveSettings(root=str(tmp_path)), bus=_RecordingBus())
+    tp = Partition("bars", 0)
+    (tmp_path / "date=2024-06-18").mkdir()
+    # the files a crashed run left for offsets 0..9
+    (tmp_path / "date=2024-06-18" / "bars-p0-o0-9.parquet").write_bytes(b"left by a crash")
+    await archiver.on_assigned({tp})
+    for offset, (key, value) in enumerate(records[:4]):
+        await archiver._add(tp, offset, key, value)
+    await archiver.on_revoked({tp})
+    bus = archiver._bus
+    assert isinstance(bus, _RecordingBus) and bus.commits == []
+    assert names(tmp_path) == {"date=2024-06-18/bars-p0-o0-9.parquet"}
+
+    # while a partition with nothing to rewrite is rolled and committed on revocation
+    other = Partition("bars", 1)
+    await archiver.on_assigned({other})
+    for offset, (key, value) in enumerate(records[:4]):
+        await archiver._add(other, offset, key, value)
+    await archiver.on_revoked({other})
+    assert bus.commits == [{other: 4}]
+    assert "date=2024-06-18/bars-p1-o0-3.parquet" in names(tmp_path)

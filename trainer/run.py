@@ -72,6 +72,9 @@ def resolve_start(settings: TrainSettings, runtime: Runtime) -> StartingPoint:
         )
     dest = settings.work_dir / "parent" / champion
     if runtime.is_main:
+        for old in (settings.work_dir / "parent").glob("*"):  # earlier champions' copies (a reused work folder)
+            if old.name != champion and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
         local = registry.fetch(champion, dest)
     if runtime.world > 1:
         dist.barrier()

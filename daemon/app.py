@@ -24,6 +24,7 @@ from daemon.forecaster import build_forecaster, check_forecaster
 from daemon.logging import configure_logging
 from daemon.loop import ForecastLoop, LoopConfig
 from daemon.metrics import Metrics
+from daemon.models import ModelFollower, ModelMetrics
 from daemon.ops import OpsServer
 from daemon.settings import Settings, load_settings, unknown_env_names
 from daemon.state import StateStore
@@ -52,6 +53,7 @@ class Daemon:
         self.store = store
         self.forecaster = forecaster
         self.loop: ForecastLoop | None = None
+        self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
         self.ops: OpsServer | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
@@ -93,6 +95,11 @@ class Daemon:
                 s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s
             )
         await self.store.ping()
+        if self.forecaster is None and s.model.registry:
+            self.models = ModelFollower(
+                s, ModelMetrics(self.metrics.registry), states=self._states, on_swap=self._model_swapped
+            )
+            self.forecaster = await self.models.start()
         if self.forecaster is None:
             log.info("loading the model", model=s.model.model_dump(mode="json"))
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
@@ -123,6 +130,8 @@ class Daemon:
             metrics=self.metrics,
         )
         await self.bus_in.start(self.loop)
+        if self.models is not None:
+            self.models.run_in_background()
         log.info(
             "daemon started",
             input_topic=s.kafka.input_topic,
@@ -131,6 +140,12 @@ class Daemon:
             model_version=self.forecaster.model_version,
             mode=self.forecaster.mode,
         )
+
+    def _states(self) -> dict[str, Any]:
+        return self.loop.states if self.loop is not None else {}
+
+    def _model_swapped(self, new: StreamForecaster, old_version: str) -> None:
+        self.metrics.model_info.info({"version": new.model_version, "mode": new.mode})
 
     def _count_dead_letter(self, kind: str) -> None:
         self.metrics.invalid.labels(kind).inc()
@@ -161,6 +176,8 @@ class Daemon:
                 self._run_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._run_task
+        if self.models is not None:
+            await self.models.close()
         closers = [
             ("consumer", self.bus_in, "stop"),
             ("producer", self.bus_out, "stop"),

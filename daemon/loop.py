@@ -31,6 +31,7 @@ import structlog
 from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
 from daemon.errors import CommitRefused, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
+from daemon.models import pin_forecaster
 from daemon.schemas import (
     Bar,
     ForecastContext,
@@ -246,14 +247,15 @@ class ForecastLoop:
         items = await self._still_new(items)
         if not items:
             return
-        version = self._forecaster.model_version
+        forecaster = pin_forecaster(self._forecaster)  # one model version for the whole call
+        version = forecaster.model_version
         windows, contexts = [], []
         for msg, bar in items:
             window, ctx = self._window(msg, bar, version, fetched_at)
             windows.append(window)
             contexts.append(ctx)
 
-        results = await self._run_model(windows, contexts)
+        results = await self._run_model(forecaster, windows, contexts)
 
         publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
         dead: list[Awaitable[None]] = []
@@ -261,7 +263,7 @@ class ForecastLoop:
             try:
                 if isinstance(result, Exception):
                     raise result
-                record = build_forecast_message(ctx, result, version, self._forecaster.mode, time.time())
+                record = build_forecast_message(ctx, result, version, forecaster.mode, time.time())
                 publish.append((item, result, encode_json(record), ctx))
             except Exception as exc:  # a model failure for one series: dead-letter that bar only
                 reason = f"forecast failed: {type(exc).__name__}: {exc}"
@@ -328,14 +330,14 @@ class ForecastLoop:
         return window, ctx
 
     async def _run_model(
-        self, windows: list[SeriesWindow], contexts: list[ForecastContext]
+        self, forecaster: StreamForecaster, windows: list[SeriesWindow], contexts: list[ForecastContext]
     ) -> list[SeriesForecast | Exception]:
         """The batched call off the event loop; if it fails, each series alone, to isolate the culprit."""
         loop = asyncio.get_running_loop()
         started = time.time()
         try:
             results: list[SeriesForecast | Exception] = list(
-                await loop.run_in_executor(self._executor, self._call_model, windows)
+                await loop.run_in_executor(self._executor, self._call_model, forecaster, windows)
             )
         except Exception as exc:
             log.warning(
@@ -344,7 +346,9 @@ class ForecastLoop:
             results = []
             for window in windows:
                 try:
-                    results.extend(await loop.run_in_executor(self._executor, self._call_model, [window]))
+                    results.extend(
+                        await loop.run_in_executor(self._executor, self._call_model, forecaster, [window])
+                    )
                 except Exception as one:
                     results.append(one)
         elapsed = time.time() - started
@@ -355,8 +359,8 @@ class ForecastLoop:
             ctx.model_ms = elapsed * 1e3
         return results
 
-    def _call_model(self, windows: list[SeriesWindow]) -> list[SeriesForecast]:
-        results = list(self._forecaster.forecast(windows, self._cfg.horizon))
+    def _call_model(self, forecaster: StreamForecaster, windows: list[SeriesWindow]) -> list[SeriesForecast]:
+        results = list(forecaster.forecast(windows, self._cfg.horizon))
         if len(results) != len(windows) or any(
             r.series_id != w.series_id for r, w in zip(results, windows, strict=False)
         ):
@@ -364,6 +368,11 @@ class ForecastLoop:
                 f"the forecaster answered {len(results)} forecasts for {len(windows)} windows, or out of order"
             )
         return results
+
+    @property
+    def states(self) -> dict[str, SymbolState]:
+        """The symbols held in memory (read-only use: smoke forecasts of a new model version)."""
+        return self._states
 
     # -- rebalance handler ------------------------------------------------------------------------
 

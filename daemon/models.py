@@ -293,6 +293,19 @@ def cuda_room(device: str, weight_bytes: int) -> tuple[bool, int]:
     return free >= 2 * weight_bytes, free
 
 
+def check_weights_finite(forecaster: StreamForecaster) -> None:
+    """Every weight of an engine forecaster is finite. (A predictor of NaN weights still gives finite
+    forecasts: sampling from NaN logits picks token 0, which the tokenizer decodes to real numbers.)"""
+    engine = getattr(forecaster, "engine", None)
+    for part in ("model", "tokenizer"):
+        module = getattr(engine, part, None)
+        if module is None:
+            continue
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+                raise LoadRefused("smoke_failed", f"the {part}'s {name} holds NaN or inf values")
+
+
 def release_memory() -> None:
     """Collect the dropped model now and hand freed heap pages back to the OS (glibc)."""
     gc.collect()
@@ -352,6 +365,7 @@ def load_version(
     finally:
         shutil.rmtree(dest, ignore_errors=True)  # the weights are in memory now
     t1 = time.perf_counter()
+    check_weights_finite(forecaster)
     windows = smoke_windows(states, m.horizon, int(settings.default_bar_interval_s * 1e9))
     try:
         results = forecaster.forecast(windows, m.horizon)
@@ -518,10 +532,11 @@ class ModelFollower:
     async def _listen_forever(self) -> None:
         """Wake the poll on every message on the registry's hint channel; reconnect with backoff."""
         import redis.asyncio as aioredis
-        from kronos_contract.registry import HINT_CHANNEL_SUFFIX
+
+        from kronos_contract.registry import hint_channel
 
         r = self.settings.redis
-        channel = r.key_prefix + HINT_CHANNEL_SUFFIX
+        channel = hint_channel(r.key_prefix)
         password = r.password.get_secret_value() if r.password else None
         delay = 0.5
         while True:

@@ -6,6 +6,7 @@
     kronos-stream synth --symbols N --rate R --duration D [--topic T]
     kronos-stream forecast SYMBOL                      the latest forecast from Redis, as JSON
     kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
+    kronos-stream models promote VERSION | rollback    move the registry's champion pointer (+ Redis hint)
 
 Kafka and Redis addresses come from the same settings as the daemon's (``--bootstrap``/``--redis-url``
 override them).
@@ -22,7 +23,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from pathlib import Path
 
-from daemon.errors import DaemonError
+from daemon.errors import ConfigError, DaemonError
 from daemon.settings import Settings, load_settings
 
 try:  # the installed distribution's version, without importing kronos_core (and torch) for --help
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="exit 0 if the daemon's /healthz answers 200, else 1")
     check.add_argument("--url", help="default: http://127.0.0.1:$KRONOS_HTTP_PORT/healthz")
 
+    add_models_parser(sub)
+
     bench = sub.add_parser("bench", help="benchmarks (see 'kronos-stream bench inference --help')")
     bench.add_argument("which", choices=["inference"], help="inference: fast engine vs recompute baseline")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of that benchmark")
@@ -186,6 +189,55 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if check(url) else 1
 
 
+def add_models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    models = sub.add_parser(
+        "models",
+        help="move the model registry's champion pointer (running daemons follow it)",
+        description=(
+            "promote VERSION: verify it and make it the champion; rollback: back to the champion before. "
+            "The pointer moves atomically; then a hint goes out on Redis ({prefix}:models) so daemons "
+            "swap at once instead of at their next poll."
+        ),
+    )
+    models.add_argument("action", choices=["promote", "rollback", "show"])
+    models.add_argument("version", nargs="?", help="the version to promote")
+    models.add_argument("--registry", help="registry URL (default: KRONOS_MODEL__REGISTRY)")
+    models.add_argument("--redis-url", help="where the hint goes (default: KRONOS_REDIS__URL)")
+    models.add_argument("--prefix", help="key prefix of the hint channel (default: KRONOS_REDIS__KEY_PREFIX)")
+    models.add_argument(
+        "--no-hint", action="store_true", help="only move the pointer (daemons see it at their next poll)"
+    )
+
+
+async def models_command(args: argparse.Namespace) -> int:
+    """``kronos-stream models promote VERSION | rollback | show``."""
+    from kronos_contract.registry import Registry, RegistryError, publish_hint
+
+    settings = _settings(args)
+    url = args.registry or settings.model.registry
+    if not url:
+        raise ConfigError("name the registry: --registry URL or KRONOS_MODEL__REGISTRY")
+    try:
+        registry = Registry(url)
+        if args.action == "show":
+            print(json.dumps({"pointer": registry.pointer(), "versions": registry.versions()}, indent=2))
+            return 0
+        if args.action == "promote":
+            if not args.version:
+                raise ConfigError("models promote needs the VERSION to promote")
+            version = registry.promote(args.version)["version"]
+        else:
+            version = registry.rollback()
+        receivers = None
+        if not args.no_hint:
+            receivers = await publish_hint(settings.redis.url, settings.redis.key_prefix, version)
+    except RegistryError as exc:
+        print(f"kronos-stream models {args.action}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"champion": version, "hint_receivers": receivers}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -216,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_forecast(args))
         if args.command == "check":
             return _check(args)
+        if args.command == "models":
+            return asyncio.run(models_command(args))
         if args.command == "bench":
             from kronos_core.bench import main as bench_main
 

@@ -11,7 +11,9 @@ same weights perturbed (``--model demo``: the demo model instead). A feeder publ
    just before ``Registry.promote`` to the arrival of the first forecast naming the new version.
 2. Memory: ``--swaps`` swaps in a row (v1, v2, v1, ...), each waited for until a forecast of the new
    version arrived; RSS (``/proc/self/status`` VmRSS) before the first and after the last, after
-   ``gc.collect()``, against the size of one model's weight files.
+   ``gc.collect()``, against the size of one model's weight files. Then a control: as long again
+   with bars flowing and no swap, and what RSS grew by meanwhile (this process also holds the
+   feeder, the reader and its list of arrivals).
 
 Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_hotswap.py [--out results/hotswap.json]``.
 """
@@ -180,11 +182,17 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.5)
         gc.collect()
         rss_before = rss_bytes()
+        swap_phase_started = time.monotonic()
         for _ in range(args.swaps):
             await swap(True)
             gc.collect()
             rss_series.append(rss_bytes())
         rss_after = rss_series[-1]
+        swap_phase_s = time.monotonic() - swap_phase_started
+        # control: as long again with bars flowing and no swap (what the process grows by anyway)
+        await asyncio.sleep(swap_phase_s)
+        gc.collect()
+        rss_control = rss_bytes()
         swaps = daemon.metrics.registry
         load = swaps.get_sample_value("kronos_model_load_seconds_sum") or 0.0
         warm = swaps.get_sample_value("kronos_model_warmup_seconds_sum") or 0.0
@@ -240,6 +248,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "rss_after_bytes": rss_after,
             "rss_delta_bytes": rss_after - rss_before,
             "rss_max_bytes": max(rss_series),
+            "swap_phase_s": round(swap_phase_s, 1),
+            "rss_delta_same_time_without_swaps_bytes": rss_control - rss_after,
             "rss_after_each_swap_bytes": rss_series,
             "model_weight_bytes": model_bytes,
             "delta_within_one_model": abs(rss_after - rss_before) <= model_bytes,

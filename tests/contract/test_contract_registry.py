@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,22 @@ async def test_hint_arrives_on_redis(redis_url: str, key_prefix: str) -> None:
 async def test_hint_failure_is_a_registry_error() -> None:
     with pytest.raises(RegistryError, match="pointer is moved already"):
         await publish_hint("redis://127.0.0.1:1/0", "kronos", "v1")
+
+
+def test_object_store_path_through_fsspec_memory(tmp_path: Path) -> None:
+    """The non-local code path (uploads in one piece, no os.replace) on fsspec's in-memory store."""
+    import fsspec
+
+    url = f"memory://registry-{uuid.uuid4().hex}"
+    reg = Registry(url)
+    publish(reg, tmp_path, "v1", promote=True)
+    publish(reg, tmp_path, "v2", promote=True)
+    assert (reg.champion(), reg.previous(), reg.versions()) == ("v2", "v1", ["v1", "v2"])
+    local = reg.fetch("v2", tmp_path / "cache")
+    assert (local.predictor_dir / "sub" / "extra.bin").read_bytes() == b"v2" * 10
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file(f"{url}/versions/v1/tokenizer/config.json", b"{}")
+    with pytest.raises(RegistryError, match="tokenizer/config.json"):
+        reg.rollback()
+    assert reg.champion() == "v2"
+    fs.rm(url, recursive=True)

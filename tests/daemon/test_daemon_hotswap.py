@@ -214,7 +214,7 @@ async def test_corrupt_v3_is_refused_v2_keeps_serving_and_rollback_brings_v1_bac
         assert await _http(d.ops.port, "/healthz") == 200 and await _http(d.ops.port, "/readyz") == 200
         assert d.forecaster is not None and d.forecaster.model_version == "v2"
 
-        args = ["models", "rollback", "--registry", str(registry_root), "--no-hint"]
+        args = ["models", "--registry", str(registry_root), "rollback"]  # no hint: the daemon polls
         assert await asyncio.to_thread(cli_main, args) == 0  # v3 -> v2 (served already)
         assert await asyncio.to_thread(cli_main, args) == 0  # v2 -> v1
         await wait_until(lambda: _target(d) == "v1", 60, "v1 back after the rollback")

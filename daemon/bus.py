@@ -82,6 +82,10 @@ class InputBus(ABC):
     def lag(self) -> dict[Partition, int]:
         """Messages behind the end of each assigned partition (where known)."""
 
+    async def probe(self, timeout_s: float = 3.0) -> None:
+        """Raise :class:`BusUnavailable` when the broker cannot be reached (readiness)."""
+        return None
+
     @abstractmethod
     async def stop(self) -> None: ...
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 import structlog
@@ -32,6 +32,7 @@ from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
 from daemon.errors import CommitRefused, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
 from daemon.models import pin_forecaster
+from daemon.retry import Abandoned, Outages
 from daemon.schemas import (
     Bar,
     ForecastContext,
@@ -48,7 +49,10 @@ from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecas
 
 log = structlog.get_logger("kronos.loop")
 
+T = TypeVar("T")
+
 Item = tuple[InMessage, Bar]
+Letter = tuple[InMessage, str, str]  # a message for the dead-letter topic: message, reason, kind
 
 
 @dataclass(frozen=True)
@@ -133,14 +137,6 @@ def plan_rounds(
     return rounds, skipped
 
 
-async def _gather_or_raise(aws: Sequence[Awaitable[Any]]) -> None:
-    """Await all; if any failed, raise the first failure (after all have finished)."""
-    results = await asyncio.gather(*aws, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-
-
 class ForecastLoop:
     """Consumes bars and produces forecasts until :meth:`request_stop`; also the rebalance handler."""
 
@@ -154,6 +150,7 @@ class ForecastLoop:
         forecaster: StreamForecaster,
         config: LoopConfig,
         metrics: Metrics,
+        outages: Outages | None = None,
     ) -> None:
         self._in = bus_in
         self._out = bus_out
@@ -162,6 +159,7 @@ class ForecastLoop:
         self._forecaster = forecaster
         self._cfg = config
         self._metrics = metrics
+        self._outages = outages or Outages()
         self._states: dict[str, SymbolState] = {}  # owned symbols, loaded from the store on first sight
         self._owner: dict[str, Partition] = {}  # symbol -> the input partition it arrives on
         self._busy = asyncio.Lock()  # held while a fetch is processed; a revocation waits for it
@@ -202,7 +200,11 @@ class ForecastLoop:
         """The next micro-batch, or None when a stop interrupted the fetch."""
         self._in_fetch = True
         try:
-            return await self._in.fetch(self._cfg.max_batch_size, self._cfg.max_wait_ms)
+            return await self._io(
+                "kafka", "fetching", lambda: self._in.fetch(self._cfg.max_batch_size, self._cfg.max_wait_ms)
+            )
+        except Abandoned:
+            return None
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
@@ -213,9 +215,22 @@ class ForecastLoop:
         finally:
             self._in_fetch = False
 
+    def _tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    async def _io(self, service: str, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """A call to Kafka or Redis, retried through an outage; given up (:class:`Abandoned`) when the
+        loop stops or its partitions are revoked meanwhile (nothing more of the batch is committed)."""
+        return await self._outages.call(
+            service, what, fn, abandon=lambda: self._stopping or self._revoking, on_attempt=self._tick
+        )
+
     async def _process_safely(self, batch: list[InMessage]) -> None:
         try:
             await self.process(batch)
+        except Abandoned:
+            # Stopping or revoked during an outage: the uncommitted rest is fetched again (same ids).
+            log.warning("batch abandoned during an outage; it will be processed again", size=len(batch))
         except CommitRefused as exc:
             # The group moved on without us; the new owner replays from the last commit.
             log.warning("commit refused after a rebalance; dropping cached state", error=str(exc))
@@ -244,7 +259,8 @@ class ForecastLoop:
         left = [msg for round_items in rounds[done:] for msg, _ in round_items]
         if left:
             log.info("batch cut short", bars_left=len(left), stopping=self._stopping, revoking=self._revoking)
-        await self._in.commit(commit_offsets(batch, left))
+        offsets = commit_offsets(batch, left)
+        await self._io("kafka", "committing offsets", lambda: self._in.commit(offsets))
 
     async def _validate(self, batch: list[InMessage]) -> list[Item]:
         """Valid bars, in order; invalid messages go to the dead-letter topic (acknowledged).
@@ -253,7 +269,7 @@ class ForecastLoop:
         message: it is dead-lettered with the reason and the batch goes on.
         """
         items: list[Item] = []
-        dead: list[Awaitable[None]] = []
+        dead: list[Letter] = []
         now = time.time()
         for msg in batch:
             try:
@@ -262,21 +278,35 @@ class ForecastLoop:
                 items.append((msg, bar))
             except InvalidBar as exc:
                 log.warning("invalid message", reason=exc.reason, kind=exc.kind, source=msg.source)
-                dead.append(self._dead.send(msg, exc.reason, exc.kind))
+                dead.append((msg, exc.reason, exc.kind))
             except Exception as exc:
-                dead.append(self._dead_letter_error(msg, "reading the message", exc))
-        await _gather_or_raise(dead)
+                dead.append(self._error_letter(msg, "reading the message", exc))
+        await self._dead_letter(dead)
         return items
 
-    def _dead_letter_error(self, msg: InMessage, doing: str, exc: BaseException) -> Awaitable[None]:
+    def _error_letter(self, msg: InMessage, doing: str, exc: BaseException) -> Letter:
         reason = f"{doing} failed: {type(exc).__name__}: {exc}"
         log.error("message failed; dead-lettering it", source=msg.source, error=reason)
-        return self._dead.send(msg, reason, "error")
+        return msg, reason, "error"
+
+    async def _dead_letter(self, letters: Sequence[Letter]) -> None:
+        """Send dead letters (acknowledged), retrying through a broker outage only those not sent yet."""
+        pending = list(letters)
+
+        async def attempt() -> None:
+            results = await asyncio.gather(*(self._dead.send(*x) for x in pending), return_exceptions=True)
+            pending[:] = [x for x, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+
+        if pending:
+            await self._io("kafka", "dead-lettering", attempt)
 
     async def _skip(self, skipped: Sequence[tuple[Item, str]]) -> None:
         """Count skipped bars by reason; dead-letter duplicates and out-of-order bars when configured
         (``replayed`` ones were processed already: never)."""
-        dead: list[Awaitable[None]] = []
+        dead: list[Letter] = []
         for (msg, bar), reason in skipped:
             self._metrics.skipped.labels(reason).inc()
             log.info("bar skipped", reason=reason, symbol=bar.symbol, ts=bar.ts_ns, source=msg.source)
@@ -284,14 +314,14 @@ class ForecastLoop:
                 state = self._states.get(bar.symbol)
                 last = "?" if state is None or state.last_ts is None else format_ts(state.last_ts)
                 text = f"skipped as {reason}: ts {format_ts(bar.ts_ns)} is not after {last}, the symbol's last bar"
-                dead.append(self._dead.send(msg, text, reason))
-        await _gather_or_raise(dead)
+                dead.append((msg, text, reason))
+        await self._dead_letter(dead)
 
     async def _load_states(self, items: Sequence[Item]) -> None:
         """Load from the store the symbols seen for the first time since their partition was assigned."""
         missing = sorted({bar.symbol for _, bar in items if bar.symbol not in self._states})
         if missing:
-            self._states.update(await self._store.load(missing))
+            self._states.update(await self._io("redis", "loading state", lambda: self._store.load(missing)))
             self._metrics.symbols_cached.set(len(self._states))
         for msg, bar in items:
             self._owner[bar.symbol] = msg.tp
@@ -304,12 +334,12 @@ class ForecastLoop:
         forecaster = pin_forecaster(self._forecaster)  # one model version for the whole call
         version = forecaster.model_version
         windows, contexts, ready = [], [], []
-        dead: list[Awaitable[None]] = []
+        dead: list[Letter] = []
         for item in items:
             try:
                 window, ctx = self._window(item[0], item[1], version, fetched_at)
             except Exception as exc:  # this bar cannot be made into a window: it alone is dead-lettered
-                dead.append(self._dead_letter_error(item[0], "building the forecast window", exc))
+                dead.append(self._error_letter(item[0], "building the forecast window", exc))
                 continue
             windows.append(window)
             contexts.append(ctx)
@@ -330,19 +360,24 @@ class ForecastLoop:
                 log.error(
                     "forecast failed", symbol=ctx.symbol, ts=ctx.ts_ns, source=item[0].source, error=reason
                 )
-                dead.append(self._dead.send(item[0], reason, "forecast"))
+                dead.append((item[0], reason, "forecast"))
 
         # Kafka first, Redis second. Were Redis written first, a crash between the two would leave
         # the bar's ts in Redis: the replayed bar would then be skipped as a duplicate and its
         # forecast would never reach the output topic. This way a replay at worst publishes the
         # same forecast (same id) twice.
         records = [(bar.symbol.encode(), value) for (_, bar), _, value, _ in publish]
-        await _gather_or_raise([self._out.send_batch(self._cfg.output_topic, records), *dead])
+        if records:
+            await self._io(
+                "kafka", "publishing forecasts", lambda: self._out.send_batch(self._cfg.output_topic, records)
+            )
+        await self._dead_letter(dead)
         updates = [
             StateUpdate(bar, result.token_state, value, version, msg.source)
             for (msg, bar), result, value, _ in publish
         ]
-        refused = set(await self._store.apply(updates, self._cfg.forecast_ttl_s))
+        ttl = self._cfg.forecast_ttl_s
+        refused = set(await self._io("redis", "storing state", lambda: self._store.apply(updates, ttl)))
         now = time.time()
         for (msg, bar), result, _, ctx in publish:
             if bar.symbol in refused:

@@ -3,6 +3,7 @@ range or in the future, skipped and replayed bars, failing dead-letter sends, a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -224,3 +225,40 @@ async def test_an_unexpected_error_while_handling_one_message_dead_letters_it(
     (dead,) = broker.messages("dlq")
     assert b"OverflowError" in dict(dead.headers)["reason"]
 
+
+
+# -- health: readiness needs partitions; liveness fails when stuck, not when idle ------------------
+
+
+class _NoPartitions(MemoryInput):
+    """A group member the group gave nothing (more replicas than partitions)."""
+
+    def assignment(self) -> set[Partition]:
+        return set()
+
+
+async def test_not_ready_while_the_consumer_owns_no_partition() -> None:
+    settings = _settings()
+    broker = MemoryBroker(default_partitions=1)
+    parts = _parts(broker, MemoryStateStore("kronos", 16))
+    parts["bus_in"] = _NoPartitions(broker, "in", "g")
+    async with running_daemon(settings, StubForecaster(max_context=16), **parts) as d:
+        await asyncio.sleep(0.1)
+        ok, details = d.ready()
+        assert not ok and details["partitions"] == []
+
+
+async def test_liveness_fails_while_the_loop_is_stuck_not_while_it_is_idle() -> None:
+    settings = _settings(health_stale_s=0.5)
+    broker = MemoryBroker(default_partitions=1)
+    forecaster = StubForecaster(max_context=16, delay_ms=2500)
+    async with running_daemon(settings, forecaster, **_parts(broker, MemoryStateStore("kronos", 16))) as d:
+        await asyncio.sleep(1.5)  # idle: nothing to read for three times the stale bound
+        assert d.live()[0] and d.ready()[0]
+        _fill(broker, bar_series("L", 1))
+        await wait_until(lambda: forecaster.calls, 5, "the model call to start")
+        await asyncio.sleep(1.0)  # the call takes 2.5 s: the loop is stuck in it
+        ok, details = d.live()
+        assert not ok and details["last_tick_age_s"] >= 0.5
+        await wait_until(lambda: broker.messages("out"), 5, "the forecast")
+        await wait_until(lambda: d.live()[0], 5, "live again")

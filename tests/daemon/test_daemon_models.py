@@ -187,3 +187,29 @@ async def test_start_fails_clearly_without_a_champion(tmp_path: Path) -> None:
     publish(reg, "bad", broken_copy(TINY, tmp_path / "bad", "truncated"), promote=True)
     with pytest.raises(ForecasterError, match="cannot serve"):
         await follower.start()
+
+
+async def test_no_room_on_the_gpu_defers_the_swap_and_says_so(
+    registry_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No GPU here: the CUDA memory query is faked (pure logic); the model itself stays on the CPU."""
+    import torch
+
+    import daemon.models as models
+
+    metrics = CollectorRegistry()
+    follower = ModelFollower(_settings(registry_root), ModelMetrics(metrics), states=_states)
+    slot = await follower.start()
+    free = {"bytes": 1000}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=0: (free["bytes"], 80 * 2**30))
+    real = models.cuda_room
+    monkeypatch.setattr(models, "cuda_room", lambda device, weights: real("cuda:0", weights))
+    Registry(str(registry_root)).promote("v2")
+    assert await follower.check() is None
+    assert _metric(metrics, "deferred") == 1 and slot.target_version == "v1"
+    assert follower._failures["v2"][0] == 0  # noqa: SLF001  # waiting is not a refusal
+    free["bytes"] = 80 * 2**30
+    follower._failures["v2"] = (0, 0.0)  # noqa: SLF001  # skip the wait
+    assert await follower.check() == "v2"
+    await follower.close()

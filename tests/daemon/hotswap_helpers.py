@@ -59,6 +59,15 @@ def broken_copy(src: Path, dest: Path, how: str) -> Path:
     return dest
 
 
+def registry_v1_v2(tmp_path: Path) -> Path:
+    """A registry folder: v1 the tiny checkpoint (champion), v2 its weights perturbed (not promoted)."""
+    root = tmp_path / "registry"
+    reg = Registry(str(root))
+    publish(reg, "v1", TINY, promote=True)
+    publish(reg, "v2", perturbed_copy(TINY, tmp_path / "v2", 0.05, seed=2), promote=False)
+    return root
+
+
 def publish(registry: Registry, version: str, folder: Path, *, promote: bool, **manifest: Any) -> None:
     registry.publish(version, folder / "tokenizer", folder / "predictor", dict(manifest), promote=promote)
 

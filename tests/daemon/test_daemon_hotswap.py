@@ -6,10 +6,9 @@ v1's tokens are wrong for v2), v3 a broken publish (truncated weights whose mani
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,10 @@ from daemon_helpers import (
     metric,
     produce,
     read_topic,
+    running_daemon,
     wait_until,
 )
-from hotswap_helpers import TINY, broken_copy, perturbed_copy, publish
+from hotswap_helpers import TINY, broken_copy, publish, registry_v1_v2
 
 from daemon.app import Daemon
 from daemon.cli import main as cli_main
@@ -45,11 +45,7 @@ SYMBOLS = ["AAA", "BBB", "CCC"]
 
 @pytest.fixture
 def registry_root(tmp_path: Path) -> Path:
-    root = tmp_path / "registry"
-    reg = Registry(str(root))
-    publish(reg, "v1", TINY, promote=True)
-    publish(reg, "v2", perturbed_copy(TINY, tmp_path / "v2", 0.05, seed=2), promote=False)
-    return root
+    return registry_v1_v2(tmp_path)
 
 
 def _settings(
@@ -66,18 +62,6 @@ def _settings(
     fields.update(model)
     mode = fields.pop("mode", "exact")
     return daemon_settings(bootstrap, redis_url, prefix, group, topics, model=fields, mode=mode, http_port=0)
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Daemon]:
-    daemon = Daemon(settings)
-    await daemon.start()
-    task = asyncio.create_task(daemon.serve())
-    try:
-        yield daemon
-    finally:
-        await daemon.close()
-        await task
 
 
 def _series(n: int) -> dict[str, list[Record]]:
@@ -150,7 +134,7 @@ async def test_v2_promoted_mid_stream_incremental_with_the_redis_hint(
         kafka_bootstrap, redis_url, key_prefix, group_id, topics, registry_root, mode="incremental"
     )
     series = _series(40)
-    async with serving(settings) as d:
+    async with running_daemon(settings, None) as d:
         assert d.forecaster is not None and d.forecaster.model_version == "v1"
         await produce(kafka_bootstrap, topics.input, _chunk(series, 0, 15))
         await read_topic(kafka_bootstrap, topics.output, 45)
@@ -196,7 +180,7 @@ async def test_corrupt_v3_is_refused_v2_keeps_serving_and_rollback_brings_v1_bac
     )  # fmt: skip
     reg = Registry(str(registry_root))
     series = _series(40)
-    async with serving(settings) as d:
+    async with running_daemon(settings, None) as d:
         assert d.ops is not None
         await produce(kafka_bootstrap, topics.input, _chunk(series, 0, 10))
         await read_topic(kafka_bootstrap, topics.output, 30)

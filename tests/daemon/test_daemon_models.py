@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hotswap_helpers import TINY, broken_copy, perturbed_copy, publish, tamper
+from hotswap_helpers import TINY, broken_copy, publish, registry_v1_v2, tamper
 from prometheus_client import CollectorRegistry
 from stub_forecaster import StubForecaster
 
@@ -65,11 +65,7 @@ def _metric(registry: CollectorRegistry, result: str) -> float:
 
 @pytest.fixture
 def registry_root(tmp_path: Path) -> Path:
-    root = tmp_path / "registry"
-    reg = Registry(str(root))
-    publish(reg, "v1", TINY, promote=True)
-    publish(reg, "v2", perturbed_copy(TINY, tmp_path / "v2", 0.05, seed=2), promote=False)
-    return root
+    return registry_v1_v2(tmp_path)
 
 
 def test_swappable_forecaster_swaps_only_at_pin() -> None:

@@ -131,6 +131,15 @@ class ModelSettings(_Group):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_model_source(self) -> ModelSettings:
+        if self.registry and (self.tokenizer_dir or self.predictor_dir or self.preset or self.factory):
+            raise ValueError(
+                "KRONOS_MODEL__REGISTRY names the model, so leave KRONOS_MODEL__TOKENIZER_DIR, "
+                "KRONOS_MODEL__PREDICTOR_DIR, KRONOS_MODEL__PRESET and KRONOS_MODEL__FACTORY unset"
+            )
+        return self
+
     @field_validator("calendar_tz")
     @classmethod
     def _zone_known(cls, name: str) -> str:

@@ -209,3 +209,10 @@ async def test_no_room_on_the_gpu_defers_the_swap_and_says_so(
     follower._failures["v2"] = (0, 0.0)  # noqa: SLF001  # skip the wait
     assert await follower.check() == "v2"
     await follower.close()
+
+
+def test_a_registry_and_model_folders_together_are_refused(tmp_path: Path) -> None:
+    from daemon.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="KRONOS_MODEL__REGISTRY names the model"):
+        _settings(tmp_path, tokenizer_dir=str(TINY / "tokenizer"), predictor_dir=str(TINY / "predictor"))

@@ -139,6 +139,11 @@ class SwappableForecaster:
         self._pending = forecaster
         self._offered_at = time.monotonic()
 
+    def withdraw(self) -> str | None:
+        """Forget the pending version (the pointer went back to the one serving); returns it."""
+        pending, self._pending = self._pending, None
+        return None if pending is None else pending.model_version
+
     def pin(self) -> StreamForecaster:
         """The model for one call: a pending version goes into service here, between calls."""
         if self._pending is not None:
@@ -461,6 +466,11 @@ class ModelFollower:
         self.checks += 1
         version = await asyncio.to_thread(self.registry.champion)
         if not version or version == self.forecaster.target_version:
+            return None
+        if version == self.forecaster.model_version:  # back to the one serving before the swap happened
+            log.info(
+                "champion moved back; the pending version is withdrawn", withdrawn=self.forecaster.withdraw()
+            )
             return None
         refusals, next_try = self._failures.get(version, (0, 0.0))
         if time.monotonic() < next_try:

@@ -78,6 +78,8 @@ def test_swappable_forecaster_swaps_only_at_pin() -> None:
     assert slot.model_version == "v2" and slot.pending_version is None and seen == [("v1", "v2")]
     assert pin_forecaster(slot) is v2 and seen == [("v1", "v2")]
     assert pin_forecaster(v1) is v1  # a plain forecaster is its own pin
+    slot.offer(v1)
+    assert slot.withdraw() == "v1" and pin_forecaster(slot) is v2 and slot.withdraw() is None
 
 
 def test_load_version_checks_and_smoke_tests_a_good_version(registry_root: Path, tmp_path: Path) -> None:
@@ -149,6 +151,10 @@ async def test_the_follower_swaps_refuses_keeps_serving_and_retries_with_backoff
     reg.promote("v2")
     assert await follower.check() == "v2"
     assert slot.model_version == "v1"  # not before the next model call
+    reg.rollback()  # the pointer goes back before any call: v2 is withdrawn, nothing is loaded
+    assert await follower.check() is None and slot.target_version == "v1"
+    reg.promote("v2")
+    assert await follower.check() == "v2"
     assert pin_forecaster(slot).model_version == "v2"
     assert _metric(metrics, "ok") == 1
 

@@ -179,6 +179,8 @@ class Daemon:
                 base_seed=s.model.base_seed,
                 max_future_s=s.max_future_s,
                 dead_letter_skipped=s.dead_letter_skipped,
+                max_context=s.model.max_context,
+                restore_lookback_s=s.restore_lookback_s,
             ),
             metrics=self.metrics,
             outages=self.outages,

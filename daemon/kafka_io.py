@@ -9,7 +9,8 @@ member's generation is still valid, so the loop can finish the batch in flight a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -153,6 +154,49 @@ class KafkaInput(InputBus):
                 await consumer._client.fetch_all_metadata()  # noqa: SLF001 (no public equivalent)
         except (KafkaError, TimeoutError, OSError) as exc:
             raise BusUnavailable(f"no Kafka broker answers at {self._settings.bootstrap_servers}: {exc!r}") from exc
+
+    async def read_history(
+        self,
+        partition: Partition,
+        end_offset: int,
+        since_ms: int | None,
+        sink: Callable[[list[InMessage]], None],
+    ) -> int:
+        """A consumer outside the group, assigned the one partition: seek by time (offsets_for_times)
+        or to the beginning, read up to ``end_offset``."""
+        s = self._settings
+        tp = TopicPartition(partition.topic, partition.partition)
+        reader = AIOKafkaConsumer(
+            **connection_config(s), enable_auto_commit=False, isolation_level="read_committed"
+        )
+        await _start_client(reader, "history reader", s.bootstrap_servers)
+        try:
+            reader.assign([tp])
+            first = (await reader.beginning_offsets([tp]))[tp]
+            start = first
+            if since_ms is not None:
+                found = (await reader.offsets_for_times({tp: since_ms}))[tp]
+                start = max(first, found.offset if found is not None else end_offset)
+            if start >= end_offset:
+                return start
+            reader.seek(tp, start)
+            stalled_since = time.monotonic()
+            while (position := await reader.position(tp)) < end_offset:
+                if time.monotonic() - stalled_since > s.request_timeout_ms / 1e3:
+                    raise BusUnavailable(f"reading the history of {partition} stalled at offset {position}")
+                batch = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
+                if batch.get(tp):
+                    stalled_since = time.monotonic()
+                records = [r for r in batch.get(tp, []) if r.offset < end_offset]
+                sink([
+                    InMessage(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp, list(r.headers or ()))
+                    for r in records
+                ])  # fmt: skip
+            return start
+        except KafkaError as exc:
+            raise bus_error(f"reading the history of {partition} failed: {exc!r}", exc) from exc
+        finally:
+            await reader.stop()
 
     def assignment(self) -> set[Partition]:
         if self._consumer is None:

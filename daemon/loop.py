@@ -2,13 +2,19 @@
 
 Delivery is at-least-once. For each fetch:
 
-1. invalid messages go to the dead-letter topic (original bytes, a ``reason`` header);
+0. the store is checked for lost data (generation marker, partition watermarks); what it lost is
+   restored from the input topic before anything is forecast;
+1. invalid messages, and any message whose handling fails, go to the dead-letter topic (original
+   bytes, a ``reason`` header);
 2. per symbol, bars whose ts is not after the last seen one (stored, or earlier in this fetch) are
-   skipped and counted;
+   skipped and counted by reason (``replayed``, ``duplicate``, ``out_of_order``);
 3. the remaining bars run in rounds (the k-th bar of every symbol in round k), each round one
    batched forecaster call in a worker thread, so the event loop keeps heartbeating;
 4. each round's forecasts are published and acknowledged by Kafka, *then* written to the state store;
-5. only when all of that succeeded are the fetch's offsets committed.
+5. only when all of that succeeded are the partitions' watermarks written and the offsets committed.
+
+Every Kafka and Redis call is retried through an outage (:mod:`daemon.retry`), so an outage delays
+the batch and never skips a step.
 
 A crash anywhere before 5 replays the fetch; replayed bars get the same window, seed and model, hence
 the same forecast id and numbers, and bars already stored are skipped as duplicates. A stop request
@@ -23,13 +29,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
 import structlog
 
 from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
-from daemon.errors import CommitRefused, ForecasterError, InvalidBar
+from daemon.errors import CommitRefused, CorruptState, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
 from daemon.models import pin_forecaster
 from daemon.retry import Abandoned, Outages
@@ -44,7 +51,7 @@ from daemon.schemas import (
     infer_interval_ns,
     parse_bar,
 )
-from daemon.state import StateStore, StateUpdate, SymbolState
+from daemon.state import StateStore, StateUpdate, SymbolState, merge_restored
 from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecaster, derive_seed
 
 log = structlog.get_logger("kronos.loop")
@@ -52,6 +59,9 @@ log = structlog.get_logger("kronos.loop")
 T = TypeVar("T")
 
 Item = tuple[InMessage, Bar]
+# Offsets a partition's first fetch may skip past the watermark without any loss: the commit markers
+# of Kafka transactions take offsets too.
+_WATERMARK_SLACK = 2
 Letter = tuple[InMessage, str, str]  # a message for the dead-letter topic: message, reason, kind
 
 
@@ -66,6 +76,8 @@ class LoopConfig:
     base_seed: int = 0
     max_future_s: float | None = 300.0
     dead_letter_skipped: bool = False
+    max_context: int = 512
+    restore_lookback_s: float | None = None  # history read to restore lost state (None: all retained)
 
 
 def next_offsets(batch: Sequence[InMessage]) -> dict[Partition, int]:
@@ -163,6 +175,9 @@ class ForecastLoop:
         self._states: dict[str, SymbolState] = {}  # owned symbols, loaded from the store on first sight
         self._owner: dict[str, Partition] = {}  # symbol -> the input partition it arrives on
         self._busy = asyncio.Lock()  # held while a fetch is processed; a revocation waits for it
+        self._generation: str | None = None  # the store's generation marker when last seen
+        self._checked: set[Partition] = set()  # partitions checked for lost state since assigned
+        self._partial: set[Partition] = set()  # partitions restored from a history missing older bars
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kronos-model")
         self._stopping = False
         self._revoking = False
@@ -243,8 +258,9 @@ class ForecastLoop:
         batch = [m for m in batch if m.tp in owned]  # revoked since the fetch: the new owner has them
         self._metrics.bars_in.inc(len(batch))
 
+        await self._check_lost_state(batch)
         items = await self._validate(batch)
-        await self._load_states(items)
+        items = await self._load_states(items)
         last_seen = {s: st.last_ts for s, st in self._states.items()}
         last_source = {s: st.source for s, st in self._states.items()}
         rounds, skipped = plan_rounds(items, last_seen, last_source)
@@ -260,6 +276,8 @@ class ForecastLoop:
         if left:
             log.info("batch cut short", bars_left=len(left), stopping=self._stopping, revoking=self._revoking)
         offsets = commit_offsets(batch, left)
+        marks = {f"{p.topic}/{p.partition}": off - 1 for p, off in offsets.items() if off > 0}
+        await self._io("redis", "writing watermarks", lambda: self._store.set_watermarks(marks))
         await self._io("kafka", "committing offsets", lambda: self._in.commit(offsets))
 
     async def _validate(self, batch: list[InMessage]) -> list[Item]:
@@ -283,6 +301,97 @@ class ForecastLoop:
                 dead.append(self._error_letter(msg, "reading the message", exc))
         await self._dead_letter(dead)
         return items
+
+    # -- lost state --------------------------------------------------------------------------------
+
+    async def _check_lost_state(self, batch: Sequence[InMessage]) -> None:
+        """Notice that the store lost data, and restore what it lost before anything is forecast.
+
+        Two markers an empty Redis lacks: the generation token (it changes when Redis comes back
+        empty under a running daemon) and the per-partition watermark (the offset of the last message
+        whose state was written; it must reach the committed offset, which is where a partition's
+        first fetch after its assignment starts). A partition whose watermark falls short is restored
+        from its own retained bars up to that offset.
+        """
+        generation = await self._io("redis", "reading the state generation", self._store.generation)
+        if self._generation is not None and generation != self._generation:
+            log.error(
+                "the state store lost its data (its generation marker changed); restoring every symbol",
+                symbols_in_memory=len(self._states),
+            )
+            self._metrics.state_lost.inc()
+            self._checked.clear()  # the watermarks went too: every partition is checked again
+        self._generation = generation
+        firsts: dict[Partition, int] = {}
+        for m in batch:
+            firsts[m.tp] = min(firsts.get(m.tp, m.offset), m.offset)
+        unchecked = {p: o for p, o in firsts.items() if p not in self._checked}
+        if not unchecked:
+            return
+        marks = await self._io("redis", "reading watermarks", self._store.watermarks)
+        for p, first in sorted(unchecked.items()):
+            mark = marks.get(f"{p.topic}/{p.partition}")
+            if first > 0 and (mark is None or mark < first - 1 - _WATERMARK_SLACK):
+                log.warning(
+                    "state of a partition is missing from the store; restoring it from the input topic",
+                    partition=f"{p.topic}/{p.partition}", watermark=mark, first_offset=first,
+                )  # fmt: skip
+                await self._restore_partition(p, first)
+            self._checked.add(p)
+
+    async def _restore_partition(self, partition: Partition, end_offset: int) -> None:
+        """Rebuild each symbol of ``partition`` from its retained bars before ``end_offset`` (or from
+        memory, for symbols this daemon holds), merged with what the store still has."""
+        cap = self._cfg.max_context
+        built: dict[str, SymbolState] = {}
+        now = time.time()
+
+        def sink(messages: list[InMessage]) -> None:
+            self._tick()  # a long read is progress, not a stuck loop (liveness)
+            for m in messages:
+                try:
+                    bar = parse_bar(m.key, m.value)
+                    check_bar_time(bar, m.timestamp_ms, now, self._cfg.max_future_s)
+                except Exception:
+                    continue  # dead-lettered when it was first consumed
+                state = built.get(bar.symbol)
+                if state is None:
+                    state = built[bar.symbol] = SymbolState(bar.symbol, cap)
+                if state.last_ts is None or bar.ts_ns > state.last_ts:
+                    state.append(bar, None, "", m.source)
+
+        async def read() -> int:
+            built.clear()
+            return await self._in.read_history(partition, end_offset, since_ms, sink)
+
+        lookback = self._cfg.restore_lookback_s
+        since_ms = None if lookback is None else int((now - lookback) * 1e3)
+        start = await self._io("kafka", "reading retained bars", read)
+        for symbol, state in self._states.items():  # what this daemon holds is complete
+            if self._owner.get(symbol) == partition:
+                built[symbol] = state
+        if start > 0:
+            self._partial.add(partition)
+        for symbol, state in built.items():
+            if symbol not in self._states:
+                state.complete = start == 0 or len(state) >= cap
+        symbols = sorted(built)
+        stored = await self._io("redis", "loading state", lambda: self._store.load(symbols))
+        writes = []
+        for symbol in symbols:
+            merged = merge_restored(built[symbol], stored[symbol])
+            if merged is not None:
+                writes.append((merged, stored[symbol].last_ts))
+        written = await self._io("redis", "restoring state", lambda: self._store.restore(writes))
+        for symbol in written:
+            if symbol not in self._states or self._owner.get(symbol) != partition:
+                self._states.pop(symbol, None)  # loaded again from the store when it comes up
+        self._metrics.state_restored.inc(len(written))
+        log.info(
+            "state restored from the input topic",
+            partition=f"{partition.topic}/{partition.partition}", from_offset=start, to_offset=end_offset,
+            symbols=len(written), incomplete=sum(not st.complete for st, _ in writes),
+        )  # fmt: skip
 
     def _error_letter(self, msg: InMessage, doing: str, exc: BaseException) -> Letter:
         reason = f"{doing} failed: {type(exc).__name__}: {exc}"
@@ -317,14 +426,43 @@ class ForecastLoop:
                 dead.append((msg, text, reason))
         await self._dead_letter(dead)
 
-    async def _load_states(self, items: Sequence[Item]) -> None:
-        """Load from the store the symbols seen for the first time since their partition was assigned."""
+    async def _load(self, symbols: list[str]) -> tuple[dict[str, SymbolState], dict[str, str]]:
+        """Load symbols; when one's record is unreadable, the others one by one: (states, corrupt)."""
+        try:
+            return await self._io("redis", "loading state", lambda: self._store.load(symbols)), {}
+        except CorruptState:
+            pass
+        states: dict[str, SymbolState] = {}
+        corrupt: dict[str, str] = {}
+        for symbol in symbols:
+            one = [symbol]
+            try:
+                states.update(await self._io("redis", "loading state", partial(self._store.load, one)))
+            except CorruptState as exc:
+                corrupt[symbol] = str(exc)
+        return states, corrupt
+
+    async def _load_states(self, items: Sequence[Item]) -> list[Item]:
+        """Load from the store the symbols seen for the first time since their partition was assigned;
+        the items whose symbol could be loaded."""
         missing = sorted({bar.symbol for _, bar in items if bar.symbol not in self._states})
         if missing:
-            self._states.update(await self._io("redis", "loading state", lambda: self._store.load(missing)))
+            loaded, corrupt = await self._load(missing)
+            if corrupt:  # those symbols' bars are dead-lettered; the others go on
+                letters = [(m, f"{corrupt[b.symbol]}", "state") for m, b in items if b.symbol in corrupt]
+                for msg, reason, _ in letters:
+                    log.error("stored state unreadable; dead-lettering the bar", source=msg.source, error=reason)
+                await self._dead_letter(letters)
+                items = [(m, b) for m, b in items if b.symbol not in corrupt]
+            for msg, bar in items:  # a symbol new to the store, on a partition restored only in part
+                state = loaded.get(bar.symbol)
+                if state is not None and state.last_ts is None and msg.tp in self._partial:
+                    state.complete = False
+            self._states.update(loaded)
             self._metrics.symbols_cached.set(len(self._states))
         for msg, bar in items:
             self._owner[bar.symbol] = msg.tp
+        return list(items)
 
     async def _forecast_round(self, items: list[Item], fetched_at: float) -> None:
         """One batched model call; publish (acknowledged), then store, the round's forecasts."""
@@ -395,7 +533,7 @@ class ForecastLoop:
 
     async def _still_new(self, items: list[Item]) -> list[Item]:
         """Reload symbols the store refused earlier in this fetch and drop bars that are no longer new."""
-        await self._load_states(items)
+        items = await self._load_states(items)
         fresh, skipped = [], []
         for item in items:
             state = self._states[item[1].symbol]
@@ -423,6 +561,8 @@ class ForecastLoop:
             bar.symbol, bar.ts_ns, interval, future, seed, len(ts_list),
             msg.topic, msg.partition, msg.offset, msg.timestamp_ms, fetched_at,
         )  # fmt: skip
+        ctx.context_complete = state.complete or len(ts_list) >= self._cfg.max_context
+        ctx.context_first_ns = ts_list[0]
         return window, ctx
 
     async def _run_model(
@@ -492,6 +632,8 @@ class ForecastLoop:
         log.info("partitions assigned", partitions=sorted(map(tuple, partitions)))
 
     def _drop(self, partitions: set[Partition]) -> int:
+        self._checked -= partitions
+        self._partial -= partitions
         symbols = [s for s, p in self._owner.items() if p in partitions]
         for s in symbols:
             self._owner.pop(s, None)

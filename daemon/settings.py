@@ -212,6 +212,8 @@ class Settings(BaseSettings):
     retry_initial_s: float = Field(default=0.1, gt=0, allow_inf_nan=False)
     retry_max_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     outage_give_up_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # State lost in Redis is restored from the input topic's bars of this many seconds back (unset: all).
+    restore_lookback_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     health_probe_interval_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)  # readiness probes
     graceful_shutdown_s: float = Field(default=25.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -12,27 +12,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from daemon_helpers import T0, bar_record, bar_series, encode, interleave, metric, running_daemon, wait_until
 from stub_forecaster import StubForecaster
+from test_daemon_loop import _settings
 
 from daemon.bus import Headers, Partition
 from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.errors import BusError, InvalidBar
-from daemon.schemas import check_bar_time, parse_bar
-from daemon.settings import Settings, load_settings
+from daemon.schemas import check_bar_time, forecast_id, parse_bar
 from daemon.state_memory import MemoryStateStore
 
 pytestmark = pytest.mark.timeout(30)
 
 M = timedelta(minutes=1)
-
-
-def _settings(**over: object) -> Settings:
-    return load_settings(
-        kafka={"input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "group_id": "g"},
-        model={"max_context": 16, "horizon": 3},
-        batch={"max_batch_size": 1000, "max_wait_ms": 10},
-        http_port=None,
-        **over,
-    )
 
 
 def _parts(broker: MemoryBroker, store: MemoryStateStore, output: MemoryOutput | None = None) -> dict[str, object]:
@@ -262,3 +252,89 @@ async def test_liveness_fails_while_the_loop_is_stuck_not_while_it_is_idle() -> 
         assert not ok and details["last_tick_age_s"] >= 0.5
         await wait_until(lambda: broker.messages("out"), 5, "the forecast")
         await wait_until(lambda: d.live()[0], 5, "live again")
+
+
+# -- fault 5: state lost in the store (Redis restarted empty) ------------------------------------
+
+
+def _run_all(records: Sequence[tuple[bytes | None, bytes | None]]) -> MemoryBroker:
+    broker = MemoryBroker(default_partitions=1)
+    _fill(broker, records)
+    return broker
+
+
+async def test_state_lost_while_stopped_is_restored_from_the_input_topic() -> None:
+    settings = _settings()
+    a, b = bar_series("LA", 13), bar_series("LB", 13)
+    broker = _run_all(interleave(a[:10], b[:10]))
+    store = MemoryStateStore("kronos", 16)
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)):
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 20, 10, "all committed")
+    store.wipe()  # Redis restarted empty
+    _fill(broker, interleave(a[10:], b[10:]))
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)) as d:
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 26, 10, "all committed")
+        assert metric(d, "kronos_state_restored_total") == 2
+    reference = _run_all(interleave(a, b))  # the same bars, nothing lost
+    ref_store = MemoryStateStore("kronos", 16)
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(reference, ref_store)):
+        await wait_until(lambda: reference.committed("g", Partition("in", 0)) == 26, 10, "reference")
+    after = _out(broker)[20:]
+    assert [f["context_bars"] for f in after] == [11, 11, 12, 12, 13, 13]
+    assert after == [
+        {**f, "latency_ms": g["latency_ms"], "created_at": g["created_at"]}
+        for f, g in zip(_out(reference)[20:], after, strict=True)
+    ]  # same ids, same numbers as without the loss
+    assert store.ring_length("LA") == 13
+
+
+async def test_state_lost_under_a_running_daemon_is_written_back() -> None:
+    settings = _settings()
+    series = bar_series("LR", 14)
+    broker = _run_all(series[:10])
+    store = MemoryStateStore("kronos", 16)
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)) as d:
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 10, 10, "first 10")
+        store.wipe()
+        _fill(broker, series[10:])
+        await broker.notify()
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 14, 10, "the rest")
+        assert metric(d, "kronos_state_lost_total") == 1
+    assert [f["context_bars"] for f in _out(broker)[10:]] == [11, 12, 13, 14]
+    assert store.ring_length("LR") == 14  # not 4: the ring was written back before the next bar
+
+
+async def test_a_context_that_cannot_be_restored_is_flagged_and_gets_its_own_id() -> None:
+    settings = _settings(restore_lookback_s=0.001)  # the topic "no longer holds" the older bars
+    series = bar_series("LX", 8)
+    broker = _run_all(series[:5])
+    store = MemoryStateStore("kronos", 16)
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)):
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 5, 10, "first 5")
+    store.wipe()
+    time.sleep(0.01)
+    _fill(broker, series[5:])
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)):
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 8, 10, "the rest")
+    out = _out(broker)
+    assert all(f["context_complete"] for f in out[:5])
+    after = out[5:]
+    assert [(f["context_complete"], f["context_bars"]) for f in after] == [(False, 1), (False, 2), (False, 3)]
+    for f, (key, value) in zip(after, series[5:], strict=True):
+        assert f["id"] != forecast_id("LX", parse_bar(key, value).ts_ns, "stub-1")
+
+
+async def test_a_symbol_whose_stored_state_is_unreadable_is_dead_lettered_alone() -> None:
+    settings = _settings()
+    store = MemoryStateStore("kronos", 16)
+    broker = _run_all(bar_series("GOOD", 1))
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)):
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 1, 10, "the first bar")
+    store._records["GOOD"].bars.append(b"[not a bar")  # noqa: SLF001 (a corrupt record)
+    broker.commit("g", {Partition("in", 0): 1})
+    _fill(broker, interleave(bar_series("GOOD", 3)[1:], bar_series("FINE", 2)))
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)) as d:
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 5, 10, "all committed")
+        assert metric(d, "kronos_invalid_total", kind="state") == 2
+    assert [f["symbol"] for f in _out(broker)[1:]] == ["FINE", "FINE"]
+    assert all(b"unreadable bar" in dict(m.headers)["reason"] for m in broker.messages("dlq"))

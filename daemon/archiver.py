@@ -21,6 +21,7 @@ leaves the group. A failing write (an object store outage) is retried with backo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections import Counter
@@ -63,6 +64,7 @@ class ArchiveStats:
     files: int = 0
     rolls: int = 0
     rewrites: int = 0  # rolls that rewrote the files of a range found uncommitted after a crash
+    write_failures: int = 0  # failed writes (each retried with backoff, unless stopping)
     invalid: Counter[str] = field(default_factory=Counter)
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -107,20 +109,24 @@ class Archiver:
         self._recover_until: dict[Partition, int] = {}
         self._fresh: set[Partition] = set()  # assigned, first bar not seen yet
         self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
         self._fs, self._root = open_fs(settings.root, settings.storage_options)
 
     # -- consumer ------------------------------------------------------------------------------------
 
-    async def _start(self) -> None:
+    async def _start(self) -> bool:
+        """Join the group, retrying with backoff while Kafka is unreachable; False if stopped first."""
         delay = 1.0
-        while True:
+        while not self._stop.is_set():
             try:
                 await self._bus.start(self)
-                return
+                return True
             except BusError as exc:
                 log.warning("archive.kafka_unavailable", bootstrap=self._bootstrap, error=str(exc))
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
+        return False
 
     async def on_assigned(self, assigned: set[Partition]) -> None:
         self._fresh |= set(assigned)
@@ -129,14 +135,21 @@ class Archiver:
     async def on_revoked(self, revoked: set[Partition]) -> None:
         async with self._lock:
             for tp in sorted(revoked, key=lambda t: t.partition):
-                if tp in self._buffers:
+                if tp in self._recover_until:  # mid-rewrite: the next owner rewrites the whole range
+                    self._buffers.pop(tp, None)
+                elif tp in self._buffers:
                     await self._roll(tp)
                 self._recover_until.pop(tp, None)
                 self._fresh.discard(tp)
 
     async def run(self, stop: asyncio.Event) -> ArchiveStats:
-        """Archive until ``stop`` is set; then roll and commit every buffer and leave the group."""
-        await self._start()
+        """Archive until ``stop`` is set; then roll and commit every buffer and leave the group.
+
+        A write that fails once ``stop`` is set is not retried: the run raises and commits nothing
+        more (the next run rewrites the same files), instead of outliving the pod's grace period."""
+        self._stop = stop
+        if not await self._start():
+            return self.stats
         log.info("archive.started", topic=self.topic, root=self.settings.root, group=self.settings.group_id)
         clean = False
         try:
@@ -264,8 +277,13 @@ class Archiver:
                     storage_options=self.settings.storage_options,
                 )
             except OSError as exc:
+                self.stats.write_failures += 1
+                if self._stop.is_set():  # shutting down: give up, commit nothing; a restart rewrites it
+                    log.error("archive.write_failed", file=name, error=str(exc), retry_in_s=None)
+                    raise
                 log.error("archive.write_failed", file=name, error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # a stop request ends the wait
+                    await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
 
     def _before_commit(self, tp: Partition, paths: list[str]) -> None:

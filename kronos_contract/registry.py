@@ -410,14 +410,15 @@ class Registry:
         write_bytes(self._fs, self._path("refused", version, MANIFEST), body)
 
     def gc(self, keep: int) -> list[str]:
-        """Delete all but the newest ``keep`` complete versions, never the champion nor the previous
+        """Delete all but the newest ``keep`` complete versions (by ``created_at``), never the champion nor the previous
         champion. Returns what was deleted. Unfinished folders (no manifest) are left alone: a
         publish may be writing them."""
         if keep < 0:
             raise RegistryError(f"keep must be >= 0, got {keep}")
         pointer = self._pointer()
         protected = {pointer.get("version"), pointer.get("previous")}
-        versions = self.versions()
+        # newest by the manifests' created_at (then by id), whatever prefixes the ids carry
+        versions = sorted(self.versions(), key=lambda v: (str(self.manifest(v).get("created_at", "")), v))
         kept = set(versions[-keep:]) if keep else set()
         deleted = []
         for version in versions:

@@ -297,3 +297,12 @@ def test_object_store_path_through_fsspec_memory(tmp_path: Path) -> None:
         reg.rollback()
     assert reg.champion() == "v2"
     fs.rm(url, recursive=True)
+
+
+def test_gc_orders_by_creation_time_not_by_name(reg: Registry, tmp_path: Path) -> None:
+    for version, created in (("zeta", "2024-01-01T00:00:00Z"), ("alpha", "2024-03-01T00:00:00Z")):
+        tok, pred = make_model(tmp_path, version)
+        reg.publish(version, tok, pred, {"created_at": created}, promote=False)
+    publish(reg, tmp_path, "mid", created_at="2024-02-01T00:00:00Z")
+    assert reg.gc(keep=1) == ["zeta", "mid"]
+    assert reg.versions() == ["alpha"]

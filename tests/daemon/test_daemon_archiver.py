@@ -28,7 +28,7 @@ from daemon_helpers import (
 )
 
 from daemon.archiver import Archiver, ArchiveStats, import_csv
-from daemon.bus import Partition
+from daemon.bus import InputBus, Partition
 from daemon.cli import main as cli_main
 from daemon.schemas import parse_bar
 from daemon.settings import ArchiveSettings, KafkaSettings
@@ -273,3 +273,112 @@ async def test_rebalance_rolls_and_commits_before_partitions_move(
     pd.testing.assert_frame_equal(read_bars(str(tmp_path)), expected_frame(records), check_dtype=False)
     ends = await end_offsets(kafka_bootstrap, topic)
     assert await committed_offsets(kafka_bootstrap, group_id, topic) == ends
+
+
+async def test_storage_outage_is_waited_out_and_a_stop_during_it_commits_nothing(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., Awaitable[str]],
+    group_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import daemon.archiver as archiver_mod
+
+    topic = await topic_factory(partitions=1)
+    records = bar_series("AAA", 20)
+    await produce(kafka_bootstrap, topic, records)
+    real_write = archiver_mod.write_bars
+    broken = {"on": True}
+
+    def flaky_write(*args: Any, **kwargs: Any) -> list[str]:
+        if broken["on"]:
+            raise OSError("object store unreachable")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(archiver_mod, "write_bars", flaky_write)
+    archiver = Archiver(*settings(kafka_bootstrap, topic, group_id, tmp_path, roll_max_rows=10))
+    stop = asyncio.Event()
+    task = asyncio.create_task(archiver.run(stop))
+    try:
+        await wait_until(lambda: archiver.stats.write_failures >= 2, 60, "two failed writes")
+        assert not task.done() and archiver.stats.committed == {}
+        broken["on"] = False  # the store is back: the same roll goes through, then the rest
+        await wait_until(
+            lambda: archiver.stats.committed.get((topic, 0)) == 20, 60, "the rolls after the outage"
+        )
+        await produce(kafka_bootstrap, topic, bar_series("AAA", 25)[20:])
+        await wait_until(lambda: archiver.stats.consumed == 25, 60, "five more bars buffered")
+        broken["on"] = True  # down again when the stop asks for the last roll
+        stop.set()
+        with pytest.raises(OSError, match="unreachable"):
+            await asyncio.wait_for(task, 30)  # gives up instead of retrying until SIGKILL
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+    assert await committed_offsets(kafka_bootstrap, group_id, topic) == {0: 20}
+    assert len(read_bars(str(tmp_path))) == 20
+
+
+async def test_a_stop_while_kafka_is_unreachable_ends_the_run(tmp_path: Path) -> None:
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_ms=1000)
+    archiver = Archiver(kafka, ArchiveSettings(root=str(tmp_path), topic="bars"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(archiver.run(stop))
+    await asyncio.sleep(1.5)  # at least one failed start, now waiting to retry
+    assert not task.done()
+    stop.set()
+    stats = await asyncio.wait_for(task, 10)
+    assert stats.consumed == 0 and not list(tmp_path.iterdir())
+
+
+class _RecordingBus(InputBus):
+    """Only what on_revoked may touch: commits are recorded."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[Partition, int]] = []
+
+    async def start(self, handler: Any) -> None:
+        raise AssertionError("not started in this test")
+
+    async def fetch(self, max_records: int, timeout_ms: int) -> list[Any]:
+        return []
+
+    async def commit(self, offsets: dict[Partition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def assignment(self) -> set[Partition]:
+        return set()
+
+    def lag(self) -> dict[Partition, int]:
+        return {}
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_revoked_mid_rewrite_leaves_the_range_to_the_next_owner(tmp_path: Path) -> None:
+    """A partition taken away while its uncommitted range is being rewritten is neither written nor
+    committed in part: the next owner finds the same files and rewrites the whole range."""
+    records = bar_series("AAA", 10)
+    archiver = Archiver(KafkaSettings(), ArchiveSettings(root=str(tmp_path)), bus=_RecordingBus())
+    tp = Partition("bars", 0)
+    (tmp_path / "date=2024-06-18").mkdir()
+    # the files a crashed run left for offsets 0..9
+    (tmp_path / "date=2024-06-18" / "bars-p0-o0-9.parquet").write_bytes(b"left by a crash")
+    await archiver.on_assigned({tp})
+    for offset, (key, value) in enumerate(records[:4]):
+        await archiver._add(tp, offset, key, value)
+    await archiver.on_revoked({tp})
+    bus = archiver._bus
+    assert isinstance(bus, _RecordingBus) and bus.commits == []
+    assert names(tmp_path) == {"date=2024-06-18/bars-p0-o0-9.parquet"}
+
+    # while a partition with nothing to rewrite is rolled and committed on revocation
+    other = Partition("bars", 1)
+    await archiver.on_assigned({other})
+    for offset, (key, value) in enumerate(records[:4]):
+        await archiver._add(other, offset, key, value)
+    await archiver.on_revoked({other})
+    assert bus.commits == [{other: 4}]
+    assert "date=2024-06-18/bars-p1-o0-3.parquet" in names(tmp_path)

@@ -111,7 +111,7 @@ def predictor_loss_ddp(
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Dual cross-entropy of the horizon tokens only (targets at rows ``>= lookback``)."""
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # tokens as at inference (fp32)
         s1, s2 = tokenizer.encode(x, half=True)  # the tokenizer is causal: row t sees rows <= t
     s1_logits, s2_logits = ddp(
         s1[:, :-1], s2[:, :-1], stamp[:, :-1],
@@ -189,17 +189,18 @@ def save_state(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The saved state, or None if there is none; a state of other settings is an error."""
+    """The saved state of this run, or None if there is none. A state of another run (other
+    settings, data, starting model or world size) is ignored, with a warning, and overwritten by
+    this run's first save; a file that is not a training state is an error."""
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ResumeError(f"{path} is not a kronos-stream training state; remove it or use another --work-dir")
     if state.get("fingerprint") != fingerprint:
-        raise ResumeError(
-            f"{path} was saved by a run with other settings or data (fingerprint {state.get('fingerprint')} "
-            f"!= {fingerprint}); remove {path.parent} to start over, or use another --work-dir"
-        )
+        log.warning("train_state_of_another_run", state=str(path), saved=state.get("fingerprint"),
+                    current=fingerprint, step=state.get("step"), action="starting from step 0")
+        return None
     return state
 
 

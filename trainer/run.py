@@ -7,9 +7,11 @@ model, evaluates, writes the candidate and publishes (or records the refusal); t
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import json
 import math
+import os
 import platform
 import shutil
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from trainer.settings import TrainSettings
 log = structlog.get_logger("kronos.trainer")
 
 MANIFEST_FORMAT = "kronos-stream/model/1"
+PLAN_NAME = "plan.json"
 FINGERPRINT_FIELDS = (
     "archive", "start", "end", "symbols", "lookback", "horizon", "val_fraction", "steps", "batch_size", "lr",
     "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "tokenizer_steps", "tokenizer_lr",
@@ -135,6 +138,18 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _redact_url(url: str | None) -> str | None:
+    """``scheme://user:secret@host/...`` -> ``scheme://***@host/...`` (manifests are read by many)."""
+    if url is None or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _redacted(dumped: dict[str, Any]) -> dict[str, Any]:
+    return {k: _redact_url(v) if k in ("archive", "registry", "redis_url") else v for k, v in dumped.items()}
+
+
 def build_manifest(settings: TrainSettings, start: StartingPoint, split: Split, result: LoopResult,
                    evaluation: dict[str, Any], verdict: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     last = {p: next((h for h in reversed(result.history) if h["phase"] == p), None) for p in result.steps}
@@ -142,13 +157,13 @@ def build_manifest(settings: TrainSettings, start: StartingPoint, split: Split, 
         "format": MANIFEST_FORMAT,
         "parent": start.version,
         "parent_source": None if start.version else str(start.predictor_dir.parent),
-        "runtime": {"max_context": settings.window, "calendar_tz": start.calendar_tz},
-        "data": {"archive": settings.archive, "start": str(settings.start) if settings.start else None,
+        "runtime": {"max_context": settings.window, "calendar_tz": settings.calendar_tz or start.calendar_tz},
+        "data": {"archive": _redact_url(settings.archive), "start": str(settings.start) if settings.start else None,
                  "end": str(settings.end) if settings.end else None,
                  **{k: v for k, v in split.summary.items() if k != "symbols"},
                  "symbols": sorted(split.summary["symbols"]),  # type: ignore[call-overload]
                  "row_counts": split.summary["symbols"]},
-        "settings": settings.model_dump(mode="json"),
+        "settings": _redacted(settings.model_dump(mode="json")),
         "training": {"steps": result.steps, "resumed_from_step": result.resumed_from,
                      "wall_s": round(result.wall_s, 2), "samples_per_s": round(result.samples_per_s, 2),
                      "last_step": last, "world_size": runtime.world, "device": str(runtime.device),
@@ -172,9 +187,40 @@ def run_training(settings: TrainSettings) -> dict[str, Any]:
         teardown(runtime)
 
 
+def pin_end(settings: TrainSettings, runtime: Runtime) -> TrainSettings:
+    """Without ``end`` the data range ends "now": the first start of a run records that time in
+    ``<work_dir>/plan.json`` and a restart of the same run reuses it, so bars archived meanwhile do
+    not change its data (and its saved state stays resumable). A published run's plan is not reused."""
+    if settings.end is not None:
+        return settings
+    path = settings.work_dir / PLAN_NAME
+    key = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+    if runtime.is_main:
+        plan = json.loads(path.read_text()) if path.is_file() else {}
+        if plan.get("settings") != key or plan.get("published"):
+            plan = {"settings": key, "end": dt.datetime.now(dt.UTC).isoformat(), "published": None}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{PLAN_NAME}.tmp")
+            tmp.write_text(json.dumps(plan))
+            os.replace(tmp, path)
+    if runtime.world > 1:
+        dist.barrier()
+    plan = json.loads(path.read_text())
+    return settings.model_copy(update={"end": dt.datetime.fromisoformat(plan["end"])})
+
+
+def _mark_published(settings: TrainSettings, version: str | None) -> None:
+    path = settings.work_dir / PLAN_NAME
+    if path.is_file():
+        plan = json.loads(path.read_text())
+        plan["published"] = version or "local"
+        path.write_text(json.dumps(plan))
+
+
 def _run(settings: TrainSettings, runtime: Runtime) -> dict[str, Any]:
+    settings = pin_end(settings, runtime)
     start = resolve_start(settings, runtime)
-    split = load_split(settings, start.calendar_tz)
+    split = load_split(settings, settings.calendar_tz or start.calendar_tz)
     if runtime.is_main:
         log.info("train_data", **{k: v for k, v in split.summary.items() if k != "symbols"},
                  symbols=len(split.summary["symbols"]))  # type: ignore[arg-type]
@@ -204,6 +250,7 @@ def _run(settings: TrainSettings, runtime: Runtime) -> dict[str, Any]:
     tokenizer.save_pretrained(out / "tokenizer")
     model.save_pretrained(out / "predictor")
     manifest = publish(settings, out, manifest, verdict.promote)
+    _mark_published(settings, manifest.get("version"))
     log.info("train_done", version=manifest.get("version"), promoted=manifest["gate"]["promoted"],
              reason=verdict.reason, candidate_crps=candidate.crps, champion_crps=champion.crps,
              persistence_mae=candidate.persistence_mae)
@@ -228,6 +275,10 @@ def publish(settings: TrainSettings, folder: Path, manifest: dict[str, Any], pas
         return {**manifest, "version": version}
     stored = registry.publish(version, folder / "tokenizer", folder / "predictor", manifest,
                               promote=settings.promote)
+    if settings.keep_versions:
+        deleted = registry.gc(settings.keep_versions)
+        if deleted:
+            log.info("registry_gc", deleted=deleted, kept=settings.keep_versions)
     if settings.promote and settings.redis_url:
         try:
             asyncio.run(publish_hint(settings.redis_url, settings.key_prefix, version))

@@ -60,6 +60,8 @@ class TrainSettings(BaseSettings):
     lookback: int = Field(default=116, ge=2, description="context bars per window (statistics come from these)")
     horizon: int = Field(default=12, ge=1, description="bars after the context a window predicts (the loss)")
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="most recent share of the time range held out")
+    calendar_tz: str | None = Field(default=None, description="zone of the calendar features (default: the "
+                                    "starting model's manifest runtime.calendar_tz, else UTC)")
     eval_windows: int = Field(default=64, ge=1, description="held-out windows the gate scores")
     eval_samples: int = Field(default=8, ge=2, description="sample paths per window for CRPS and coverage")
 
@@ -85,6 +87,8 @@ class TrainSettings(BaseSettings):
     log_every: int = Field(default=10, ge=1)
     progress: Literal["auto", "bar", "log"] = "auto"
     gate_margin: float = Field(default=0.0, ge=0.0, lt=1.0, description="required relative CRPS gain over the champion")
+    keep_versions: int = Field(default=0, ge=0, description="after publishing, keep this many versions "
+                               "(never the champion or the previous one); 0 keeps all")
     promote: bool = Field(default=True, description="move the champion pointer when the gate passes")
     version_prefix: str = Field(default="v", pattern=r"^[A-Za-z0-9_-]*$")
     redis_url: str | None = Field(default=None, description="publish a hint on <key_prefix>:models")
@@ -95,6 +99,18 @@ class TrainSettings(BaseSettings):
     def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)  # naive times in the archive's zone: UTC
+        return value
+
+    @field_validator("calendar_tz")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r} (an IANA name like Asia/Shanghai)") from exc
         return value
 
     @model_validator(mode="after")

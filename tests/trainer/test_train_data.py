@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kronos_core.training import BarSeries, sample_windows
-from tests.trainer.train_helpers import HORIZON, LOOKBACK, archive_frame, tiny_series
+from tests.trainer.train_helpers import HORIZON, LOOKBACK, archive_frame, tiny_models, tiny_series
 from trainer.data import (
     RankSampler,
     TrainingDataError,
@@ -37,6 +37,11 @@ def test_no_future_bar_shapes_an_input() -> None:
     x2, _ = changed[0]
     assert torch.equal(x[:LOOKBACK], x2[:LOOKBACK])  # the context the model reads is untouched
     assert not torch.equal(x[LOOKBACK:], x2[LOOKBACK:])  # (the change is real)
+    # nor the tokens of the context: the tokenizer is causal and its input rows are equal
+    tokenizer, _ = tiny_models()
+    with torch.no_grad():
+        ids = tokenizer.encode(torch.stack([x, x2]), half=True)
+    assert all(torch.equal(t[0, :LOOKBACK], t[1, :LOOKBACK]) for t in ids)
     # a horizon bar changes only its own row: no statistic depends on it
     later = WindowSet(_with_future_changed(series, 10 + w - 1), [(0, 10)], LOOKBACK, HORIZON)
     x3, _ = later[0]

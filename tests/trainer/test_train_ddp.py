@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from tests.trainer.train_helpers import first_step_grads, tiny_models
+from tests.trainer.train_helpers import first_step_grads, free_port, tiny_models
 from trainer.loop import setup_distributed, teardown
 
 HELPER = Path(__file__).with_name("train_helpers.py")
@@ -18,16 +17,10 @@ REPO = HELPER.parents[2]
 ROWS = 3  # windows per rank
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           f"--master-port={_free_port()}", str(HELPER), *args]
+           f"--master-port={free_port()}", str(HELPER), *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done

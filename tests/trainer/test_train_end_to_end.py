@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -16,17 +15,11 @@ import redis.asyncio as redis
 
 from kronos_contract.archive import read_bars
 from kronos_contract.registry import Registry, hint_channel
-from tests.trainer.train_helpers import BARS_CSV, HORIZON, LOOKBACK, save_tiny
+from tests.trainer.train_helpers import BARS_CSV, HORIZON, LOOKBACK, free_port, save_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 BARS = 400  # per symbol
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _run(*args: str, env: dict[str, str], timeout: float) -> tuple[int, str, str]:
@@ -72,7 +65,7 @@ async def test_replay_archive_torchrun_train_gate_publish(
     await pubsub.subscribe(hint_channel(key_prefix))
     try:
         rc, out, err = await _run(
-            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
             "-m", "daemon.cli", "train", "--archive", archive, "--registry", registry_root,
             "--work-dir", str(tmp_path / "work"), "--lookback", str(LOOKBACK), "--horizon", str(HORIZON),
             "--tokenizer-steps", "30", "--tokenizer-lr", "5e-3", "--steps", "30", "--lr", "3e-3",

@@ -3,8 +3,11 @@ recorded as refused; scores come from kronos_core.scoring on the same held-out w
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -29,8 +32,9 @@ def world(tmp_path: Path) -> dict[str, str]:
 
 
 def _settings(world: dict[str, str], **extra: object):
-    return load_train_settings(**world, steps=2, batch_size=4, lookback=LOOKBACK, horizon=HORIZON,
-                               eval_windows=6, eval_samples=4, warmup_steps=0, progress="log", **extra)
+    given = {"steps": 2, "batch_size": 4, "lookback": LOOKBACK, "horizon": HORIZON, "eval_windows": 6,
+             "eval_samples": 4, "warmup_steps": 0, "progress": "log", **world, **extra}
+    return load_train_settings(**given)
 
 
 def _sabotage(monkeypatch: pytest.MonkeyPatch, damage) -> None:
@@ -79,3 +83,40 @@ def test_decide_needs_a_margin_and_finite_outputs() -> None:
     assert not decide(worse, good, 0.0).promote
     broken = score_paths(torch.full((4, 5, 3), float("nan")).numpy(), truth, truth[:, 0])
     assert not decide(broken, worse, 0.0).promote
+
+
+class InjectedCrash(Exception):
+    pass
+
+
+def test_a_crashed_run_resumes_although_new_bars_were_archived(world, monkeypatch) -> None:
+    """Without --end the first start pins "now" in the work folder; a restart reads the same bars."""
+    real = run_module.run_loop
+
+    def crash_after_two(*args, **kwargs):
+        def after(step: int) -> None:
+            if step == 2:
+                raise InjectedCrash("after step 2")
+
+        return real(*args, **kwargs, after_step=after)
+
+    monkeypatch.setattr(run_module, "run_loop", crash_after_two)
+    settings = _settings(world, steps=4, save_every=2)
+    with pytest.raises(InjectedCrash):
+        run_training(settings)
+    pinned = pd.Timestamp(json.loads((Path(world["work_dir"]) / "plan.json").read_text())["end"])
+    later = archive_frame(rows=50)  # bars that arrive after the first start (timestamps squeezed)
+    later["ts"] = pinned + pd.to_timedelta(later.groupby("symbol").cumcount() + 1, unit="ms")
+    write_bars(world["archive"], later, name="bars-p0-o600-699")
+    time.sleep(0.2)
+    monkeypatch.setattr(run_module, "run_loop", real)
+    manifest = run_training(settings)
+    assert manifest["training"]["resumed_from_step"] == 2
+    assert manifest["data"]["rows"] == 600  # the pinned range, not the new bars
+    fresh = run_training(settings)  # the next run (the last one published) takes the new bars
+    assert fresh["data"]["rows"] == 700 and fresh["training"]["resumed_from_step"] == 0
+
+
+def test_manifests_do_not_carry_url_credentials() -> None:
+    assert run_module._redact_url("redis://:s3cret@cache:6379/0") == "redis://***@cache:6379/0"
+    assert run_module._redact_url("/models") == "/models"

@@ -35,3 +35,23 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict
         monkeypatch.setenv(key, value)
     with pytest.raises(TrainConfigError, match=needle):
         load_train_settings()
+
+
+def test_the_command_stops_with_exit_2_and_a_message(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.trainer.train_helpers import save_tiny
+
+    repo = Path(__file__).resolve().parents[2]
+    tok, pred = save_tiny(tmp_path / "model")
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    base = [sys.executable, "-m", "daemon.cli", "train", "--archive", str(tmp_path / "empty"),
+            "--work-dir", str(tmp_path / "work")]
+    empty = subprocess.run([*base, "--tokenizer-dir", str(tok), "--predictor-dir", str(pred)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 2 and "holds no bars" in empty.stderr
+    bad = subprocess.run([*base, "--steps", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--steps" in bad.stderr

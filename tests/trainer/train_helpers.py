@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -38,6 +39,12 @@ TINY_PREDICTOR = PredictorConfig(
     ffn_dropout_p=0.0, attn_dropout_p=0.0, resid_dropout_p=0.0, token_dropout_p=0.0,
 )
 LOOKBACK, HORIZON = 24, 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def tiny_models(seed: int = 0) -> tuple[KronosTokenizer, Kronos]:

@@ -82,6 +82,24 @@ def test_swappable_forecaster_swaps_only_at_pin() -> None:
     assert slot.withdraw() == "v1" and pin_forecaster(slot) is v2 and slot.withdraw() is None
 
 
+def test_the_old_model_is_released_once_the_call_in_flight_is_done() -> None:
+    import gc
+    import weakref
+
+    v1 = StubForecaster(model_version="v1")
+    old = weakref.ref(v1)
+    slot = SwappableForecaster(v1)
+    del v1
+    in_flight = pin_forecaster(slot)  # a model call holds v1 ...
+    slot.offer(StubForecaster(model_version="v2"))
+    assert pin_forecaster(slot).model_version == "v2"  # ... the next call runs v2
+    gc.collect()
+    assert old() is in_flight  # still alive for the call in flight
+    del in_flight
+    gc.collect()
+    assert old() is None
+
+
 def test_load_version_checks_and_smoke_tests_a_good_version(registry_root: Path, tmp_path: Path) -> None:
     settings = _settings(registry_root)
     loaded = load_version(Registry(str(registry_root)), "v2", settings, tmp_path / "c", _states())

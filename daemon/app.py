@@ -15,7 +15,8 @@ import contextlib
 import gc
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 
@@ -33,6 +34,7 @@ from daemon.state import StateStore
 from kronos_core.stream_types import StreamForecaster
 
 log = structlog.get_logger("kronos.app")
+T = TypeVar("T")
 
 
 class Daemon:
@@ -146,7 +148,11 @@ class Daemon:
         await self._connect("redis", "connecting to Redis", self.store.ping)
         if self.forecaster is None and s.model.registry:
             self.models = ModelFollower(
-                s, ModelMetrics(self.metrics.registry), states=self._states, on_swap=self._model_swapped
+                s,
+                ModelMetrics(self.metrics.registry),
+                states=self._states,
+                on_swap=self._model_swapped,
+                model_thread=self._on_model_thread,
             )
             self.forecaster = await self.models.start()
         if self.forecaster is None:
@@ -201,6 +207,9 @@ class Daemon:
 
     def _states(self) -> dict[str, Any]:
         return self.loop.states if self.loop is not None else {}
+
+    async def _on_model_thread(self, fn: Callable[[], T]) -> T:
+        return await (self.loop.on_model_thread(fn) if self.loop is not None else asyncio.to_thread(fn))
 
     def _model_swapped(self, new: StreamForecaster, old_version: str) -> None:
         self.metrics.model_info.info({"version": new.model_version, "mode": new.mode})

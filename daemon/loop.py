@@ -605,6 +605,10 @@ class ForecastLoop:
             )
         return results
 
+    async def on_model_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the model thread, between model calls (on CUDA one thread does all the work)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     @property
     def states(self) -> dict[str, SymbolState]:
         """The symbols held in memory (read-only use: smoke forecasts of a new model version)."""

@@ -27,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,12 +319,19 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def load_version(
-    registry: Any, version: str, settings: Settings, cache_root: Path, states: Mapping[str, SymbolState]
-) -> LoadedModel:
-    """Fetch, verify, check, build and smoke-test one version (blocking: run it in a worker thread)."""
-    from daemon.forecaster import build_engine_forecaster, check_forecaster
+@dataclass
+class Prepared:
+    """A fetched, verified and checked version, not built yet."""
 
+    version: str
+    dest: Path  # the fetched files (deleted once built)
+    settings: Settings  # the daemon's settings pointing at them, with the manifest's runtime settings
+    fetch_s: float
+
+
+def prepare_version(registry: Any, version: str, settings: Settings, cache_root: Path) -> Prepared:
+    """Fetch with every sha256 verified, check configs, runtime settings and (on CUDA) room. Blocking,
+    and no CUDA work: any worker thread."""
     t0 = time.perf_counter()
     dest = cache_root / version
     shutil.rmtree(dest, ignore_errors=True)
@@ -353,22 +361,35 @@ def load_version(
                 f"{version}: {free} bytes free on {m.device}, not room for a second model of {weights} bytes; "
                 "waiting for memory (the current model keeps serving)"
             )
-        model = m.model_copy(
-            update={
-                "tokenizer_dir": tokenizer_dir,
-                "predictor_dir": predictor_dir,
-                "version": version,
-                **overrides,
-            }
-        )
-        try:
-            forecaster = build_engine_forecaster(settings.model_copy(update={"model": model}))
-            check_forecaster(forecaster, settings)
-        except (ForecasterError, ConfigError) as exc:
-            raise LoadRefused("load_failed", f"building {version} failed: {exc}") from exc
-        load_s = time.perf_counter() - t0
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    model = m.model_copy(
+        update={
+            "tokenizer_dir": tokenizer_dir,
+            "predictor_dir": predictor_dir,
+            "version": version,
+            **overrides,
+        }
+    )
+    return Prepared(version, dest, settings.model_copy(update={"model": model}), time.perf_counter() - t0)
+
+
+def build_version(prepared: Prepared, settings: Settings, states: Mapping[str, SymbolState]) -> LoadedModel:
+    """Build a prepared version and smoke-test it on ``states``' bars. Blocking; on CUDA it must run on
+    the thread that runs the model calls (see :func:`uses_cuda`)."""
+    from daemon.forecaster import build_engine_forecaster, check_forecaster
+
+    version, m = prepared.version, settings.model
+    t0 = time.perf_counter()
+    try:
+        forecaster = build_engine_forecaster(prepared.settings)
+        check_forecaster(forecaster, settings)
+    except (ForecasterError, ConfigError) as exc:
+        raise LoadRefused("load_failed", f"building {version} failed: {exc}") from exc
     finally:
-        shutil.rmtree(dest, ignore_errors=True)  # the weights are in memory now
+        shutil.rmtree(prepared.dest, ignore_errors=True)  # the weights are in memory now
+    load_s = prepared.fetch_s + time.perf_counter() - t0
     t1 = time.perf_counter()
     check_weights_finite(forecaster)
     windows = smoke_windows(states, m.horizon, int(settings.default_bar_interval_s * 1e9))
@@ -386,6 +407,26 @@ def load_version(
     return LoadedModel(forecaster, load_s, time.perf_counter() - t1)
 
 
+def load_version(
+    registry: Any, version: str, settings: Settings, cache_root: Path, states: Mapping[str, SymbolState]
+) -> LoadedModel:
+    """Fetch, verify, check, build and smoke-test one version (blocking: run it in a worker thread)."""
+    return build_version(prepare_version(registry, version, settings, cache_root), settings, states)
+
+
+def uses_cuda(settings: Settings) -> bool:
+    """Whether the model runs on CUDA. There, building a version and its smoke forecast run on the
+    daemon's model thread between calls, not beside it: with CUDA graphs captured on one thread
+    (``torch.cuda.graph``'s default error mode), allocations or syncs from another thread in the
+    meantime break the capture, so one thread does all the CUDA work."""
+    device = settings.model.device
+    if device == "auto":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return device.startswith("cuda")
+
+
 # -- following the pointer ------------------------------------------------------------------------
 
 
@@ -400,6 +441,7 @@ class ModelFollower:
         states: Callable[[], Mapping[str, SymbolState]] = dict,
         on_swap: Callable[[StreamForecaster, str], None] | None = None,
         registry: Any = None,
+        model_thread: Callable[[Callable[[], LoadedModel]], Awaitable[LoadedModel]] | None = None,
     ) -> None:
         m = settings.model
         if not m.registry:
@@ -408,6 +450,7 @@ class ModelFollower:
         self.metrics = metrics
         self._states = states
         self._on_swap = on_swap
+        self._model_thread = model_thread  # runs a blocking call on the loop's model thread
         if registry is None:
             from kronos_contract.registry import Registry
 
@@ -505,9 +548,15 @@ class ModelFollower:
 
     async def _load(self, version: str) -> LoadedModel:
         states = dict(self._states())  # snapshot on the event loop; the thread reads it only
-        loaded = await asyncio.to_thread(
-            load_version, self.registry, version, self.settings, self.cache_root, states
+        prepared = await asyncio.to_thread(
+            prepare_version, self.registry, version, self.settings, self.cache_root
         )
+        build = functools.partial(build_version, prepared, self.settings, states)
+        if self._model_thread is not None and uses_cuda(self.settings):
+            log.info("building the new version on the model thread (CUDA), between calls", version=version)
+            loaded = await self._model_thread(build)
+        else:
+            loaded = await asyncio.to_thread(build)
         self.metrics.load_seconds.observe(loaded.load_s)
         self.metrics.warmup_seconds.observe(loaded.warmup_s)
         log.info(

@@ -4,6 +4,7 @@ No Kafka or Redis here: the follower's checks are driven by hand (the hint liste
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,40 @@ def test_a_registry_and_model_folders_together_are_refused(tmp_path: Path) -> No
 
     with pytest.raises(ConfigError, match="KRONOS_MODEL__REGISTRY names the model"):
         _settings(tmp_path, tokenizer_dir=str(TINY / "tokenizer"), predictor_dir=str(TINY / "predictor"))
+
+
+async def test_on_cuda_a_new_version_is_built_on_the_model_thread(
+    registry_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No GPU here: ``uses_cuda`` is forced (pure logic); the model itself stays on the CPU."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import daemon.models as models
+
+    executor = ThreadPoolExecutor(1, thread_name_prefix="kronos-model")
+    built_on: list[str] = []
+    real_build = models.build_version
+
+    def build(*args: object) -> models.LoadedModel:
+        built_on.append(threading.current_thread().name)
+        return real_build(*args)  # type: ignore[arg-type]
+
+    async def model_thread(fn: object) -> models.LoadedModel:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(models, "build_version", build)
+    follower = ModelFollower(
+        _settings(registry_root), ModelMetrics(CollectorRegistry()), states=_states, model_thread=model_thread
+    )
+    slot = await follower.start()
+    Registry(str(registry_root)).promote("v2")
+    monkeypatch.setattr(models, "uses_cuda", lambda settings: False)
+    assert await follower.check() == "v2"
+    assert pin_forecaster(slot).model_version == "v2"
+    monkeypatch.setattr(models, "uses_cuda", lambda settings: True)
+    Registry(str(registry_root)).promote("v1")
+    assert await follower.check() == "v1"
+    assert built_on[1].startswith("asyncio") and built_on[2].startswith("kronos-model"), built_on
+    await follower.close()
+    executor.shutdown()

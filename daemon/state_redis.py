@@ -174,8 +174,10 @@ class RedisStateStore(StateStore):
     async def generation(self) -> str:
         key = generation_key(self.key_prefix)
         try:
-            await self._client.set(key, uuid.uuid4().hex, nx=True)
-            raw = await self._client.get(key)
+            async with self._client.pipeline(transaction=False) as pipe:  # one round trip per batch
+                pipe.set(key, uuid.uuid4().hex, nx=True)
+                pipe.get(key)
+                _, raw = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StateUnavailable(f"reading the state generation from Redis failed: {exc}") from exc
         return "" if raw is None else _text(raw)

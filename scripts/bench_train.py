@@ -14,6 +14,9 @@ persistence before and after a short fine-tune. Writes ``results/bench_train.jso
    of the bars): CRPS and close MAE in price units, skill = 1 - model / persistence.
 
 Run: ``python scripts/bench_train.py [--steps 30] [--finetune-steps 100] [--out-dir results]``.
+``--small-shapes cuda`` instead measures fine-tuning samples/s of the Kronos-small shapes (random
+weights, random-walk bars, window ``--small-lookback`` + 12, bf16 on CUDA) into
+``bench_train_small.json``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,34 @@ def train(args: list[str], *, nproc: int, threads: int) -> dict[str, Any]:
     return summary
 
 
+def small_shapes(device: str, steps: int, batch_size: int, lookback: int, bf16: bool) -> dict[str, Any]:
+    """Fine-tuning samples/s of the Kronos-small shapes (random weights, random-walk bars)."""
+    import numpy as np
+
+    from kronos_core.presets import build_pair
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-small-") as tmp:
+        root = Path(tmp)
+        tokenizer, model = build_pair("Kronos-small")
+        tok, pred = tokenizer.save_pretrained(root / "tokenizer"), model.save_pretrained(root / "predictor")
+        rng = np.random.default_rng(0)
+        n = 4 * (lookback + 12) * max(1, batch_size)
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
+        frame = pd.DataFrame({
+            "symbol": "SYN", "ts": pd.date_range("2024-01-01", periods=n, freq="1min", tz="UTC"),
+            "open": close, "high": close * 1.001, "low": close * 0.999, "close": close,
+            "volume": rng.uniform(1e3, 1e4, n), "amount": rng.uniform(1e5, 1e6, n),
+        })
+        write_bars(str(root / "archive"), frame, name="syn-p0-o0-" + str(n - 1))
+        summary = train(["--archive", str(root / "archive"), "--tokenizer-dir", str(tok), "--predictor-dir", str(pred),
+                         "--lookback", str(lookback), "--horizon", "12", "--steps", str(steps), "--batch-size",
+                         str(batch_size), "--device", device, "--bf16" if bf16 else "--no-bf16", "--eval-windows", "2",
+                         "--eval-samples", "2", "--save-every", str(steps), "--work-dir", str(root / "work")],
+                        nproc=1, threads=max(1, os.cpu_count() or 1))
+    return {"device": device, "bf16": bf16, "steps": steps, "batch_size": batch_size, "window": lookback + 12,
+            "samples_per_s": summary["training"]["samples_per_s"], "loop_wall_s": summary["training"]["wall_s"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="steps per throughput run")
@@ -81,7 +112,18 @@ def main() -> int:
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--eval-samples", type=int, default=8)
     parser.add_argument("--out-dir", type=Path, default=REPO / "results")
+    parser.add_argument("--small-shapes", metavar="DEVICE",
+                        help="only measure Kronos-small shapes on DEVICE (e.g. cuda; bf16 there) and write "
+                        "bench_train_small.json")
+    parser.add_argument("--small-lookback", type=int, default=500)
     args = parser.parse_args()
+    if args.small_shapes:
+        result = small_shapes(args.small_shapes, args.steps, args.batch_size, args.small_lookback,
+                              bf16=args.small_shapes.startswith("cuda"))
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / "bench_train_small.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
 
     report: dict[str, Any] = {"cpu_count": os.cpu_count(), "steps": args.steps, "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:

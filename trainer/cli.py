@@ -96,7 +96,8 @@ def run_args(args: argparse.Namespace) -> int:
         gate = manifest.get("gate", {})
         evaluation = manifest.get("evaluation", {})
         print(json.dumps({
-            "version": manifest.get("version"), "promoted": gate.get("promoted"), "reason": gate.get("reason"),
+            "version": manifest.get("version"), "promoted": gate.get("promoted"), "passed": gate.get("passed"),
+            "reason": gate.get("reason"),
             "champion": gate.get("champion"),
             "crps": {k: evaluation.get(k, {}).get("crps") for k in ("candidate", "champion", "persistence")},
             "training": {k: manifest.get("training", {}).get(k) for k in ("steps", "wall_s", "samples_per_s",

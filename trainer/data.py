@@ -126,7 +126,7 @@ def walk_forward(series: Sequence[SymbolSeries], lookback: int, horizon: int, va
     window = lookback + horizon
     first = min(s.times[0] for s in series if len(s))
     last = max(s.times[-1] for s in series if len(s))
-    cut = first + (last - first) * (1.0 - val_fraction)
+    cut = (first + (last - first) * (1.0 - val_fraction)).astype("datetime64[us]")  # a whole microsecond
     val_stride = val_stride or horizon
     train, val, rows = [], [], {}
     for k, s in enumerate(series):

@@ -338,57 +338,59 @@ def run_loop(
     offset = 0  # global step at which the current phase starts
     tokenizer.requires_grad_(False)
     model.requires_grad_(False)
-    for pc in cfg.phases:
-        if done >= offset + pc.steps:
+    devices = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the per-step reseeding stays inside the loop
+        for pc in cfg.phases:
+            if done >= offset + pc.steps:
+                offset += pc.steps
+                continue
+            module: nn.Module = tokenizer if pc.name == "tokenizer" else model
+            phase = make_phase(pc, module, runtime)
+            if state and state.get("phase") == pc.name and done > offset:
+                phase.optimizer.load_state_dict(state["optimizer"])
+                phase.scheduler.load_state_dict(state["scheduler"])
+            if pc.name == "predictor":
+                tokenizer.eval()
+            batches = _batches(train, runtime, cfg, per_epoch, done - offset)
+            for step in range(done, offset + pc.steps):
+                torch.manual_seed(derive("step", cfg.seed, runtime.rank, step))  # dropout of this rank and step
+                x, stamp = next(batches)
+                x, stamp = x.to(runtime.device, non_blocking=True), stamp.to(runtime.device, non_blocking=True)
+                phase.optimizer.zero_grad(set_to_none=True)
+                with _autocast(runtime, cfg.bf16):
+                    if pc.name == "predictor":
+                        gen = torch.Generator(device=runtime.device).manual_seed(derive("s1", cfg.seed, runtime.rank, step))
+                        loss, parts = predictor_loss_ddp(phase.ddp, tokenizer, x, stamp, cfg.lookback,
+                                                         teacher_forcing=cfg.teacher_forcing, generator=gen)
+                    else:
+                        loss, parts = tokenizer_loss_ddp(phase.ddp, x)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{pc.name} step {step + 1}: non-finite loss {loss.item()}; lower --lr")
+                loss.backward()
+                grad_norm = float(nn.utils.clip_grad_norm_(module.parameters(), pc.grad_clip))
+                lr = float(phase.scheduler.get_last_lr()[0])
+                phase.optimizer.step()
+                phase.scheduler.step()
+                metrics = {"loss": loss.item(), "grad_norm": grad_norm, "lr": lr, **parts}
+                history.append({"phase": pc.name, "step": step + 1, **{k: round(v, 6) for k, v in metrics.items()}})
+                samples += cfg.batch_size * runtime.world
+                progress.update(step + 1, pc.name, metrics, cfg.batch_size * runtime.world, done)
+                last = step + 1 == offset + pc.steps
+                if runtime.is_main and ((step + 1) % cfg.save_every == 0 or last):
+                    save_state(state_path, {
+                        "format": STATE_FORMAT, "fingerprint": fingerprint, "step": step + 1, "phase": pc.name,
+                        "tokenizer": tokenizer.state_dict(), "model": model.state_dict(),
+                        "optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict(),
+                        "world_size": runtime.world, "rng": {"scheme": "reseeded per step from (seed, rank, step)",
+                                                             "seed": cfg.seed},
+                        "saved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    })
+                if after_step is not None:
+                    after_step(step + 1)
+            module.requires_grad_(False)
+            module.eval()
             offset += pc.steps
-            continue
-        module: nn.Module = tokenizer if pc.name == "tokenizer" else model
-        phase = make_phase(pc, module, runtime)
-        if state and state.get("phase") == pc.name and done > offset:
-            phase.optimizer.load_state_dict(state["optimizer"])
-            phase.scheduler.load_state_dict(state["scheduler"])
-        if pc.name == "predictor":
-            tokenizer.eval()
-        batches = _batches(train, runtime, cfg, per_epoch, done - offset)
-        for step in range(done, offset + pc.steps):
-            torch.manual_seed(derive("step", cfg.seed, runtime.rank, step))  # dropout of this rank and step
-            x, stamp = next(batches)
-            x, stamp = x.to(runtime.device, non_blocking=True), stamp.to(runtime.device, non_blocking=True)
-            phase.optimizer.zero_grad(set_to_none=True)
-            with _autocast(runtime, cfg.bf16):
-                if pc.name == "predictor":
-                    gen = torch.Generator(device=runtime.device).manual_seed(derive("s1", cfg.seed, runtime.rank, step))
-                    loss, parts = predictor_loss_ddp(phase.ddp, tokenizer, x, stamp, cfg.lookback,
-                                                     teacher_forcing=cfg.teacher_forcing, generator=gen)
-                else:
-                    loss, parts = tokenizer_loss_ddp(phase.ddp, x)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{pc.name} step {step + 1}: non-finite loss {loss.item()}; lower --lr")
-            loss.backward()
-            grad_norm = float(nn.utils.clip_grad_norm_(module.parameters(), pc.grad_clip))
-            lr = float(phase.scheduler.get_last_lr()[0])
-            phase.optimizer.step()
-            phase.scheduler.step()
-            metrics = {"loss": loss.item(), "grad_norm": grad_norm, "lr": lr, **parts}
-            history.append({"phase": pc.name, "step": step + 1, **{k: round(v, 6) for k, v in metrics.items()}})
-            samples += cfg.batch_size * runtime.world
-            progress.update(step + 1, pc.name, metrics, cfg.batch_size * runtime.world, done)
-            last = step + 1 == offset + pc.steps
-            if runtime.is_main and ((step + 1) % cfg.save_every == 0 or last):
-                save_state(state_path, {
-                    "format": STATE_FORMAT, "fingerprint": fingerprint, "step": step + 1, "phase": pc.name,
-                    "tokenizer": tokenizer.state_dict(), "model": model.state_dict(),
-                    "optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict(),
-                    "world_size": runtime.world, "rng": {"scheme": "reseeded per step from (seed, rank, step)",
-                                                         "seed": cfg.seed},
-                    "saved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                })
-            if after_step is not None:
-                after_step(step + 1)
-        module.requires_grad_(False)
-        module.eval()
-        offset += pc.steps
-        done = offset
+            done = offset
     if runtime.world > 1:
         dist.barrier()
     tokenizer.eval()

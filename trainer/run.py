@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 import kronos_core
 from kronos_core import Kronos, KronosTokenizer
-from trainer.data import Split, series_from_frame, walk_forward
+from trainer.data import Split, TrainingDataError, series_from_frame, walk_forward
 from trainer.gate import build_eval_set, decide, figures, score_candidate, score_model, weights_finite
 from trainer.loop import LoopConfig, LoopResult, PhaseConfig, Runtime, run_loop, setup_distributed, teardown
 from trainer.settings import TrainSettings
@@ -72,6 +72,9 @@ def resolve_start(settings: TrainSettings, runtime: Runtime) -> StartingPoint:
         )
     dest = settings.work_dir / "parent" / champion
     if runtime.is_main:
+        for old in (settings.work_dir / "parent").glob("*"):  # earlier champions' copies (a reused work folder)
+            if old.name != champion and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
         local = registry.fetch(champion, dest)
     if runtime.world > 1:
         dist.barrier()
@@ -99,6 +102,12 @@ def load_split(settings: TrainSettings, calendar_tz: str) -> Split:
 
     frame = read_bars(settings.archive, start=settings.start, end=settings.end,
                       symbols=list(settings.symbols) if settings.symbols else None)
+    if frame.empty:
+        raise TrainingDataError(
+            f"the archive {_redact_url(settings.archive)} holds no bars from {settings.start or 'the beginning'} "
+            f"to {settings.end or 'now'} for symbols {list(settings.symbols) if settings.symbols else 'all'}: "
+            "check the archive path, the time range and the symbols"
+        )
     return walk_forward(series_from_frame(frame, calendar_tz), settings.lookback, settings.horizon,
                         settings.val_fraction)
 
@@ -157,7 +166,9 @@ def build_manifest(settings: TrainSettings, start: StartingPoint, split: Split, 
         "format": MANIFEST_FORMAT,
         "parent": start.version,
         "parent_source": None if start.version else str(start.predictor_dir.parent),
-        "runtime": {"max_context": settings.window, "calendar_tz": settings.calendar_tz or start.calendar_tz},
+        "runtime": {**start.manifest.get("runtime", {}),  # the parent's runtime settings carry over
+                    "max_context": start.manifest.get("runtime", {}).get("max_context") or settings.window,
+                    "calendar_tz": settings.calendar_tz or start.calendar_tz, "train_window": settings.window},
         "data": {"archive": _redact_url(settings.archive), "start": str(settings.start) if settings.start else None,
                  "end": str(settings.end) if settings.end else None,
                  **{k: v for k, v in split.summary.items() if k != "symbols"},
@@ -240,7 +251,8 @@ def _run(settings: TrainSettings, runtime: Runtime) -> dict[str, Any]:
                            Kronos.from_pretrained(baseline.predictor_dir), es, settings.eval_samples)
     verdict = decide(candidate, champion, settings.gate_margin, finite_weights=weights_finite(tokenizer, model))
     evaluation = figures(candidate, champion, es, settings.eval_samples)
-    gate = {"promoted": verdict.promote and settings.promote, "passed": verdict.promote, "reason": verdict.reason,
+    promoted = verdict.promote and settings.promote and settings.registry is not None  # no registry: kept locally
+    gate = {"promoted": promoted, "passed": verdict.promote, "reason": verdict.reason,
             "margin": settings.gate_margin, "metric": "crps"}
     gate["champion"] = baseline.version or str(baseline.predictor_dir.parent)
     manifest = build_manifest(settings, start, split, result, evaluation, gate, runtime)

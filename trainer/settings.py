@@ -94,6 +94,12 @@ class TrainSettings(BaseSettings):
     redis_url: str | None = Field(default=None, description="publish a hint on <key_prefix>:models")
     key_prefix: str = Field(default="kronos", min_length=1, pattern=r"^[^\s{}]+$")
 
+    @field_validator("registry", "redis_url", "calendar_tz", "tokenizer_dir", "predictor_dir", "start", "end",
+                     mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value  # VAR="" means not set
+
     @field_validator("start", "end")
     @classmethod
     def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:

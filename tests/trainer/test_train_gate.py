@@ -120,3 +120,30 @@ def test_a_crashed_run_resumes_although_new_bars_were_archived(world, monkeypatc
 def test_manifests_do_not_carry_url_credentials() -> None:
     assert run_module._redact_url("redis://:s3cret@cache:6379/0") == "redis://***@cache:6379/0"
     assert run_module._redact_url("/models") == "/models"
+
+
+def test_resume_across_the_tokenizer_and_predictor_phases_ends_like_a_straight_run(world, monkeypatch) -> None:
+    real = run_module.run_loop
+
+    def crash_after_four(*args, **kwargs):
+        def after(step: int) -> None:
+            if step == 4:
+                raise InjectedCrash("after step 4")
+
+        return real(*args, **kwargs, after_step=after)
+
+    settings = _settings(world, tokenizer_steps=2, tokenizer_lr=5e-3, steps=4, lr=1e-3, save_every=3, promote=False)
+    monkeypatch.setattr(run_module, "run_loop", crash_after_four)
+    with pytest.raises(InjectedCrash):
+        run_training(settings)
+    monkeypatch.setattr(run_module, "run_loop", real)
+    resumed = run_training(settings)
+    assert resumed["training"]["resumed_from_step"] == 3  # inside the predictor phase
+    straight_settings = settings.model_copy(update={"work_dir": Path(world["work_dir"]).with_name("straight")})
+    straight = run_training(straight_settings)
+    assert straight["training"]["resumed_from_step"] == 0
+    for part in ("tokenizer", "predictor"):
+        a = (Path(world["work_dir"]) / "candidate" / part / "model.safetensors").read_bytes()
+        b = (straight_settings.work_dir / "candidate" / part / "model.safetensors").read_bytes()
+        assert a == b, part
+    assert Registry(world["registry"]).champion() == "v0-champion"  # --no-promote

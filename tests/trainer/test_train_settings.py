@@ -14,10 +14,12 @@ def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KRONOS_TRAIN__SYMBOLS", "AAA, BBB")
     monkeypatch.setenv("KRONOS_TRAIN__STEPS", "7")
     monkeypatch.setenv("KRONOS_TRAIN__START", "2024-01-02")
+    monkeypatch.setenv("KRONOS_TRAIN__REDIS_URL", "")  # an empty variable is unset (a chart may render one)
     s = load_train_settings(steps=9, batch_size=None)
     assert s.registry == "/models" and s.symbols == ("AAA", "BBB")
     assert s.steps == 9 and s.batch_size == 16
     assert s.start == dt.datetime(2024, 1, 2, tzinfo=dt.UTC)
+    assert s.redis_url is None
 
 
 @pytest.mark.parametrize(

@@ -266,7 +266,9 @@ def check_configs(tokenizer_dir: Path, predictor_dir: Path) -> None:
 
 
 def runtime_overrides(manifest: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """The manifest's runtime settings applied to ours; a max_context above the model's is refused."""
+    """The manifest's runtime settings applied to ours: its ``calendar_tz`` unless
+    KRONOS_MODEL__CALENDAR_TZ is set; a KRONOS_MODEL__MAX_CONTEXT above its ``max_context`` is refused
+    (a swapped-in version cannot change the daemon's context length: the bar rings are sized by it)."""
     runtime = manifest.get("runtime") or {}
     if not isinstance(runtime, Mapping):
         raise LoadRefused("incompatible", f"manifest runtime is {type(runtime).__name__}, not an object")
@@ -279,8 +281,8 @@ def runtime_overrides(manifest: Mapping[str, Any], settings: Settings) -> dict[s
             f"{supported} bars (manifest runtime.max_context); lower the setting or publish another model",
         )
     tz = runtime.get("calendar_tz")
-    if tz and tz != settings.model.calendar_tz:
-        overrides["calendar_tz"] = str(tz)  # the calendar the model was trained in
+    if tz and "calendar_tz" not in settings.model.model_fields_set:
+        overrides["calendar_tz"] = str(tz)  # the zone the model was trained in, unless set explicitly
     return overrides
 
 

@@ -152,9 +152,9 @@ def test_a_max_context_above_the_models_is_refused(registry_root: Path) -> None:
     settings = _settings(registry_root)
     with pytest.raises(LoadRefused, match="supports at most 32 bars"):
         runtime_overrides({"runtime": {"max_context": 32}}, settings)
-    assert runtime_overrides({"runtime": {"max_context": 64, "calendar_tz": "Asia/Shanghai"}}, settings) == {
-        "calendar_tz": "Asia/Shanghai"
-    }
+    runtime = {"runtime": {"max_context": 64, "calendar_tz": "Asia/Shanghai"}}
+    assert runtime_overrides(runtime, settings) == {"calendar_tz": "Asia/Shanghai"}
+    assert runtime_overrides(runtime, _settings(registry_root, calendar_tz="UTC")) == {}  # set: it wins
 
 
 async def test_the_follower_swaps_refuses_keeps_serving_and_retries_with_backoff(

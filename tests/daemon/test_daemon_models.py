@@ -278,3 +278,21 @@ async def test_on_cuda_a_new_version_is_built_on_the_model_thread(
     assert built_on[1].startswith("asyncio") and built_on[2].startswith("kronos-model"), built_on
     await follower.close()
     executor.shutdown()
+
+
+async def test_an_unreachable_hint_channel_leaves_polling_at_work(registry_root: Path) -> None:
+    settings = _settings(registry_root, registry_hint=True, registry_poll_s=0.1)
+    settings = settings.model_copy(
+        update={"redis": settings.redis.model_copy(update={"url": "redis://127.0.0.1:1/0"})}
+    )
+    follower = ModelFollower(settings, ModelMetrics(CollectorRegistry()), states=_states)
+    slot = await follower.start()
+    follower.run_in_background()
+    Registry(str(registry_root)).promote("v2")
+    for _ in range(200):
+        if slot.target_version == "v2":
+            break
+        await asyncio.sleep(0.05)
+    assert slot.target_version == "v2"  # found by polling
+    assert not any(task.done() for task in follower._tasks)  # noqa: SLF001  # the listener keeps retrying
+    await follower.close()

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +29,7 @@ from daemon_helpers import (
     produce,
     read_topic,
     running_daemon,
+    settings_env,
     wait_until,
 )
 from hotswap_helpers import TINY, broken_copy, publish, registry_v1_v2
@@ -211,3 +216,57 @@ async def test_corrupt_v3_is_refused_v2_keeps_serving_and_rollback_brings_v1_bac
     _one_forecast_per_bar(out, series)
     for symbol, versions in _versions_by_symbol(out).items():
         assert versions == ["v1"] * 10 + ["v2"] * 20 + ["v1"] * 10, (symbol, versions)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _python(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+
+async def test_a_daemon_process_follows_models_promote_through_the_redis_hint(
+    kafka_bootstrap: str,
+    redis_url: str,
+    key_prefix: str,
+    group_id: str,
+    topics: Topics,
+    registry_root: Path,
+    tmp_path: Path,
+) -> None:
+    """``kronos-stream run`` configured by KRONOS_MODEL__REGISTRY; ``kronos-stream models promote`` moves
+    the pointer and sends the hint (the daemon would poll only after an hour)."""
+    settings = _settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics, registry_root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log = tmp_path / "daemon.log"
+    series = _series(20)
+    daemon = _python(["-m", "daemon", "run"], {**env, **settings_env(settings)}, log)
+    try:
+        await produce(kafka_bootstrap, topics.input, _chunk(series, 0, 10))
+        before = forecasts(await read_topic(kafka_bootstrap, topics.output, 30, timeout_s=90))
+        assert {f["model_version"] for f in before} == {"v1"}, log.read_text()[-3000:]
+        promote = [
+            "-m", "daemon.cli", "models", "--registry", str(registry_root), "--redis-url", redis_url,
+            "--prefix", settings.redis.key_prefix, "promote", "v2",
+        ]  # fmt: skip
+        cli = _python(promote, env, tmp_path / "cli.log")
+        assert await asyncio.to_thread(cli.wait, 60) == 0, (tmp_path / "cli.log").read_text()
+
+        async def loaded() -> bool:
+            return "model version ready" in log.read_text()
+
+        await wait_until(loaded, 60, "the daemon process to load v2")
+        await produce(kafka_bootstrap, topics.input, _chunk(series, 10, 20))
+        out = forecasts(await read_topic(kafka_bootstrap, topics.output, 60, timeout_s=60))
+    finally:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(daemon.wait, 30)
+    assert code == 0, log.read_text()[-3000:]
+    assert len(out) == 60
+    _one_forecast_per_bar(out, series)
+    for symbol, versions in _versions_by_symbol(out).items():
+        assert versions == ["v1"] * 10 + ["v2"] * 10, (symbol, versions)

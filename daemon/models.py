@@ -454,9 +454,12 @@ class ModelFollower:
         self._on_swap = on_swap
         self._model_thread = model_thread  # runs a blocking call on the loop's model thread
         if registry is None:
-            from kronos_contract.registry import Registry
+            from kronos_contract.registry import Registry, RegistryError
 
-            registry = Registry(m.registry)
+            try:
+                registry = Registry(m.registry)
+            except RegistryError as exc:
+                raise ConfigError(f"KRONOS_MODEL__REGISTRY={m.registry!r} cannot be used: {exc}") from exc
         self.registry = registry
         self._own_cache = m.cache_dir is None
         self.cache_root = (
@@ -471,7 +474,12 @@ class ModelFollower:
 
     async def start(self) -> SwappableForecaster:
         """Load the champion (a refusal here stops the start-up with the reason)."""
-        version = await asyncio.to_thread(self.registry.champion)
+        try:
+            version = await asyncio.to_thread(self.registry.champion)
+        except Exception as exc:  # RegistryError (unreadable pointer) or the storage's own errors
+            raise ForecasterError(
+                f"reading the champion of {self.settings.model.registry} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         if not version:
             raise ConfigError(
                 f"the registry {self.settings.model.registry} has no champion; publish and promote a version "

@@ -208,6 +208,9 @@ async def test_start_fails_clearly_without_a_champion(tmp_path: Path) -> None:
     publish(reg, "bad", broken_copy(TINY, tmp_path / "bad", "truncated"), promote=True)
     with pytest.raises(ForecasterError, match="cannot serve"):
         await follower.start()
+    (root / "champion.json").write_text("{not json")
+    with pytest.raises(ForecasterError, match="reading the champion"):
+        await follower.start()
 
 
 async def test_no_room_on_the_gpu_defers_the_swap_and_says_so(

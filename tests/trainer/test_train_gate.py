@@ -89,27 +89,32 @@ class InjectedCrash(Exception):
     pass
 
 
-def test_a_crashed_run_resumes_although_new_bars_were_archived(world, monkeypatch) -> None:
-    """Without --end the first start pins "now" in the work folder; a restart reads the same bars."""
+def _crash_once(settings, at_step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the job with a crash right after step ``at_step`` (its state saved as usual)."""
     real = run_module.run_loop
 
-    def crash_after_two(*args, **kwargs):
+    def crashing(*args, **kwargs):
         def after(step: int) -> None:
-            if step == 2:
-                raise InjectedCrash("after step 2")
+            if step == at_step:
+                raise InjectedCrash(f"after step {at_step}")
 
         return real(*args, **kwargs, after_step=after)
 
-    monkeypatch.setattr(run_module, "run_loop", crash_after_two)
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "run_loop", crashing)
+        with pytest.raises(InjectedCrash):
+            run_training(settings)
+
+
+def test_a_crashed_run_resumes_although_new_bars_were_archived(world, monkeypatch) -> None:
+    """Without --end the first start pins "now" in the work folder; a restart reads the same bars."""
     settings = _settings(world, steps=4, save_every=2)
-    with pytest.raises(InjectedCrash):
-        run_training(settings)
+    _crash_once(settings, 2, monkeypatch)
     pinned = pd.Timestamp(json.loads((Path(world["work_dir"]) / "plan.json").read_text())["end"])
     later = archive_frame(rows=50)  # bars that arrive after the first start (timestamps squeezed)
     later["ts"] = pinned + pd.to_timedelta(later.groupby("symbol").cumcount() + 1, unit="ms")
     write_bars(world["archive"], later, name="bars-p0-o600-699")
     time.sleep(0.2)
-    monkeypatch.setattr(run_module, "run_loop", real)
     manifest = run_training(settings)
     assert manifest["training"]["resumed_from_step"] == 2
     assert manifest["data"]["rows"] == 600  # the pinned range, not the new bars
@@ -123,20 +128,8 @@ def test_manifests_do_not_carry_url_credentials() -> None:
 
 
 def test_resume_across_the_tokenizer_and_predictor_phases_ends_like_a_straight_run(world, monkeypatch) -> None:
-    real = run_module.run_loop
-
-    def crash_after_four(*args, **kwargs):
-        def after(step: int) -> None:
-            if step == 4:
-                raise InjectedCrash("after step 4")
-
-        return real(*args, **kwargs, after_step=after)
-
     settings = _settings(world, tokenizer_steps=2, tokenizer_lr=5e-3, steps=4, lr=1e-3, save_every=3, promote=False)
-    monkeypatch.setattr(run_module, "run_loop", crash_after_four)
-    with pytest.raises(InjectedCrash):
-        run_training(settings)
-    monkeypatch.setattr(run_module, "run_loop", real)
+    _crash_once(settings, 4, monkeypatch)
     resumed = run_training(settings)
     assert resumed["training"]["resumed_from_step"] == 3  # inside the predictor phase
     straight_settings = settings.model_copy(update={"work_dir": Path(world["work_dir"]).with_name("straight")})

@@ -312,7 +312,7 @@ def _archive(args: argparse.Namespace) -> int:
         return 0 if summary["bars"] else 1
     from daemon.archiver import run_archiver
 
-    stats = asyncio.run(run_archiver(settings.kafka, archive))
+    stats = asyncio.run(run_archiver(settings.kafka, archive, max_future_s=settings.max_future_s))
     print(json.dumps(stats.as_dict()))
     return 0
 

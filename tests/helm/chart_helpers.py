@@ -27,6 +27,8 @@ CASES: list[Path | None] = [None, *CI_VALUES]
 CASE_IDS = ["default", *(p.stem for p in CI_VALUES)]
 RELEASE = "ks"
 NAMESPACE = "forecasting"
+# helm built by `go install` (no release ldflags) assumes Kubernetes v1.20; name a current one.
+KUBE_VERSION = "1.31.0"
 
 
 def missing_tool(what: str) -> None:
@@ -66,7 +68,7 @@ def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def template_args(case: Path | None, sets: tuple[str, ...] = ()) -> list[str]:
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
     if case is not None:
         args += ["--values", str(case)]
     for item in sets:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import typing
 from collections.abc import Callable
@@ -116,7 +117,9 @@ def workloads(rendered: Rendered) -> list[dict[str, Any]]:
 
 
 def daemon_workload(rendered: Rendered) -> dict[str, Any]:
-    found = [o for o in rendered.objects if o["kind"] in ("Deployment", "StatefulSet") and component(o) == "daemon"]
+    found = [
+        o for o in rendered.objects if o["kind"] in ("Deployment", "StatefulSet") and component(o) == "daemon"
+    ]
     assert len(found) == 1, f"{rendered.case}: one daemon workload"
     return found[0]
 
@@ -151,7 +154,9 @@ def kube_validate() -> Any:
         missing_tool("kubernetes-validate is not installed (pip install kubernetes-validate: the dev extra)")
 
 
-def test_every_object_validates_against_the_kubernetes_schemas(rendered: Rendered, kube_validate: Any) -> None:
+def test_every_object_validates_against_the_kubernetes_schemas(
+    rendered: Rendered, kube_validate: Any
+) -> None:
     kinds = set()
     for obj in rendered.objects:
         if obj["kind"] in CRD_KINDS:
@@ -162,7 +167,9 @@ def test_every_object_validates_against_the_kubernetes_schemas(rendered: Rendere
                 kube_validate.validate(obj, target, strict=True)
             except kube_validate.ValidationError as exc:
                 where = ".".join(str(p) for p in exc.path)
-                pytest.fail(f"{rendered.case}: {obj['kind']}/{obj['metadata']['name']} on {target}: {where}: {exc.message}")
+                pytest.fail(
+                    f"{rendered.case}: {obj['kind']}/{obj['metadata']['name']} on {target}: {where}: {exc.message}"
+                )
         kinds.add(obj["kind"])
     assert {"ConfigMap", "Service", "ServiceAccount", "PodDisruptionBudget", "CronJob", "Pod"} <= kinds
 
@@ -239,7 +246,7 @@ def test_daemon_environment_loads_into_the_settings(
     from daemon.settings import load_settings
 
     env = env_of(rendered, "daemon")
-    for name in [k for k in __import__("os").environ if k.upper().startswith("KRONOS_")]:
+    for name in [k for k in os.environ if k.upper().startswith("KRONOS_")]:
         monkeypatch.delenv(name)
     known = settings_env_names(Settings)
     for name, value in env.items():
@@ -262,13 +269,13 @@ def test_retrain_environment_loads_into_the_trainer_settings(
     if cls is None:
         pytest.skip("trainer.settings is not on this branch yet")
     env = env_of(rendered, "retrain")
-    for name in [k for k in __import__("os").environ if k.upper().startswith("KRONOS_")]:
+    for name in [k for k in os.environ if k.upper().startswith("KRONOS_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
         if name.startswith("KRONOS_"):
             monkeypatch.setenv(name, value if isinstance(value, str) else "secret")
     settings = cls()
-    assert str(getattr(settings, "registry")) == env["KRONOS_TRAIN__REGISTRY"]
+    assert str(settings.registry) == env["KRONOS_TRAIN__REGISTRY"]
 
 
 def test_retrain_job_and_daemons_share_the_registry_and_archive(rendered: Rendered) -> None:
@@ -292,7 +299,11 @@ def test_retrain_job_and_daemons_share_the_registry_and_archive(rendered: Render
         for obj in workloads(rendered):
             if component(obj) in ("daemon", "archiver", "retrain"):
                 for spec in pod_specs(obj):
-                    claims = [v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
+                    claims = [
+                        v["persistentVolumeClaim"]["claimName"]
+                        for v in spec["volumes"]
+                        if "persistentVolumeClaim" in v
+                    ]
                     assert claims == [claim["metadata"]["name"]]
 
 
@@ -302,7 +313,9 @@ def test_secrets_only_by_reference(rendered: Rendered) -> None:
         for _, env in containers_env(rendered, obj):
             for name, value in env.items():
                 if "PASSWORD" in name:
-                    assert isinstance(value, dict) and "secretKeyRef" in value, f"{name} is not a Secret reference"
+                    assert isinstance(value, dict) and "secretKeyRef" in value, (
+                        f"{name} is not a Secret reference"
+                    )
     for cm in rendered.of_kind("ConfigMap"):
         assert not [k for k in cm.get("data", {}) if "PASSWORD" in k]
     if rendered.values["redis"]["existingSecret"]:
@@ -342,12 +355,16 @@ def test_probes_match_the_daemon(rendered: Rendered) -> None:
     assert ports["http"] == int(env["KRONOS_HTTP_PORT"])
     # Route each probe's path through the daemon's own handler with liveness and readiness apart.
     for live, ready in ((True, False), (False, True)):
-        server = OpsServer(Metrics(), live=lambda live=live: (live, {}), ready=lambda ready=ready: (ready, {}))
+        server = OpsServer(
+            Metrics(), live=lambda live=live: (live, {}), ready=lambda ready=ready: (ready, {})
+        )
         for probe, wanted in (("startupProbe", live), ("livenessProbe", live), ("readinessProbe", ready)):
             get = container[probe]["httpGet"]
             assert ports.get(get["port"], get["port"]) == ports["http"]
             status, _, _ = server.respond("GET", get["path"])
-            assert status == (200 if wanted else 503), f"{probe} {get['path']} does not follow the right check"
+            assert status == (200 if wanted else 503), (
+                f"{probe} {get['path']} does not follow the right check"
+            )
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "the model load gets minutes"
     services = [s for s in rendered.of_kind("Service") if s["metadata"]["name"].endswith("-metrics")]
@@ -457,8 +474,6 @@ def test_selectors_match_the_pods(rendered: Rendered) -> None:
 
 
 def test_helm_test_hook_runs_the_check(rendered: Rendered) -> None:
-    from daemon.settings import Settings as _S  # noqa: F401 (the check reads the daemon's port)
-
     pod = rendered.one("Pod", "-test-check")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     args = pod["spec"]["containers"][0]["args"]
@@ -474,7 +489,9 @@ def test_notes_render(helm: str, tmp_path: Path) -> None:
     chart = tmp_path / "kronos-stream"
     shutil.copytree(CHART, chart)
     notes = (chart / "templates" / "NOTES.txt").read_text()
-    (chart / "templates" / "_notes_body.tpl").write_text('{{- define "notes-body" -}}\n' + notes + "{{- end }}\n")
+    (chart / "templates" / "_notes_body.tpl").write_text(
+        '{{- define "notes-body" -}}\n' + notes + "{{- end }}\n"
+    )
     (chart / "templates" / "zz-notes.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
         '{{ include "notes-body" . | indent 4 }}\n'
@@ -551,15 +568,32 @@ def test_schema_enums_follow_the_settings() -> None:
 
 RENDER_FAILURES = {
     "grace period not above the shutdown bound": (
-        None, ("daemon.terminationGracePeriodSeconds=25",), "must exceed daemon.gracefulShutdownSeconds"),
+        None,
+        ("daemon.terminationGracePeriodSeconds=25",),
+        "must exceed daemon.gracefulShutdownSeconds",
+    ),
     "more replicas than partitions": (None, ("daemon.replicas=13",), "exceeds kafka.partitions"),
     "KEDA above the partitions": ("keda-values", ("autoscaling.maxReplicas=25",), "exceeds kafka.partitions"),
-    "HPA above the partitions": (None, ("autoscaling.mode=hpa", "autoscaling.maxReplicas=13"), "exceeds kafka.partitions"),
+    "HPA above the partitions": (
+        None,
+        ("autoscaling.mode=hpa", "autoscaling.maxReplicas=13"),
+        "exceeds kafka.partitions",
+    ),
     "a chart-managed variable in a config map": (
-        None, ("daemon.config.graceful_shutdown_s=5",), "KRONOS_GRACEFUL_SHUTDOWN_S is set by the chart"),
-    "SASL without a Secret": (None, ("kafka.securityProtocol=SASL_SSL", "kafka.sasl.mechanism=PLAIN",
-                                     "kafka.sasl.username=u"), "kafka.sasl.existingSecret is required"),
-    "object store without URLs": (None, ("storage.type=objectStore",), "is required with storage.type objectStore"),
+        None,
+        ("daemon.config.graceful_shutdown_s=5",),
+        "KRONOS_GRACEFUL_SHUTDOWN_S is set by the chart",
+    ),
+    "SASL without a Secret": (
+        None,
+        ("kafka.securityProtocol=SASL_SSL", "kafka.sasl.mechanism=PLAIN", "kafka.sasl.username=u"),
+        "kafka.sasl.existingSecret is required",
+    ),
+    "object store without URLs": (
+        None,
+        ("storage.type=objectStore",),
+        "is required with storage.type objectStore",
+    ),
 }
 
 

@@ -76,7 +76,7 @@ def user_is_root(spec: str) -> bool:
 
 
 def test_parser_sees_through_continuations_and_comments() -> None:
-    text = "ARG A=1\n# c\nFROM x AS one\nRUN a \\\n  && b\n\nUSER 5\nFROM one\nENTRYPOINT [\"e\"]\n"
+    text = 'ARG A=1\n# c\nFROM x AS one\nRUN a \\\n  && b\n\nUSER 5\nFROM one\nENTRYPOINT ["e"]\n'
     args, stages = parse_stages(text)
     assert args == {"A": "1"}
     assert [(s.base, s.name) for s in stages] == [("x", "one"), ("one", None)]
@@ -156,7 +156,8 @@ def dockerignore_includes(patterns: list[str], path: str) -> bool:
 
 def test_dockerignore_keeps_the_context_to_the_sources() -> None:
     patterns = [
-        line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     for needed in ("pyproject.toml", "README.md", "daemon/cli.py", "kronos_core/model.py"):
@@ -167,5 +168,14 @@ def test_dockerignore_keeps_the_context_to_the_sources() -> None:
         package = pattern.rstrip("*")
         if (ROOT / package).is_dir():
             assert dockerignore_includes(patterns, f"{package}/__init__.py"), package
-    for unwanted in (".venv", ".cache", ".git", "tests", "results", "helm", ".services", "daemon/__pycache__"):
+    for unwanted in (
+        ".venv",
+        ".cache",
+        ".git",
+        "tests",
+        "results",
+        "helm",
+        ".services",
+        "daemon/__pycache__",
+    ):
         assert not dockerignore_includes(patterns, unwanted), unwanted

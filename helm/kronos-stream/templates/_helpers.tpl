@@ -236,3 +236,43 @@ topologySpreadConstraints:
 {{- end }}
 {{- printf "%s://:$(REDIS_PASSWORD)@%s" (index $parts 0) (index $parts 1) }}
 {{- end }}
+
+{{/* Pod-level env of the daemon: downward API and Secret references (never in the ConfigMap). */}}
+{{- define "kronos-stream.daemonPodEnv" -}}
+{{- if eq .Values.daemon.kind "StatefulSet" }}
+# Static group membership: the stable pod name (<release>-N) is the instance id, so a restarted
+# pod takes its partitions back without a rebalance.
+- name: KRONOS_KAFKA__GROUP_INSTANCE_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
+{{- include "kronos-stream.saslPasswordEnv" . }}
+{{- include "kronos-stream.redisPasswordEnv" . }}
+{{- with .Values.daemon.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "kronos-stream.archiverPodEnv" -}}
+{{- include "kronos-stream.saslPasswordEnv" . }}
+{{- with .Values.archiver.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "kronos-stream.retrainPodEnv" -}}
+{{- if .Values.redis.existingSecret }}
+# The registry hint goes to Redis; its password is spliced into the URL here.
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.existingSecret }}
+      key: {{ .Values.redis.passwordKey }}
+- name: KRONOS_TRAIN__REDIS_URL
+  value: {{ include "kronos-stream.redisUrlWithPassword" . | quote }}
+{{- end }}
+{{- with .Values.retrain.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -9,8 +9,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from chart_helpers import ROOT
@@ -143,23 +148,26 @@ def test_no_dev_dependencies_installed(dockerfile: tuple[dict[str, str], list[St
 
 
 def dockerignore_includes(patterns: list[str], path: str) -> bool:
-    """Docker's rule: the last pattern matching a path decides; `!` re-includes."""
+    """Docker's rule: the last pattern matching the path or a folder above it decides; `!`
+    re-includes."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
     included = True
     for pattern in patterns:
         negate = pattern.startswith("!")
-        pat = pattern[1:] if negate else pattern
-        pat = pat.rstrip("/")
-        if fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path.split("/")[0], pat):
+        pat = (pattern[1:] if negate else pattern).strip("/")
+        if any(fnmatch.fnmatch(prefix, pat) for prefix in prefixes):
             included = negate
     return included
 
 
+def ignore_patterns() -> list[str]:
+    lines = (line.strip() for line in DOCKERIGNORE.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def test_dockerignore_keeps_the_context_to_the_sources() -> None:
-    patterns = [
-        line.strip()
-        for line in DOCKERIGNORE.read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    patterns = ignore_patterns()
     for needed in ("pyproject.toml", "README.md", "daemon/cli.py", "kronos_core/model.py"):
         assert dockerignore_includes(patterns, needed), needed
     # Every package pyproject installs must be in the context.
@@ -179,3 +187,49 @@ def test_dockerignore_keeps_the_context_to_the_sources() -> None:
         "daemon/__pycache__",
     ):
         assert not dockerignore_includes(patterns, unwanted), unwanted
+
+
+def test_the_build_context_builds_the_wheel(tmp_path: Path) -> None:
+    """What `COPY . /src` sees (the .dockerignore applied) builds a wheel with every package,
+    the bundled demo model and the console script: the builder stage's `pip install /src`."""
+    patterns = ignore_patterns()
+    context = tmp_path / "context"
+    for top in sorted(ROOT.iterdir()):
+        if top.name in (".git", ".venv", ".cache") or not dockerignore_includes(patterns, top.name):
+            continue
+        files = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
+        for path in files:
+            rel = path.relative_to(ROOT).as_posix()
+            if dockerignore_includes(patterns, rel):
+                (context / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, context / rel)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        if (ROOT / package / "__init__.py").is_file():
+            assert package in tops, f"{package} is missing from the image's wheel"
+    assert any(n.endswith("demo-model/predictor/model.safetensors") for n in names)
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "kronos-stream = daemon.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

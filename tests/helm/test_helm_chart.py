@@ -608,3 +608,22 @@ def test_render_refuses_inconsistent_values(helm: str, name: str) -> None:
     case = next((c for c in CASES if c is not None and c.stem == stem), None)
     proc = run_helm(helm, *template_args(case, sets))
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_kafka_ca_file_is_a_mounted_secret(all_rendered: list[Rendered]) -> None:
+    seen = 0
+    for r in all_rendered:
+        for obj in workloads(r):
+            for spec in pod_specs(obj):
+                secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+                for container in spec["containers"]:
+                    env = dict(containers_env(r, obj)[spec["containers"].index(container)][1])
+                    cafile = env.get("KRONOS_KAFKA__SSL_CAFILE")
+                    if not cafile:
+                        continue
+                    seen += 1
+                    mounts = [m for m in container["volumeMounts"] if cafile.startswith(m["mountPath"] + "/")]
+                    assert mounts and mounts[0]["name"] in secrets, f"{cafile} is not on a Secret volume"
+                    assert secrets[mounts[0]["name"]] == r.values["kafka"]["tls"]["caSecret"]
+                    assert cafile.endswith("/" + r.values["kafka"]["tls"]["caKey"])
+    assert seen, "some values file sets a Kafka CA"

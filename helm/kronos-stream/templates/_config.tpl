@@ -14,6 +14,9 @@ the rest. Secrets never appear here: they are secretKeyRef entries of the pods (
 {{- $_ := set $env "KRONOS_KAFKA__SASL_MECHANISM" (required "kafka.sasl.mechanism is required with a SASL_* securityProtocol" $k.sasl.mechanism) }}
 {{- $_ := set $env "KRONOS_KAFKA__SASL_USERNAME" (required "kafka.sasl.username is required with a SASL_* securityProtocol" $k.sasl.username) }}
 {{- end }}
+{{- if $k.tls.caSecret }}
+{{- $_ := set $env "KRONOS_KAFKA__SSL_CAFILE" (printf "/etc/kronos/kafka-ca/%s" $k.tls.caKey) }}
+{{- end }}
 {{- toYaml $env }}
 {{- end }}
 

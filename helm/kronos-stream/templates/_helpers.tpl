@@ -121,6 +121,11 @@ A name already in .out (set by the chart itself) is refused.
 - name: tmp
   emptyDir:
     sizeLimit: {{ .tmpSizeLimit }}
+{{- if and .kafka .root.Values.kafka.tls.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .root.Values.kafka.tls.caSecret }}
+{{- end }}
 {{- if eq .root.Values.storage.type "pvc" }}
 - name: data
   persistentVolumeClaim:
@@ -134,6 +139,11 @@ A name already in .out (set by the chart itself) is refused.
 {{- define "kronos-stream.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if and .kafka .root.Values.kafka.tls.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/kronos/kafka-ca
+  readOnly: true
+{{- end }}
 {{- if eq .root.Values.storage.type "pvc" }}
 - name: data
   mountPath: {{ .root.Values.storage.pvc.mountPath }}

@@ -199,7 +199,7 @@ def test_custom_resources_are_well_formed(all_rendered: list[Rendered]) -> None:
             assert sm["apiVersion"] == "monitoring.coreos.com/v1"
             wanted = sm["spec"]["selector"]["matchLabels"]
             services = [s for s in r.of_kind("Service") if wanted.items() <= s["metadata"]["labels"].items()]
-            assert services, "the ServiceMonitor selects the metrics Service"
+            assert len(services) == 1, "the ServiceMonitor selects the metrics Service only (one scrape per pod)"
             ports = {p["name"] for s in services for p in s["spec"]["ports"]}
             for endpoint in sm["spec"]["endpoints"]:
                 assert endpoint["port"] in ports

@@ -264,6 +264,9 @@ def test_environment_loads_into_the_daemon_settings(
     assert settings.kafka.security_protocol == values["kafka"]["securityProtocol"]
     if comp == "daemon":
         assert settings.http_port == int(env["KRONOS_HTTP_PORT"])
+        levels = values["daemon"]["config"].get("model", {}).get("quantile_levels")
+        if levels is not None:  # a list travels as JSON
+            assert list(settings.model.quantile_levels) == levels
         assert settings.mode == values["daemon"]["config"].get("mode", Settings.model_fields["mode"].default)
 
 

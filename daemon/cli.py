@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=int, default=16, help="sample paths per forecast (default 16)")
     demo.add_argument("--symbol", default="DEMO", help="symbol the bars are sent under (default DEMO)")
     demo.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="skip the act halfway (archive the bars seen, fine-tune, gate, publish, hot-swap)",
+    )
+    demo.add_argument(
         "--out", type=Path, default=Path("results/demo.png"), help="the PNG; the JSON goes beside it"
     )
 
@@ -228,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     out=args.out,
                     symbol=args.symbol,
                     sample_count=args.samples,
+                    retrain=not args.no_retrain,
                 )
             )
         if args.command == "run":

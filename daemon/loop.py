@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 import structlog
@@ -31,11 +31,15 @@ import structlog
 from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
 from daemon.errors import CommitRefused, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
+from daemon.models import pin_forecaster
+from daemon.retry import Abandoned, Outages
 from daemon.schemas import (
     Bar,
     ForecastContext,
     build_forecast_message,
+    check_bar_time,
     encode_json,
+    format_ts,
     horizon_ns,
     infer_interval_ns,
     parse_bar,
@@ -45,7 +49,10 @@ from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecas
 
 log = structlog.get_logger("kronos.loop")
 
+T = TypeVar("T")
+
 Item = tuple[InMessage, Bar]
+Letter = tuple[InMessage, str, str]  # a message for the dead-letter topic: message, reason, kind
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class LoopConfig:
     default_interval_s: float = 60.0
     forecast_ttl_s: int | None = None
     base_seed: int = 0
+    max_future_s: float | None = 300.0
+    dead_letter_skipped: bool = False
 
 
 def next_offsets(batch: Sequence[InMessage]) -> dict[Partition, int]:
@@ -80,37 +89,52 @@ def commit_offsets(batch: Sequence[InMessage], not_done: Sequence[InMessage]) ->
     return offsets
 
 
+Source = tuple[str, int, int]  # topic, partition, offset of the message that carried a bar
+
+
+def skip_reason(msg: InMessage, ts_ns: int, last_ts: int | None, last_source: Source | None) -> str | None:
+    """Why a bar is not new, or None when it is: its ts must be after the symbol's last processed ts.
+
+    ``replayed``: the message is the one that carried the last processed bar, or an earlier one of the
+    same partition (offsets went back: a crash before the commit, a rebalance, a reset), so it was
+    processed already. Otherwise ``duplicate`` (same ts) or ``out_of_order`` (earlier ts): a new
+    message whose bar is not newer.
+    """
+    if last_ts is None or ts_ns > last_ts:
+        return None
+    if last_source is not None and last_source[:2] == (msg.topic, msg.partition) and msg.offset <= last_source[2]:
+        return "replayed"
+    return "duplicate" if ts_ns == last_ts else "out_of_order"
+
+
 def plan_rounds(
-    items: Sequence[Item], last_seen: dict[str, int | None]
+    items: Sequence[Item],
+    last_seen: dict[str, int | None],
+    last_source: dict[str, Source | None] | None = None,
 ) -> tuple[list[list[Item]], list[tuple[Item, str]]]:
     """Split a fetch's valid bars into rounds and skipped bars.
 
     A bar whose ts is not after the symbol's last seen ts (``last_seen``, then earlier bars of this
-    fetch) is skipped as ``duplicate`` (equal) or ``out_of_order`` (earlier). Round k holds the k-th
-    remaining bar of every symbol, so each symbol's bars are forecast in order.
+    fetch) is skipped by :func:`skip_reason` (``last_source``: the message of each symbol's last
+    processed bar). Round k holds the k-th remaining bar of every symbol, so each symbol's bars are
+    forecast in order.
     """
     last = dict(last_seen)
+    sources: dict[str, Source | None] = dict(last_source or {})
     queues: dict[str, list[Item]] = {}
     skipped: list[tuple[Item, str]] = []
     for item in items:
-        bar = item[1]
-        prev = last.get(bar.symbol)
-        if prev is not None and bar.ts_ns <= prev:
-            skipped.append((item, "duplicate" if bar.ts_ns == prev else "out_of_order"))
+        msg, bar = item
+        reason = skip_reason(msg, bar.ts_ns, last.get(bar.symbol), sources.get(bar.symbol))
+        if reason is not None:
+            skipped.append((item, reason))
             continue
         last[bar.symbol] = bar.ts_ns
+        sources[bar.symbol] = (msg.topic, msg.partition, msg.offset)
         queues.setdefault(bar.symbol, []).append(item)
     depth = max((len(q) for q in queues.values()), default=0)
     rounds = [[q[k] for q in queues.values() if len(q) > k] for k in range(depth)]
     return rounds, skipped
-
-
-async def _gather_or_raise(aws: Sequence[Awaitable[Any]]) -> None:
-    """Await all; if any failed, raise the first failure (after all have finished)."""
-    results = await asyncio.gather(*aws, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
 
 
 class ForecastLoop:
@@ -126,6 +150,7 @@ class ForecastLoop:
         forecaster: StreamForecaster,
         config: LoopConfig,
         metrics: Metrics,
+        outages: Outages | None = None,
     ) -> None:
         self._in = bus_in
         self._out = bus_out
@@ -134,6 +159,7 @@ class ForecastLoop:
         self._forecaster = forecaster
         self._cfg = config
         self._metrics = metrics
+        self._outages = outages or Outages()
         self._states: dict[str, SymbolState] = {}  # owned symbols, loaded from the store on first sight
         self._owner: dict[str, Partition] = {}  # symbol -> the input partition it arrives on
         self._busy = asyncio.Lock()  # held while a fetch is processed; a revocation waits for it
@@ -174,7 +200,11 @@ class ForecastLoop:
         """The next micro-batch, or None when a stop interrupted the fetch."""
         self._in_fetch = True
         try:
-            return await self._in.fetch(self._cfg.max_batch_size, self._cfg.max_wait_ms)
+            return await self._io(
+                "kafka", "fetching", lambda: self._in.fetch(self._cfg.max_batch_size, self._cfg.max_wait_ms)
+            )
+        except Abandoned:
+            return None
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
@@ -185,9 +215,22 @@ class ForecastLoop:
         finally:
             self._in_fetch = False
 
+    def _tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    async def _io(self, service: str, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """A call to Kafka or Redis, retried through an outage; given up (:class:`Abandoned`) when the
+        loop stops or its partitions are revoked meanwhile (nothing more of the batch is committed)."""
+        return await self._outages.call(
+            service, what, fn, abandon=lambda: self._stopping or self._revoking, on_attempt=self._tick
+        )
+
     async def _process_safely(self, batch: list[InMessage]) -> None:
         try:
             await self.process(batch)
+        except Abandoned:
+            # Stopping or revoked during an outage: the uncommitted rest is fetched again (same ids).
+            log.warning("batch abandoned during an outage; it will be processed again", size=len(batch))
         except CommitRefused as exc:
             # The group moved on without us; the new owner replays from the last commit.
             log.warning("commit refused after a rebalance; dropping cached state", error=str(exc))
@@ -203,10 +246,9 @@ class ForecastLoop:
         items = await self._validate(batch)
         await self._load_states(items)
         last_seen = {s: st.last_ts for s, st in self._states.items()}
-        rounds, skipped = plan_rounds(items, last_seen)
-        for (msg, bar), reason in skipped:
-            self._metrics.skipped.labels(reason).inc()
-            log.info("bar skipped", reason=reason, symbol=bar.symbol, ts=bar.ts_ns, source=msg.source)
+        last_source = {s: st.source for s, st in self._states.items()}
+        rounds, skipped = plan_rounds(items, last_seen, last_source)
+        await self._skip(skipped)
         done = 0
         for round_items in rounds:
             if self._stopping or self._revoking:
@@ -217,26 +259,69 @@ class ForecastLoop:
         left = [msg for round_items in rounds[done:] for msg, _ in round_items]
         if left:
             log.info("batch cut short", bars_left=len(left), stopping=self._stopping, revoking=self._revoking)
-        await self._in.commit(commit_offsets(batch, left))
+        offsets = commit_offsets(batch, left)
+        await self._io("kafka", "committing offsets", lambda: self._in.commit(offsets))
 
     async def _validate(self, batch: list[InMessage]) -> list[Item]:
-        """Valid bars, in order; invalid messages go to the dead-letter topic (acknowledged)."""
+        """Valid bars, in order; invalid messages go to the dead-letter topic (acknowledged).
+
+        Any error while reading one message, expected (:class:`InvalidBar`) or not, stays with that
+        message: it is dead-lettered with the reason and the batch goes on.
+        """
         items: list[Item] = []
-        dead: list[Awaitable[None]] = []
+        dead: list[Letter] = []
+        now = time.time()
         for msg in batch:
             try:
-                items.append((msg, parse_bar(msg.key, msg.value)))
+                bar = parse_bar(msg.key, msg.value)
+                check_bar_time(bar, msg.timestamp_ms, now, self._cfg.max_future_s)
+                items.append((msg, bar))
             except InvalidBar as exc:
                 log.warning("invalid message", reason=exc.reason, kind=exc.kind, source=msg.source)
-                dead.append(self._dead.send(msg, exc.reason, exc.kind))
-        await _gather_or_raise(dead)
+                dead.append((msg, exc.reason, exc.kind))
+            except Exception as exc:
+                dead.append(self._error_letter(msg, "reading the message", exc))
+        await self._dead_letter(dead)
         return items
+
+    def _error_letter(self, msg: InMessage, doing: str, exc: BaseException) -> Letter:
+        reason = f"{doing} failed: {type(exc).__name__}: {exc}"
+        log.error("message failed; dead-lettering it", source=msg.source, error=reason)
+        return msg, reason, "error"
+
+    async def _dead_letter(self, letters: Sequence[Letter]) -> None:
+        """Send dead letters (acknowledged), retrying through a broker outage only those not sent yet."""
+        pending = list(letters)
+
+        async def attempt() -> None:
+            results = await asyncio.gather(*(self._dead.send(*x) for x in pending), return_exceptions=True)
+            pending[:] = [x for x, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+
+        if pending:
+            await self._io("kafka", "dead-lettering", attempt)
+
+    async def _skip(self, skipped: Sequence[tuple[Item, str]]) -> None:
+        """Count skipped bars by reason; dead-letter duplicates and out-of-order bars when configured
+        (``replayed`` ones were processed already: never)."""
+        dead: list[Letter] = []
+        for (msg, bar), reason in skipped:
+            self._metrics.skipped.labels(reason).inc()
+            log.info("bar skipped", reason=reason, symbol=bar.symbol, ts=bar.ts_ns, source=msg.source)
+            if self._cfg.dead_letter_skipped and reason != "replayed":
+                state = self._states.get(bar.symbol)
+                last = "?" if state is None or state.last_ts is None else format_ts(state.last_ts)
+                text = f"skipped as {reason}: ts {format_ts(bar.ts_ns)} is not after {last}, the symbol's last bar"
+                dead.append((msg, text, reason))
+        await self._dead_letter(dead)
 
     async def _load_states(self, items: Sequence[Item]) -> None:
         """Load from the store the symbols seen for the first time since their partition was assigned."""
         missing = sorted({bar.symbol for _, bar in items if bar.symbol not in self._states})
         if missing:
-            self._states.update(await self._store.load(missing))
+            self._states.update(await self._io("redis", "loading state", lambda: self._store.load(missing)))
             self._metrics.symbols_cached.set(len(self._states))
         for msg, bar in items:
             self._owner[bar.symbol] = msg.tp
@@ -246,46 +331,58 @@ class ForecastLoop:
         items = await self._still_new(items)
         if not items:
             return
-        version = self._forecaster.model_version
-        windows, contexts = [], []
-        for msg, bar in items:
-            window, ctx = self._window(msg, bar, version, fetched_at)
+        forecaster = pin_forecaster(self._forecaster)  # one model version for the whole call
+        version = forecaster.model_version
+        windows, contexts, ready = [], [], []
+        dead: list[Letter] = []
+        for item in items:
+            try:
+                window, ctx = self._window(item[0], item[1], version, fetched_at)
+            except Exception as exc:  # this bar cannot be made into a window: it alone is dead-lettered
+                dead.append(self._error_letter(item[0], "building the forecast window", exc))
+                continue
             windows.append(window)
             contexts.append(ctx)
+            ready.append(item)
+        items = ready
 
-        results = await self._run_model(windows, contexts)
+        results = await self._run_model(forecaster, windows, contexts) if windows else []
 
         publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
-        dead: list[Awaitable[None]] = []
         for item, ctx, result in zip(items, contexts, results, strict=True):
             try:
                 if isinstance(result, Exception):
                     raise result
-                record = build_forecast_message(ctx, result, version, self._forecaster.mode, time.time())
+                record = build_forecast_message(ctx, result, version, forecaster.mode, time.time())
                 publish.append((item, result, encode_json(record), ctx))
             except Exception as exc:  # a model failure for one series: dead-letter that bar only
                 reason = f"forecast failed: {type(exc).__name__}: {exc}"
                 log.error(
                     "forecast failed", symbol=ctx.symbol, ts=ctx.ts_ns, source=item[0].source, error=reason
                 )
-                dead.append(self._dead.send(item[0], reason, "forecast"))
+                dead.append((item[0], reason, "forecast"))
 
         # Kafka first, Redis second. Were Redis written first, a crash between the two would leave
         # the bar's ts in Redis: the replayed bar would then be skipped as a duplicate and its
         # forecast would never reach the output topic. This way a replay at worst publishes the
         # same forecast (same id) twice.
         records = [(bar.symbol.encode(), value) for (_, bar), _, value, _ in publish]
-        await _gather_or_raise([self._out.send_batch(self._cfg.output_topic, records), *dead])
+        if records:
+            await self._io(
+                "kafka", "publishing forecasts", lambda: self._out.send_batch(self._cfg.output_topic, records)
+            )
+        await self._dead_letter(dead)
         updates = [
             StateUpdate(bar, result.token_state, value, version, msg.source)
             for (msg, bar), result, value, _ in publish
         ]
-        refused = set(await self._store.apply(updates, self._cfg.forecast_ttl_s))
+        ttl = self._cfg.forecast_ttl_s
+        refused = set(await self._io("redis", "storing state", lambda: self._store.apply(updates, ttl)))
         now = time.time()
-        for (_, bar), result, _, ctx in publish:
+        for (msg, bar), result, _, ctx in publish:
             if bar.symbol in refused:
                 continue
-            self._states[bar.symbol].append(bar, result.token_state, version)
+            self._states[bar.symbol].append(bar, result.token_state, version, msg.source)
             self._metrics.forecasts_out.inc()
             self._metrics.latency_from_bar.observe(max(0.0, now - bar.ts_ns / 1e9))
             self._metrics.latency_from_consume.observe(max(0.0, now - ctx.fetched_at))
@@ -299,14 +396,15 @@ class ForecastLoop:
     async def _still_new(self, items: list[Item]) -> list[Item]:
         """Reload symbols the store refused earlier in this fetch and drop bars that are no longer new."""
         await self._load_states(items)
-        fresh = []
+        fresh, skipped = [], []
         for item in items:
-            last = self._states[item[1].symbol].last_ts
-            if last is not None and item[1].ts_ns <= last:
-                self._metrics.skipped.labels("duplicate").inc()
-                log.info("bar skipped", reason="duplicate", symbol=item[1].symbol, source=item[0].source)
-            else:
+            state = self._states[item[1].symbol]
+            reason = skip_reason(item[0], item[1].ts_ns, state.last_ts, state.source)
+            if reason is None:
                 fresh.append(item)
+            else:
+                skipped.append((item, reason))
+        await self._skip(skipped)
         return fresh
 
     def _window(
@@ -328,14 +426,14 @@ class ForecastLoop:
         return window, ctx
 
     async def _run_model(
-        self, windows: list[SeriesWindow], contexts: list[ForecastContext]
+        self, forecaster: StreamForecaster, windows: list[SeriesWindow], contexts: list[ForecastContext]
     ) -> list[SeriesForecast | Exception]:
         """The batched call off the event loop; if it fails, each series alone, to isolate the culprit."""
         loop = asyncio.get_running_loop()
         started = time.time()
         try:
             results: list[SeriesForecast | Exception] = list(
-                await loop.run_in_executor(self._executor, self._call_model, windows)
+                await loop.run_in_executor(self._executor, self._call_model, forecaster, windows)
             )
         except Exception as exc:
             log.warning(
@@ -344,7 +442,9 @@ class ForecastLoop:
             results = []
             for window in windows:
                 try:
-                    results.extend(await loop.run_in_executor(self._executor, self._call_model, [window]))
+                    results.extend(
+                        await loop.run_in_executor(self._executor, self._call_model, forecaster, [window])
+                    )
                 except Exception as one:
                     results.append(one)
         elapsed = time.time() - started
@@ -355,8 +455,8 @@ class ForecastLoop:
             ctx.model_ms = elapsed * 1e3
         return results
 
-    def _call_model(self, windows: list[SeriesWindow]) -> list[SeriesForecast]:
-        results = list(self._forecaster.forecast(windows, self._cfg.horizon))
+    def _call_model(self, forecaster: StreamForecaster, windows: list[SeriesWindow]) -> list[SeriesForecast]:
+        results = list(forecaster.forecast(windows, self._cfg.horizon))
         if len(results) != len(windows) or any(
             r.series_id != w.series_id for r, w in zip(results, windows, strict=False)
         ):
@@ -364,6 +464,11 @@ class ForecastLoop:
                 f"the forecaster answered {len(results)} forecasts for {len(windows)} windows, or out of order"
             )
         return results
+
+    @property
+    def states(self) -> dict[str, SymbolState]:
+        """The symbols held in memory (read-only use: smoke forecasts of a new model version)."""
+        return self._states
 
     # -- rebalance handler ------------------------------------------------------------------------
 

@@ -23,9 +23,19 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.dead_letters_truncated = Counter(
+            "kronos_dead_letters_truncated",
+            "Dead letters refused whole (oversize, broker refusal) and sent truncated instead.",
+            registry=r,
+        )
+        self.dead_letters_failed = Counter(
+            "kronos_dead_letters_failed",
+            "Dead letters refused even truncated: only logged (reason and source in the log).",
+            registry=r,
+        )
         self.skipped = Counter(
             "kronos_skipped",
-            "Valid bars skipped, by reason (duplicate, out_of_order).",
+            "Valid bars skipped, by reason (duplicate, out_of_order, replayed).",
             ["reason"],
             registry=r,
         )
@@ -59,6 +69,15 @@ class Metrics:
         self.assigned_partitions = Gauge("kronos_assigned_partitions", "Input partitions owned.", registry=r)
         self.symbols_cached = Gauge(
             "kronos_symbols_cached", "Symbols whose state is held in memory.", registry=r
+        )
+        self.service_up = Gauge(
+            "kronos_service_up",
+            "1 while the service (kafka, redis) answers the readiness probe and calls, else 0.",
+            ["service"],
+            registry=r,
+        )
+        self.service_retries = Counter(
+            "kronos_service_retries", "Calls to a service retried during an outage.", ["service"], registry=r
         )
         self.model_info = Info("kronos_model", "The model serving forecasts.", registry=r)
 

@@ -112,6 +112,15 @@ class ModelSettings(_Group):
     top_k: int = Field(default=0, ge=0)
     base_seed: int = Field(default=0, ge=0)
     quantile_levels: QuantileLevels = (0.1, 0.5, 0.9)
+    # A model registry (fsspec URL) instead of fixed folders: the daemon serves its champion and
+    # hot-swaps when the pointer moves (polled every registry_poll_s; a Redis hint wakes it at once).
+    registry: str | None = None
+    registry_poll_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    registry_hint: bool = True  # listen to the registry's Redis channel ({key_prefix}:models)
+    # a refused version is retried after registry_retry_s, doubling up to registry_retry_max_s
+    registry_retry_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    registry_retry_max_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    cache_dir: Path | None = None  # where fetched versions are unpacked (default: a temporary folder)
 
     @model_validator(mode="after")
     def _horizon_fits(self) -> ModelSettings:
@@ -186,6 +195,15 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"
     http_port: int | None = Field(default=8080, ge=0, le=65535)  # 0: any free port; unset: no HTTP
     health_stale_s: float = Field(default=60.0, gt=0)
+    # A bar more than this ahead of its message's broker timestamp (or the wall clock) is dead-lettered.
+    max_future_s: float | None = Field(default=300.0, ge=0, allow_inf_nan=False)
+    dead_letter_skipped: bool = False  # also dead-letter bars skipped as duplicate or out_of_order
+    # Kafka or Redis unreachable: retried after retry_initial_s, doubling up to retry_max_s (jittered);
+    # after outage_give_up_s of one outage the process ends (unset: wait as long as it takes).
+    retry_initial_s: float = Field(default=0.1, gt=0, allow_inf_nan=False)
+    retry_max_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    outage_give_up_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    health_probe_interval_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)  # readiness probes
     graceful_shutdown_s: float = Field(default=25.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -10,7 +10,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from daemon.errors import StateError
+from daemon.errors import StateError, StateUnavailable
 from daemon.state import (
     StateStore,
     StateUpdate,
@@ -98,18 +98,19 @@ class RedisStateStore(StateStore):
                 for s in symbols:
                     pipe.lrange(bars_key(p, s), 0, -1)
                     pipe.get(tokens_key(p, s))
-                    pipe.hget(meta_key(p, s), "last_ts")
+                    pipe.hmget(meta_key(p, s), "last_ts", "source")
                 replies = await pipe.execute()
-        except RedisError as exc:
-            raise StateError(f"reading state of {len(symbols)} symbols from Redis failed: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"reading state of {len(symbols)} symbols from Redis failed: {exc}") from exc
         states = {}
         for i, s in enumerate(symbols):
-            raw_bars, raw_tokens, raw_last = replies[3 * i : 3 * i + 3]
+            raw_bars, raw_tokens, (raw_last, raw_source) = replies[3 * i : 3 * i + 3]
             where = bars_key(p, s)
             bars = [decode_bar(raw, where) for raw in raw_bars]
             token_state, token_version = decode_tokens(raw_tokens)
             last_ts = int(raw_last) if raw_last is not None else None
-            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, last_ts)
+            source = raw_source.decode() if raw_source is not None else None
+            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, last_ts, source)
         return states
 
     async def apply(self, updates: Sequence[StateUpdate], forecast_ttl_s: int | None = None) -> list[str]:
@@ -139,22 +140,22 @@ class RedisStateStore(StateStore):
             ]
         try:
             skipped = await self._apply(keys=keys, args=args)
-        except RedisError as exc:
-            raise StateError(f"writing state of {len(updates)} bars to Redis failed: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"writing state of {len(updates)} bars to Redis failed: {exc}") from exc
         return [updates[int(i)].symbol for i in skipped]
 
     async def latest_forecast(self, symbol: str) -> dict[str, Any] | None:
         try:
             raw = await self._client.get(forecast_key(self.key_prefix, symbol))
         except RedisError as exc:
-            raise StateError(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
+            raise StateUnavailable(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
         return None if raw is None else dict(json.loads(raw))
 
     async def ping(self) -> None:
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            raise StateError(f"Redis is not reachable: {exc}; check KRONOS_REDIS__URL") from exc
+            raise StateUnavailable(f"Redis is not reachable: {exc}; check KRONOS_REDIS__URL") from exc
 
     async def close(self) -> None:
         try:

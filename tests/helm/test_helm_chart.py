@@ -36,36 +36,18 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
 from daemon.settings import KafkaSettings, Settings
+from trainer.settings import TrainSettings
 
-# The settings classes each component reads, as "module:Class". A class that is not importable on
-# this branch (it arrives with another branch) skips that component's name check.
-COMPONENT_SETTINGS: dict[str, tuple[str, ...]] = {
-    "daemon": ("daemon.settings:Settings",),
-    "archiver": ("daemon.settings:Settings",),  # ArchiveSettings is its `archive` group
-    "retrain": ("trainer.settings:TrainSettings",),
-}
-# Names and subcommands the chart uses that arrive with branches the lead merges (hotswap: the
-# daemon's registry settings; archive and trainer: their subcommands). While unknown they are
-# expected failures (xfail) instead of failures; once known they are checked like the rest.
-AWAITED = {
-    "KRONOS_MODEL__REGISTRY": "daemon registry settings (branch hotswap)",
-    "KRONOS_ARCHIVE__ROOT": "archiver settings (branch archive)",
-    "archive": "`kronos-stream archive` (branch archive)",
-    "train": "`kronos-stream train` (branch trainer)",
+# The settings classes each component reads: the daemon and the archiver read daemon.settings
+# (the archiver's ArchiveSettings is its `archive` group), the retrain job trainer.settings.
+COMPONENT_SETTINGS: dict[str, tuple[type[BaseSettings], ...]] = {
+    "daemon": (Settings,),
+    "archiver": (Settings,),
+    "retrain": (TrainSettings,),
 }
 KUBE_VERSIONS = ("1.27.0", "latest")  # the chart's kubeVersion floor, and the newest schemas
 CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "CronJob", "Pod"}
-
-
-def load_class(spec: str) -> type[BaseSettings] | None:
-    module_name, _, name = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        return None
-    cls = getattr(module, name, None)
-    return cls if isinstance(cls, type) and issubclass(cls, BaseSettings) else None
 
 
 def settings_env_names(cls: type[BaseSettings]) -> set[str]:
@@ -199,7 +181,9 @@ def test_custom_resources_are_well_formed(all_rendered: list[Rendered]) -> None:
             assert sm["apiVersion"] == "monitoring.coreos.com/v1"
             wanted = sm["spec"]["selector"]["matchLabels"]
             services = [s for s in r.of_kind("Service") if wanted.items() <= s["metadata"]["labels"].items()]
-            assert len(services) == 1, "the ServiceMonitor selects the metrics Service only (one scrape per pod)"
+            assert len(services) == 1, (
+                "the ServiceMonitor selects the metrics Service only (one scrape per pod)"
+            )
             ports = {p["name"] for s in services for p in s["spec"]["ports"]}
             for endpoint in sm["spec"]["endpoints"]:
                 assert endpoint["port"] in ports
@@ -220,18 +204,12 @@ def test_every_kronos_variable_is_a_settings_field(rendered: Rendered, comp: str
     objs = [o for o in workloads(rendered) if component(o) == comp]
     if not objs:
         pytest.skip(f"{rendered.case}: no {comp} workload")
-    classes = [load_class(spec) for spec in COMPONENT_SETTINGS[comp]]
-    if classes[0] is None:
-        pytest.skip(f"{COMPONENT_SETTINGS[comp][0]} is not on this branch yet")
-    known = set().union(*(settings_env_names(c) for c in classes if c is not None))
+    known = set().union(*(settings_env_names(c) for c in COMPONENT_SETTINGS[comp]))
     used = {name for obj in objs for _, env in containers_env(rendered, obj) for name in env}
     used = {n for n in used if n.upper().startswith("KRONOS_")}
     assert used, "the component is configured by KRONOS_* variables"
     unknown = sorted(used - known)
-    awaited = [n for n in unknown if n in AWAITED]
-    assert not (set(unknown) - set(awaited)), f"{comp}: KRONOS_* variables no settings class reads: {unknown}"
-    if awaited:
-        pytest.xfail(f"awaiting {', '.join(AWAITED[n] for n in awaited)}")
+    assert not unknown, f"{comp}: KRONOS_* variables no settings class reads: {unknown}"
 
 
 def test_settings_derivation_sees_nested_groups() -> None:
@@ -251,9 +229,8 @@ def test_environment_loads_into_the_daemon_settings(
     env = env_of(rendered, comp)
     for name in [k for k in os.environ if k.upper().startswith("KRONOS_")]:
         monkeypatch.delenv(name)
-    known = settings_env_names(Settings)
     for name, value in env.items():
-        if not name.startswith("KRONOS_") or (name in AWAITED and name not in known):
+        if not name.startswith("KRONOS_"):
             continue
         if isinstance(value, dict):  # secretKeyRef / fieldRef: a stand-in of the right kind
             value = "pod-0" if "fieldRef" in value else "secret"
@@ -273,16 +250,13 @@ def test_environment_loads_into_the_daemon_settings(
 def test_retrain_environment_loads_into_the_trainer_settings(
     rendered: Rendered, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cls = load_class("trainer.settings:TrainSettings")
-    if cls is None:
-        pytest.skip("trainer.settings is not on this branch yet")
     env = env_of(rendered, "retrain")
     for name in [k for k in os.environ if k.upper().startswith("KRONOS_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
         if name.startswith("KRONOS_"):
             monkeypatch.setenv(name, value if isinstance(value, str) else "secret")
-    settings = cls()
+    settings = TrainSettings()
     assert str(settings.registry) == env["KRONOS_TRAIN__REGISTRY"]
 
 
@@ -336,18 +310,13 @@ def test_container_commands_are_cli_subcommands(rendered: Rendered) -> None:
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     commands = set(typing.cast(dict[str, Any], sub.choices))
-    awaited = []
     for obj in workloads(rendered):
         for container, _ in containers_env(rendered, obj):
             args = list(container.get("args") or [])
             if container.get("command") == ["torchrun"]:
                 assert args[args.index("-m") + 1] == "daemon.cli", "torchrun runs the project's CLI module"
                 args = args[args.index("-m") + 2 :]
-            if args[0] not in commands:
-                assert args[0] in AWAITED, f"{args[0]!r} is not a kronos-stream subcommand"
-                awaited.append(args[0])
-    if awaited:
-        pytest.xfail(f"awaiting {', '.join(sorted({AWAITED[a] for a in awaited}))}")
+            assert args[0] in commands, f"{args[0]!r} is not a kronos-stream subcommand"
 
 
 # --- probes, shutdown, scaling, security ----------------------------------------------------------

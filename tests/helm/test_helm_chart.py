@@ -26,9 +26,11 @@ from chart_helpers import (
     RELEASE,
     Rendered,
     chart_values,
+    deep_merge,
     missing_tool,
     pod_labels,
     pod_specs,
+    render,
     run_helm,
     template_args,
 )
@@ -518,8 +520,6 @@ def test_schema_accepts_the_shipped_values() -> None:
 
 @pytest.mark.parametrize("bad", list(BAD_VALUES), ids=list(BAD_VALUES))
 def test_schema_rejects_bad_values(bad: str) -> None:
-    from chart_helpers import deep_merge
-
     values = deep_merge(chart_values(None), BAD_VALUES[bad])
     errors = list(jsonschema.Draft7Validator(SCHEMA).iter_errors(values))
     assert errors, f"the schema accepts {bad}"
@@ -599,3 +599,17 @@ def test_kafka_ca_file_is_a_mounted_secret(all_rendered: list[Rendered]) -> None
                     assert secrets[mounts[0]["name"]] == r.values["kafka"]["tls"]["caSecret"]
                     assert cafile.endswith("/" + r.values["kafka"]["tls"]["caKey"])
     assert seen, "some values file sets a Kafka CA"
+
+
+def test_fixed_model_folders_instead_of_the_registry(helm: str) -> None:
+    folders = (
+        "daemon.model.tokenizerDir=/data/models/tokenizer",
+        "daemon.model.predictorDir=/data/models/predictor",
+    )
+    r = render(helm, None, ("daemon.modelSource=dirs", *folders))
+    env = env_of(r, "daemon")
+    assert "KRONOS_MODEL__REGISTRY" not in env
+    assert env["KRONOS_MODEL__TOKENIZER_DIR"] == "/data/models/tokenizer"
+    assert env["KRONOS_MODEL__PREDICTOR_DIR"] == "/data/models/predictor"
+    proc = run_helm(helm, *template_args(None, ("daemon.modelSource=dirs",)))
+    assert proc.returncode != 0 and "daemon.model.tokenizerDir is required" in proc.stderr

@@ -127,10 +127,6 @@ class ModelSettings(_Group):
     top_k: int = Field(default=0, ge=0)
     base_seed: int = Field(default=0, ge=0)
     quantile_levels: QuantileLevels = (0.1, 0.5, 0.9)
-    # Incremental mode: warm sessions (KV caches) kept per symbol, least recently used evicted first;
-    # an evicted session is rebuilt from the token cache on the symbol's next bar.
-    max_sessions: int = Field(default=256, ge=0)
-    max_session_bytes: int | None = Field(default=1 << 30, ge=0)  # unset: bounded by count only
     # A model registry (fsspec URL) instead of fixed folders: the daemon serves its champion and
     # hot-swaps when the pointer moves (polled every registry_poll_s; a Redis hint wakes it at once).
     registry: str | None = None

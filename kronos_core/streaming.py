@@ -48,7 +48,6 @@ class StreamConfig:
     drift_sigma: float = 4.0
     calendar_tz: str = "UTC"  # time features (minute, hour, ...) are taken in this zone
     max_sessions: int = 256  # warm incremental sessions kept in memory (LRU)
-    max_session_bytes: int | None = None  # ... and at most this many bytes of their tensors (LRU)
 
     def __post_init__(self) -> None:
         if self.mode not in ("exact", "incremental"):
@@ -59,8 +58,6 @@ class StreamConfig:
             raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
         if not self.drift_sigma > 0:
             raise ValueError(f"drift_sigma must be > 0, got {self.drift_sigma}")
-        if self.max_sessions < 0 or (self.max_session_bytes is not None and self.max_session_bytes < 0):
-            raise ValueError(f"max_sessions and max_session_bytes must be >= 0, got {self}")
 
 
 def calendar_features(timestamps: np.ndarray, tz: str) -> np.ndarray:
@@ -88,13 +85,6 @@ class _Session:
     last_logits: Tensor  # [1, V1]
     h_last: Tensor  # [1, d]
 
-    def nbytes(self) -> int:
-        """Bytes of the session's tensors and token arrays (what the session cache bounds)."""
-        tensors = [c.k for c in (*self.enc, *self.pred, *self.dec)] + [c.v for c in (*self.enc, *self.pred, *self.dec)]
-        tensors += [self.dep_k, self.dep_v, self.last_logits, self.h_last]
-        arrays = (self.state.s1, self.state.s2, self.state.mean, self.state.std)
-        return sum(t.element_size() * t.nelement() for t in tensors) + sum(int(a.nbytes) for a in arrays)
-
 
 class StreamingForecaster:
     """Batched forecasts for a stream of bars, one :class:`SeriesWindow` per series and bar."""
@@ -107,8 +97,6 @@ class StreamingForecaster:
         self.max_context = engine.max_context
         self.quantile_levels = tuple(self.config.quantile_levels)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self._session_sizes: dict[str, int] = {}
-        self.session_bytes = 0  # bytes held by the warm sessions now
         self.last_stats = GenerationStats()
 
     # ------------------------------------------------------------------ public
@@ -345,31 +333,15 @@ class StreamingForecaster:
     # ------------------------------------------------------------------ helpers
 
     def _remember(self, series_id: str, session: _Session) -> None:
-        """Keep ``session`` warm (most recent); evict the least recent ones beyond the count or byte
-        bounds (the sessions of the call in progress stay referenced by it until it returns)."""
-        size = session.nbytes()
-        self.session_bytes += size - self._session_sizes.get(series_id, 0)
-        self._session_sizes[series_id] = size
         self._sessions[series_id] = session
         self._sessions.move_to_end(series_id)
-        limit = self.config.max_session_bytes
-        while self._sessions and (
-            len(self._sessions) > self.config.max_sessions or (limit is not None and self.session_bytes > limit)
-        ):
-            self._forget(next(iter(self._sessions)))
-
-    def _forget(self, series_id: str) -> None:
-        if self._sessions.pop(series_id, None) is not None:
-            self.session_bytes -= self._session_sizes.pop(series_id)
-
-    @property
-    def warm_sessions(self) -> int:
-        return len(self._sessions)
+        while len(self._sessions) > self.config.max_sessions:
+            self._sessions.popitem(last=False)
 
     def drop(self, series_ids: Sequence[str]) -> None:
         """Forget warm sessions (e.g. of partitions this replica no longer owns)."""
         for sid in series_ids:
-            self._forget(sid)
+            self._sessions.pop(sid, None)
 
     def _arange(self, n: int, start: int = 0) -> Tensor:
         return torch.arange(start, start + n, device=self.engine.device)

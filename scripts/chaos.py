@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "tests" / "daemon"))
 import redis.asyncio as aioredis  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from daemon_helpers import committed_offsets, end_offsets  # noqa: E402
 from private_services import PrivateKafka, PrivateRedis, free_port, kafka_jars  # noqa: E402
 
 from daemon.errors import InvalidBar  # noqa: E402
@@ -217,25 +218,10 @@ class Chaos:
             await producer.stop()
 
     async def ends(self, topic: str) -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.kafka.bootstrap, request_timeout_ms=5000)
-        await consumer.start()
-        try:
-            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-            if not parts:
-                await consumer._client.force_metadata_update()  # noqa: SLF001
-                parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-            return sum((await consumer.end_offsets(parts)).values())
-        finally:
-            await consumer.stop()
+        return sum((await end_offsets(self.kafka.bootstrap, topic)).values())
 
     async def committed(self) -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka.bootstrap, request_timeout_ms=5000)
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(self.group)
-        finally:
-            await admin.close()
-        return sum(m.offset for tp, m in offsets.items() if tp.topic == self.topics["input"] and m.offset > 0)
+        return sum((await committed_offsets(self.kafka.bootstrap, self.group, self.topics["input"])).values())
 
     async def drained(self, timeout_s: float) -> bool:
         """Wait until the group committed the end of the input topic."""

@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from daemon_helpers import (
     Topics,
+    _partitions,
     bar_series,
     committed_offsets,
     daemon_settings,
@@ -82,10 +83,7 @@ async def _read(bootstrap: str, topic: str, isolation: str, settle_s: float = 1.
     )
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
-            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        parts = await _partitions(consumer, topic)
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         out: list[Any] = []

@@ -104,7 +104,9 @@ class Daemon:
             self.bus_in = self.bus_in or KafkaInput(s.kafka)
             self.bus_out = self.bus_out or KafkaOutput(s.kafka)
         await self.bus_out.start()
-        dead = DeadLetters(self.bus_out, s.kafka.dead_letter_topic, self._count_dead_letter)
+        dead = DeadLetters(
+            self.bus_out, s.kafka.dead_letter_topic, self._count_dead_letter, self._count_dead_letter_trouble
+        )
         self.loop = ForecastLoop(
             bus_in=self.bus_in,
             bus_out=self.bus_out,
@@ -119,6 +121,8 @@ class Daemon:
                 default_interval_s=s.default_bar_interval_s,
                 forecast_ttl_s=s.redis.forecast_ttl_s,
                 base_seed=s.model.base_seed,
+                max_future_s=s.max_future_s,
+                dead_letter_skipped=s.dead_letter_skipped,
             ),
             metrics=self.metrics,
         )
@@ -134,6 +138,10 @@ class Daemon:
 
     def _count_dead_letter(self, kind: str) -> None:
         self.metrics.invalid.labels(kind).inc()
+
+    def _count_dead_letter_trouble(self, outcome: str) -> None:
+        counter = self.metrics.dead_letters_truncated if outcome == "truncated" else self.metrics.dead_letters_failed
+        counter.inc()
 
     async def serve(self) -> None:
         """Run the loop until :meth:`request_stop`; a fatal error in the loop propagates."""

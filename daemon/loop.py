@@ -35,7 +35,9 @@ from daemon.schemas import (
     Bar,
     ForecastContext,
     build_forecast_message,
+    check_bar_time,
     encode_json,
+    format_ts,
     horizon_ns,
     infer_interval_ns,
     parse_bar,
@@ -57,6 +59,8 @@ class LoopConfig:
     default_interval_s: float = 60.0
     forecast_ttl_s: int | None = None
     base_seed: int = 0
+    max_future_s: float | None = 300.0
+    dead_letter_skipped: bool = False
 
 
 def next_offsets(batch: Sequence[InMessage]) -> dict[Partition, int]:
@@ -80,25 +84,48 @@ def commit_offsets(batch: Sequence[InMessage], not_done: Sequence[InMessage]) ->
     return offsets
 
 
+Source = tuple[str, int, int]  # topic, partition, offset of the message that carried a bar
+
+
+def skip_reason(msg: InMessage, ts_ns: int, last_ts: int | None, last_source: Source | None) -> str | None:
+    """Why a bar is not new, or None when it is: its ts must be after the symbol's last processed ts.
+
+    ``replayed``: the message is the one that carried the last processed bar, or an earlier one of the
+    same partition (offsets went back: a crash before the commit, a rebalance, a reset), so it was
+    processed already. Otherwise ``duplicate`` (same ts) or ``out_of_order`` (earlier ts): a new
+    message whose bar is not newer.
+    """
+    if last_ts is None or ts_ns > last_ts:
+        return None
+    if last_source is not None and last_source[:2] == (msg.topic, msg.partition) and msg.offset <= last_source[2]:
+        return "replayed"
+    return "duplicate" if ts_ns == last_ts else "out_of_order"
+
+
 def plan_rounds(
-    items: Sequence[Item], last_seen: dict[str, int | None]
+    items: Sequence[Item],
+    last_seen: dict[str, int | None],
+    last_source: dict[str, Source | None] | None = None,
 ) -> tuple[list[list[Item]], list[tuple[Item, str]]]:
     """Split a fetch's valid bars into rounds and skipped bars.
 
     A bar whose ts is not after the symbol's last seen ts (``last_seen``, then earlier bars of this
-    fetch) is skipped as ``duplicate`` (equal) or ``out_of_order`` (earlier). Round k holds the k-th
-    remaining bar of every symbol, so each symbol's bars are forecast in order.
+    fetch) is skipped by :func:`skip_reason` (``last_source``: the message of each symbol's last
+    processed bar). Round k holds the k-th remaining bar of every symbol, so each symbol's bars are
+    forecast in order.
     """
     last = dict(last_seen)
+    sources: dict[str, Source | None] = dict(last_source or {})
     queues: dict[str, list[Item]] = {}
     skipped: list[tuple[Item, str]] = []
     for item in items:
-        bar = item[1]
-        prev = last.get(bar.symbol)
-        if prev is not None and bar.ts_ns <= prev:
-            skipped.append((item, "duplicate" if bar.ts_ns == prev else "out_of_order"))
+        msg, bar = item
+        reason = skip_reason(msg, bar.ts_ns, last.get(bar.symbol), sources.get(bar.symbol))
+        if reason is not None:
+            skipped.append((item, reason))
             continue
         last[bar.symbol] = bar.ts_ns
+        sources[bar.symbol] = (msg.topic, msg.partition, msg.offset)
         queues.setdefault(bar.symbol, []).append(item)
     depth = max((len(q) for q in queues.values()), default=0)
     rounds = [[q[k] for q in queues.values() if len(q) > k] for k in range(depth)]
@@ -203,10 +230,9 @@ class ForecastLoop:
         items = await self._validate(batch)
         await self._load_states(items)
         last_seen = {s: st.last_ts for s, st in self._states.items()}
-        rounds, skipped = plan_rounds(items, last_seen)
-        for (msg, bar), reason in skipped:
-            self._metrics.skipped.labels(reason).inc()
-            log.info("bar skipped", reason=reason, symbol=bar.symbol, ts=bar.ts_ns, source=msg.source)
+        last_source = {s: st.source for s, st in self._states.items()}
+        rounds, skipped = plan_rounds(items, last_seen, last_source)
+        await self._skip(skipped)
         done = 0
         for round_items in rounds:
             if self._stopping or self._revoking:
@@ -220,17 +246,45 @@ class ForecastLoop:
         await self._in.commit(commit_offsets(batch, left))
 
     async def _validate(self, batch: list[InMessage]) -> list[Item]:
-        """Valid bars, in order; invalid messages go to the dead-letter topic (acknowledged)."""
+        """Valid bars, in order; invalid messages go to the dead-letter topic (acknowledged).
+
+        Any error while reading one message, expected (:class:`InvalidBar`) or not, stays with that
+        message: it is dead-lettered with the reason and the batch goes on.
+        """
         items: list[Item] = []
         dead: list[Awaitable[None]] = []
+        now = time.time()
         for msg in batch:
             try:
-                items.append((msg, parse_bar(msg.key, msg.value)))
+                bar = parse_bar(msg.key, msg.value)
+                check_bar_time(bar, msg.timestamp_ms, now, self._cfg.max_future_s)
+                items.append((msg, bar))
             except InvalidBar as exc:
                 log.warning("invalid message", reason=exc.reason, kind=exc.kind, source=msg.source)
                 dead.append(self._dead.send(msg, exc.reason, exc.kind))
+            except Exception as exc:
+                dead.append(self._dead_letter_error(msg, "reading the message", exc))
         await _gather_or_raise(dead)
         return items
+
+    def _dead_letter_error(self, msg: InMessage, doing: str, exc: BaseException) -> Awaitable[None]:
+        reason = f"{doing} failed: {type(exc).__name__}: {exc}"
+        log.error("message failed; dead-lettering it", source=msg.source, error=reason)
+        return self._dead.send(msg, reason, "error")
+
+    async def _skip(self, skipped: Sequence[tuple[Item, str]]) -> None:
+        """Count skipped bars by reason; dead-letter duplicates and out-of-order bars when configured
+        (``replayed`` ones were processed already: never)."""
+        dead: list[Awaitable[None]] = []
+        for (msg, bar), reason in skipped:
+            self._metrics.skipped.labels(reason).inc()
+            log.info("bar skipped", reason=reason, symbol=bar.symbol, ts=bar.ts_ns, source=msg.source)
+            if self._cfg.dead_letter_skipped and reason != "replayed":
+                state = self._states.get(bar.symbol)
+                last = "?" if state is None or state.last_ts is None else format_ts(state.last_ts)
+                text = f"skipped as {reason}: ts {format_ts(bar.ts_ns)} is not after {last}, the symbol's last bar"
+                dead.append(self._dead.send(msg, text, reason))
+        await _gather_or_raise(dead)
 
     async def _load_states(self, items: Sequence[Item]) -> None:
         """Load from the store the symbols seen for the first time since their partition was assigned."""
@@ -247,16 +301,22 @@ class ForecastLoop:
         if not items:
             return
         version = self._forecaster.model_version
-        windows, contexts = [], []
-        for msg, bar in items:
-            window, ctx = self._window(msg, bar, version, fetched_at)
+        windows, contexts, ready = [], [], []
+        dead: list[Awaitable[None]] = []
+        for item in items:
+            try:
+                window, ctx = self._window(item[0], item[1], version, fetched_at)
+            except Exception as exc:  # this bar cannot be made into a window: it alone is dead-lettered
+                dead.append(self._dead_letter_error(item[0], "building the forecast window", exc))
+                continue
             windows.append(window)
             contexts.append(ctx)
+            ready.append(item)
+        items = ready
 
-        results = await self._run_model(windows, contexts)
+        results = await self._run_model(windows, contexts) if windows else []
 
         publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
-        dead: list[Awaitable[None]] = []
         for item, ctx, result in zip(items, contexts, results, strict=True):
             try:
                 if isinstance(result, Exception):
@@ -282,10 +342,10 @@ class ForecastLoop:
         ]
         refused = set(await self._store.apply(updates, self._cfg.forecast_ttl_s))
         now = time.time()
-        for (_, bar), result, _, ctx in publish:
+        for (msg, bar), result, _, ctx in publish:
             if bar.symbol in refused:
                 continue
-            self._states[bar.symbol].append(bar, result.token_state, version)
+            self._states[bar.symbol].append(bar, result.token_state, version, msg.source)
             self._metrics.forecasts_out.inc()
             self._metrics.latency_from_bar.observe(max(0.0, now - bar.ts_ns / 1e9))
             self._metrics.latency_from_consume.observe(max(0.0, now - ctx.fetched_at))
@@ -299,14 +359,15 @@ class ForecastLoop:
     async def _still_new(self, items: list[Item]) -> list[Item]:
         """Reload symbols the store refused earlier in this fetch and drop bars that are no longer new."""
         await self._load_states(items)
-        fresh = []
+        fresh, skipped = [], []
         for item in items:
-            last = self._states[item[1].symbol].last_ts
-            if last is not None and item[1].ts_ns <= last:
-                self._metrics.skipped.labels("duplicate").inc()
-                log.info("bar skipped", reason="duplicate", symbol=item[1].symbol, source=item[0].source)
-            else:
+            state = self._states[item[1].symbol]
+            reason = skip_reason(item[0], item[1].ts_ns, state.last_ts, state.source)
+            if reason is None:
                 fresh.append(item)
+            else:
+                skipped.append((item, reason))
+        await self._skip(skipped)
         return fresh
 
     def _window(

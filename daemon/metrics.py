@@ -23,9 +23,19 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.dead_letters_truncated = Counter(
+            "kronos_dead_letters_truncated",
+            "Dead letters refused whole (oversize, broker refusal) and sent truncated instead.",
+            registry=r,
+        )
+        self.dead_letters_failed = Counter(
+            "kronos_dead_letters_failed",
+            "Dead letters refused even truncated: only logged (reason and source in the log).",
+            registry=r,
+        )
         self.skipped = Counter(
             "kronos_skipped",
-            "Valid bars skipped, by reason (duplicate, out_of_order).",
+            "Valid bars skipped, by reason (duplicate, out_of_order, replayed).",
             ["reason"],
             registry=r,
         )

@@ -46,6 +46,10 @@ from daemon.errors import InvalidBar
 from kronos_core.stream_types import FEATURES, SeriesForecast
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Bars are held as epoch nanoseconds in int64 (numpy datetime64[ns]): 1677-09-21 to 2262-04-11. The
+# bounds keep a year of margin so that the horizon's timestamps stay representable too.
+TS_MIN = datetime(1678, 1, 1, tzinfo=UTC)
+TS_MAX = datetime(2261, 1, 1, tzinfo=UTC)
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/kronos-stream/forecast")
 _INTERVAL_LOOKBACK = 8  # bars used to infer the bar interval
 
@@ -128,11 +132,39 @@ def parse_bar(key: bytes | None, value: bytes | None) -> Bar:
         raise InvalidBar("message key is not UTF-8; it must be the symbol", "key") from exc
     if key_text != bar.symbol:
         raise InvalidBar(f"message key {key_text!r} differs from symbol {bar.symbol!r}; key by symbol", "key")
+    if not TS_MIN <= bar.ts <= TS_MAX:
+        raise InvalidBar(
+            f"ts {bar.ts.isoformat()} is outside the supported range {TS_MIN.date()} to {TS_MAX.date()} "
+            "(bar times are held as epoch nanoseconds)",
+            "ts",
+        )
     amount = bar.amount
     if amount is None:
         amount = bar.volume * (bar.open + bar.high + bar.low + bar.close) / 4.0
     values = (bar.open, bar.high, bar.low, bar.close, bar.volume, amount)
     return Bar(bar.symbol, to_ns(bar.ts), values)
+
+
+def check_bar_time(bar: Bar, broker_ts_ms: int, now_s: float, max_future_s: float | None) -> None:
+    """Refuse a bar more than ``max_future_s`` ahead of the message's broker timestamp, or of the wall
+    clock ``now_s`` when the message has none (``broker_ts_ms`` <= 0). ``None`` disables the bound.
+
+    One such bar would otherwise become the symbol's last seen bar, and every later valid bar would be
+    skipped as out of order: the symbol would fall silent.
+    """
+    if max_future_s is None:
+        return
+    if broker_ts_ms > 0:
+        ref_ns, what = broker_ts_ms * 1_000_000, "the message's broker timestamp"
+    else:
+        ref_ns, what = int(now_s * 1e9), "the wall clock"
+    ahead_s = (bar.ts_ns - ref_ns) / 1e9
+    if ahead_s > max_future_s:
+        raise InvalidBar(
+            f"ts {format_ts(bar.ts_ns)} is {ahead_s:.0f} s ahead of {what} ({format_ts(ref_ns)}); at most "
+            f"{max_future_s:g} s are allowed (KRONOS_MAX_FUTURE_S)",
+            "future",
+        )
 
 
 def bar_to_json(symbol: str, ts: datetime, values: Sequence[float]) -> bytes:

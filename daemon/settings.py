@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"
     http_port: int | None = Field(default=8080, ge=0, le=65535)  # 0: any free port; unset: no HTTP
     health_stale_s: float = Field(default=60.0, gt=0)
+    # A bar more than this ahead of its message's broker timestamp (or the wall clock) is dead-lettered.
+    max_future_s: float | None = Field(default=300.0, ge=0, allow_inf_nan=False)
+    dead_letter_skipped: bool = False  # also dead-letter bars skipped as duplicate or out_of_order
     graceful_shutdown_s: float = Field(default=25.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

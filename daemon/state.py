@@ -56,7 +56,7 @@ def forecast_key(prefix: str, symbol: str) -> str:
 class SymbolState:
     """One symbol's working state: the bar ring, the token cache and the last-seen bar time."""
 
-    __slots__ = ("symbol", "timestamps", "rows", "token_state", "token_version", "last_ts")
+    __slots__ = ("symbol", "timestamps", "rows", "token_state", "token_version", "last_ts", "source")
 
     def __init__(
         self,
@@ -66,6 +66,7 @@ class SymbolState:
         token_state: TokenState | None = None,
         token_version: str | None = None,
         last_ts: int | None = None,
+        source: str | None = None,
     ) -> None:
         self.symbol = symbol
         self.timestamps: deque[int] = deque(maxlen=max_context)  # epoch ns, oldest first
@@ -78,6 +79,7 @@ class SymbolState:
         if last_ts is None and self.timestamps:
             last_ts = self.timestamps[-1]
         self.last_ts = last_ts
+        self.source = parse_source(source)  # (topic, partition, offset) of the last processed message
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -94,12 +96,29 @@ class SymbolState:
         stamps = np.asarray(ts, dtype="datetime64[ns]")  # [L]
         return values, stamps, ts
 
-    def append(self, bar: Bar, token_state: TokenState | None, model_version: str) -> None:
+    def append(
+        self, bar: Bar, token_state: TokenState | None, model_version: str, source: str | None = None
+    ) -> None:
         self.timestamps.append(bar.ts_ns)
         self.rows.append(bar.values)
         self.token_state = token_state
         self.token_version = model_version if token_state is not None else None
         self.last_ts = bar.ts_ns
+        if source is not None:
+            self.source = parse_source(source)
+
+
+def parse_source(source: str | bytes | None) -> tuple[str, int, int] | None:
+    """``"topic/partition/offset"`` as a tuple; None when absent or not in that form."""
+    if source is None:
+        return None
+    text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
+    topic, _, rest = text.rpartition("/")
+    topic, _, partition = topic.rpartition("/")
+    try:
+        return (topic, int(partition), int(rest)) if topic else None
+    except ValueError:
+        return None
 
 
 class StateUpdate:

@@ -44,7 +44,8 @@ class MemoryStateStore(StateStore):
             rec = self._records.get(s) or _Record()
             bars = [decode_bar(raw, f"memory:bars:{s}") for raw in rec.bars]
             token_state, token_version = decode_tokens(rec.tokens)
-            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, rec.last_ts)
+            source = rec.meta.get("source")
+            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, rec.last_ts, source)
         return states
 
     async def apply(self, updates: Sequence[StateUpdate], forecast_ttl_s: int | None = None) -> list[str]:

@@ -98,18 +98,19 @@ class RedisStateStore(StateStore):
                 for s in symbols:
                     pipe.lrange(bars_key(p, s), 0, -1)
                     pipe.get(tokens_key(p, s))
-                    pipe.hget(meta_key(p, s), "last_ts")
+                    pipe.hmget(meta_key(p, s), "last_ts", "source")
                 replies = await pipe.execute()
         except RedisError as exc:
             raise StateError(f"reading state of {len(symbols)} symbols from Redis failed: {exc}") from exc
         states = {}
         for i, s in enumerate(symbols):
-            raw_bars, raw_tokens, raw_last = replies[3 * i : 3 * i + 3]
+            raw_bars, raw_tokens, (raw_last, raw_source) = replies[3 * i : 3 * i + 3]
             where = bars_key(p, s)
             bars = [decode_bar(raw, where) for raw in raw_bars]
             token_state, token_version = decode_tokens(raw_tokens)
             last_ts = int(raw_last) if raw_last is not None else None
-            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, last_ts)
+            source = raw_source.decode() if raw_source is not None else None
+            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, last_ts, source)
         return states
 
     async def apply(self, updates: Sequence[StateUpdate], forecast_ttl_s: int | None = None) -> list[str]:

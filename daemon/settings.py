@@ -145,7 +145,7 @@ class ModelSettings(_Group):
 
 class BatchSettings(_Group):
     max_batch_size: int = Field(default=256, ge=1, le=100_000)  # records per fetch (getmany max_records)
-    max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # how long a fetch waits for records
+    max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # a fetch waits this long for a first record, then lingers as long for more
 
 
 class Settings(BaseSettings):

@@ -112,6 +112,8 @@ class ModelSettings(_Group):
     top_k: int = Field(default=0, ge=0)
     base_seed: int = Field(default=0, ge=0)
     quantile_levels: QuantileLevels = (0.1, 0.5, 0.9)
+    max_sessions: int = Field(default=256, ge=1)  # incremental: warm symbols kept in memory ...
+    max_session_bytes: int | None = Field(default=None, ge=1)  # ... and at most this many bytes of caches
 
     @model_validator(mode="after")
     def _horizon_fits(self) -> ModelSettings:

@@ -265,6 +265,8 @@ def daemon_env(
         env["KRONOS_BATCH__MAX_BATCH_SIZE"] = str(args.max_batch)
     if args.max_wait_ms is not None:
         env["KRONOS_BATCH__MAX_WAIT_MS"] = str(args.max_wait_ms)
+    if args.profile is not None:
+        env["BENCH_PROFILE"] = str(args.profile)
     return env
 
 
@@ -278,8 +280,10 @@ class DaemonProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
+            profile = self._env.get("BENCH_PROFILE")  # a cProfile dump of the daemon (written at exit)
+            prefix = ["-m", "cProfile", "-o", profile] if profile else []
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "run"],
+                [sys.executable, *prefix, "-m", "daemon", "run"],
                 cwd=REPO,
                 env=self._env,
                 stdout=log,
@@ -856,6 +860,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="instead of the load phases: bursts of N symbols (e.g. 128,512,1000)")
     p.add_argument("--burst-repeats", type=int, default=2, help="bursts per size")
     p.add_argument("--max-batch", type=int, default=None, help="KRONOS_BATCH__MAX_BATCH_SIZE (burst default: max N)")
+    p.add_argument("--profile", type=Path, default=None, help="run the daemon under cProfile, dump here")
     p.add_argument("--max-wait-ms", type=int, default=None, help="KRONOS_BATCH__MAX_WAIT_MS (default: the daemon's)")
     args = p.parse_args(argv)
     args.burst_sizes = sorted({int(n) for n in args.burst.split(",")}) if args.burst else []

@@ -49,7 +49,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
@@ -402,6 +402,56 @@ async def delete_redis_keys(redis_url: str, prefix: str) -> int:
         await client.aclose()
 
 
+@dataclass
+class Session:
+    """A started daemon on a run's fresh topics, with this process's clients around it."""
+
+    daemon: DaemonProcess
+    admin: AIOKafkaAdminClient
+    probe: AIOKafkaConsumer
+    producer: AIOKafkaProducer
+    collector: Collector
+
+
+@contextlib.asynccontextmanager
+async def daemon_session(
+    args: argparse.Namespace, run: Run, env: dict[str, str], bootstrap: str, redis_url: str,
+    log_path: Path, result: dict[str, Any], *, producer_linger_ms: int = 0,
+) -> AsyncIterator[Session]:
+    """Create the run's topics, start the daemon and wait until it is ready, start the output reader;
+    afterwards stop everything and delete the topics and Redis keys (also after a failure)."""
+    s = Session(
+        DaemonProcess(env, int(env["KRONOS_HTTP_PORT"]), log_path),
+        AIOKafkaAdminClient(bootstrap_servers=bootstrap),
+        AIOKafkaConsumer(bootstrap_servers=bootstrap),
+        AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                         linger_ms=producer_linger_ms),
+        Collector(bootstrap, run.output),
+    )
+    result["daemon_log"] = str(log_path.relative_to(REPO))
+    await s.admin.start()
+    try:
+        await create_topics(s.admin, run)
+        await s.probe.start()
+        await wait_for_leaders(s.probe, run)
+        await s.producer.start()
+        s.daemon.start()
+        result["startup_s"] = round(await s.daemon.wait_ready(args.ready_timeout), 2)
+        await s.collector.start(run.partitions)  # reads from the beginning; nothing is published yet
+        print(f"[{run.mode}] daemon ready after {result['startup_s']} s", flush=True)
+        yield s
+    finally:
+        result["exit_code"] = await s.daemon.stop()
+        await s.collector.stop()
+        await s.producer.stop()
+        await s.probe.stop()
+        try:
+            await delete_topics(s.admin, run)
+        finally:
+            await s.admin.close()
+        result["redis_keys_deleted"] = await delete_redis_keys(redis_url, run.prefix)
+
+
 # -- one mode -----------------------------------------------------------------------------------
 
 
@@ -424,26 +474,13 @@ async def bench_mode(
     args: argparse.Namespace, mode: str, bootstrap: str, redis_url: str, uid: str
 ) -> dict[str, Any]:
     run = Run(mode, uid, args.partitions)
-    port = free_port()
+    env = daemon_env(args, run, bootstrap, redis_url, free_port())
     log_path = REPO / "results" / "tmp" / f"bench_load-{mode}.log"
-    daemon = DaemonProcess(daemon_env(args, run, bootstrap, redis_url, port), port, log_path)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0)
-    collector = Collector(bootstrap, run.output)
     bars = synthetic_bars(args.symbols, None, interval_s=BAR_INTERVAL_S, seed=args.seed, start=BAR_START)
-    result: dict[str, Any] = {"mode": mode, "daemon_log": str(log_path.relative_to(REPO))}
-    await admin.start()
-    try:
-        await create_topics(admin, run)
-        await probe.start()
-        await wait_for_leaders(probe, run)
-        await producer.start()
-        began = time.monotonic()
-        daemon.start()
-        result["startup_s"] = round(await daemon.wait_ready(args.ready_timeout), 2)
-        await collector.start(run.partitions)  # reads from the beginning; nothing is published yet
-        print(f"[{mode}] daemon ready after {result['startup_s']} s", flush=True)
+    result: dict[str, Any] = {"mode": mode}
+    began = time.monotonic()
+    async with daemon_session(args, run, env, bootstrap, redis_url, log_path, result) as s:
+        daemon, admin, probe, producer, collector = s.daemon, s.admin, s.probe, s.producer, s.collector
 
         # 1. warm-up: full windows for every symbol
         warm = round_robin(bars, args.symbols * args.warm_bars)
@@ -543,16 +580,6 @@ async def bench_mode(
             f"[{mode}] drain: {len(got_at)}/{len(keys)} in {end - d0:.1f} s = {result['drain']['rate']}/s",
             flush=True,
         )
-    finally:
-        result["exit_code"] = await daemon.stop()
-        await collector.stop()
-        await producer.stop()
-        await probe.stop()
-        try:
-            await delete_topics(admin, run)
-        finally:
-            await admin.close()
-        result["redis_keys_deleted"] = await delete_redis_keys(redis_url, run.prefix)
     return result
 
 
@@ -613,31 +640,16 @@ async def bench_bursts(
     """One daemon, ``max(sizes)`` symbols warmed up, then bursts: the first N symbols each send one
     bar at the same instant; time until the last of their forecasts is read from the output topic."""
     sizes = args.burst_sizes
-    run = Run(f"burst-{mode}", uid, args.partitions)
-    port = free_port()
+    run = Run(mode, f"{uid}-burst", args.partitions)
+    env = daemon_env(args, run, bootstrap, redis_url, free_port())
     log_path = REPO / "results" / "tmp" / f"bench_burst-{mode}.log"
-    env = daemon_env(args, run, bootstrap, redis_url, port)
-    env["KRONOS_MODE"] = mode
-    daemon = DaemonProcess(env, port, log_path)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
-    collector = Collector(bootstrap, run.output)
     total = max(sizes)
     feed = synthetic_bars(total, None, interval_s=BAR_INTERVAL_S, seed=args.seed, start=BAR_START)
     history: dict[str, list[FeedBar]] = {}
-    result: dict[str, Any] = {"mode": mode, "daemon_log": str(log_path.relative_to(REPO)), "bursts": []}
+    result: dict[str, Any] = {"mode": mode, "bursts": []}
     reference = ReferenceModel(env)
-    await admin.start()
-    try:
-        await create_topics(admin, run)
-        await probe.start()
-        await wait_for_leaders(probe, run)
-        await producer.start()
-        daemon.start()
-        result["startup_s"] = round(await daemon.wait_ready(args.ready_timeout), 2)
-        await collector.start(run.partitions)
-
+    async with daemon_session(args, run, env, bootstrap, redis_url, log_path, result, producer_linger_ms=5) as s:
+        daemon, producer, collector = s.daemon, s.producer, s.collector
         warm = round_robin(feed, total * args.warm_bars)
         for bar in warm:
             history.setdefault(bar[0], []).append(bar)
@@ -686,18 +698,6 @@ async def bench_bursts(
                 print(f"[burst {mode}] {size} symbols: last forecast after {burst_s * 1e3:.0f} ms, "
                       f"{calls} model call(s) ({model_s * 1e3:.0f} ms), one engine call {engine_s * 1e3:.0f} ms, "
                       f"efficiency {entry['efficiency']:.0%}", flush=True)
-        result["exit_code"] = await daemon.stop()
-    finally:
-        if "exit_code" not in result:
-            result["exit_code"] = await daemon.stop()
-        await collector.stop()
-        await producer.stop()
-        await probe.stop()
-        try:
-            await delete_topics(admin, run)
-        finally:
-            await admin.close()
-        result["redis_keys_deleted"] = await delete_redis_keys(redis_url, run.prefix)
     return result
 
 

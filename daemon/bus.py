@@ -82,6 +82,23 @@ class InputBus(ABC):
     def lag(self) -> dict[Partition, int]:
         """Messages behind the end of each assigned partition (where known)."""
 
+    async def probe(self, timeout_s: float = 3.0) -> None:
+        """Raise :class:`BusUnavailable` when the broker cannot be reached (readiness)."""
+        return None
+
+    async def read_history(
+        self,
+        partition: Partition,
+        end_offset: int,
+        since_ms: int | None,
+        sink: Callable[[list[InMessage]], None],
+    ) -> int:
+        """Hand ``sink`` the retained messages of ``partition`` before ``end_offset``, in order, from
+        the first one stamped at or after ``since_ms`` (None: the earliest retained). Returns the
+        offset reading started at (0: nothing was ever trimmed). Outside the consumer group: the
+        group's positions and commits are untouched."""
+        raise BusError(f"{type(self).__name__} cannot read a partition's history")
+
     @abstractmethod
     async def stop(self) -> None: ...
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 import structlog
@@ -35,6 +35,7 @@ import structlog
 from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
 from daemon.errors import CommitRefused, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
+from daemon.retry import Abandoned, Outages
 from daemon.schemas import (
     Bar,
     ForecastContext,
@@ -46,12 +47,18 @@ from daemon.schemas import (
     infer_interval_ns,
     parse_bar,
 )
-from daemon.state import StateStore, StateUpdate, SymbolState
+from daemon.state import StateStore, StateUpdate, SymbolState, merge_restored
 from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecaster, derive_seed
 
 log = structlog.get_logger("kronos.loop")
 
+T = TypeVar("T")
+
 Item = tuple[InMessage, Bar]
+# Offsets a partition's first fetch may skip past the watermark without any loss: the commit markers
+# of Kafka transactions take offsets too.
+_WATERMARK_SLACK = 2
+Letter = tuple[InMessage, str, str]  # a message for the dead-letter topic: message, reason, kind
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class LoopConfig:
     base_seed: int = 0
     max_future_s: float | None = 300.0
     dead_letter_skipped: bool = False
+    max_context: int = 512
+    restore_lookback_s: float | None = None  # history read to restore lost state (None: all retained)
 
 
 def next_offsets(batch: Sequence[InMessage]) -> dict[Partition, int]:
@@ -150,14 +159,6 @@ async def linger(bus: InputBus, batch: list[InMessage], max_records: int, linger
     return batch
 
 
-async def _gather_or_raise(aws: Sequence[Awaitable[Any]]) -> None:
-    """Await all; if any failed, raise the first failure (after all have finished)."""
-    results = await asyncio.gather(*aws, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-
-
 class ForecastLoop:
     """Consumes bars and produces forecasts until :meth:`request_stop`; also the rebalance handler."""
 
@@ -171,6 +172,7 @@ class ForecastLoop:
         forecaster: StreamForecaster,
         config: LoopConfig,
         metrics: Metrics,
+        outages: Outages | None = None,
     ) -> None:
         self._in = bus_in
         self._out = bus_out
@@ -179,9 +181,13 @@ class ForecastLoop:
         self._forecaster = forecaster
         self._cfg = config
         self._metrics = metrics
+        self._outages = outages or Outages()
         self._states: dict[str, SymbolState] = {}  # owned symbols, loaded from the store on first sight
         self._owner: dict[str, Partition] = {}  # symbol -> the input partition it arrives on
         self._busy = asyncio.Lock()  # held while a fetch is processed; a revocation waits for it
+        self._generation: str | None = None  # the store's generation marker when last seen
+        self._checked: set[Partition] = set()  # partitions checked for lost state since assigned
+        self._partial: set[Partition] = set()  # partitions restored from a history missing older bars
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kronos-model")
         self._stopping = False
         self._revoking = False
@@ -219,9 +225,12 @@ class ForecastLoop:
         """The next micro-batch, or None when a stop interrupted the fetch."""
         self._in_fetch = True
         try:
-            first = await self._in.fetch(self._cfg.max_batch_size, self._cfg.max_wait_ms)
+            size, wait = self._cfg.max_batch_size, self._cfg.max_wait_ms
+            first = await self._io("kafka", "fetching", lambda: self._in.fetch(size, wait))
             self._in_fetch = False  # records in hand: a stop request now lets the linger end by itself
-            return await linger(self._in, first, self._cfg.max_batch_size, self._cfg.max_wait_ms)
+            return await self._io("kafka", "fetching", lambda: linger(self._in, first, size, wait))
+        except Abandoned:
+            return None
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
@@ -232,9 +241,22 @@ class ForecastLoop:
         finally:
             self._in_fetch = False
 
+    def _tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    async def _io(self, service: str, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """A call to Kafka or Redis, retried through an outage; given up (:class:`Abandoned`) when the
+        loop stops or its partitions are revoked meanwhile (nothing more of the batch is committed)."""
+        return await self._outages.call(
+            service, what, fn, abandon=lambda: self._stopping or self._revoking, on_attempt=self._tick
+        )
+
     async def _process_safely(self, batch: list[InMessage]) -> None:
         try:
             await self.process(batch)
+        except Abandoned:
+            # Stopping or revoked during an outage: the uncommitted rest is fetched again (same ids).
+            log.warning("batch abandoned during an outage; it will be processed again", size=len(batch))
         except CommitRefused as exc:
             # The group moved on without us; the new owner replays from the last commit.
             log.warning("commit refused after a rebalance; dropping cached state", error=str(exc))
@@ -247,6 +269,7 @@ class ForecastLoop:
         batch = [m for m in batch if m.tp in owned]  # revoked since the fetch: the new owner has them
         self._metrics.bars_in.inc(len(batch))
 
+        await self._check_lost_state(batch)
         items = await self._validate(batch)
         await self._load_states(items)
         last_seen = {s: st.last_ts for s, st in self._states.items()}
@@ -263,7 +286,10 @@ class ForecastLoop:
         left = [msg for round_items in rounds[done:] for msg, _ in round_items]
         if left:
             log.info("batch cut short", bars_left=len(left), stopping=self._stopping, revoking=self._revoking)
-        await self._in.commit(commit_offsets(batch, left))
+        offsets = commit_offsets(batch, left)
+        marks = {f"{p.topic}/{p.partition}": off - 1 for p, off in offsets.items() if off > 0}
+        await self._io("redis", "writing watermarks", lambda: self._store.set_watermarks(marks))
+        await self._io("kafka", "committing offsets", lambda: self._in.commit(offsets))
 
     async def _validate(self, batch: list[InMessage]) -> list[Item]:
         """Valid bars, in order; invalid messages go to the dead-letter topic (acknowledged).
@@ -272,7 +298,7 @@ class ForecastLoop:
         message: it is dead-lettered with the reason and the batch goes on.
         """
         items: list[Item] = []
-        dead: list[Awaitable[None]] = []
+        dead: list[Letter] = []
         now = time.time()
         for msg in batch:
             try:
@@ -281,21 +307,125 @@ class ForecastLoop:
                 items.append((msg, bar))
             except InvalidBar as exc:
                 log.warning("invalid message", reason=exc.reason, kind=exc.kind, source=msg.source)
-                dead.append(self._dead.send(msg, exc.reason, exc.kind))
+                dead.append((msg, exc.reason, exc.kind))
             except Exception as exc:
-                dead.append(self._dead_letter_error(msg, "reading the message", exc))
-        await _gather_or_raise(dead)
+                dead.append(self._error_letter(msg, "reading the message", exc))
+        await self._dead_letter(dead)
         return items
 
-    def _dead_letter_error(self, msg: InMessage, doing: str, exc: BaseException) -> Awaitable[None]:
+    # -- lost state --------------------------------------------------------------------------------
+
+    async def _check_lost_state(self, batch: Sequence[InMessage]) -> None:
+        """Notice that the store lost data, and restore what it lost before anything is forecast.
+
+        Two markers an empty Redis lacks: the generation token (it changes when Redis comes back
+        empty under a running daemon) and the per-partition watermark (the offset of the last message
+        whose state was written; it must reach the committed offset, which is where a partition's
+        first fetch after its assignment starts). A partition whose watermark falls short is restored
+        from its own retained bars up to that offset.
+        """
+        generation = await self._io("redis", "reading the state generation", self._store.generation)
+        if self._generation is not None and generation != self._generation:
+            log.error(
+                "the state store lost its data (its generation marker changed); restoring every symbol",
+                symbols_in_memory=len(self._states),
+            )
+            self._metrics.state_lost.inc()
+            self._checked.clear()  # the watermarks went too: every partition is checked again
+        self._generation = generation
+        firsts: dict[Partition, int] = {}
+        for m in batch:
+            firsts[m.tp] = min(firsts.get(m.tp, m.offset), m.offset)
+        unchecked = {p: o for p, o in firsts.items() if p not in self._checked}
+        if not unchecked:
+            return
+        marks = await self._io("redis", "reading watermarks", self._store.watermarks)
+        for p, first in sorted(unchecked.items()):
+            mark = marks.get(f"{p.topic}/{p.partition}")
+            if first > 0 and (mark is None or mark < first - 1 - _WATERMARK_SLACK):
+                log.warning(
+                    "state of a partition is missing from the store; restoring it from the input topic",
+                    partition=f"{p.topic}/{p.partition}", watermark=mark, first_offset=first,
+                )  # fmt: skip
+                await self._restore_partition(p, first)
+            self._checked.add(p)
+
+    async def _restore_partition(self, partition: Partition, end_offset: int) -> None:
+        """Rebuild each symbol of ``partition`` from its retained bars before ``end_offset`` (or from
+        memory, for symbols this daemon holds), merged with what the store still has."""
+        cap = self._cfg.max_context
+        built: dict[str, SymbolState] = {}
+        now = time.time()
+
+        def sink(messages: list[InMessage]) -> None:
+            for m in messages:
+                try:
+                    bar = parse_bar(m.key, m.value)
+                    check_bar_time(bar, m.timestamp_ms, now, self._cfg.max_future_s)
+                except Exception:
+                    continue  # dead-lettered when it was first consumed
+                state = built.get(bar.symbol)
+                if state is None:
+                    state = built[bar.symbol] = SymbolState(bar.symbol, cap)
+                if state.last_ts is None or bar.ts_ns > state.last_ts:
+                    state.append(bar, None, "", m.source)
+
+        async def read() -> int:
+            built.clear()
+            return await self._in.read_history(partition, end_offset, since_ms, sink)
+
+        lookback = self._cfg.restore_lookback_s
+        since_ms = None if lookback is None else int((now - lookback) * 1e3)
+        start = await self._io("kafka", "reading retained bars", read)
+        for symbol, state in self._states.items():  # what this daemon holds is complete
+            if self._owner.get(symbol) == partition:
+                built[symbol] = state
+        if start > 0:
+            self._partial.add(partition)
+        for symbol, state in built.items():
+            if symbol not in self._states:
+                state.complete = start == 0 or len(state) >= cap
+        symbols = sorted(built)
+        stored = await self._io("redis", "loading state", lambda: self._store.load(symbols))
+        writes = []
+        for symbol in symbols:
+            merged = merge_restored(built[symbol], stored[symbol])
+            if merged is not None:
+                writes.append((merged, stored[symbol].last_ts))
+        written = await self._io("redis", "restoring state", lambda: self._store.restore(writes))
+        for symbol in written:
+            if symbol not in self._states or self._owner.get(symbol) != partition:
+                self._states.pop(symbol, None)  # loaded again from the store when it comes up
+        self._metrics.state_restored.inc(len(written))
+        log.info(
+            "state restored from the input topic",
+            partition=f"{partition.topic}/{partition.partition}", from_offset=start, to_offset=end_offset,
+            symbols=len(written), incomplete=sum(not st.complete for st, _ in writes),
+        )  # fmt: skip
+
+    def _error_letter(self, msg: InMessage, doing: str, exc: BaseException) -> Letter:
         reason = f"{doing} failed: {type(exc).__name__}: {exc}"
         log.error("message failed; dead-lettering it", source=msg.source, error=reason)
-        return self._dead.send(msg, reason, "error")
+        return msg, reason, "error"
+
+    async def _dead_letter(self, letters: Sequence[Letter]) -> None:
+        """Send dead letters (acknowledged), retrying through a broker outage only those not sent yet."""
+        pending = list(letters)
+
+        async def attempt() -> None:
+            results = await asyncio.gather(*(self._dead.send(*x) for x in pending), return_exceptions=True)
+            pending[:] = [x for x, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+
+        if pending:
+            await self._io("kafka", "dead-lettering", attempt)
 
     async def _skip(self, skipped: Sequence[tuple[Item, str]]) -> None:
         """Count skipped bars by reason; dead-letter duplicates and out-of-order bars when configured
         (``replayed`` ones were processed already: never)."""
-        dead: list[Awaitable[None]] = []
+        dead: list[Letter] = []
         for (msg, bar), reason in skipped:
             self._metrics.skipped.labels(reason).inc()
             log.info("bar skipped", reason=reason, symbol=bar.symbol, ts=bar.ts_ns, source=msg.source)
@@ -303,14 +433,19 @@ class ForecastLoop:
                 state = self._states.get(bar.symbol)
                 last = "?" if state is None or state.last_ts is None else format_ts(state.last_ts)
                 text = f"skipped as {reason}: ts {format_ts(bar.ts_ns)} is not after {last}, the symbol's last bar"
-                dead.append(self._dead.send(msg, text, reason))
-        await _gather_or_raise(dead)
+                dead.append((msg, text, reason))
+        await self._dead_letter(dead)
 
     async def _load_states(self, items: Sequence[Item]) -> None:
         """Load from the store the symbols seen for the first time since their partition was assigned."""
         missing = sorted({bar.symbol for _, bar in items if bar.symbol not in self._states})
         if missing:
-            self._states.update(await self._store.load(missing))
+            loaded = await self._io("redis", "loading state", lambda: self._store.load(missing))
+            for msg, bar in items:  # a symbol new to the store, on a partition restored only in part
+                state = loaded.get(bar.symbol)
+                if state is not None and state.last_ts is None and msg.tp in self._partial:
+                    state.complete = False
+            self._states.update(loaded)
             self._metrics.symbols_cached.set(len(self._states))
         for msg, bar in items:
             self._owner[bar.symbol] = msg.tp
@@ -322,12 +457,12 @@ class ForecastLoop:
             return
         version = self._forecaster.model_version
         windows, contexts, ready = [], [], []
-        dead: list[Awaitable[None]] = []
+        dead: list[Letter] = []
         for item in items:
             try:
                 window, ctx = self._window(item[0], item[1], version, fetched_at)
             except Exception as exc:  # this bar cannot be made into a window: it alone is dead-lettered
-                dead.append(self._dead_letter_error(item[0], "building the forecast window", exc))
+                dead.append(self._error_letter(item[0], "building the forecast window", exc))
                 continue
             windows.append(window)
             contexts.append(ctx)
@@ -348,19 +483,24 @@ class ForecastLoop:
                 log.error(
                     "forecast failed", symbol=ctx.symbol, ts=ctx.ts_ns, source=item[0].source, error=reason
                 )
-                dead.append(self._dead.send(item[0], reason, "forecast"))
+                dead.append((item[0], reason, "forecast"))
 
         # Kafka first, Redis second. Were Redis written first, a crash between the two would leave
         # the bar's ts in Redis: the replayed bar would then be skipped as a duplicate and its
         # forecast would never reach the output topic. This way a replay at worst publishes the
         # same forecast (same id) twice.
         records = [(bar.symbol.encode(), value) for (_, bar), _, value, _ in publish]
-        await _gather_or_raise([self._out.send_batch(self._cfg.output_topic, records), *dead])
+        if records:
+            await self._io(
+                "kafka", "publishing forecasts", lambda: self._out.send_batch(self._cfg.output_topic, records)
+            )
+        await self._dead_letter(dead)
         updates = [
             StateUpdate(bar, result.token_state, value, version, msg.source)
             for (msg, bar), result, value, _ in publish
         ]
-        refused = set(await self._store.apply(updates, self._cfg.forecast_ttl_s))
+        ttl = self._cfg.forecast_ttl_s
+        refused = set(await self._io("redis", "storing state", lambda: self._store.apply(updates, ttl)))
         now = time.time()
         for (msg, bar), result, _, ctx in publish:
             if bar.symbol in refused:
@@ -406,6 +546,8 @@ class ForecastLoop:
             bar.symbol, bar.ts_ns, interval, future, seed, len(ts_list),
             msg.topic, msg.partition, msg.offset, msg.timestamp_ms, fetched_at,
         )  # fmt: skip
+        ctx.context_complete = state.complete or len(ts_list) >= self._cfg.max_context
+        ctx.context_first_ns = ts_list[0]
         return window, ctx
 
     async def _run_model(
@@ -468,6 +610,8 @@ class ForecastLoop:
         log.info("partitions assigned", partitions=sorted(map(tuple, partitions)))
 
     def _drop(self, partitions: set[Partition]) -> int:
+        self._checked -= partitions
+        self._partial -= partitions
         symbols = [s for s, p in self._owner.items() if p in partitions]
         for s in symbols:
             self._owner.pop(s, None)

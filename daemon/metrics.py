@@ -70,6 +70,21 @@ class Metrics:
         self.symbols_cached = Gauge(
             "kronos_symbols_cached", "Symbols whose state is held in memory.", registry=r
         )
+        self.service_up = Gauge(
+            "kronos_service_up",
+            "1 while the service (kafka, redis) answers the readiness probe and calls, else 0.",
+            ["service"],
+            registry=r,
+        )
+        self.service_retries = Counter(
+            "kronos_service_retries", "Calls to a service retried during an outage.", ["service"], registry=r
+        )
+        self.state_lost = Counter(
+            "kronos_state_lost", "Times the state store was found to have lost its data.", registry=r
+        )
+        self.state_restored = Counter(
+            "kronos_state_restored", "Symbols whose lost state was restored (input topic or memory).", registry=r
+        )
         self.model_info = Info("kronos_model", "The model serving forecasts.", registry=r)
 
     def set_lag(self, lags: dict[Partition, int]) -> None:

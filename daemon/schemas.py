@@ -21,11 +21,15 @@ Output, topic ``KRONOS_KAFKA__OUTPUT_TOPIC``, key = symbol, value = JSON::
      "quantiles": {"p10": {"close": [...H], ...}, "p50": {...}, "p90": {...}},
      "quantile_levels": [0.1, 0.5, 0.9], "sample_count": 8,
      "model_version": ..., "mode": "exact" | "incremental", "seed": ..., "context_bars": L,
+     "context_complete": true,
      "latency_ms": {"queue": ..., "model": ..., "end_to_end": ..., "from_bar": ...},
      "source": {"topic": ..., "partition": ..., "offset": ...}, "created_at": ...}
 
 ``id``, the paths and ``seed`` depend only on the bar, its history and the model, so a bar processed
 twice (at-least-once delivery) yields the same ``id`` and numbers: readers de-duplicate on ``id``.
+``context_complete`` is false when the symbol's state was lost and could only be restored in part (the
+input topic no longer held the older bars): the id then also names the context (its length and first
+bar), so it differs from the id of any forecast made from another context.
 Latencies: ``queue`` = fetched until the model call began, ``model`` = the batched model call,
 ``end_to_end`` = Kafka timestamp of the input message until the forecast is handed to the producer,
 ``from_bar`` = bar ``ts`` until then. Horizon timestamps continue the bar grid naively (no trading calendar).
@@ -177,9 +181,15 @@ def bar_to_json(symbol: str, ts: datetime, values: Sequence[float]) -> bytes:
 # -- output --------------------------------------------------------------------------------------
 
 
-def forecast_id(symbol: str, ts_ns: int, model_version: str) -> str:
-    """The stable id of the forecast made at bar ``ts_ns``: the same on every replay."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{symbol}|{ts_ns}|{model_version}"))
+def forecast_id(symbol: str, ts_ns: int, model_version: str, context: str | None = None) -> str:
+    """The stable id of the forecast made at bar ``ts_ns``: the same on every replay.
+
+    ``context`` names a context that may be incomplete (restored after a data loss: see
+    ``context_complete``); it enters the id, so such a forecast never shares an id with one made
+    from a different context.
+    """
+    name = f"{symbol}|{ts_ns}|{model_version}" + ("" if context is None else f"|context={context}")
+    return str(uuid.uuid5(_ID_NAMESPACE, name))
 
 
 def infer_interval_ns(timestamps_ns: Sequence[int], default_ns: int) -> int:
@@ -211,7 +221,8 @@ class ForecastContext:
 
     __slots__ = (
         "symbol", "ts_ns", "interval_ns", "future_ns", "seed", "context_bars", "topic", "partition",
-        "offset", "kafka_ts_ms", "fetched_at", "model_started_at", "model_ms",
+        "offset", "kafka_ts_ms", "fetched_at", "model_started_at", "model_ms", "context_complete",
+        "context_first_ns",
     )  # fmt: skip
 
     def __init__(
@@ -241,6 +252,8 @@ class ForecastContext:
         self.fetched_at = fetched_at  # wall clock (time.time()) when the fetch returned
         self.model_started_at = fetched_at
         self.model_ms = 0.0
+        self.context_complete = True  # False: restored after a data loss, older bars may be missing
+        self.context_first_ns = ts_ns  # ts of the window's first bar
 
 
 def build_forecast_message(
@@ -257,8 +270,9 @@ def build_forecast_message(
         )
     if not (np.isfinite(result.mean).all() and np.isfinite(result.quantiles).all()):
         raise ValueError("the forecast holds NaN or infinite values")
+    context = None if ctx.context_complete else f"{ctx.context_bars}@{ctx.context_first_ns}"
     return {
-        "id": forecast_id(ctx.symbol, ctx.ts_ns, model_version),
+        "id": forecast_id(ctx.symbol, ctx.ts_ns, model_version, context),
         "symbol": ctx.symbol,
         "as_of": format_ts(ctx.ts_ns),
         "interval_s": ctx.interval_ns / 1e9,
@@ -273,6 +287,7 @@ def build_forecast_message(
         "mode": mode,
         "seed": ctx.seed,
         "context_bars": ctx.context_bars,
+        "context_complete": ctx.context_complete,
         "latency_ms": {
             "queue": round(max(0.0, ctx.model_started_at - ctx.fetched_at) * 1e3, 3),
             "model": round(ctx.model_ms, 3),

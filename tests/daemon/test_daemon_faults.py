@@ -3,6 +3,7 @@ range or in the future, skipped and replayed bars, failing dead-letter sends, a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from stub_forecaster import StubForecaster
 from daemon.bus import Headers, Partition
 from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.errors import BusError, InvalidBar
-from daemon.schemas import check_bar_time, parse_bar
+from daemon.schemas import check_bar_time, forecast_id, parse_bar
 from daemon.settings import Settings, load_settings
 from daemon.state_memory import MemoryStateStore
 
@@ -224,3 +225,110 @@ async def test_an_unexpected_error_while_handling_one_message_dead_letters_it(
     (dead,) = broker.messages("dlq")
     assert b"OverflowError" in dict(dead.headers)["reason"]
 
+
+
+# -- health: readiness needs partitions; liveness fails when stuck, not when idle ------------------
+
+
+class _NoPartitions(MemoryInput):
+    """A group member the group gave nothing (more replicas than partitions)."""
+
+    def assignment(self) -> set[Partition]:
+        return set()
+
+
+async def test_not_ready_while_the_consumer_owns_no_partition() -> None:
+    settings = _settings()
+    broker = MemoryBroker(default_partitions=1)
+    parts = _parts(broker, MemoryStateStore("kronos", 16))
+    parts["bus_in"] = _NoPartitions(broker, "in", "g")
+    async with running_daemon(settings, StubForecaster(max_context=16), **parts) as d:
+        await asyncio.sleep(0.1)
+        ok, details = d.ready()
+        assert not ok and details["partitions"] == []
+
+
+async def test_liveness_fails_while_the_loop_is_stuck_not_while_it_is_idle() -> None:
+    settings = _settings(health_stale_s=0.5)
+    broker = MemoryBroker(default_partitions=1)
+    forecaster = StubForecaster(max_context=16, delay_ms=2500)
+    async with running_daemon(settings, forecaster, **_parts(broker, MemoryStateStore("kronos", 16))) as d:
+        await asyncio.sleep(1.5)  # idle: nothing to read for three times the stale bound
+        assert d.live()[0] and d.ready()[0]
+        _fill(broker, bar_series("L", 1))
+        await wait_until(lambda: forecaster.calls, 5, "the model call to start")
+        await asyncio.sleep(1.0)  # the call takes 2.5 s: the loop is stuck in it
+        ok, details = d.live()
+        assert not ok and details["last_tick_age_s"] >= 0.5
+        await wait_until(lambda: broker.messages("out"), 5, "the forecast")
+        await wait_until(lambda: d.live()[0], 5, "live again")
+
+
+# -- fault 5: state lost in the store (Redis restarted empty) ------------------------------------
+
+
+def _run_all(records: Sequence[tuple[bytes | None, bytes | None]]) -> MemoryBroker:
+    broker = MemoryBroker(default_partitions=1)
+    _fill(broker, records)
+    return broker
+
+
+async def test_state_lost_while_stopped_is_restored_from_the_input_topic() -> None:
+    settings = _settings()
+    a, b = bar_series("LA", 13), bar_series("LB", 13)
+    broker = _run_all(interleave(a[:10], b[:10]))
+    store = MemoryStateStore("kronos", 16)
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)):
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 20, 10, "all committed")
+    store.wipe()  # Redis restarted empty
+    _fill(broker, interleave(a[10:], b[10:]))
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)) as d:
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 26, 10, "all committed")
+        assert metric(d, "kronos_state_restored_total") == 2
+    reference = _run_all(interleave(a, b))  # the same bars, nothing lost
+    ref_store = MemoryStateStore("kronos", 16)
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(reference, ref_store)):
+        await wait_until(lambda: reference.committed("g", Partition("in", 0)) == 26, 10, "reference")
+    after = _out(broker)[20:]
+    assert [f["context_bars"] for f in after] == [11, 11, 12, 12, 13, 13]
+    assert after == [
+        {**f, "latency_ms": g["latency_ms"], "created_at": g["created_at"]}
+        for f, g in zip(_out(reference)[20:], after, strict=True)
+    ]  # same ids, same numbers as without the loss
+    assert store.ring_length("LA") == 13
+
+
+async def test_state_lost_under_a_running_daemon_is_written_back() -> None:
+    settings = _settings()
+    series = bar_series("LR", 14)
+    broker = _run_all(series[:10])
+    store = MemoryStateStore("kronos", 16)
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)) as d:
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 10, 10, "first 10")
+        store.wipe()
+        _fill(broker, series[10:])
+        await broker.notify()
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 14, 10, "the rest")
+        assert metric(d, "kronos_state_lost_total") == 1
+    assert [f["context_bars"] for f in _out(broker)[10:]] == [11, 12, 13, 14]
+    assert store.ring_length("LR") == 14  # not 4: the ring was written back before the next bar
+
+
+async def test_a_context_that_cannot_be_restored_is_flagged_and_gets_its_own_id() -> None:
+    settings = _settings(restore_lookback_s=0.001)  # the topic "no longer holds" the older bars
+    series = bar_series("LX", 8)
+    broker = _run_all(series[:5])
+    store = MemoryStateStore("kronos", 16)
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)):
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 5, 10, "first 5")
+    store.wipe()
+    time.sleep(0.01)
+    _fill(broker, series[5:])
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)):
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 8, 10, "the rest")
+    out = _out(broker)
+    assert all(f["context_complete"] for f in out[:5])
+    after = out[5:]
+    assert [(f["context_complete"], f["context_bars"]) for f in after] == [(False, 1), (False, 2), (False, 3)]
+    for f, (key, value) in zip(after, series[5:], strict=True):
+        assert f["id"] != forecast_id("LX", parse_bar(key, value).ts_ns, "stub-1")

@@ -7,6 +7,9 @@ bars at different offsets (the weights are random, so only the cost is measured 
 each mode against the realised bars comes from ``scripts/compare_modes.py`` with the demo model).
 
 - ``exact``: every call prefills the last ``max_context - horizon`` bars of every series.
+The calls are interleaved (exact, append, exact, append, ...) after the incremental cold start, so a
+drift of the machine's load touches both modes alike.
+
 - ``incremental``: the first call is a cold start (a refresh of every series: the last
   ``max_context - horizon - refresh_every`` bars encoded and prefilled into the session pool); each
   following call appends one bar per series (one encoder, predictor and decoder step for the
@@ -33,7 +36,7 @@ import pandas as pd
 import torch
 
 from kronos_core import KronosEngine, SamplingParams, build_pair
-from kronos_core.stream_types import SeriesWindow, TokenState, derive_seed
+from kronos_core.stream_types import SeriesWindow, StreamMode, TokenState, derive_seed
 from kronos_core.streaming import StreamConfig, StreamingForecaster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,8 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--horizon", type=int, default=12)
     parser.add_argument("--max-context", type=int, default=512)
     parser.add_argument("--refresh-every", type=int, default=StreamConfig.refresh_every)
-    parser.add_argument("--exact-calls", type=int, default=3, help="timed exact calls (one bar each)")
-    parser.add_argument("--append-calls", type=int, default=5, help="timed incremental appends after the cold start")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds: one exact call, one append")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_incremental.json")
     return parser.parse_args(argv)
@@ -106,16 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, model = build_pair(args.preset, seed=0)
     engine = KronosEngine(model, tokenizer, device="cpu", max_context=args.max_context)
     sampling = SamplingParams(T=1.0, top_p=0.9, sample_count=args.paths)
-    calls = 1 + max(args.exact_calls, args.append_calls)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for mode, n_calls in (("exact", args.exact_calls), ("incremental", 1 + args.append_calls)):
-        cfg = StreamConfig(mode=mode, sampling=sampling, refresh_every=args.refresh_every)
-        fc = StreamingForecaster(engine, cfg, model_version="bench")
-        feed = Feed(args.batch, args.max_context, args.horizon, calls)
-        runs[mode] = []
-        for call in range(n_calls):
-            runs[mode].append(timed_call(fc, feed, call, args.horizon))
-            print(f"{mode} call {call}: {runs[mode][-1]['ms']:.0f} ms", file=sys.stderr)
+    modes: tuple[StreamMode, ...] = ("exact", "incremental")
+    fcs = {m: StreamingForecaster(engine, StreamConfig(mode=m, sampling=sampling, refresh_every=args.refresh_every),
+                                  model_version="bench") for m in modes}
+    feeds = {m: Feed(args.batch, args.max_context, args.horizon, args.rounds + 1) for m in modes}
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+
+    def call(mode: str, index: int) -> None:
+        runs[mode].append(timed_call(fcs[mode], feeds[mode], index, args.horizon))
+        print(f"{mode} call {index}: {runs[mode][-1]['ms']:.0f} ms", file=sys.stderr)
+
+    call("incremental", 0)  # the cold start: every series refreshed
+    for r in range(args.rounds):  # interleaved, so the machine's load drifts over both modes alike
+        call("exact", r)
+        call("incremental", r + 1)
 
     exact_ms = float(np.mean([r["ms"] for r in runs["exact"]]))
     refresh_ms = runs["incremental"][0]["ms"]
@@ -141,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "exact_over_incremental": {
             "append": round(exact_ms / append_ms, 2), "amortised": round(exact_ms / amortised_ms, 2),
+            "append_paired": [round(e["ms"] / a["ms"], 2) for e, a in zip(runs["exact"], runs["incremental"][1:],
+                                                                          strict=True)],
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +178,8 @@ def markdown(f: dict[str, Any]) -> str:
         f"| incremental, refresh (cold start) | {pc['incremental_refresh']:.0f} | | |",
         f"| incremental, amortised over a refresh cycle | {pc['incremental_amortised']:.0f} | "
         f"{pb['incremental_amortised']:.1f} | {r['amortised']:.2f}x |",
+        "",
+        "Exact / append per round (interleaved): " + ", ".join(f"{x:.2f}x" for x in r["append_paired"]) + ".",
         "",
         f"Stages (ms) of one exact call: {stages('exact', -1)}; of one append: {stages('incremental', -1)}; "
         f"of the cold start: {stages('incremental', 0)}.",

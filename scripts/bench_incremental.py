@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     feeds = {m: Feed(args.batch, args.max_context, args.horizon, args.rounds + 1) for m in modes}
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
 
-    def call(mode: str, index: int) -> None:
+    def call(mode: StreamMode, index: int) -> None:
         runs[mode].append(timed_call(fcs[mode], feeds[mode], index, args.horizon))
         print(f"{mode} call {index}: {runs[mode][-1]['ms']:.0f} ms", file=sys.stderr)
 

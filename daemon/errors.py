@@ -29,6 +29,15 @@ class StateError(DaemonError):
     """The state store (Redis or in-memory) failed or holds a record it cannot read."""
 
 
+class CorruptState(StateError):
+    """One symbol's stored state cannot be read: that symbol's bars are dead-lettered (kind ``state``)
+    until the keys are deleted; the other symbols go on."""
+
+    def __init__(self, message: str, symbol: str) -> None:
+        super().__init__(message)
+        self.symbol = symbol
+
+
 class StateUnavailable(StateError):
     """The state store cannot be reached right now (connection refused or lost, a timeout, loading)."""
 

@@ -6,13 +6,19 @@ burst reach the model as one batch.
 
 Delivery is at-least-once. For each fetch:
 
-1. invalid messages go to the dead-letter topic (original bytes, a ``reason`` header);
+0. the store is checked for lost data (generation marker, partition watermarks); what it lost is
+   restored from the input topic before anything is forecast;
+1. invalid messages, and any message whose handling fails, go to the dead-letter topic (original
+   bytes, a ``reason`` header);
 2. per symbol, bars whose ts is not after the last seen one (stored, or earlier in this fetch) are
-   skipped and counted;
+   skipped and counted by reason (``replayed``, ``duplicate``, ``out_of_order``);
 3. the remaining bars run in rounds (the k-th bar of every symbol in round k), each round one
    batched forecaster call in a worker thread, so the event loop keeps heartbeating;
 4. each round's forecasts are published and acknowledged by Kafka, *then* written to the state store;
-5. only when all of that succeeded are the fetch's offsets committed.
+5. only when all of that succeeded are the partitions' watermarks written and the offsets committed.
+
+Every Kafka and Redis call is retried through an outage (:mod:`daemon.retry`), so an outage delays
+the batch and never skips a step.
 
 A crash anywhere before 5 replays the fetch; replayed bars get the same window, seed and model, hence
 the same forecast id and numbers, and bars already stored are skipped as duplicates. A stop request
@@ -27,13 +33,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
 import structlog
 
 from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
-from daemon.errors import CommitRefused, ForecasterError, InvalidBar
+from daemon.errors import CommitRefused, CorruptState, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
 from daemon.retry import Abandoned, Outages
 from daemon.schemas import (
@@ -271,7 +278,7 @@ class ForecastLoop:
 
         await self._check_lost_state(batch)
         items = await self._validate(batch)
-        await self._load_states(items)
+        items = await self._load_states(items)
         last_seen = {s: st.last_ts for s, st in self._states.items()}
         last_source = {s: st.source for s, st in self._states.items()}
         rounds, skipped = plan_rounds(items, last_seen, last_source)
@@ -358,6 +365,7 @@ class ForecastLoop:
         now = time.time()
 
         def sink(messages: list[InMessage]) -> None:
+            self._tick()  # a long read is progress, not a stuck loop (liveness)
             for m in messages:
                 try:
                     bar = parse_bar(m.key, m.value)
@@ -436,11 +444,34 @@ class ForecastLoop:
                 dead.append((msg, text, reason))
         await self._dead_letter(dead)
 
-    async def _load_states(self, items: Sequence[Item]) -> None:
-        """Load from the store the symbols seen for the first time since their partition was assigned."""
+    async def _load(self, symbols: list[str]) -> tuple[dict[str, SymbolState], dict[str, str]]:
+        """Load symbols; when one's record is unreadable, the others one by one: (states, corrupt)."""
+        try:
+            return await self._io("redis", "loading state", lambda: self._store.load(symbols)), {}
+        except CorruptState:
+            pass
+        states: dict[str, SymbolState] = {}
+        corrupt: dict[str, str] = {}
+        for symbol in symbols:
+            one = [symbol]
+            try:
+                states.update(await self._io("redis", "loading state", partial(self._store.load, one)))
+            except CorruptState as exc:
+                corrupt[symbol] = str(exc)
+        return states, corrupt
+
+    async def _load_states(self, items: Sequence[Item]) -> list[Item]:
+        """Load from the store the symbols seen for the first time since their partition was assigned;
+        the items whose symbol could be loaded."""
         missing = sorted({bar.symbol for _, bar in items if bar.symbol not in self._states})
         if missing:
-            loaded = await self._io("redis", "loading state", lambda: self._store.load(missing))
+            loaded, corrupt = await self._load(missing)
+            if corrupt:  # those symbols' bars are dead-lettered; the others go on
+                letters = [(m, f"{corrupt[b.symbol]}", "state") for m, b in items if b.symbol in corrupt]
+                for msg, reason, _ in letters:
+                    log.error("stored state unreadable; dead-lettering the bar", source=msg.source, error=reason)
+                await self._dead_letter(letters)
+                items = [(m, b) for m, b in items if b.symbol not in corrupt]
             for msg, bar in items:  # a symbol new to the store, on a partition restored only in part
                 state = loaded.get(bar.symbol)
                 if state is not None and state.last_ts is None and msg.tp in self._partial:
@@ -449,6 +480,7 @@ class ForecastLoop:
             self._metrics.symbols_cached.set(len(self._states))
         for msg, bar in items:
             self._owner[bar.symbol] = msg.tp
+        return list(items)
 
     async def _forecast_round(self, items: list[Item], fetched_at: float) -> None:
         """One batched model call; publish (acknowledged), then store, the round's forecasts."""
@@ -518,7 +550,7 @@ class ForecastLoop:
 
     async def _still_new(self, items: list[Item]) -> list[Item]:
         """Reload symbols the store refused earlier in this fetch and drop bars that are no longer new."""
-        await self._load_states(items)
+        items = await self._load_states(items)
         fresh, skipped = [], []
         for item in items:
             state = self._states[item[1].symbol]

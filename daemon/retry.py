@@ -2,7 +2,7 @@
 
 Every call to Kafka or Redis that the loop or the start-up makes goes through :meth:`Outages.call`.
 A :class:`~daemon.errors.BusError` or :class:`~daemon.errors.StateError` (except
-:class:`~daemon.errors.CommitRefused`, which is not an outage) starts or continues an outage of that
+:class:`~daemon.errors.CommitRefused` and :class:`~daemon.errors.CorruptState`, which are not outages) starts or continues an outage of that
 service: the call is retried after ``min(max_s, initial_s * 2**attempt)`` seconds scaled by a random
 factor in [0.5, 1] (so replicas do not retry in step), until it succeeds (the outage ends) or the
 outage has lasted ``give_up_s`` (:class:`~daemon.errors.OutageTooLong`: the process ends). Meanwhile
@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import structlog
 
-from daemon.errors import BusError, CommitRefused, OutageTooLong, StateError
+from daemon.errors import BusError, CommitRefused, CorruptState, OutageTooLong, StateError
 
 log = structlog.get_logger("kronos.retry")
 
@@ -101,8 +101,8 @@ class Outages:
                 on_attempt()
             try:
                 result = await fn()
-            except CommitRefused:
-                raise
+            except (CommitRefused, CorruptState):
+                raise  # not an outage: a rebalance, one symbol's unreadable record
             except (BusError, StateError) as exc:
                 lasted = self.failed(service, exc)
                 delay = backoff_delay(attempt, self.initial_s, self.max_s)

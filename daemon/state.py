@@ -71,7 +71,8 @@ def watermarks_key(prefix: str) -> str:
 class SymbolState:
     """One symbol's working state: the bar ring, the token cache and the last-seen bar time."""
 
-    __slots__ = ("symbol", "timestamps", "rows", "token_state", "token_version", "last_ts", "source", "complete")
+    __slots__ = ("symbol", "max_context", "timestamps", "rows", "token_state", "token_version", "last_ts",
+                 "source", "complete")  # fmt: skip
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class SymbolState:
         source: str | None = None,
     ) -> None:
         self.symbol = symbol
+        self.max_context = max_context
         self.timestamps: deque[int] = deque(maxlen=max_context)  # epoch ns, oldest first
         self.rows: deque[tuple[float, ...]] = deque(maxlen=max_context)  # 6 raw features per bar
         for ts, row in bars:
@@ -180,7 +182,7 @@ def merge_restored(restored: SymbolState, stored: SymbolState) -> SymbolState | 
     rows.update(zip(stored.timestamps, stored.rows, strict=True))
     newer = stored.last_ts is None or (restored.last_ts is not None and restored.last_ts > stored.last_ts)
     last_ts, source = (restored.last_ts, restored.source) if newer else (stored.last_ts, stored.source)
-    cap = stored.timestamps.maxlen or len(rows)
+    cap = stored.max_context
     merged = SymbolState(
         stored.symbol, cap, sorted(rows.items())[-cap:], None, None, last_ts, format_source(source) or None
     )

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from daemon.errors import CorruptState, StateError
 from daemon.state import (
     StateStore,
     StateUpdate,
@@ -79,7 +80,10 @@ class MemoryStateStore(StateStore):
         states = {}
         for s in symbols:
             rec = self._records.get(s) or _Record()
-            bars = [decode_bar(raw, f"memory:bars:{s}") for raw in rec.bars]
+            try:
+                bars = [decode_bar(raw, f"memory:bars:{s}") for raw in rec.bars]
+            except StateError as exc:
+                raise CorruptState(str(exc), s) from exc
             token_state, token_version = decode_tokens(rec.tokens)
             source = rec.meta.get("source")
             states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, rec.last_ts, source)

@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from daemon.errors import StateError, StateUnavailable
+from daemon.errors import CorruptState, StateError, StateUnavailable
 from daemon.state import (
     StateStore,
     StateUpdate,
@@ -129,7 +129,10 @@ class RedisStateStore(StateStore):
         for i, s in enumerate(symbols):
             raw_bars, raw_tokens, (raw_last, raw_source, raw_complete) = replies[3 * i : 3 * i + 3]
             where = bars_key(p, s)
-            bars = [decode_bar(raw, where) for raw in raw_bars]
+            try:
+                bars = [decode_bar(raw, where) for raw in raw_bars]
+            except StateError as exc:
+                raise CorruptState(str(exc), s) from exc
             token_state, token_version = decode_tokens(raw_tokens)
             last_ts = int(raw_last) if raw_last is not None else None
             source = raw_source.decode() if raw_source is not None else None
@@ -171,8 +174,10 @@ class RedisStateStore(StateStore):
     async def generation(self) -> str:
         key = generation_key(self.key_prefix)
         try:
-            await self._client.set(key, uuid.uuid4().hex, nx=True)
-            raw = await self._client.get(key)
+            async with self._client.pipeline(transaction=False) as pipe:  # one round trip per batch
+                pipe.set(key, uuid.uuid4().hex, nx=True)
+                pipe.get(key)
+                _, raw = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StateUnavailable(f"reading the state generation from Redis failed: {exc}") from exc
         return "" if raw is None else _text(raw)

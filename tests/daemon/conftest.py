@@ -82,12 +82,19 @@ async def topics(topic_factory: Callable[..., Awaitable[str]]) -> Topics:
     )
 
 
+def _unavailable(reason: str) -> None:
+    """Skip, or fail when CI is set (as the shared services' fixtures do)."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture
 async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
     """A Redis server of this test only (append-only file on: a stop and start keep the data), started;
     stopped after the test. For faults that stop or restart Redis: never do that to the shared one."""
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+        _unavailable("redis-server is not installed (Debian: apt-get install redis-server)")
     (tmp_path / "redis").mkdir()
     server = PrivateRedis(tmp_path / "redis")
     await server.start()
@@ -103,7 +110,7 @@ async def private_kafka(tmp_path: Path) -> AsyncIterator[PrivateKafka]:
     scripts/services caches (KAFKA_JARS_DIR, or KRONOS_CACHE_DIR/kafka/jars-*)."""
     jars = kafka_jars()
     if jars is None:
-        pytest.skip("no cached Kafka jars: run scripts/services up once, or set KAFKA_JARS_DIR")
+        _unavailable("no cached Kafka jars: run scripts/services up once, or set KAFKA_JARS_DIR")
     (tmp_path / "kafka").mkdir()
     broker = PrivateKafka(tmp_path / "kafka", jars)
     await broker.start()

@@ -12,27 +12,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from daemon_helpers import T0, bar_record, bar_series, encode, interleave, metric, running_daemon, wait_until
 from stub_forecaster import StubForecaster
+from test_daemon_loop import _settings
 
 from daemon.bus import Headers, Partition
 from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.errors import BusError, InvalidBar
 from daemon.schemas import check_bar_time, forecast_id, parse_bar
-from daemon.settings import Settings, load_settings
 from daemon.state_memory import MemoryStateStore
 
 pytestmark = pytest.mark.timeout(30)
 
 M = timedelta(minutes=1)
-
-
-def _settings(**over: object) -> Settings:
-    return load_settings(
-        kafka={"input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "group_id": "g"},
-        model={"max_context": 16, "horizon": 3},
-        batch={"max_batch_size": 1000, "max_wait_ms": 10},
-        http_port=None,
-        **over,
-    )
 
 
 def _parts(broker: MemoryBroker, store: MemoryStateStore, output: MemoryOutput | None = None) -> dict[str, object]:
@@ -332,3 +322,19 @@ async def test_a_context_that_cannot_be_restored_is_flagged_and_gets_its_own_id(
     assert [(f["context_complete"], f["context_bars"]) for f in after] == [(False, 1), (False, 2), (False, 3)]
     for f, (key, value) in zip(after, series[5:], strict=True):
         assert f["id"] != forecast_id("LX", parse_bar(key, value).ts_ns, "stub-1")
+
+
+async def test_a_symbol_whose_stored_state_is_unreadable_is_dead_lettered_alone() -> None:
+    settings = _settings()
+    store = MemoryStateStore("kronos", 16)
+    broker = _run_all(bar_series("GOOD", 1))
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)):
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 1, 10, "the first bar")
+    store._records["GOOD"].bars.append(b"[not a bar")  # noqa: SLF001 (a corrupt record)
+    broker.commit("g", {Partition("in", 0): 1})
+    _fill(broker, interleave(bar_series("GOOD", 3)[1:], bar_series("FINE", 2)))
+    async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)) as d:
+        await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 5, 10, "all committed")
+        assert metric(d, "kronos_invalid_total", kind="state") == 2
+    assert [f["symbol"] for f in _out(broker)[1:]] == ["FINE", "FINE"]
+    assert all(b"unreadable bar" in dict(m.headers)["reason"] for m in broker.messages("dlq"))

@@ -30,7 +30,7 @@ from daemon_helpers import (
     wait_committed,
     wait_until,
 )
-from private_services import PrivateKafka, PrivateRedis
+from private_services import PrivateKafka, PrivateRedis, free_port
 from stub_forecaster import StubForecaster
 
 from daemon.app import Daemon
@@ -229,3 +229,81 @@ async def test_broker_down_20s_readiness_503_then_recovery_without_restart(
     )  # fmt: skip
     assert not any(ready_during)  # 503 throughout
     assert ids == expected  # 0 lost
+
+
+async def test_an_invalid_message_just_under_the_size_limit_is_dead_lettered_truncated(
+    kafka_bootstrap: str, redis_url: str, key_prefix: str, group_id: str, topics: Topics
+) -> None:
+    """Fault 3 against the real broker: the dead letter (original + headers) exceeds the producer's
+    maximum request size; a truncated copy goes instead and the consumer goes on."""
+    huge = (b"H", b"{" + b"x" * (1_048_576 - 200))  # invalid JSON, fits the limit by itself
+    good = bar_series("H", 3)
+    await produce(kafka_bootstrap, topics.input, good[:1] + [huge] + good[1:])
+    settings = daemon_settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics)
+    async with _serving(Daemon(settings, forecaster=StubForecaster(max_context=64))) as task:
+        out = forecasts(await read_topic(kafka_bootstrap, topics.output, 3))
+        dead = await read_topic(kafka_bootstrap, topics.dead, 1)
+        await wait_committed(kafka_bootstrap, group_id, topics.input)
+        assert not task.done()
+    assert len(out) == 3
+    (letter,) = dead
+    headers = dict(letter.headers)
+    assert headers["truncated"] == b"true" and len(letter.value) == 1024
+    assert headers["original_value_bytes"] == str(len(huge[1])).encode()
+    assert headers["source_offset"] == b"1" and b"MessageSizeTooLarge" in headers["send_error"]
+
+
+class _Gate:
+    """A TCP forwarder to the broker that can be shut: the bootstrap address of a daemon whose broker
+    is down at start-up (after bootstrapping, clients talk to the broker's advertised address)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+
+
+async def test_a_broker_unreachable_at_start_up_is_waited_out(
+    kafka_bootstrap: str, redis_url: str, key_prefix: str, group_id: str, topics: Topics
+) -> None:
+    series = {"S1": bar_series("S1", 4)}
+    await produce(kafka_bootstrap, topics.input, series["S1"])
+    gate = _Gate(kafka_bootstrap)
+    settings = daemon_settings(
+        f"127.0.0.1:{gate.port}", redis_url, key_prefix, group_id, topics, **FAST_RETRY
+    )
+    daemon = Daemon(settings, forecaster=StubForecaster(max_context=64))
+    try:
+        async with _serving(daemon) as task:
+            await wait_until(
+                lambda: metric(daemon, "kronos_service_retries_total", service="kafka") >= 3, 20, "retries"
+            )
+            assert not task.done() and not daemon.ready()[0]
+            assert "kafka" in daemon.ready()[1]["services_down"]
+            await gate.open()
+            out = forecasts(await read_topic(kafka_bootstrap, topics.output, 4))
+            await wait_until(lambda: daemon.ready()[0], 20, "ready")
+    finally:
+        await gate.close()
+    assert {f["id"] for f in out} == _expected_ids(series)

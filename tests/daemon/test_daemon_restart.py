@@ -120,3 +120,28 @@ async def test_redis_restarted_empty_the_next_forecasts_use_the_restored_full_co
     expected = {forecast_id(s, parse_bar(k, v).ts_ns, "stub-1") for s, recs in series.items() for k, v in recs}
     assert {f["id"] for f in out} == expected
     assert rings == dict.fromkeys(series, 45)
+
+
+async def test_redis_restarted_empty_under_a_running_daemon_loses_no_context(
+    kafka_bootstrap: str, private_redis: PrivateRedis, group_id: str, topics: Topics
+) -> None:
+    series = {s: bar_series(s, 30, seed=6) for s in ("W1", "W2")}
+    await produce(kafka_bootstrap, topics.input, interleave(*(r[:20] for r in series.values())))
+    settings = daemon_settings(
+        kafka_bootstrap, private_redis.url, "kr", group_id, topics,
+        retry_initial_s=0.05, retry_max_s=0.5, health_probe_interval_s=0.5,
+    )  # fmt: skip
+    async with running_daemon(settings, StubForecaster(max_context=64)) as d:
+        await wait_committed(kafka_bootstrap, group_id, topics.input)
+        private_redis.stop()
+        private_redis.wipe()
+        await private_redis.start()  # empty, while the daemon runs
+        await produce(kafka_bootstrap, topics.input, interleave(*(r[20:] for r in series.values())))
+        await wait_committed(kafka_bootstrap, group_id, topics.input)
+        assert metric(d, "kronos_state_lost_total") == 1
+        rings = {s: len((await d.store.load([s]))[s]) for s in series}  # type: ignore[union-attr]
+    out = forecasts(await read_topic(kafka_bootstrap, topics.output, 60))
+    assert sorted(f["context_bars"] for f in out if f["context_bars"] > 20) == sorted(list(range(21, 31)) * 2)
+    assert rings == dict.fromkeys(series, 30)  # written back in full, not just the 10 new bars
+    expected = {forecast_id(s, parse_bar(k, v).ts_ns, "stub-1") for s, recs in series.items() for k, v in recs}
+    assert {f["id"] for f in out} == expected

@@ -15,7 +15,8 @@ import contextlib
 import gc
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 
@@ -25,6 +26,7 @@ from daemon.forecaster import build_forecaster, check_forecaster
 from daemon.logging import configure_logging
 from daemon.loop import ForecastLoop, LoopConfig
 from daemon.metrics import Metrics
+from daemon.models import ModelFollower, ModelMetrics
 from daemon.ops import OpsServer
 from daemon.retry import Abandoned, Outages
 from daemon.settings import Settings, load_settings, unknown_env_names
@@ -32,6 +34,7 @@ from daemon.state import StateStore
 from kronos_core.stream_types import StreamForecaster
 
 log = structlog.get_logger("kronos.app")
+T = TypeVar("T")
 
 
 class Daemon:
@@ -54,6 +57,7 @@ class Daemon:
         self.store = store
         self.forecaster = forecaster
         self.loop: ForecastLoop | None = None
+        self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
         self.ops: OpsServer | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
@@ -142,6 +146,15 @@ class Daemon:
                 s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s
             )
         await self._connect("redis", "connecting to Redis", self.store.ping)
+        if self.forecaster is None and s.model.registry:
+            self.models = ModelFollower(
+                s,
+                ModelMetrics(self.metrics.registry),
+                states=self._states,
+                on_swap=self._model_swapped,
+                model_thread=self._on_model_thread,
+            )
+            self.forecaster = await self.models.start()
         if self.forecaster is None:
             log.info("loading the model", model=s.model.model_dump(mode="json"))
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
@@ -181,6 +194,8 @@ class Daemon:
         loop, bus_in = self.loop, self.bus_in
         await self._connect("kafka", "starting the consumer", lambda: bus_in.start(loop))
         self._probe_task = asyncio.create_task(self._probe_services(), name="kronos-probes")
+        if self.models is not None:
+            self.models.run_in_background()
         log.info(
             "daemon started",
             input_topic=s.kafka.input_topic,
@@ -189,6 +204,15 @@ class Daemon:
             model_version=self.forecaster.model_version,
             mode=self.forecaster.mode,
         )
+
+    def _states(self) -> dict[str, Any]:
+        return self.loop.states if self.loop is not None else {}
+
+    async def _on_model_thread(self, fn: Callable[[], T]) -> T:
+        return await (self.loop.on_model_thread(fn) if self.loop is not None else asyncio.to_thread(fn))
+
+    def _model_swapped(self, new: StreamForecaster, old_version: str) -> None:
+        self.metrics.model_info.info({"version": new.model_version, "mode": new.mode})
 
     def _count_dead_letter(self, kind: str) -> None:
         self.metrics.invalid.labels(kind).inc()
@@ -223,6 +247,8 @@ class Daemon:
                 self._run_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._run_task
+        if self.models is not None:
+            await self.models.close()
         closers = [
             ("consumer", self.bus_in, "stop"),
             ("producer", self.bus_out, "stop"),

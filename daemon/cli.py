@@ -6,6 +6,7 @@
     kronos-stream synth --symbols N --rate R --duration D [--topic T]
     kronos-stream forecast SYMBOL                      the latest forecast from Redis, as JSON
     kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
+    kronos-stream train [...]                          fine-tune, gate, publish (see `train --help`)
     kronos-stream archive [--root URL]                 the input topic's bars into Parquet (KRONOS_ARCHIVE__*)
     kronos-stream archive import CSV --symbol S [--tz Z]   backfill the archive from a CSV file
     kronos-stream models list|show|verify|promote|rollback|gc   the model registry (--registry URL)
@@ -51,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
             "daemon with an in-memory bus and state store and the project's demo model (max_context 128, "
             "horizon 12). First --warmup bars are published and their forecasts consumed without printing, "
             "so the replayed bars see a full context; then the last --bars bars of the file are replayed "
-            "and each forecast is printed as it arrives. At the end: a summary (throughput, close MAE of the "
+            "and each forecast is printed as it arrives. Halfway (unless --no-retrain) the bars seen so far are "
+            "archived, the model fine-tuned on them, gated and published to a temporary registry that the "
+            "daemon follows: it hot-swaps to the new version if the gate passed. At the end: a summary (throughput, close MAE of the "
             "next-bar and horizon-end forecasts against the realised bars and against persistence), a PNG "
             "(--out) and the summary as JSON beside it. Daemon logs: warnings only, on stderr. KRONOS_* "
             "variables the demo does not set itself apply (e.g. KRONOS_MODEL__DEVICE, KRONOS_MODEL__THREADS, "
@@ -75,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--samples", type=int, default=16, help="sample paths per forecast (default 16)")
     demo.add_argument("--symbol", default="DEMO", help="symbol the bars are sent under (default DEMO)")
+    demo.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="skip the act halfway (archive the bars seen, fine-tune, gate, publish, hot-swap)",
+    )
     demo.add_argument(
         "--out", type=Path, default=Path("results/demo.png"), help="the PNG; the JSON goes beside it"
     )
@@ -116,9 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (see 'kronos-stream bench inference --help')")
     bench.add_argument("which", choices=["inference"], help="inference: fast engine vs recompute baseline")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of that benchmark")
+    _add_train(sub)
     _add_archive_parser(sub)
     _add_models_parser(sub)
     return parser
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = sub.add_parser(
+        "train", add_help=False,
+        help="fine-tune on archived bars, gate against the champion, publish (plain or under torchrun)",
+    )
+    train.add_argument("train_args", nargs=argparse.REMAINDER, help="see 'kronos-stream train --help'")
+
+
+def _train(train_args: Sequence[str]) -> int:
+    from trainer.cli import main as train_main  # lazily: the daemon never imports the trainer
+
+    return train_main(list(train_args))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -193,6 +216,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # its own parser (one flag per TrainSettings field), --help included
+        return _train(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -209,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     out=args.out,
                     symbol=args.symbol,
                     sample_count=args.samples,
+                    retrain=not args.no_retrain,
                 )
             )
         if args.command == "run":
@@ -285,7 +312,7 @@ def _archive(args: argparse.Namespace) -> int:
         return 0 if summary["bars"] else 1
     from daemon.archiver import run_archiver
 
-    stats = asyncio.run(run_archiver(settings.kafka, archive))
+    stats = asyncio.run(run_archiver(settings.kafka, archive, max_future_s=settings.max_future_s))
     print(json.dumps(stats.as_dict()))
     return 0
 

@@ -381,6 +381,11 @@ class StreamingForecaster:
         """Forget warm sessions (e.g. of partitions this replica no longer owns)."""
         self._pool.drop(series_ids)
 
+    @property
+    def warm_sessions(self) -> int:
+        """Series whose warm caches are held (incremental mode)."""
+        return len(self._pool)
+
     def _arange(self, n: int, start: int = 0) -> Tensor:
         return torch.arange(start, start + n, device=self.engine.device)
 

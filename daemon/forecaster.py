@@ -104,6 +104,8 @@ def build_engine_forecaster(settings: Settings) -> StreamForecaster:
             refresh_every=settings.refresh_every_bars,
             drift_sigma=settings.drift_sigma,
             calendar_tz=m.calendar_tz,
+            max_sessions=m.max_sessions,
+            max_session_bytes=m.max_session_bytes,
         )
         return StreamingForecaster(engine, config, model_version=version)
     except (KronosError, OSError, ValueError) as exc:

@@ -93,6 +93,7 @@ class KafkaInput(InputBus):
         self._topic = topic or settings.input_topic
         self._consumer: AIOKafkaConsumer | None = None
         self._positions: dict[Partition, int] = {}
+        self._turn = 0  # which partition a fetch's fair draw starts with
 
     async def start(self, handler: RebalanceHandler) -> None:
         s = self._settings
@@ -118,7 +119,7 @@ class KafkaInput(InputBus):
     async def fetch(self, max_records: int, timeout_ms: int) -> list[InMessage]:
         consumer = self._require()
         try:
-            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            batches = await self._draw_fairly(consumer, max_records, timeout_ms)
         except KafkaError as exc:
             raise bus_error(f"fetching from {self._topic!r} failed: {exc!r}", exc) from exc
         out: list[InMessage] = []
@@ -132,6 +133,48 @@ class KafkaInput(InputBus):
             if records:
                 self._positions[_partition(tp)] = records[-1].offset + 1
         return out
+
+    async def _draw_fairly(
+        self, consumer: AIOKafkaConsumer, max_records: int, timeout_ms: int
+    ) -> dict[TopicPartition, list[Any]]:
+        """Up to ``max_records`` records drawn from every assigned partition in turn.
+
+        aiokafka's ``getmany(max_records=n)`` empties the first buffered partitions before it looks at
+        the next, so a backlog on a few partitions crowds the others out of the batch. Here the first
+        call waits (up to ``timeout_ms``) for a fair share; then each pass fills every partition up to
+        an equal level from its buffered records (offset order kept per partition), the emptiest
+        first, until the batch is full or nothing more is buffered; partitions that run dry leave
+        their room to the others. Ties start one partition later each fetch.
+        """
+        parts = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+        share = max(1, max_records // max(1, len(parts)))
+        drawn: dict[TopicPartition, list[Any]] = {}
+
+        def take(got: dict[TopicPartition, list[Any]]) -> int:
+            for tp, records in got.items():
+                drawn.setdefault(tp, []).extend(records)
+            return sum(len(r) for r in got.values())
+
+        room = max_records - take(await consumer.getmany(timeout_ms=timeout_ms, max_records=share))
+        if not drawn or not parts:
+            return drawn
+        self._turn = (self._turn + 1) % len(parts)
+        parts = parts[self._turn :] + parts[: self._turn]
+        active = list(parts)  # partitions that may still have buffered records
+        while room > 0 and active:
+            dry_total = sum(len(drawn.get(tp, ())) for tp in parts if tp not in active)
+            level = -(-(max_records - dry_total) // len(active))  # ceil: each active partition's fair total
+            for tp in sorted(active, key=lambda tp: len(drawn.get(tp, ()))):  # stable: ties keep the turn
+                want = min(room, level - len(drawn.get(tp, ())))
+                if want > 0:
+                    try:
+                        got = take(await consumer.getmany(tp, timeout_ms=0, max_records=want))
+                    except IllegalStateError:  # revoked meanwhile: the loop drops its records anyway
+                        return drawn
+                    room -= got
+                    if got < want:
+                        active.remove(tp)
+        return drawn
 
     async def commit(self, offsets: dict[Partition, int]) -> None:
         if not offsets:

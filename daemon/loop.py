@@ -1,5 +1,9 @@
 """The forecasting loop: fetch a micro-batch, validate, forecast round by round, publish, store, commit.
 
+A fetch waits up to ``max_wait_ms`` for a first record, then lingers up to ``max_wait_ms`` more for
+others (until ``max_batch_size``), drawing from every assigned partition fairly, so the bars of a
+burst reach the model as one batch.
+
 Delivery is at-least-once. For each fetch:
 
 0. the store is checked for lost data (generation marker, partition watermarks); what it lost is
@@ -171,6 +175,20 @@ def plan_rounds(
     return rounds, skipped
 
 
+async def fetch_lingering(bus: InputBus, max_records: int, wait_ms: int, linger_ms: int) -> list[InMessage]:
+    """Wait up to ``wait_ms`` for a first record, then linger up to ``linger_ms`` for more, until
+    ``max_records``: the bars of a burst then reach the model as one batch, not one fetch apiece."""
+    return await linger(bus, await bus.fetch(max_records, wait_ms), max_records, linger_ms)
+
+
+async def linger(bus: InputBus, batch: list[InMessage], max_records: int, linger_ms: int) -> list[InMessage]:
+    """:func:`fetch_lingering` after the first fetch returned ``batch``."""
+    deadline = time.monotonic() + linger_ms / 1e3
+    while batch and len(batch) < max_records and (left_ms := int((deadline - time.monotonic()) * 1e3)) > 0:
+        batch += await bus.fetch(max_records - len(batch), left_ms)
+    return batch
+
+
 class ForecastLoop:
     """Consumes bars and produces forecasts until :meth:`request_stop`; also the rebalance handler."""
 
@@ -237,9 +255,10 @@ class ForecastLoop:
         """The next micro-batch, or None when a stop interrupted the fetch."""
         self._in_fetch = True
         try:
-            return await self._io(
-                "kafka", "fetching", lambda: self._in.fetch(self._cfg.max_batch_size, self._cfg.max_wait_ms)
-            )
+            size, wait = self._cfg.max_batch_size, self._cfg.max_wait_ms
+            first = await self._io("kafka", "fetching", lambda: self._in.fetch(size, wait))
+            self._in_fetch = False  # records in hand: a stop request now lets the linger end by itself
+            return await self._io("kafka", "fetching", lambda: linger(self._in, first, size, wait))
         except Abandoned:
             return None
         except asyncio.CancelledError:

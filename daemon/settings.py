@@ -127,6 +127,8 @@ class ModelSettings(_Group):
     top_k: int = Field(default=0, ge=0)
     base_seed: int = Field(default=0, ge=0)
     quantile_levels: QuantileLevels = (0.1, 0.5, 0.9)
+    max_sessions: int = Field(default=256, ge=1)  # incremental: warm symbols kept in memory ...
+    max_session_bytes: int | None = Field(default=None, ge=1)  # ... and at most this many bytes of caches
     # A model registry (fsspec URL) instead of fixed folders: the daemon serves its champion and
     # hot-swaps when the pointer moves (polled every registry_poll_s; a Redis hint wakes it at once).
     registry: str | None = None
@@ -178,7 +180,7 @@ class ModelSettings(_Group):
 
 class BatchSettings(_Group):
     max_batch_size: int = Field(default=256, ge=1, le=100_000)  # records per fetch (getmany max_records)
-    max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # how long a fetch waits for records
+    max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # a fetch waits this long for a first record, then lingers as long for more
 
 
 class ArchiveSettings(_Group):

@@ -86,6 +86,7 @@ class GenerationStats:
     step_tokens: int = 0
     recompute_tokens: int = 0
     decode_tokens: int = 0
+    sessions_moved: int = 0  # incremental: warm sessions moved inside the session pool
     timings_ms: dict[str, float] = field(default_factory=dict)
     decode_loops: list[str] = field(default_factory=list)  # the loop of each horizon ("fixed+shared", ...)
     # Called before a stage's time is read (e.g. torch.cuda.synchronize): on a GPU, work is queued

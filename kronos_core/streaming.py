@@ -16,14 +16,20 @@
     ``±drift_sigma`` standard deviations of the frozen statistics, or when the token window
     would no longer fit ``max_context`` with the horizon. The token cache travels as a
     :class:`~kronos_core.stream_types.TokenState` (the daemon keeps it in Redis); warm KV caches
-    live in an LRU of sessions here and are rebuilt from the token cache and the bars when
-    missing (after a restart or on another replica), so results depend only on what is stored.
+    live in a :class:`~kronos_core.session_pool.SessionPool` here and are rebuilt from the token
+    cache and the bars when missing (after a restart, an eviction, or on another replica), so
+    results depend only on what is stored.
+
+    A call is batched across series: all refreshes and rebuilds go through one encoder, predictor
+    and decoder prefill; all new bars through one encoder, predictor and decoder step over the
+    batch's run of pool slots (views, no copies of the caches); then one horizon for the batch.
+    The pool holds at most ``max_sessions`` series and ``max_session_bytes`` bytes; larger batches
+    run in chunks that fit.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,8 +39,9 @@ import torch
 from torch import Tensor
 
 from kronos_core.engine import DecodeState, GenerationStats, KronosEngine, SamplingParams
-from kronos_core.kv_cache import KVCache, key_mask
+from kronos_core.kv_cache import key_mask
 from kronos_core.preprocess import PRICE_COLUMNS, STD_EPS, denormalize, normalize, time_features
+from kronos_core.session_pool import PoolViews, SessionPool
 from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamMode, TokenState
 
 
@@ -47,7 +54,8 @@ class StreamConfig:
     refresh_every: int = 32
     drift_sigma: float = 4.0
     calendar_tz: str = "UTC"  # time features (minute, hour, ...) are taken in this zone
-    max_sessions: int = 256  # warm incremental sessions kept in memory (LRU)
+    max_sessions: int = 256  # warm incremental sessions kept in memory (slots of the session pool)
+    max_session_bytes: int | None = None  # ... and at most this many bytes of warm caches (None: no bound)
 
     def __post_init__(self) -> None:
         if self.mode not in ("exact", "incremental"):
@@ -58,6 +66,21 @@ class StreamConfig:
             raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
         if not self.drift_sigma > 0:
             raise ValueError(f"drift_sigma must be > 0, got {self.drift_sigma}")
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if self.max_session_bytes is not None and self.max_session_bytes < 1:
+            raise ValueError(f"max_session_bytes must be >= 1 (or None), got {self.max_session_bytes}")
+
+    def session_slots(self, slot_bytes: int) -> int:
+        """Warm sessions that fit both bounds when one takes ``slot_bytes``."""
+        if self.max_session_bytes is None:
+            return self.max_sessions
+        if self.max_session_bytes < slot_bytes:
+            raise ValueError(
+                f"max_session_bytes={self.max_session_bytes} is below one session's warm caches ({slot_bytes} bytes "
+                "for this model and max_context); raise it, or lower max_context"
+            )
+        return min(self.max_sessions, self.max_session_bytes // slot_bytes)
 
 
 def calendar_features(timestamps: np.ndarray, tz: str) -> np.ndarray:
@@ -72,18 +95,18 @@ def _to_ns(ts: np.datetime64) -> int:
 
 
 @dataclass
-class _Session:
-    """Warm caches of one series in incremental mode (rebuildable from its TokenState and bars)."""
+class _Plan:
+    """What one series needs in an incremental call (see ``StreamingForecaster._plan``)."""
 
-    state: TokenState
-    fingerprint: str
-    enc: list[KVCache]
-    pred: list[KVCache]
-    dec: list[KVCache]
-    dep_k: Tensor  # [1, Hd, T, Dd]
-    dep_v: Tensor
-    last_logits: Tensor  # [1, V1]
-    h_last: Tensor  # [1, d]
+    window: SeriesWindow
+    state_in: TokenState | None  # the token cache the window came with, when it stays valid
+    state: TokenState  # the token cache being built (final after the call)
+    refresh: bool = False
+    rebuild: bool = False  # no warm session matches ``state_in``: rebuild it from tokens and bars
+    x: np.ndarray | None = None  # refresh: the normalised window to encode
+    covered: np.ndarray | None = None  # bars behind ``state_in``'s tokens (mask over the window)
+    new: np.ndarray | None = None  # bars after them (mask over the window)
+    row: int = -1  # the series' row in the batch (its pool slot minus the batch's first slot)
 
 
 class StreamingForecaster:
@@ -96,7 +119,8 @@ class StreamingForecaster:
         self.mode: StreamMode = self.config.mode
         self.max_context = engine.max_context
         self.quantile_levels = tuple(self.config.quantile_levels)
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._pool = SessionPool(engine, max_slots=1)
+        self._pool.max_slots = self.config.session_slots(self._pool.slot_bytes)
         self.last_stats = GenerationStats()
 
     # ------------------------------------------------------------------ public
@@ -151,197 +175,216 @@ class StreamingForecaster:
     def _forecast_incremental(
         self, windows: Sequence[SeriesWindow], horizon: int, stats: GenerationStats
     ) -> list[SeriesForecast]:
-        sessions = [self._advance(w, horizon, stats) for w in windows]
-        eng, n = self.engine, len(sessions)
-        lengths = [len(s.state) for s in sessions]
+        """Chunks of distinct series that fit the pool, each run as one batch over pool views."""
+        out: list[SeriesForecast] = []
+        chunk: list[SeriesWindow] = []
+        for w in windows:
+            if len(chunk) == self._pool.max_slots or any(c.series_id == w.series_id for c in chunk):
+                out += self._incremental_batch(chunk, horizon, stats)
+                chunk = []
+            chunk.append(w)
+        return out + self._incremental_batch(chunk, horizon, stats)
+
+    def _incremental_batch(
+        self, windows: Sequence[SeriesWindow], horizon: int, stats: GenerationStats
+    ) -> list[SeriesForecast]:
+        pool, eng = self._pool, self.engine
+        plans = [self._plan(w, horizon) for w in windows]
+        moved = pool.counters.moved
+        start = pool.place([w.series_id for w in windows])
+        stats.sessions_moved += pool.counters.moved - moved
+        rows = [pool.slot(w.series_id) - start for w in windows]
+        for p, row in zip(plans, rows, strict=True):
+            p.row = row
+            # Popped, so that a call that fails half-way leaves these sessions to be rebuilt.
+            warm = pool.fingerprints.pop(p.window.series_id, None)
+            p.rebuild = not p.refresh and (p.state_in is None or warm != p.state_in.fingerprint())
+        views = pool.views(start, len(windows))
+        self._prefill([p for p in plans if p.refresh or p.rebuild], views, stats)
+        self._append_new([p for p in plans if p.new is not None and p.new.any()], views, stats)
+
+        by_row = sorted(range(len(plans)), key=lambda i: rows[i])  # batch rows run in slot order
+        states = [plans[i].state for i in by_row]
+        lengths = [len(s) for s in states]
         buf = max(lengths) + horizon
-        tok1 = torch.zeros(n, buf, dtype=torch.long, device=eng.device)
-        tok2 = torch.zeros_like(tok1)
-        stamps = torch.zeros(n, buf, 5, device=eng.device)
-        for i, (s, w) in enumerate(zip(sessions, windows, strict=True)):
-            tok1[i, : lengths[i]] = torch.as_tensor(s.state.s1, device=eng.device)
-            tok2[i, : lengths[i]] = torch.as_tensor(s.state.s2, device=eng.device)
-            future = calendar_features(w.future_timestamps, self.config.calendar_tz)
-            stamps[i, lengths[i] : lengths[i] + horizon] = torch.as_tensor(future, device=eng.device)
+        tok1 = np.zeros((len(states), buf), dtype=np.int64)
+        tok2 = np.zeros_like(tok1)
+        stamps = np.zeros((len(states), buf, 5), dtype=np.float32)
+        for r, i in enumerate(by_row):
+            tok1[r, : lengths[r]], tok2[r, : lengths[r]] = states[r].s1, states[r].s2
+            stamps[r, lengths[r] : lengths[r] + horizon] = calendar_features(
+                windows[i].future_timestamps, self.config.calendar_tz
+            )
         state = DecodeState(
-            caches=[_stack([s.pred[layer] for s in sessions]) for layer in range(len(sessions[0].pred))],
-            last_logits=torch.cat([s.last_logits for s in sessions]),
-            h_last=torch.cat([s.h_last for s in sessions]),
-            dep_k=torch.cat([s.dep_k for s in sessions]),
-            dep_v=torch.cat([s.dep_v for s in sessions]),
-            tok1=tok1,
-            tok2=tok2,
-            stamps=stamps,
-            lengths=lengths,
+            caches=views.pred, last_logits=views.logits, h_last=views.h_last, dep_k=views.dep_k, dep_v=views.dep_v,
+            tok1=torch.from_numpy(tok1).to(eng.device), tok2=torch.from_numpy(tok2).to(eng.device),
+            stamps=torch.from_numpy(stamps).to(eng.device), lengths=lengths,
         )
-        dec = [_stack([s.dec[layer] for s in sessions]) for layer in range(len(sessions[0].dec))]
         preds = eng.run_horizon(
-            state,
-            horizon,
-            self.config.sampling,
-            seeds=[w.seed for w in windows],
-            stats=stats,
-            decoder_prefix=(dec, torch.tensor(lengths)) if dec else None,
+            state, horizon, self.config.sampling, seeds=[windows[i].seed for i in by_row], stats=stats,
+            decoder_prefix=(views.dec, torch.tensor(lengths)) if views.dec else None,
         )
+        for p in plans:
+            pool.fingerprints[p.window.series_id] = p.state.fingerprint()
         return [
-            self._result(w, preds[i], s.state.mean, s.state.std, s.state)
-            for i, (w, s) in enumerate(zip(windows, sessions, strict=True))
+            self._result(w, preds[rows[i]], p.state.mean, p.state.std, p.state)
+            for i, (w, p) in enumerate(zip(windows, plans, strict=True))
         ]
 
-    def _advance(self, w: SeriesWindow, horizon: int, stats: GenerationStats) -> _Session:
-        """The series' session after taking in the window's new bars (refreshing when due)."""
+    def _plan(self, w: SeriesWindow, horizon: int) -> _Plan:
+        """What the series needs: a refresh (new statistics, re-encoded window), or its token cache
+        (rebuilt into the pool when no warm session matches it) plus the window's new bars."""
         cfg = self.config
+        values = np.asarray(w.values, dtype=np.float64)
         ts_ns = np.asarray(w.timestamps, dtype="datetime64[ns]").astype(np.int64)
         state = w.token_state
-        if state is None:
-            return self._refresh(w, horizon, stats)
-        new = ts_ns > state.last_ts
-        n_new = int(new.sum())
-        covered = (ts_ns >= state.anchor_ts) & ~new
-        z_new = (np.asarray(w.values, dtype=np.float64)[new] - state.mean) / (state.std + STD_EPS)
-        if (
-            int(covered.sum()) != len(state)  # the window no longer holds the bars behind the tokens
-            or state.bars_since_refresh + n_new > cfg.refresh_every
-            or len(state) + n_new + horizon > self.max_context
-            or bool((np.abs(z_new[:, : len(PRICE_COLUMNS)]) > cfg.drift_sigma).any())
-        ):
-            return self._refresh(w, horizon, stats)
-
-        session = self._sessions.get(w.series_id)
-        fingerprint = state.fingerprint()
-        if session is None or session.fingerprint != fingerprint:
-            session = self._rebuild(w, state, covered, stats)
-        if n_new:
-            session = self._append(session, w, new, stats)
-        self._remember(w.series_id, session)
-        return session
-
-    def _refresh(self, w: SeriesWindow, horizon: int, stats: GenerationStats) -> _Session:
-        cfg = self.config
+        if state is not None:
+            new = ts_ns > state.last_ts
+            covered = (ts_ns >= state.anchor_ts) & ~new
+            z_new = (values[new] - state.mean) / (state.std + STD_EPS)
+            n_new = int(new.sum())
+            if not (
+                int(covered.sum()) != len(state)  # the window no longer holds the bars behind the tokens
+                or state.bars_since_refresh + n_new > cfg.refresh_every
+                or len(state) + n_new + horizon > self.max_context
+                or bool((np.abs(z_new[:, : len(PRICE_COLUMNS)]) > cfg.drift_sigma).any())
+            ):
+                return _Plan(w, state, state, covered=covered, new=new)
         keep = max(1, self.max_context - horizon - cfg.refresh_every)
-        values, ts = np.asarray(w.values, dtype=np.float64)[-keep:], np.asarray(w.timestamps)[-keep:]
-        x, mean, std = normalize(values, cfg.clip)
-        t0 = time.perf_counter()
-        enc = self.engine.encoder_caches(1, self.max_context)
-        s1, s2 = self.engine.encode(
-            torch.as_tensor(x, device=self.engine.device)[None], positions=self._arange(len(x)), caches=enc or None
+        x, mean, std = normalize(values[-keep:], cfg.clip)
+        ts = np.asarray(w.timestamps)[-keep:]
+        refreshed = TokenState(
+            s1=np.zeros(0, dtype=np.int64), s2=np.zeros(0, dtype=np.int64),
+            mean=np.asarray(mean, dtype=np.float64), std=np.asarray(std, dtype=np.float64),
+            anchor_ts=_to_ns(ts[0]), last_ts=_to_ns(ts[-1]), refreshed_ts=_to_ns(ts[-1]), bars_since_refresh=0,
         )
-        stats.encode_tokens += len(x)
-        stats.add_time("encode", t0)
-        state = TokenState(
-            s1=s1[0].cpu().numpy(),
-            s2=s2[0].cpu().numpy(),
-            mean=np.asarray(mean, dtype=np.float64),
-            std=np.asarray(std, dtype=np.float64),
-            anchor_ts=_to_ns(ts[0]),
-            last_ts=_to_ns(ts[-1]),
-            refreshed_ts=_to_ns(ts[-1]),
-            bars_since_refresh=0,
-        )
-        session = self._prefill_tokens(state, ts, enc, stats)
-        self._remember(w.series_id, session)
-        return session
+        return _Plan(w, None, refreshed, refresh=True, x=x, covered=None, new=None)
 
-    def _rebuild(self, w: SeriesWindow, state: TokenState, covered: np.ndarray, stats: GenerationStats) -> _Session:
-        """Warm caches from a stored token cache (tokens are authoritative; bars refill the encoder cache)."""
-        values = np.asarray(w.values, dtype=np.float64)[covered]
-        x = np.clip((values - state.mean) / (state.std + STD_EPS), -self.config.clip, self.config.clip)
+    def _prefill(self, plans: list[_Plan], views: PoolViews, stats: GenerationStats) -> None:
+        """Refreshed and rebuilt series in one batch: encode their windows (new tokens for a
+        refresh; for a rebuild the stored tokens stay authoritative and the bars only refill the
+        encoder cache), run the tokens through predictor and decoder, and write the caches into
+        the series' pool slots."""
+        if not plans:
+            return
+        eng, cfg = self.engine, self.config
+        xs, stamp_rows = [], []
+        for p in plans:
+            ts = np.asarray(p.window.timestamps)
+            if p.refresh:
+                assert p.x is not None
+                xs.append(p.x)
+                stamp_rows.append(ts[-len(p.x) :])
+            else:
+                assert p.covered is not None
+                values = np.asarray(p.window.values, dtype=np.float64)[p.covered]
+                xs.append(np.clip((values - p.state.mean) / (p.state.std + STD_EPS), -cfg.clip, cfg.clip))
+                stamp_rows.append(ts[p.covered])
+        lengths = [len(x) for x in xs]
+        n, l_max = len(plans), max(lengths)
+        x_pad = np.zeros((n, l_max, 6), dtype=np.float32)
+        stamps = np.zeros((n, l_max, 5), dtype=np.float32)
+        for i, (x, ts) in enumerate(zip(xs, stamp_rows, strict=True)):
+            x_pad[i, : lengths[i]] = x
+            stamps[i, : lengths[i]] = calendar_features(ts, cfg.calendar_tz)
         t0 = time.perf_counter()
-        enc = self.engine.encoder_caches(1, self.max_context)
-        if enc:
-            self.engine.encode(
-                torch.as_tensor(x, dtype=torch.float32, device=self.engine.device)[None],
-                positions=self._arange(len(x)),
-                caches=enc,
-            )
-        stats.encode_tokens += len(x)
+        enc = eng.encoder_caches(n, l_max)  # right padding is harmless: every attention is causal
+        s1, s2 = eng.encode(torch.from_numpy(x_pad).to(eng.device), positions=self._arange(l_max), caches=enc or None)
+        stats.encode_tokens += sum(lengths)
         stats.add_time("encode", t0)
-        return self._prefill_tokens(state, np.asarray(w.timestamps)[covered], enc, stats)
-
-    def _prefill_tokens(self, state: TokenState, ts: np.ndarray, enc: list[KVCache], stats: GenerationStats) -> _Session:
-        eng, n = self.engine, len(state)
-        t0 = time.perf_counter()
-        s1 = torch.as_tensor(state.s1, device=eng.device)[None]
-        s2 = torch.as_tensor(state.s2, device=eng.device)[None]
-        stamp = torch.as_tensor(calendar_features(ts, self.config.calendar_tz), device=eng.device)[None]
-        pred = eng.predictor_caches(1, self.max_context)
-        ctx = eng.transformer(eng.embed(s1, s2, stamp), pred)  # [1, n, d]
-        k, v = eng.dep_kv(ctx)
-        dep_k = k.new_zeros(1, k.shape[1], self.max_context, k.shape[3])
-        dep_v = torch.zeros_like(dep_k)
-        dep_k[:, :, :n], dep_v[:, :, :n] = k, v
-        stats.prefill_tokens += n
-        stats.add_time("prefill", t0)
+        s1_np, s2_np = s1.cpu().numpy(), s2.cpu().numpy()
+        for i, p in enumerate(plans):
+            if p.refresh:
+                p.state.s1, p.state.s2 = s1_np[i, : lengths[i]].copy(), s2_np[i, : lengths[i]].copy()
+            else:
+                s1_np[i, : lengths[i]], s2_np[i, : lengths[i]] = p.state.s1, p.state.s2
         t1 = time.perf_counter()
-        dec = eng.decoder_caches(1, self.max_context)
-        eng.fill_decoder_caches(s1, s2, self._arange(n), dec)
-        stats.decode_tokens += n
-        stats.add_time("decode", t1)
-        return _Session(
-            state=state,
-            fingerprint=state.fingerprint(),
-            enc=enc,
-            pred=pred,
-            dec=dec,
-            dep_k=dep_k,
-            dep_v=dep_v,
-            last_logits=eng.head_s1(ctx[:, -1]),
-            h_last=ctx[:, -1],
-        )
+        tok1, tok2 = torch.from_numpy(s1_np).to(eng.device), torch.from_numpy(s2_np).to(eng.device)
+        pred = eng.predictor_caches(n, l_max)
+        ctx = eng.transformer(eng.embed(tok1, tok2, torch.from_numpy(stamps).to(eng.device)), pred)  # [n, L, d]
+        last = ctx[torch.arange(n, device=eng.device), torch.tensor(lengths, device=eng.device) - 1]  # [n, d]
+        dep_k, dep_v = eng.dep_kv(ctx)  # [n, Hd, L, Dd]
+        stats.prefill_tokens += sum(lengths)
+        stats.add_time("prefill", t1)
+        t2 = time.perf_counter()
+        dec = eng.decoder_caches(n, l_max)
+        eng.fill_decoder_caches(tok1, tok2, self._arange(l_max), dec)
+        stats.decode_tokens += sum(lengths)
+        stats.add_time("decode", t2)
+        at = torch.tensor([p.row for p in plans], device=eng.device)
+        for dst, src in zip([*views.enc, *views.pred, *views.dec], [*enc, *pred, *dec], strict=True):
+            dst.k[at, :, :l_max], dst.v[at, :, :l_max] = src.k, src.v
+        views.dep_k[at, :, :l_max], views.dep_v[at, :, :l_max] = dep_k, dep_v
+        views.logits[at], views.h_last[at] = eng.head_s1(last), last
 
-    def _append(self, session: _Session, w: SeriesWindow, new: np.ndarray, stats: GenerationStats) -> _Session:
-        """One encoder, predictor and decoder step per new bar against the warm caches."""
-        eng, state = self.engine, session.state
-        n, k = len(state), int(new.sum())
-        values = np.asarray(w.values, dtype=np.float64)[new]
-        x = np.clip((values - state.mean) / (state.std + STD_EPS), -self.config.clip, self.config.clip)
-        pos = self._arange(k, start=n)[None]  # [1, k]
+    def _append_new(self, plans: list[_Plan], views: PoolViews, stats: GenerationStats) -> None:
+        """The new bars of every appending series in one encoder, one predictor and one decoder call
+        over the batch's pool views. Rows run ``k_max`` (the most new bars of any series) tokens;
+        rows with fewer, and rows not appending, feed padding at the last cache slot, which no
+        series ever holds (a series keeps at most ``max_context - horizon`` tokens)."""
+        if not plans:
+            return
+        eng, cfg = self.engine, self.config
+        n_rows, k_max, spare = views.dep_k.shape[0], max(int(p.new.sum()) for p in plans if p.new is not None), self.max_context - 1
+        x = np.zeros((n_rows, k_max, 6), dtype=np.float32)
+        stamps = np.zeros((n_rows, k_max, 5), dtype=np.float32)
+        pos = np.full((n_rows, k_max), spare, dtype=np.int64)
+        for p in plans:
+            assert p.new is not None
+            k, n = int(p.new.sum()), len(p.state)
+            values = np.asarray(p.window.values, dtype=np.float64)[p.new]
+            x[p.row, :k] = np.clip((values - p.state.mean) / (p.state.std + STD_EPS), -cfg.clip, cfg.clip)
+            stamps[p.row, :k] = calendar_features(np.asarray(p.window.timestamps)[p.new], cfg.calendar_tz)
+            pos[p.row, :k] = np.arange(n, n + k)
+        positions = torch.from_numpy(pos).to(eng.device)  # [B, k_max]
         t0 = time.perf_counter()
-        enc_mask = key_mask(pos, session.enc[0].max_len) if session.enc else None
         s1, s2 = eng.encode(
-            torch.as_tensor(x, dtype=torch.float32, device=eng.device)[None],
-            positions=pos,
-            caches=session.enc or None,
-            attn_mask=enc_mask,
+            torch.from_numpy(x).to(eng.device), positions=positions, caches=views.enc or None,
+            attn_mask=key_mask(positions, self.max_context) if views.enc else None,
         )
-        stats.encode_tokens += k
+        n_new = sum(int(p.new.sum()) for p in plans if p.new is not None)
+        stats.encode_tokens += n_new
         stats.add_time("encode", t0)
         t1 = time.perf_counter()
-        ts_new = np.asarray(w.timestamps)[new]
-        stamp = torch.as_tensor(calendar_features(ts_new, self.config.calendar_tz), device=eng.device)[None]
-        logits, h, kk, vv = eng.step(s1, s2, stamp, pos, session.pred)
-        session.dep_k[:, :, n : n + k], session.dep_v[:, :, n : n + k] = kk, vv
-        session.last_logits, session.h_last = logits, h[:, -1]
-        stats.step_tokens += k
+        _, h, k_new, v_new = eng.step(s1, s2, torch.from_numpy(stamps).to(eng.device), positions, views.pred)
+        rows = torch.tensor([p.row for p in plans], device=eng.device)
+        ks = torch.tensor([int(p.new.sum()) for p in plans if p.new is not None], device=eng.device)
+        last = h[rows, ks - 1]  # [A, d] each appending row's last new token
+        views.logits[rows], views.h_last[rows] = eng.head_s1(last), last
+        for p in plans:
+            assert p.new is not None
+            k, n = int(p.new.sum()), len(p.state)
+            views.dep_k[p.row, :, n : n + k], views.dep_v[p.row, :, n : n + k] = k_new[p.row, :, :k], v_new[p.row, :, :k]
+        stats.step_tokens += n_new
         stats.add_time("append", t1)
-        if session.dec:
-            eng.fill_decoder_caches(s1, s2, pos, session.dec, key_mask(pos, session.dec[0].max_len))
-        stats.decode_tokens += k
-        session.state = TokenState(
-            s1=np.concatenate([state.s1, s1[0].cpu().numpy()]),
-            s2=np.concatenate([state.s2, s2[0].cpu().numpy()]),
-            mean=state.mean,
-            std=state.std,
-            anchor_ts=state.anchor_ts,
-            last_ts=_to_ns(ts_new[-1]),
-            refreshed_ts=state.refreshed_ts,
-            bars_since_refresh=state.bars_since_refresh + k,
-        )
-        session.fingerprint = session.state.fingerprint()
-        return session
+        if views.dec:
+            eng.fill_decoder_caches(s1, s2, positions, views.dec, key_mask(positions, self.max_context))
+        stats.decode_tokens += n_new
+        s1_np, s2_np = s1.cpu().numpy(), s2.cpu().numpy()
+        for p in plans:
+            assert p.new is not None
+            k, old = int(p.new.sum()), p.state
+            p.state = TokenState(
+                s1=np.concatenate([old.s1, s1_np[p.row, :k]]),
+                s2=np.concatenate([old.s2, s2_np[p.row, :k]]),
+                mean=old.mean,
+                std=old.std,
+                anchor_ts=old.anchor_ts,
+                last_ts=_to_ns(np.asarray(p.window.timestamps)[p.new][-1]),
+                refreshed_ts=old.refreshed_ts,
+                bars_since_refresh=old.bars_since_refresh + k,
+            )
 
     # ------------------------------------------------------------------ helpers
 
-    def _remember(self, series_id: str, session: _Session) -> None:
-        self._sessions[series_id] = session
-        self._sessions.move_to_end(series_id)
-        while len(self._sessions) > self.config.max_sessions:
-            self._sessions.popitem(last=False)
-
     def drop(self, series_ids: Sequence[str]) -> None:
         """Forget warm sessions (e.g. of partitions this replica no longer owns)."""
-        for sid in series_ids:
-            self._sessions.pop(sid, None)
+        self._pool.drop(series_ids)
+
+    @property
+    def warm_sessions(self) -> int:
+        """Series whose warm caches are held (incremental mode)."""
+        return len(self._pool)
 
     def _arange(self, n: int, start: int = 0) -> Tensor:
         return torch.arange(start, start + n, device=self.engine.device)
@@ -361,10 +404,3 @@ class StreamingForecaster:
             quantile_levels=self.quantile_levels,
             token_state=state,
         )
-
-
-def _stack(caches: list[KVCache]) -> KVCache:
-    out = KVCache.__new__(KVCache)
-    out.k = torch.cat([c.k for c in caches])
-    out.v = torch.cat([c.v for c in caches])
-    return out

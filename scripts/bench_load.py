@@ -49,7 +49,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
@@ -261,6 +261,12 @@ def daemon_env(
             "KRONOS_LOG_FORMAT": "json",
         }
     )
+    if args.max_batch is not None:
+        env["KRONOS_BATCH__MAX_BATCH_SIZE"] = str(args.max_batch)
+    if args.max_wait_ms is not None:
+        env["KRONOS_BATCH__MAX_WAIT_MS"] = str(args.max_wait_ms)
+    if args.profile is not None:
+        env["BENCH_PROFILE"] = str(args.profile)
     return env
 
 
@@ -274,8 +280,10 @@ class DaemonProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
+            profile = self._env.get("BENCH_PROFILE")  # a cProfile dump of the daemon (written at exit)
+            prefix = ["-m", "cProfile", "-o", profile] if profile else []
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "run"],
+                [sys.executable, *prefix, "-m", "daemon", "run"],
                 cwd=REPO,
                 env=self._env,
                 stdout=log,
@@ -394,6 +402,56 @@ async def delete_redis_keys(redis_url: str, prefix: str) -> int:
         await client.aclose()
 
 
+@dataclass
+class Session:
+    """A started daemon on a run's fresh topics, with this process's clients around it."""
+
+    daemon: DaemonProcess
+    admin: AIOKafkaAdminClient
+    probe: AIOKafkaConsumer
+    producer: AIOKafkaProducer
+    collector: Collector
+
+
+@contextlib.asynccontextmanager
+async def daemon_session(
+    args: argparse.Namespace, run: Run, env: dict[str, str], bootstrap: str, redis_url: str,
+    log_path: Path, result: dict[str, Any], *, producer_linger_ms: int = 0,
+) -> AsyncIterator[Session]:
+    """Create the run's topics, start the daemon and wait until it is ready, start the output reader;
+    afterwards stop everything and delete the topics and Redis keys (also after a failure)."""
+    s = Session(
+        DaemonProcess(env, int(env["KRONOS_HTTP_PORT"]), log_path),
+        AIOKafkaAdminClient(bootstrap_servers=bootstrap),
+        AIOKafkaConsumer(bootstrap_servers=bootstrap),
+        AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                         linger_ms=producer_linger_ms),
+        Collector(bootstrap, run.output),
+    )
+    result["daemon_log"] = str(log_path.relative_to(REPO))
+    await s.admin.start()
+    try:
+        await create_topics(s.admin, run)
+        await s.probe.start()
+        await wait_for_leaders(s.probe, run)
+        await s.producer.start()
+        s.daemon.start()
+        result["startup_s"] = round(await s.daemon.wait_ready(args.ready_timeout), 2)
+        await s.collector.start(run.partitions)  # reads from the beginning; nothing is published yet
+        print(f"[{run.mode}] daemon ready after {result['startup_s']} s", flush=True)
+        yield s
+    finally:
+        result["exit_code"] = await s.daemon.stop()
+        await s.collector.stop()
+        await s.producer.stop()
+        await s.probe.stop()
+        try:
+            await delete_topics(s.admin, run)
+        finally:
+            await s.admin.close()
+        result["redis_keys_deleted"] = await delete_redis_keys(redis_url, run.prefix)
+
+
 # -- one mode -----------------------------------------------------------------------------------
 
 
@@ -416,26 +474,13 @@ async def bench_mode(
     args: argparse.Namespace, mode: str, bootstrap: str, redis_url: str, uid: str
 ) -> dict[str, Any]:
     run = Run(mode, uid, args.partitions)
-    port = free_port()
+    env = daemon_env(args, run, bootstrap, redis_url, free_port())
     log_path = REPO / "results" / "tmp" / f"bench_load-{mode}.log"
-    daemon = DaemonProcess(daemon_env(args, run, bootstrap, redis_url, port), port, log_path)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0)
-    collector = Collector(bootstrap, run.output)
     bars = synthetic_bars(args.symbols, None, interval_s=BAR_INTERVAL_S, seed=args.seed, start=BAR_START)
-    result: dict[str, Any] = {"mode": mode, "daemon_log": str(log_path.relative_to(REPO))}
-    await admin.start()
-    try:
-        await create_topics(admin, run)
-        await probe.start()
-        await wait_for_leaders(probe, run)
-        await producer.start()
-        began = time.monotonic()
-        daemon.start()
-        result["startup_s"] = round(await daemon.wait_ready(args.ready_timeout), 2)
-        await collector.start(run.partitions)  # reads from the beginning; nothing is published yet
-        print(f"[{mode}] daemon ready after {result['startup_s']} s", flush=True)
+    result: dict[str, Any] = {"mode": mode}
+    began = time.monotonic()
+    async with daemon_session(args, run, env, bootstrap, redis_url, log_path, result) as s:
+        daemon, admin, probe, producer, collector = s.daemon, s.admin, s.probe, s.producer, s.collector
 
         # 1. warm-up: full windows for every symbol
         warm = round_robin(bars, args.symbols * args.warm_bars)
@@ -535,17 +580,179 @@ async def bench_mode(
             f"[{mode}] drain: {len(got_at)}/{len(keys)} in {end - d0:.1f} s = {result['drain']['rate']}/s",
             flush=True,
         )
-    finally:
-        result["exit_code"] = await daemon.stop()
-        await collector.stop()
-        await producer.stop()
-        await probe.stop()
-        try:
-            await delete_topics(admin, run)
-        finally:
-            await admin.close()
-        result["redis_keys_deleted"] = await delete_redis_keys(redis_url, run.prefix)
     return result
+
+
+# -- bursts -----------------------------------------------------------------------------------------
+
+
+class ReferenceModel:
+    """The daemon's model, built in this process from the daemon's own ``KRONOS_*`` settings, to time
+    one batched call over the windows the daemon forecast in a burst."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from daemon.forecaster import build_forecaster
+        from daemon.settings import load_settings
+
+        saved = {k: v for k, v in os.environ.items() if k.startswith("KRONOS_")}
+        try:
+            for k in saved:
+                del os.environ[k]
+            os.environ.update({k: v for k, v in env.items() if k.startswith("KRONOS_")})
+            self.settings = load_settings()
+        finally:
+            for k in [k for k in os.environ if k.startswith("KRONOS_")]:
+                del os.environ[k]
+            os.environ.update(saved)
+        self.forecaster = build_forecaster(self.settings)
+
+    def windows(self, history: dict[str, list[FeedBar]], symbols: list[str]) -> list[Any]:
+        """What the daemon hands the model for each symbol's newest bar (window capped at max_context)."""
+        from daemon.schemas import horizon_ns, infer_interval_ns
+        from kronos_core.stream_types import SeriesWindow, derive_seed
+
+        s, out = self.settings, []
+        for sym in symbols:
+            bars = history[sym][-s.model.max_context :]
+            ts = [to_ns(t) for _, t, _ in bars]
+            interval = infer_interval_ns(ts, int(s.default_bar_interval_s * 1e9))
+            future = horizon_ns(ts[-1], interval, s.model.horizon)
+            out.append(SeriesWindow(
+                sym, np.asarray([v for _, _, v in bars], dtype=np.float64), np.asarray(ts, dtype="datetime64[ns]"),
+                np.asarray(future, dtype="datetime64[ns]"),
+                derive_seed(sym, ts[-1], self.forecaster.model_version, s.model.base_seed),
+            ))
+        return out
+
+    def time_call(self, windows: list[Any], repeats: int = 2) -> float:
+        """Seconds of one batched forecast call over ``windows`` (the fastest of ``repeats``)."""
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            self.forecaster.forecast(windows, self.settings.model.horizon)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+
+async def bench_bursts(
+    args: argparse.Namespace, mode: str, bootstrap: str, redis_url: str, uid: str
+) -> dict[str, Any]:
+    """One daemon, ``max(sizes)`` symbols warmed up, then bursts: the first N symbols each send one
+    bar at the same instant; time until the last of their forecasts is read from the output topic."""
+    sizes = args.burst_sizes
+    run = Run(mode, f"{uid}-burst", args.partitions)
+    env = daemon_env(args, run, bootstrap, redis_url, free_port())
+    log_path = REPO / "results" / "tmp" / f"bench_burst-{mode}.log"
+    total = max(sizes)
+    feed = synthetic_bars(total, None, interval_s=BAR_INTERVAL_S, seed=args.seed, start=BAR_START)
+    history: dict[str, list[FeedBar]] = {}
+    result: dict[str, Any] = {"mode": mode, "bursts": []}
+    reference = ReferenceModel(env)
+    async with daemon_session(args, run, env, bootstrap, redis_url, log_path, result, producer_linger_ms=5) as s:
+        daemon, producer, collector = s.daemon, s.producer, s.collector
+        warm = round_robin(feed, total * args.warm_bars)
+        for bar in warm:
+            history.setdefault(bar[0], []).append(bar)
+        t0 = time.time()
+        keys = await publish_fast(producer, run.input, warm)
+        if not await collector.wait_for(keys, args.warm_timeout):
+            raise RuntimeError(f"warm-up did not finish within {args.warm_timeout} s; lower --warm-bars")
+        result["warmup"] = {"bars": len(keys), "seconds": round(time.time() - t0, 2)}
+        print(f"[burst {mode}] warm-up: {len(keys)} forecasts in {time.time() - t0:.1f} s", flush=True)
+
+        for size in sizes:
+            for rep in range(args.burst_repeats):
+                step = round_robin(feed, total)  # the next bar of every symbol; the first `size` are sent
+                burst = step[:size]
+                for bar in burst:
+                    history[bar[0]].append(bar)
+                before = await daemon.metrics()
+                await asyncio.sleep(0.5)  # let the daemon's idle fetches settle
+                b0 = time.time()
+                keys = await publish_fast(producer, run.input, burst)
+                acked_s = time.time() - b0
+                complete = await collector.wait_for(keys, args.drain_timeout)
+                arrivals = [collector.first[k].at for k in keys if k in collector.first]
+                burst_s = max(arrivals) - b0 if arrivals else float("nan")
+                after = await daemon.metrics()
+
+                def delta(name: str, a: dict[str, float] = after, b: dict[str, float] = before) -> float:
+                    return a.get(name, 0.0) - b.get(name, 0.0)
+
+                model_s = delta("kronos_model_step_seconds_sum")
+                calls = int(delta("kronos_batch_size_count"))
+                engine_s = reference.time_call(reference.windows(history, [b[0] for b in burst]))
+                entry = {
+                    "symbols": size, "repeat": rep, "complete": complete, "forecasts": len(arrivals),
+                    "publish_acked_s": round(acked_s, 3),
+                    "time_to_last_forecast_s": round(burst_s, 3),
+                    "daemon_model_calls": calls,
+                    "daemon_mean_batch": round(delta("kronos_batch_size_sum") / calls, 1) if calls else None,
+                    "daemon_model_s": round(model_s, 3),
+                    "engine_one_call_s": round(engine_s, 3),
+                    "efficiency": round(engine_s / burst_s, 3),
+                    "model_share": round(model_s / burst_s, 3),
+                    "overhead_ms_per_forecast": round((burst_s - model_s) / size * 1e3, 3),
+                    "overhead_vs_engine_ms_per_forecast": round((burst_s - engine_s) / size * 1e3, 3),
+                }
+                result["bursts"].append(entry)
+                print(f"[burst {mode}] {size} symbols: last forecast after {burst_s * 1e3:.0f} ms, "
+                      f"{calls} model call(s) ({model_s * 1e3:.0f} ms), one engine call {engine_s * 1e3:.0f} ms, "
+                      f"efficiency {entry['efficiency']:.0%}", flush=True)
+    return result
+
+
+def burst_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [
+        "| mode | symbols | time to last forecast ms | model calls (mean batch) | daemon model ms "
+        "| one engine call ms | efficiency | model share | overhead ms/forecast | publish acked ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, r in results.items():
+        if "error" in r:
+            rows.append(f"| {mode} | failed: {' '.join(str(r['error']).split())[:300]} ||||||||")
+            continue
+        for b in r["bursts"]:
+            rows.append(
+                f"| {mode} | {b['symbols']} | {b['time_to_last_forecast_s'] * 1e3:.0f} | {b['daemon_model_calls']} "
+                f"({b['daemon_mean_batch']}) | {b['daemon_model_s'] * 1e3:.0f} | {b['engine_one_call_s'] * 1e3:.0f} "
+                f"| {b['efficiency']:.0%} | {b['model_share']:.0%} | {b['overhead_ms_per_forecast']:.3f} "
+                f"| {b['publish_acked_s'] * 1e3:.0f} |"
+            )
+    return rows
+
+
+def write_burst_markdown(path: Path, report: dict[str, Any]) -> None:
+    a, mf = report["settings"], report["machine"]
+    lines = [
+        "# Daemon burst benchmark (real Kafka and Redis)",
+        "",
+        f"{mf['date']}; {mf['cores']} cores ({mf['cpu']}), torch {mf['torch']} on CPU with "
+        f"{mf['torch_threads']} thread(s); load average before {mf['load_avg_before']}, after "
+        f"{mf['load_avg_after']} (the machine is shared with other jobs). Daemon subprocess, broker and "
+        "Redis on this machine (loopback).",
+        "",
+        f"Model `{a['model']}`, max_context {a['max_context']}, horizon {a['horizon']}, sample_count "
+        f"{a['sample_count']}; warm-up {a['warm_bars']} bars per symbol for {max(a['burst_sizes'])} symbols, "
+        f"then the first N symbols each send one bar at the same instant ({a['burst_repeats']} bursts per N); "
+        f"{a['partitions']} partitions; daemon max_batch_size {a['max_batch']}, max_wait_ms {a['max_wait_ms']}. "
+        "Command: `" + report["command"] + "`.",
+        "",
+        *burst_table(report["modes"]),
+        "",
+        "- *time to last forecast*: from just before the first send of the burst until the last of its "
+        "forecasts was read from the output topic (by this process).",
+        "- *one engine call*: the same model, built in this process from the daemon's settings, forecasting "
+        "the burst's windows in one batched call (fastest of two), after the burst.",
+        "- *efficiency* = one engine call / time to last forecast. The engine call is timed at another "
+        "moment than the burst, so on a busy machine it can come out above 100%; *model share* = the "
+        "daemon's own model time during the burst / time to last forecast (timed together).",
+        "- *overhead ms/forecast* = (time to last forecast - the daemon's model time) / N: JSON, Kafka, "
+        "Redis and bookkeeping, the linger, plus the publishing (*publish acked*: until the broker "
+        "acknowledged the whole burst) and the reading in this process.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -653,8 +860,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warm-timeout", type=float, default=90.0)
     p.add_argument("--drain-timeout", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("results/bench_load.json"))
+    p.add_argument("--out", type=Path, default=None, help="default results/bench_load.json (bench_burst.json)")
+    p.add_argument("--burst", default=None, metavar="N,N,...",
+                   help="instead of the load phases: bursts of N symbols (e.g. 128,512,1000)")
+    p.add_argument("--burst-repeats", type=int, default=2, help="bursts per size")
+    p.add_argument("--max-batch", type=int, default=None, help="KRONOS_BATCH__MAX_BATCH_SIZE (burst default: max N)")
+    p.add_argument("--profile", type=Path, default=None, help="run the daemon under cProfile, dump here")
+    p.add_argument("--max-wait-ms", type=int, default=None, help="KRONOS_BATCH__MAX_WAIT_MS (default: the daemon's)")
     args = p.parse_args(argv)
+    args.burst_sizes = sorted({int(n) for n in args.burst.split(",")}) if args.burst else []
+    if args.burst_sizes and min(args.burst_sizes) < 1:
+        p.error("--burst sizes must be positive")
+    if args.burst_sizes and args.max_batch is None:
+        args.max_batch = max(args.burst_sizes)
+    args.out = args.out or Path("results/bench_burst.json" if args.burst_sizes else "results/bench_load.json")
     args.warm_bars = args.warm_bars or args.max_context
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("exact", "incremental") for m in modes):
@@ -701,10 +920,14 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         },
         "modes": {},
     }
+    if args.burst_sizes:
+        report["settings"].update(burst_sizes=args.burst_sizes, burst_repeats=args.burst_repeats,
+                                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms or "default")
     began = time.monotonic()
     for mode in args.mode_list:
         try:
-            report["modes"][mode] = await bench_mode(args, mode, bootstrap, redis_url, uid)
+            bench = bench_bursts if args.burst_sizes else bench_mode
+            report["modes"][mode] = await bench(args, mode, bootstrap, redis_url, uid)
         except Exception as exc:  # report what ran; the next mode still runs
             print(f"[{mode}] failed: {exc}", file=sys.stderr, flush=True)
             report["modes"][mode] = {"mode": mode, "error": f"{type(exc).__name__}: {exc}"}
@@ -722,9 +945,9 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(out.with_suffix(".md"), report)
+    (write_burst_markdown if args.burst_sizes else write_markdown)(out.with_suffix(".md"), report)
     print()
-    print("\n".join(table(report["modes"])))
+    print("\n".join((burst_table if args.burst_sizes else table)(report["modes"])))
     print(f"\nwrote {out} and {out.with_suffix('.md')} ({report['wall_s']} s)")
     return 0 if all("error" not in r for r in report["modes"].values()) else 1
 

@@ -11,6 +11,7 @@ import torch
 
 from kronos_core import KronosPredictor
 from kronos_core.engine import KronosEngine, SamplingParams
+from kronos_core.session_pool import SessionPool
 from kronos_core.stream_types import SeriesWindow, TokenState, derive_seed
 from kronos_core.streaming import StreamConfig, StreamingForecaster
 
@@ -158,3 +159,121 @@ def test_cuda_stream_samples_what_the_cpu_stream_samples(engine, arrays, tiny_mo
     assert cuda_engine._graphs is not None and cuda_engine._graphs.captures >= 1
     same = np.mean([np.allclose(a.samples, b.samples, rtol=1e-4, atol=1e-5) for a, b in zip(on_cpu, on_cuda, strict=True)])
     assert same >= 0.9  # float rounding differs between devices; a rare sample may flip
+
+
+def _staggered_calls(arrays, n_series: int, steps: int, seed: int = 0):
+    """Per step, the windows of the series that got bars: series start at different bars, windows
+    have different lengths, some steps skip a series (its next window then brings two new bars)."""
+    values, ts = arrays
+    rng = np.random.default_rng(seed)
+    at = {f"S{j}": 150 + 41 * j for j in range(n_series)}
+    calls = []
+    for _ in range(steps):
+        call = []
+        for sid in at:
+            if rng.random() < 0.2:
+                continue
+            at[sid] += 1 if rng.random() < 0.8 else 2
+            i = at[sid]
+            lo = max(0, i + 1 - MAX_CONTEXT + int(rng.integers(0, 12)))
+            call.append((sid, lo, i))
+        calls.append(call)
+    return calls
+
+
+def _run_calls(forecaster, arrays, calls, *, one_by_one: bool):
+    values, ts = arrays
+    states: dict[str, TokenState | None] = {}
+    out = []
+    for call in calls:
+        windows = [SeriesWindow(sid, values[lo : i + 1], ts[lo : i + 1], ts[i + 1 : i + 1 + HORIZON],
+                                seed=derive_seed(sid, int(ts[i].astype(np.int64)), "t"), token_state=states.get(sid))
+                   for sid, lo, i in call]
+        results = [r for w in windows for r in forecaster.forecast([w], HORIZON)] if one_by_one else \
+            forecaster.forecast(windows, HORIZON)
+        for r in results:
+            states[r.series_id] = r.token_state
+        out.append(results)
+    return out
+
+
+def _assert_same_forecasts(a, b) -> None:
+    for call_a, call_b in zip(a, b, strict=True):
+        for x, y in zip(call_a, call_b, strict=True):
+            assert x.series_id == y.series_id
+            np.testing.assert_array_equal(x.token_state.s1, y.token_state.s1)
+            np.testing.assert_array_equal(x.token_state.s2, y.token_state.s2)
+            assert x.token_state.bars_since_refresh == y.token_state.bars_since_refresh
+            np.testing.assert_allclose(x.samples, y.samples, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SamplingParams(sample_count=3)], ids=["greedy", "3paths"])
+def test_incremental_batched_equals_one_by_one(engine, arrays, sampling) -> None:
+    """One batched call per step (refreshes, rebuilds and appends of one or two bars mixed, windows
+    of different lengths) gives the tokens and samples of one call per series."""
+    cfg = StreamConfig(mode="incremental", sampling=sampling, refresh_every=6)
+    calls = _staggered_calls(arrays, n_series=6, steps=24)
+    batched_fc = StreamingForecaster(engine, cfg, model_version="t")
+    batched = _run_calls(batched_fc, arrays, calls, one_by_one=False)
+    single = _run_calls(StreamingForecaster(engine, cfg, model_version="t"), arrays, calls, one_by_one=True)
+    _assert_same_forecasts(batched, single)
+    states = [r.token_state for call in batched for r in call]
+    assert any(s.bars_since_refresh == 0 for s in states[6:])  # refreshes happened after the first call ...
+    assert any(s.bars_since_refresh >= 2 for s in states)  # ... and appends on warm caches
+
+
+def test_incremental_batches_larger_than_the_session_pool(engine, arrays) -> None:
+    """A byte budget of two sessions: batches of six run in chunks, evicted sessions are rebuilt
+    from their token caches, and the forecasts stay those of an unbounded pool."""
+    unbounded = StreamingForecaster(engine, StreamConfig(mode="incremental", sampling=GREEDY, refresh_every=6),
+                                    model_version="t")
+    slot = unbounded._pool.slot_bytes
+    cfg = StreamConfig(mode="incremental", sampling=GREEDY, refresh_every=6, max_session_bytes=int(2.5 * slot))
+    bounded = StreamingForecaster(engine, cfg, model_version="t")
+    assert bounded._pool.max_slots == 2
+    calls = _staggered_calls(arrays, n_series=6, steps=10, seed=1)
+    _assert_same_forecasts(_run_calls(bounded, arrays, calls, one_by_one=False),
+                           _run_calls(unbounded, arrays, calls, one_by_one=False))
+    assert len(bounded._pool) <= 2 and bounded._pool.counters.evicted > 0
+    with pytest.raises(ValueError, match="max_session_bytes"):
+        StreamingForecaster(engine, StreamConfig(mode="incremental", max_session_bytes=slot - 1), model_version="t")
+
+
+def test_incremental_steady_batches_run_over_pool_views(engine, arrays) -> None:
+    """The same series bar after bar: no session is moved or copied; the batch's caches are views
+    of the pool. A batch of another composition moves only the series outside its run of slots."""
+    values, ts = arrays
+    fc = StreamingForecaster(engine, StreamConfig(mode="incremental", sampling=GREEDY), model_version="t")
+    states: dict[str, TokenState | None] = {}
+
+    def step(sids, i):
+        ws = [SeriesWindow(s, values[i - 40 : i + 1], ts[i - 40 : i + 1], ts[i + 1 : i + 1 + HORIZON], seed=1,
+                           token_state=states.get(s)) for s in sids]
+        for r in fc.forecast(ws, HORIZON):
+            states[r.series_id] = r.token_state
+
+    for i in range(300, 305):
+        step(["A", "B", "C", "D"], i)
+        assert fc.last_stats.sessions_moved == 0
+    views = fc._pool.views(fc._pool.slot("A"), 4)
+    assert views.pred[0].k.untyped_storage().data_ptr() == fc._pool.pred[0].k.untyped_storage().data_ptr()
+    step(["E", "A", "F"], 305)  # placed next to A: at most A moves
+    assert fc.last_stats.sessions_moved <= 1
+    slots = sorted(fc._pool.slot(s) for s in "EAF")
+    assert slots == list(range(slots[0], slots[0] + 3))
+
+
+def test_session_pool_moves_keep_caches_and_evict_outsiders(engine) -> None:
+    pool = SessionPool(engine, max_slots=4)
+    assert pool.place(["a", "b"]) == 0
+    pool.dep_k[pool.slot("b")] = 7.0
+    start = pool.place(["c", "d", "b"])
+    assert sorted(pool.slot(s) for s in "cdb") == [start, start + 1, start + 2]
+    assert bool((pool.dep_k[pool.slot("b")] == 7.0).all())  # a moved session keeps its caches
+    pool.place(["e", "f", "g", "b"])  # the pool is full: the others are evicted
+    assert "b" in pool and "a" not in pool and "c" not in pool and pool.counters.evicted >= 2
+    assert bool((pool.dep_k[pool.slot("b")] == 7.0).all())
+    with pytest.raises(ValueError, match="does not fit"):
+        pool.place(list("vwxyz"))
+    with pytest.raises(ValueError, match="twice"):
+        pool.place(["a", "a"])

@@ -91,3 +91,81 @@ async def test_unreachable_broker_is_a_clear_error() -> None:
     out = KafkaOutput(KafkaSettings(bootstrap_servers="127.0.0.1:1", request_timeout_ms=2000))
     with pytest.raises(BusError, match="KRONOS_KAFKA__BOOTSTRAP_SERVERS"):
         await out.start()
+
+
+async def _send_spread(kafka_bootstrap: str, topic: str, partitions: int, per_partition: int) -> None:
+    """``per_partition`` messages on every partition of ``topic`` (explicit partitions, value = "p:i")."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        acks = [await producer.send(topic, value=f"{p}:{i}".encode(), partition=p)
+                for i in range(per_partition) for p in range(partitions)]
+        for ack in acks:
+            await ack
+    finally:
+        await producer.stop()
+
+
+async def _started_input(kafka_bootstrap: str, topic: str, group_id: str) -> KafkaInput:
+    consumer = KafkaInput(KafkaSettings(bootstrap_servers=kafka_bootstrap, input_topic=topic, group_id=group_id))
+    await consumer.start(_Handler())
+    return consumer
+
+
+async def test_a_fetch_draws_from_every_partition_fairly(
+    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str
+) -> None:
+    """A backlog on 6 partitions and room for a third of it: every partition gives its share, in
+    offset order, instead of the first partitions being emptied one after another."""
+    topic = await topic_factory(partitions=6)
+    await _send_spread(kafka_bootstrap, topic, partitions=6, per_partition=20)
+    consumer = await _started_input(kafka_bootstrap, topic, group_id)
+    try:
+        got: list[InMessage] = []
+
+        async def buffered() -> bool:  # the first fetch waits until the consumer has data
+            got.extend(await consumer.fetch(max_records=40, timeout_ms=500))
+            return bool(got)
+
+        await wait_until(buffered, 30, "a first fetch")
+        if len(got) < 40:  # the broker's first answer may not cover every partition yet
+            got.extend(await consumer.fetch(max_records=40 - len(got), timeout_ms=500))
+        per_partition = {p: [m.offset for m in got if m.partition == p] for p in range(6)}
+        assert len(got) == 40
+        assert all(6 <= len(offsets) <= 7 for offsets in per_partition.values()), per_partition
+        assert all(offsets == list(range(len(offsets))) for offsets in per_partition.values())
+    finally:
+        await consumer.stop()
+
+
+async def test_a_burst_over_partitions_lands_in_one_lingering_fetch(
+    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str
+) -> None:
+    """After the first record the fetch lingers up to max_wait_ms: a burst whose bars arrive over a
+    few hundred milliseconds on 4 partitions comes back as one batch."""
+    import asyncio
+
+    from daemon.loop import fetch_lingering
+
+    topic = await topic_factory(partitions=4)
+    consumer = await _started_input(kafka_bootstrap, topic, group_id)
+    try:
+        await wait_until(lambda: _assigned(consumer), 30, "a partition assignment")
+        first = asyncio.create_task(fetch_lingering(consumer, max_records=100, wait_ms=20_000, linger_ms=3_000))
+        await _send_spread(kafka_bootstrap, topic, partitions=1, per_partition=1)  # the first bar ...
+        await asyncio.sleep(0.3)
+        await _send_spread(kafka_bootstrap, topic, partitions=4, per_partition=10)  # ... the rest, later
+        batch = await first
+        assert len(batch) == 41 and {m.partition for m in batch} == {0, 1, 2, 3}
+        full = asyncio.create_task(fetch_lingering(consumer, max_records=8, wait_ms=20_000, linger_ms=20_000))
+        await _send_spread(kafka_bootstrap, topic, partitions=4, per_partition=2)
+        assert len(await asyncio.wait_for(full, 15)) == 8  # a full batch does not wait out the linger
+    finally:
+        await consumer.stop()
+
+
+async def _assigned(consumer: KafkaInput) -> bool:
+    await consumer.fetch(max_records=1, timeout_ms=100)
+    return bool(consumer.assignment())

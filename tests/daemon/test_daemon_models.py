@@ -107,7 +107,7 @@ def test_load_version_checks_and_smoke_tests_a_good_version(registry_root: Path,
     assert loaded.forecaster.model_version == "v2"
     assert loaded.load_s > 0 and loaded.warmup_s > 0
     assert not any((tmp_path / "c").iterdir())  # the fetched files are gone once in memory
-    assert not loaded.forecaster._sessions  # type: ignore[attr-defined]  # smoke sessions dropped
+    assert loaded.forecaster.warm_sessions == 0  # type: ignore[attr-defined]  # smoke sessions dropped
 
 
 @pytest.mark.parametrize(

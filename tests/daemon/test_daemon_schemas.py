@@ -13,6 +13,7 @@ from daemon.errors import InvalidBar
 from daemon.schemas import (
     ForecastContext,
     build_forecast_message,
+    encode_json,
     forecast_id,
     format_ts,
     horizon_ns,
@@ -151,3 +152,17 @@ def test_forecast_message_refuses_bad_shapes_and_nan() -> None:
     bad.quantiles[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         build_forecast_message(ctx, bad, "v1", "exact", now=1.0)
+
+
+def test_forecast_json_round_trips_every_float_exactly() -> None:
+    """The encoded message reads back with the model's float64 values, bit for bit, as plain lists."""
+    m = 60 * 10**9
+    rng = np.random.default_rng(3)
+    result = SeriesForecast("AAA", rng.normal(0, 1e4, (4, 6)), rng.normal(0, 1, (2, 4, 6)),
+                            rng.lognormal(0, 20, (3, 4, 6)), (0.1, 0.5, 0.9))
+    ctx = ForecastContext("AAA", to_ns(TS), m, horizon_ns(to_ns(TS), m, 4), 7, 10, "in", 0, 5, 0, 0.0)
+    back = json.loads(encode_json(build_forecast_message(ctx, result, "v1", "exact", now=1.0)))
+    for j, name in enumerate(("open", "high", "low", "close", "volume", "amount")):
+        assert back["mean"][name] == result.mean[:, j].tolist()
+        assert back["quantiles"]["p90"][name] == result.quantiles[2, :, j].tolist()
+    assert back["timestamps"][0] == "2024-06-18T03:16:00Z" and back["interval_s"] == 60.0

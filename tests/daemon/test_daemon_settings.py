@@ -96,3 +96,20 @@ def test_model_compile_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("KRONOS_MODEL__COMPILE", "true")
     forecaster = build_engine_forecaster(load_settings())
     assert forecaster.engine.compiled  # type: ignore[attr-defined]
+
+
+def test_session_budget_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from daemon.forecaster import build_forecaster
+
+    tiny = Path(__file__).resolve().parents[1] / "fixtures" / "kronos-tiny-a"
+    monkeypatch.setenv("KRONOS_MODEL__MAX_SESSIONS", "7")
+    monkeypatch.setenv("KRONOS_MODEL__MAX_SESSION_BYTES", "1000000000")
+    model = {"tokenizer_dir": tiny / "tokenizer", "predictor_dir": tiny / "predictor", "max_context": 64,
+             "horizon": 4, "device": "cpu"}
+    forecaster = build_forecaster(load_settings(model=model, mode="incremental"))
+    assert forecaster.config.max_sessions == 7 and forecaster.config.max_session_bytes == 10**9  # type: ignore[attr-defined]
+    monkeypatch.setenv("KRONOS_MODEL__MAX_SESSION_BYTES", "0")
+    with pytest.raises(ConfigError, match="MAX_SESSION_BYTES"):
+        load_settings()

@@ -1,21 +1,30 @@
-"""Train the small demo model shipped in ``daemon/assets/demo-model`` from the bundled bars.
+"""Train the small demo model shipped in ``daemon/assets/demo-model`` from the bundled bars, through
+the trainer's own code path.
 
-Run ``python -m trainer.demo_model`` (``--out DIR``, ``--max-minutes M``, ``--threads N``); it writes
-``results/demo-model`` unless ``--out daemon/assets/demo-model`` asks it to replace the shipped model. It
+Run ``python -m trainer.demo_model`` (``--out DIR``, ``--threads N``, ``--seed S``, ``--steps N``,
+``--tokenizer-steps N``); it writes ``results/demo-model`` unless ``--out daemon/assets/demo-model``
+asks it to replace the shipped model. In a temporary folder it
 
-1. reads ``daemon/assets/bars_5min_a_share.csv`` (naive timestamps = Asia/Shanghai local time) and
-   splits it by time: the first ``1 - holdout_fraction`` of the rows train, the rest is held out;
-2. trains a tokenizer, then a predictor on the frozen tokenizer's tokens, with
-   :mod:`kronos_core.training` (``sample_windows``, ``tokenizer_loss``, ``predictor_loss``,
-   ``train_step``), adding a warm-up + cosine learning-rate schedule and a wall-clock budget;
-3. measures train and held-out losses on fixed windows, and a held-out forecast check: the
-   close MAE of greedy and mean-of-N-samples forecasts against the realised bars, next to the
-   persistence baseline (last close), whatever the outcome;
-4. writes ``<out>/tokenizer`` and ``<out>/predictor`` (``save_pretrained``) and
-   ``<out>/manifest.json`` into a staging directory that then replaces ``<out>``.
+1. imports ``daemon/assets/bars_5min_a_share.csv`` (naive timestamps = Asia/Shanghai local time, stored
+   as UTC) into an archive with :func:`kronos_contract.archive.write_bars`;
+2. writes random-init checkpoint folders of the demo shapes (seeded), with a manifest naming the
+   runtime (``max_context`` 128, calendar Asia/Shanghai);
+3. runs :func:`trainer.run.run_training` on them, exactly as ``kronos-stream train --tokenizer-dir ...
+   --predictor-dir ...`` would: the tokenizer phase (``tokenizer_steps``), then the predictor on the
+   frozen tokenizer's tokens, both through the DDP wrapper (a one-process gloo group), on windows
+   normalised with lookback-only statistics; a walk-forward split whose cut is placed so that the
+   last ``holdout_bars`` (500) bars are held out (the demo replays the last 240 and warms up on the
+   128 before them: none of them is trained on); the trainer's gate scores the trained model against
+   the random init and persistence on held-out windows (recorded, nothing is published);
+4. measures losses on fixed train and held-out windows (random init vs trained) and a held-out
+   forecast check: the close MAE of greedy and mean-of-N-samples forecasts against the realised
+   bars, next to persistence (last close) and the tokenizer round trip, whatever the outcome;
+5. writes ``<out>/tokenizer``, ``<out>/predictor`` and ``<out>/manifest.json`` into a staging folder
+   that then replaces ``<out>``.
 
-Everything random is seeded, so a run that finishes within its budget is reproducible on the same
-software and thread count (the manifest records both).
+Everything random is seeded and the step counts are fixed (no wall-clock cut-off), so a run is
+reproducible on the same software and thread count (the manifest records both). About 75-90 s of
+training on one thread of this project's 2-core machine (the manifest records the time measured).
 """
 
 from __future__ import annotations
@@ -24,14 +33,13 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import functools
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,7 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import kronos_core
 from kronos_core import (
@@ -55,59 +63,65 @@ from kronos_core import (
 from kronos_core.checkpoint import WEIGHTS_NAME
 from kronos_core.preprocess import FEATURE_COLUMNS, STD_EPS, denormalize, normalize, time_features
 from kronos_core.stream_types import derive_seed
-from kronos_core.training import (
-    BarSeries,
-    FitConfig,
-    make_optimizer,
-    predictor_loss,
-    sample_windows,
-    tokenizer_loss,
-    train_step,
-)
-from trainer.loop import lr_factor  # one schedule for the demo model and the trainer
+from trainer.data import Split, WindowSet, derive
+from trainer.loop import predictor_loss_ddp, tokenizer_loss_ddp
+from trainer.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 BARS_CSV = REPO / "daemon" / "assets" / "bars_5min_a_share.csv"
 DEFAULT_OUT = REPO / "daemon" / "assets" / "demo-model"  # the shipped model
 SCRATCH_OUT = REPO / "results" / "demo-model"  # where the command writes unless told --out DEFAULT_OUT
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "kronos-stream/demo-model/1"
+MANIFEST_FORMAT = "kronos-stream/demo-model/2"
 CALENDAR_TZ = "Asia/Shanghai"  # the zone of the CSV's naive timestamps and of the time features
+SYMBOL = "DEMO"  # the archive's symbol for the bundled bars
 CLOSE = FEATURE_COLUMNS.index("close")
 
-LossFn = Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]]
 Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything that shapes a demo run (recorded in the manifest)."""
+    """Everything that shapes a demo run (recorded in the manifest); the training fields are
+    :class:`trainer.settings.TrainSettings` fields of the same name."""
 
     tokenizer: TokenizerConfig
     predictor: PredictorConfig
-    tokenizer_fit: FitConfig
-    predictor_fit: FitConfig
-    holdout_fraction: float = 0.2
-    warmup_fraction: float = 0.05  # of the steps, linear warm-up; then cosine decay to min_lr_ratio
-    min_lr_ratio: float = 0.1
-    loss_batches: int = 8  # fixed windows per loss measurement (train and held-out)
+    lookback: int = 116
     horizon: int = 12
-    eval_windows: int = 40
+    holdout_bars: int = 500  # the most recent bars, never trained on
+    tokenizer_steps: int = 300
+    tokenizer_lr: float = 2e-3
+    tokenizer_grad_clip: float = 2.0
+    steps: int = 350  # predictor steps
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 15  # linear warm-up, then cosine decay to min_lr_ratio (each phase)
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 3.0
+    batch_size: int = 16
+    loss_windows: int = 128  # fixed windows per loss measurement (train and held-out)
+    gate_windows: int = 40  # held-out windows the trainer's gate scores (trained vs random init)
+    eval_windows: int = 40  # held-out forecast check
     eval_samples: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if self.tokenizer_fit.window != self.predictor_fit.window:
-            raise ValueError("tokenizer and predictor must train on windows of the same length")
+        if self.holdout_bars < self.window:
+            raise ValueError(f"holdout_bars must be at least one window ({self.window}), got {self.holdout_bars}")
         if not 1 <= self.horizon < self.window:
             raise ValueError(f"horizon must be in [1, window={self.window}), got {self.horizon}")
 
     @property
     def window(self) -> int:
         """Bars per training window; also the ``max_context`` the model is meant to run with."""
-        return self.predictor_fit.window
+        return self.lookback + self.horizon
+
+    def training_fields(self) -> dict[str, Any]:
+        """The :class:`TrainSettings` fields this config sets."""
+        names = ("lookback", "horizon", "tokenizer_steps", "tokenizer_lr", "tokenizer_grad_clip", "steps", "lr",
+                 "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "batch_size", "seed")
+        return {name: getattr(self, name) for name in names}
 
 
 DEFAULT_CONFIG = DemoConfig(
@@ -120,8 +134,6 @@ DEFAULT_CONFIG = DemoConfig(
         # Kronos-small's dropout: 2,000 bars overfit a predictor without it within ~200 steps.
         ffn_dropout_p=0.25, attn_dropout_p=0.1, resid_dropout_p=0.25, token_dropout_p=0.1, learn_te=True,
     ),
-    tokenizer_fit=FitConfig(steps=300, batch_size=16, window=128, lr=2e-3, weight_decay=0.01, grad_clip=2.0, seed=0),
-    predictor_fit=FitConfig(steps=350, batch_size=16, window=128, lr=1e-3, weight_decay=0.1, grad_clip=3.0, seed=1),
 )
 
 
@@ -141,47 +153,74 @@ def split_index(n_rows: int, holdout_fraction: float) -> int:
     return n_rows - max(1, round(n_rows * holdout_fraction))
 
 
-# ----------------------------------------------------------------------------- training
+def utc_times(df: pd.DataFrame) -> pd.DatetimeIndex:
+    """The CSV's naive local times as tz-aware UTC."""
+    return pd.DatetimeIndex(df["timestamps"]).tz_localize(CALENDAR_TZ).tz_convert("UTC")
 
 
-def fit(
-    module: nn.Module,
-    bars: BarSeries,
-    config: FitConfig,
-    loss_fn: LossFn,
-    *,
-    warmup_fraction: float,
-    min_lr_ratio: float,
-    deadline: float = math.inf,
-    log: Log | None = None,
-    name: str = "",
-) -> list[dict[str, float]]:
-    """``config.steps`` optimisation steps on random windows of ``bars`` (fewer if ``deadline``,
-    a ``time.monotonic()`` value, passes first). Same sampling and step as kronos_core's
-    ``fit_tokenizer``/``fit_predictor``, plus the learning-rate schedule."""
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = make_optimizer(module, config.lr, config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        functools.partial(
-            lr_factor, steps=config.steps, warmup=max(1, round(warmup_fraction * config.steps)), min_ratio=min_lr_ratio
-        ),
+def import_bars(df: pd.DataFrame, root: Path) -> list[str]:
+    """The bars into an archive at ``root`` (``kronos_contract.archive`` layout, symbol :data:`SYMBOL`)."""
+    from kronos_contract.archive import write_bars
+
+    frame = pd.DataFrame({"symbol": SYMBOL, "ts": utc_times(df)})
+    for column in FEATURE_COLUMNS:
+        frame[column] = df[column].to_numpy(np.float64)
+    return write_bars(str(root), frame, name=f"import-{SYMBOL}")
+
+
+def val_fraction_for(times: pd.DatetimeIndex, split: int) -> float:
+    """The trainer's ``val_fraction`` whose walk-forward cut falls halfway between bar ``split - 1``
+    and bar ``split``: rows ``[0, split)`` train, the rest is held out."""
+    cut = times[split - 1] + (times[split] - times[split - 1]) / 2
+    return float((times[-1] - cut) / (times[-1] - times[0]))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def build_models(config: DemoConfig) -> tuple[KronosTokenizer, Kronos]:
+    """Random-init tokenizer and predictor of the demo shapes (seeded; the global RNG is left alone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        tokenizer = KronosTokenizer(config.tokenizer)
+        model = Kronos(config.predictor)
+    return tokenizer, model
+
+
+def write_init(config: DemoConfig, folder: Path) -> tuple[Path, Path]:
+    """The random-init checkpoint folders the trainer starts from, with a manifest naming the runtime."""
+    tokenizer, model = build_models(config)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    model.save_pretrained(folder / "predictor")
+    (folder / MANIFEST_NAME).write_text(json.dumps({"version": None, "runtime": runtime_block(config)}))
+    return folder / "tokenizer", folder / "predictor"
+
+
+def runtime_block(config: DemoConfig) -> dict[str, Any]:
+    return {
+        "max_context": config.window,
+        "calendar_tz": CALENDAR_TZ,
+        "note": "trained on windows of max_context bars; run the engine with this max_context",
+    }
+
+
+def train_settings(config: DemoConfig, root: Path, init: tuple[Path, Path], df: pd.DataFrame, split: int,
+                   threads: int | None) -> TrainSettings:
+    """What ``kronos-stream train`` would be given: the archive, the init folders, no registry."""
+    times = utc_times(df)
+    return TrainSettings(
+        archive=str(root / "archive"), registry=None, work_dir=root / "work", tokenizer_dir=init[0],
+        predictor_dir=init[1], start=times[0].to_pydatetime(),
+        end=(times[-1] + pd.Timedelta(seconds=1)).to_pydatetime(), symbols=(SYMBOL,),
+        val_fraction=val_fraction_for(times, split), calendar_tz=CALENDAR_TZ,
+        eval_windows=config.gate_windows, eval_samples=max(2, config.eval_samples), num_workers=0, device="cpu",
+        threads=threads, save_every=max(1, config.tokenizer_steps + config.steps), progress="log",
+        log_every=max(1, (config.tokenizer_steps + config.steps) // 10), promote=False, redis_url=None,
+        **config.training_fields(),
     )
-    history: list[dict[str, float]] = []
-    for step in range(config.steps):
-        if time.monotonic() > deadline:
-            if log:
-                log(f"{name}: time budget spent after {step} of {config.steps} steps")
-            break
-        x, stamp = sample_windows(bars, config.window, config.batch_size, generator, config.clip)
-        metrics = train_step(module, optimizer, functools.partial(loss_fn, x, stamp), config.grad_clip)
-        metrics["lr"] = float(schedule.get_last_lr()[0])
-        schedule.step()
-        history.append(metrics)
-        if log and (step + 1) % max(1, config.steps // 10) == 0:
-            log(f"{name} step {step + 1}/{config.steps} loss {metrics['loss']:.4f}")
-    module.eval()
-    return history
+
+
+# ----------------------------------------------------------------------------- losses
 
 
 @contextlib.contextmanager
@@ -201,29 +240,45 @@ def loss_mode(*modules: nn.Module) -> Iterator[None]:
             m.eval()
 
 
-def measure_loss(
-    modules: tuple[nn.Module, ...], bars: BarSeries, loss_fn: LossFn, config: FitConfig, batches: int, seed: int
-) -> dict[str, float]:
-    """Mean loss (and parts) over ``batches`` fixed random windows of ``bars``."""
-    generator = torch.Generator().manual_seed(seed)
-    totals: dict[str, float] = {}
-    with loss_mode(*modules):
-        for _ in range(batches):
-            x, stamp = sample_windows(bars, config.window, config.batch_size, generator, config.clip)
-            loss, parts = loss_fn(x, stamp)
-            for key, value in {"loss": loss.item(), **parts}.items():
-                totals[key] = totals.get(key, 0.0) + value
-    return {key: round(value / batches, 5) for key, value in totals.items()}
+def measure_losses(tokenizer: KronosTokenizer, model: Kronos, windows: WindowSet, batch_size: int,
+                   seed: int) -> dict[str, dict[str, float]]:
+    """Mean tokenizer and predictor losses (the trainer's, lookback-only windows) over ``windows``,
+    in fixed batches; s2 is conditioned on s1 drawn with a fixed seed, as in training."""
+    totals: dict[str, dict[str, float]] = {"tokenizer": {}, "predictor": {}}
+    batches = 0
+    generator = torch.Generator().manual_seed(derive("demo-loss", seed))
+    with loss_mode(tokenizer, model):
+        for first in range(0, len(windows) - batch_size + 1, batch_size):
+            items = [windows[i] for i in range(first, first + batch_size)]
+            x, stamp = torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+            for name, (loss, parts) in (
+                ("tokenizer", tokenizer_loss_ddp(tokenizer, x)),
+                ("predictor", predictor_loss_ddp(model, tokenizer, x, stamp, windows.lookback, generator=generator)),
+            ):
+                for key, value in {"loss": loss.item(), **parts}.items():
+                    totals[name][key] = totals[name].get(key, 0.0) + value
+            batches += 1
+    if not batches:
+        raise ValueError(f"{len(windows)} windows cannot fill one batch of {batch_size}")
+    return {name: {k: round(v / batches, 5) for k, v in parts.items()} for name, parts in totals.items()}
 
 
-def curve_ends(history: list[dict[str, float]], n: int = 20) -> dict[str, float | int]:
-    """Mean training loss over the first and the last ``n`` steps (fewer for short runs)."""
-    k = max(1, min(n, len(history) // 4))
-    return {
-        "start": round(float(np.mean([h["loss"] for h in history[:k]])), 5),
-        "end": round(float(np.mean([h["loss"] for h in history[-k:]])), 5),
-        "steps_averaged": k,
-    }
+def loss_table(init: tuple[KronosTokenizer, Kronos], trained: tuple[KronosTokenizer, Kronos], split: Split,
+               config: DemoConfig) -> dict[str, Any]:
+    """Train and held-out losses of the random init and the trained model on the same fixed windows.
+
+    The init predictor is measured on the trained tokenizer's tokens (those it was trained on)."""
+    out: dict[str, Any] = {"tokenizer": {}, "predictor": {}}
+    for part, windows in (("train", split.train), ("val", split.val)):
+        fixed = windows.subset(config.loss_windows)
+        seed = config.seed + (0 if part == "train" else 1)
+        before = measure_losses(init[0], init[1], fixed, config.batch_size, seed)
+        before_pred = measure_losses(trained[0], init[1], fixed, config.batch_size, seed)["predictor"]
+        after = measure_losses(trained[0], trained[1], fixed, config.batch_size, seed)
+        out["tokenizer"][part] = {"init": before["tokenizer"], "trained": after["tokenizer"]}
+        out["predictor"][part] = {"init": before_pred, "trained": after["predictor"]}
+        out[f"{part}_windows"] = len(fixed)
+    return out
 
 
 # ----------------------------------------------------------------------------- held-out forecast check
@@ -357,49 +412,16 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: train the demo model with `python -m trainer.demo_model`")
     data = json.loads(path.read_text())
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not a demo-model manifest (format {MANIFEST_FORMAT!r})")
+        raise ValueError(f"{path} is not a demo-model manifest (format {MANIFEST_FORMAT!r}); retrain it with "
+                         "`python -m trainer.demo_model`")
     return data
 
 
 # ----------------------------------------------------------------------------- the run
 
-
-def build_models(config: DemoConfig) -> tuple[KronosTokenizer, Kronos]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        tokenizer = KronosTokenizer(config.tokenizer)
-        model = Kronos(config.predictor)
-    return tokenizer, model
-
-
-def _train(
-    config: DemoConfig, bars: BarSeries, deadline: float, log: Log | None
-) -> tuple[KronosTokenizer, Kronos, list[dict[str, float]], list[dict[str, float]], dict[str, float]]:
-    """The tokenizer, then the predictor on the frozen tokenizer; the tokenizer gets at most 40% of
-    the time left. Returns both models, their step histories and wall times (s)."""
-    tokenizer, model = build_models(config)
-
-    def tok_loss(x: Tensor, stamp: Tensor) -> tuple[Tensor, dict[str, float]]:
-        return tokenizer_loss(tokenizer, x)
-
-    sample_gen = torch.Generator().manual_seed(config.predictor_fit.seed + 1)  # as fit_predictor
-
-    def pred_loss(x: Tensor, stamp: Tensor) -> tuple[Tensor, dict[str, float]]:
-        return predictor_loss(model, tokenizer, x, stamp, generator=sample_gen)
-
-    t0 = time.monotonic()
-    tok_deadline = t0 + 0.4 * (deadline - t0) if math.isfinite(deadline) else deadline
-    tok_hist = fit(tokenizer, bars, config.tokenizer_fit, tok_loss, warmup_fraction=config.warmup_fraction,
-                   min_lr_ratio=config.min_lr_ratio, deadline=tok_deadline, log=log, name="tokenizer")
-    tokenizer.requires_grad_(False)
-    t1 = time.monotonic()
-    pred_hist = fit(model, bars, config.predictor_fit, pred_loss, warmup_fraction=config.warmup_fraction,
-                    min_lr_ratio=config.min_lr_ratio, deadline=deadline, log=log, name="predictor")
-    t2 = time.monotonic()
-    if not tok_hist or not pred_hist:
-        raise RuntimeError("the time budget ran out before training started; raise --max-minutes")
-    wall = {"tokenizer": round(t1 - t0, 2), "predictor": round(t2 - t1, 2), "total": round(t2 - t0, 2)}
-    return tokenizer, model, tok_hist, pred_hist, wall
+# Trainer settings that name this run's temporary folders: left out of the manifest.
+_LOCAL_SETTINGS = ("archive", "registry", "work_dir", "tokenizer_dir", "predictor_dir", "redis_url", "key_prefix",
+                   "progress", "log_every", "save_every", "version_prefix", "keep_versions", "promote")
 
 
 def train_demo(
@@ -407,102 +429,61 @@ def train_demo(
     out: str | os.PathLike[str] = DEFAULT_OUT,
     *,
     csv: str | os.PathLike[str] = BARS_CSV,
-    max_minutes: float | None = None,
+    threads: int | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and write the demo checkpoint into ``out``; returns the manifest."""
+    """Train (through :func:`trainer.run.run_training`), evaluate and write the demo checkpoint into
+    ``out``; returns the manifest (plus ``total_wall_s``, not written). The caller's global RNG state
+    is restored (building modules, ``from_pretrained`` included, draws from it)."""
+    with torch.random.fork_rng(devices=[]):
+        return _train_demo(config, Path(out), csv, threads, log)
+
+
+def _train_demo(config: DemoConfig, out: Path, csv: str | os.PathLike[str], threads: int | None,
+                log: Log | None) -> dict[str, Any]:
+    from trainer.run import load_split, run_training
+
     started = time.monotonic()
-    deadline = math.inf if max_minutes is None else started + 60.0 * max_minutes
     df = load_bars(csv)
-    split = split_index(len(df), config.holdout_fraction)
-    if split < config.window or len(df) - split < config.window:
-        raise ValueError(
-            f"{len(df)} rows leave too few bars for windows of {config.window} on both sides of the split at {split}"
-        )
-    train_bars, holdout_bars = BarSeries.from_frame(df.iloc[:split]), BarSeries.from_frame(df.iloc[split:])
-    with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator: seed it, restore it
-        torch.manual_seed(config.seed)
-        tokenizer, model, tok_hist, pred_hist, wall = _train(config, train_bars, deadline, log)
+    split = len(df) - config.holdout_bars
+    if split < config.window:
+        raise ValueError(f"{len(df)} rows leave fewer than {config.window} bars before the last "
+                         f"{config.holdout_bars} held-out ones")
+    with tempfile.TemporaryDirectory(prefix="kronos-demo-model-") as tmp:
+        root = Path(tmp)
+        import_bars(df, root / "archive")
+        init_dirs = write_init(config, root / "init")
+        settings = train_settings(config, root, init_dirs, df, split, threads)
+        data = load_split(settings, CALENDAR_TZ)
+        train_rows = data.summary["symbols"][SYMBOL]["train_rows"]  # type: ignore[index]
+        if train_rows != split:
+            raise RuntimeError(f"the walk-forward cut left {train_rows} training rows, expected {split}")
+        if log:
+            log(f"training: {config.tokenizer_steps} tokenizer + {config.steps} predictor steps on rows [0, {split}) "
+                f"({data.summary['train_windows']} windows), {len(df) - split} bars held out")
+        t0 = time.monotonic()
+        trained_manifest = run_training(settings)
+        train_wall = time.monotonic() - t0
+        candidate = settings.work_dir / "candidate"
+        tokenizer = KronosTokenizer.from_pretrained(candidate / "tokenizer")
+        model = Kronos.from_pretrained(candidate / "predictor")
+        init = (KronosTokenizer.from_pretrained(init_dirs[0]), Kronos.from_pretrained(init_dirs[1]))
+        losses = loss_table(init, (tokenizer, model), data, config)
 
-    def tok_loss(x: Tensor, stamp: Tensor) -> tuple[Tensor, dict[str, float]]:
-        return tokenizer_loss(tokenizer, x)
-
-    def pred_loss(seed: int) -> LossFn:
-        generator = torch.Generator().manual_seed(seed)  # the s1 draws that condition s2
-        return lambda x, stamp: predictor_loss(model, tokenizer, x, stamp, generator=generator)
-
-    n = config.loss_batches
-    losses = {
-        "tokenizer": {
-            "train_steps": curve_ends(tok_hist),
-            "train": measure_loss((tokenizer,), train_bars, tok_loss, config.tokenizer_fit, n, config.seed + 11),
-            "val": measure_loss((tokenizer,), holdout_bars, tok_loss, config.tokenizer_fit, n, config.seed + 12),
-        },
-        "predictor": {
-            "train_steps": curve_ends(pred_hist),
-            "train": measure_loss((model,), train_bars, pred_loss(config.seed + 7), config.predictor_fit, n, config.seed + 13),
-            "val": measure_loss((model,), holdout_bars, pred_loss(config.seed + 8), config.predictor_fit, n, config.seed + 14),
-        },
-    }
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    tokenizer.save_pretrained(staging / "tokenizer")
-    model.save_pretrained(staging / "predictor")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        for name in ("tokenizer", "predictor"):
+            shutil.copytree(candidate / name, staging / name)
     digest = weights_digest(staging / "tokenizer", staging / "predictor")
     version = f"demo-{dt.datetime.now(dt.UTC):%Y%m%d}-{digest[:8]}"
     check = forecast_check(
-        tokenizer, model, df, split, lookback=config.window - config.horizon, horizon=config.horizon,
+        tokenizer, model, df, split, lookback=config.lookback, horizon=config.horizon,
         n_windows=config.eval_windows, samples=config.eval_samples, seed=config.seed, version=version,
     )
-    ts = df["timestamps"]
-    manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
-        "version": version,
-        "parent_version": None,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "weights_sha256": digest,
-        "runtime": {
-            "max_context": config.window,
-            "calendar_tz": CALENDAR_TZ,
-            "note": "trained on windows of max_context bars; run the engine with this max_context",
-        },
-        "data": {
-            "source": _display_path(Path(csv)),
-            "timezone": f"{CALENDAR_TZ} (naive local timestamps)",
-            "rows": len(df),
-            "train": {"rows": split, "first": str(ts.iloc[0]), "last": str(ts.iloc[split - 1])},
-            "holdout": {"rows": len(df) - split, "first": str(ts.iloc[split]), "last": str(ts.iloc[-1])},
-        },
-        "hyperparameters": {
-            "tokenizer": config.tokenizer.to_dict(),
-            "predictor": config.predictor.to_dict(),
-            "tokenizer_fit": dataclasses.asdict(config.tokenizer_fit),
-            "predictor_fit": dataclasses.asdict(config.predictor_fit),
-            "schedule": {"warmup_fraction": config.warmup_fraction, "min_lr_ratio": config.min_lr_ratio,
-                         "kind": "linear warm-up, cosine decay"},
-            "predictor_teacher_forcing": False,
-            "seed": config.seed,
-        },
-        "training": {
-            "tokenizer_steps": len(tok_hist),
-            "predictor_steps": len(pred_hist),
-            "completed": len(tok_hist) == config.tokenizer_fit.steps and len(pred_hist) == config.predictor_fit.steps,
-            "wall_s": wall,
-            "max_minutes": max_minutes,
-            "torch_threads": torch.get_num_threads(),
-        },
-        "losses": losses,
-        "loss_note": "train_steps: mean training-step loss at the start and end of training; "
-        "train/val: mean over fixed random windows, training-mode masks, no dropout; "
-        "predictor s2 is conditioned on a sampled s1 as in training",
-        "holdout_forecast": check,
-        "software": {"kronos_core": kronos_core.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-    }
+    manifest = build_manifest(config, df, split, csv, trained_manifest, train_wall, losses, check, version, digest)
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     manifest["files"] = [_file_info(p, staging) for p in files]
     (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -513,6 +494,59 @@ def train_demo(
     return manifest
 
 
+def build_manifest(config: DemoConfig, df: pd.DataFrame, split: int, csv: str | os.PathLike[str],
+                   trained: dict[str, Any], train_wall: float, losses: dict[str, Any], check: dict[str, Any],
+                   version: str, digest: str) -> dict[str, Any]:
+    ts = df["timestamps"]
+    settings = {k: v for k, v in trained["settings"].items() if k not in _LOCAL_SETTINGS}
+    training = trained["training"]
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": version,
+        "parent_version": None,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "weights_sha256": digest,
+        "runtime": runtime_block(config),
+        "data": {
+            "source": _display_path(Path(csv)),
+            "timezone": f"{CALENDAR_TZ} (naive local timestamps)",
+            "archive_symbol": SYMBOL,
+            "rows": len(df),
+            "train": {"rows": split, "first": str(ts.iloc[0]), "last": str(ts.iloc[split - 1])},
+            "holdout": {"rows": len(df) - split, "first": str(ts.iloc[split]), "last": str(ts.iloc[-1])},
+            "walk_forward": {k: trained["data"][k] for k in ("cut", "train_windows", "val_windows")},
+        },
+        "hyperparameters": {
+            "tokenizer": config.tokenizer.to_dict(),
+            "predictor": config.predictor.to_dict(),
+            "trainer_settings": settings,
+            "init": "random, torch.manual_seed(seed) before building the tokenizer, then the predictor",
+        },
+        "training": {
+            "code_path": "trainer.run.run_training (archive -> walk-forward split -> tokenizer phase -> predictor "
+                         "phase, DDP wrapper, lookback-only normalisation -> gate)",
+            "tokenizer_steps": training["steps"].get("tokenizer", 0),
+            "predictor_steps": training["steps"]["predictor"],
+            "completed": training["steps"].get("tokenizer", 0) == config.tokenizer_steps
+            and training["steps"]["predictor"] == config.steps and training["resumed_from_step"] == 0,
+            "loop_wall_s": training["wall_s"],
+            "run_training_wall_s": round(train_wall, 2),
+            "samples_per_s": training["samples_per_s"],
+            "last_step": training["last_step"],
+            "world_size": training["world_size"],
+            "torch_threads": torch.get_num_threads(),
+        },
+        "losses": losses,
+        "loss_note": "mean over fixed windows (lookback-only normalisation), training-mode masks, no dropout; "
+        "predictor: cross-entropy of the horizon tokens only, s2 conditioned on a sampled s1 as in training; "
+        "init = the random-init weights (the init predictor on the trained tokenizer's tokens)",
+        "gate_evaluation": {**trained["evaluation"], "champion_is": "the random-init model"},
+        "holdout_forecast": check,
+        "software": {"kronos_core": kronos_core.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+    }
+
+
 def _display_path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(REPO))
@@ -521,6 +555,8 @@ def _display_path(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer.cli import configure_logging
+
     parser = argparse.ArgumentParser(prog="python -m trainer.demo_model", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--out", type=Path, default=SCRATCH_OUT,
@@ -528,35 +564,32 @@ def main(argv: list[str] | None = None) -> int:
         f"replaced only when asked: --out {_display_path(DEFAULT_OUT)})",
     )
     parser.add_argument("--csv", type=Path, default=BARS_CSV, help="bar CSV (timestamps,open,...,amount)")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="wall-clock budget for training; steps left when it runs out are skipped")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG.seed)
-    parser.add_argument("--tokenizer-steps", type=int, default=DEFAULT_CONFIG.tokenizer_fit.steps)
-    parser.add_argument("--predictor-steps", type=int, default=DEFAULT_CONFIG.predictor_fit.steps)
+    parser.add_argument("--tokenizer-steps", type=int, default=DEFAULT_CONFIG.tokenizer_steps)
+    parser.add_argument("--steps", type=int, default=DEFAULT_CONFIG.steps, help="predictor steps")
     args = parser.parse_args(argv)
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        parser.error("--max-minutes must be > 0")
-    torch.set_num_threads(max(1, args.threads))
-    config = dataclasses.replace(
-        DEFAULT_CONFIG,
-        seed=args.seed,
-        tokenizer_fit=dataclasses.replace(DEFAULT_CONFIG.tokenizer_fit, steps=args.tokenizer_steps, seed=args.seed),
-        predictor_fit=dataclasses.replace(DEFAULT_CONFIG.predictor_fit, steps=args.predictor_steps, seed=args.seed + 1),
-    )
+    if args.threads < 1 or args.steps < 1 or args.tokenizer_steps < 0:
+        parser.error("--threads and --steps must be >= 1, --tokenizer-steps >= 0")
+    configure_logging(0)  # the trainer's structlog lines on stderr; the summary on stdout
+    config = dataclasses.replace(DEFAULT_CONFIG, seed=args.seed, tokenizer_steps=args.tokenizer_steps,
+                                 steps=args.steps)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    manifest = train_demo(config, args.out, csv=args.csv, max_minutes=args.max_minutes, log=log)
+    manifest = train_demo(config, args.out, csv=args.csv, threads=args.threads, log=log)
     summary = {
         "out": str(args.out),
         "version": manifest["version"],
-        "training_wall_s": manifest["training"]["wall_s"],
+        "run_training_wall_s": manifest["training"]["run_training_wall_s"],
+        "loop_wall_s": manifest["training"]["loop_wall_s"],
         "total_wall_s": manifest["total_wall_s"],
         "losses": manifest["losses"],
         "holdout_mae_close": manifest["holdout_forecast"]["mae_close"],
         "skill_vs_persistence": manifest["holdout_forecast"]["skill_vs_persistence"],
+        "gate_crps": {k: (manifest["gate_evaluation"].get(k) or {}).get("crps")
+                      for k in ("candidate", "champion", "persistence")},
     }
     print(json.dumps(summary, indent=2))
     return 0

@@ -6,7 +6,8 @@ Asia/Shanghai``) go through the daemon's own code path: :class:`~daemon.app.Daem
 in-memory bus (:class:`~daemon.bus_memory.MemoryBroker`) and state store in place of Kafka and Redis,
 the real :class:`~daemon.loop.ForecastLoop`, and kronos_core's ``StreamingForecaster`` built by
 :func:`~daemon.forecaster.build_forecaster` over the project's demo model
-(``daemon/assets/demo-model``, trained on 128-bar windows of the first 2,000 bars).
+(``daemon/assets/demo-model``, trained by ``python -m trainer.demo_model`` through the trainer on
+128-bar windows of the first 2,000 bars).
 
 Sequence: ``warmup`` bars (default ``max_context``) are published first and their forecasts are
 consumed without printing, so the replayed bars see a full context; then the last ``bars`` bars of

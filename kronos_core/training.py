@@ -3,7 +3,9 @@
 Mirrors upstream's fine-tuning recipe:
 
 - windows are drawn at random positions from a bar series and each window is normalised
-  by its own mean/std and clipped (as at inference);
+  by its own mean/std and clipped (upstream's recipe, with its leak: the bars a window predicts
+  shape the statistics of its inputs; the trainer package, which also trains the demo model,
+  normalises with lookback-only statistics instead, see ``trainer/data.py``);
 - tokenizer loss: ``(mse(z_pre, x) + mse(z, x) + bsq_loss) / 2`` (both decode paths);
 - predictor loss: the dual cross-entropy of next-token prediction on the frozen tokenizer's
   tokens (inputs ``tokens[:, :-1]``, targets ``tokens[:, 1:]``). Upstream conditions s2 on

@@ -4,5 +4,6 @@
   ``torchrun``; :mod:`trainer.settings` (``KRONOS_TRAIN__*``), :mod:`trainer.data` (windows,
   walk-forward split, samplers), :mod:`trainer.loop` (DDP loop, resumable state),
   :mod:`trainer.gate` (candidate vs champion vs persistence), :mod:`trainer.run` (the job).
-- ``python -m trainer.demo_model`` trains the small demo model bundled in daemon/assets/demo-model.
+- ``python -m trainer.demo_model`` trains the small demo model bundled in daemon/assets/demo-model
+  through :func:`trainer.run.run_training` (random-init folders, the bundled bars as an archive).
 """

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from daemon.bus import DeadLetters, InputBus, OutputBus
+from daemon.calendars import build_calendar
 from daemon.errors import DaemonError
 from daemon.forecaster import build_forecaster, check_forecaster
 from daemon.logging import configure_logging
@@ -119,6 +120,7 @@ class Daemon:
                 default_interval_s=s.default_bar_interval_s,
                 forecast_ttl_s=s.redis.forecast_ttl_s,
                 base_seed=s.model.base_seed,
+                calendar=build_calendar(s.model.exchange_calendar, s.model.calendar_bar_label),
             ),
             metrics=self.metrics,
         )

@@ -29,6 +29,7 @@ import numpy as np
 import structlog
 
 from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
+from daemon.calendars import HorizonCalendar
 from daemon.errors import CommitRefused, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
 from daemon.schemas import (
@@ -57,6 +58,7 @@ class LoopConfig:
     default_interval_s: float = 60.0
     forecast_ttl_s: int | None = None
     base_seed: int = 0
+    calendar: HorizonCalendar | None = None  # horizon timestamps; None: continuous (24/7)
 
 
 def next_offsets(batch: Sequence[InMessage]) -> dict[Partition, int]:
@@ -315,7 +317,8 @@ class ForecastLoop:
         state = self._states[bar.symbol]
         values, stamps, ts_list = state.window(bar)
         interval = infer_interval_ns(ts_list, int(self._cfg.default_interval_s * 1e9))
-        future = horizon_ns(bar.ts_ns, interval, self._cfg.horizon)
+        calendar = self._cfg.calendar
+        future = (calendar.future if calendar else horizon_ns)(bar.ts_ns, interval, self._cfg.horizon)
         seed = derive_seed(bar.symbol, bar.ts_ns, version, self._cfg.base_seed)
         tokens = state.token_state if state.token_version == version else None
         window = SeriesWindow(

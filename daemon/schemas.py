@@ -28,7 +28,8 @@ Output, topic ``KRONOS_KAFKA__OUTPUT_TOPIC``, key = symbol, value = JSON::
 twice (at-least-once delivery) yields the same ``id`` and numbers: readers de-duplicate on ``id``.
 Latencies: ``queue`` = fetched until the model call began, ``model`` = the batched model call,
 ``end_to_end`` = Kafka timestamp of the input message until the forecast is handed to the producer,
-``from_bar`` = bar ``ts`` until then. Horizon timestamps continue the bar grid naively (no trading calendar).
+``from_bar`` = bar ``ts`` until then. Horizon timestamps continue the bar grid (24/7), or follow the exchange calendar
+``KRONOS_MODEL__EXCHANGE_CALENDAR`` names (:mod:`daemon.calendars`).
 """
 
 from __future__ import annotations

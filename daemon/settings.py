@@ -100,6 +100,8 @@ class ModelSettings(_Group):
     factory: str | None = None  # "module:callable" taking Settings, returning a StreamForecaster
     version: str | None = None  # overrides the checkpoint's content hash as the model version
     calendar_tz: str = "UTC"  # zone the time features (minute, hour, weekday...) are read in
+    exchange_calendar: str | None = None  # exchange_calendars code (XSHG, XNYS...) of the horizon; None: 24/7
+    calendar_bar_label: Literal["end", "start"] = "end"  # bars stamped with their end (or start) time
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1, le=1024)  # torch CPU threads (None: torch's default)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -130,6 +132,21 @@ class ModelSettings(_Group):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Asia/Shanghai") from exc
         return name
+
+    @field_validator("exchange_calendar")
+    @classmethod
+    def _calendar_known(cls, name: str | None) -> str | None:
+        if name is None or not name.strip() or name.strip().upper() == "24/7":
+            return None
+        import exchange_calendars as xc
+
+        names = xc.get_calendar_names(include_aliases=True)
+        if name.strip() not in names:
+            raise ValueError(
+                f"unknown exchange calendar {name!r}; use an exchange_calendars code such as XSHG, XNYS, "
+                "XLON, XTKS, or 24/7 (no gaps)"
+            )
+        return name.strip()
 
     @field_validator("quantile_levels")
     @classmethod

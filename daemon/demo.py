@@ -98,6 +98,7 @@ def demo_settings(config: DemoConfig) -> Settings:
         "horizon": HORIZON,
         "sample_count": config.sample_count,
         "calendar_tz": CSV_TZ,
+        "exchange_calendar": "XSHG",  # horizon timestamps skip the lunch break, nights and holidays
     }
     overrides: dict[str, Any] = {
         "model": model,
@@ -433,6 +434,7 @@ def _summary(
             "refresh_every_bars": settings.refresh_every_bars,
             "drift_sigma": settings.drift_sigma,
             "calendar_tz": m.calendar_tz,
+            "exchange_calendar": m.exchange_calendar,
         },
         "data": {
             "csv": "daemon/assets/bars_5min_a_share.csv",

@@ -25,6 +25,7 @@ from daemon.forecaster import build_forecaster, check_forecaster
 from daemon.logging import configure_logging
 from daemon.loop import ForecastLoop, LoopConfig
 from daemon.metrics import Metrics
+from daemon.online_scoring import OnlineScorer, build_scorer
 from daemon.ops import OpsServer
 from daemon.settings import Settings, load_settings, unknown_env_names
 from daemon.state import StateStore
@@ -54,6 +55,7 @@ class Daemon:
         self.forecaster = forecaster
         self.loop: ForecastLoop | None = None
         self.ops: OpsServer | None = None
+        self.scorer: OnlineScorer | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
 
@@ -106,6 +108,7 @@ class Daemon:
             self.bus_out = self.bus_out or KafkaOutput(s.kafka)
         await self.bus_out.start()
         dead = DeadLetters(self.bus_out, s.kafka.dead_letter_topic, self._count_dead_letter)
+        self.scorer = build_scorer(s, self.store, self.metrics.registry)
         self.loop = ForecastLoop(
             bus_in=self.bus_in,
             bus_out=self.bus_out,
@@ -121,6 +124,7 @@ class Daemon:
                 forecast_ttl_s=s.redis.forecast_ttl_s,
                 base_seed=s.model.base_seed,
                 calendar=build_calendar(s.model.exchange_calendar, s.model.calendar_bar_label),
+                scorer=self.scorer,
             ),
             metrics=self.metrics,
         )
@@ -167,6 +171,7 @@ class Daemon:
             ("consumer", self.bus_in, "stop"),
             ("producer", self.bus_out, "stop"),
             ("store", self.store, "close"),
+            ("scores", self.scorer, "close"),
         ]
         for name, part, method in closers:
             if part is None:

@@ -5,6 +5,7 @@
     kronos-stream replay CSV --symbol S [--topic T] [--speed X] [--tz Asia/Shanghai]
     kronos-stream synth --symbols N --rate R --duration D [--topic T]
     kronos-stream forecast SYMBOL                      the latest forecast from Redis, as JSON
+    kronos-stream scores [--version V] [--hours N]     online scores per model version, from Redis
     kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
 
 Kafka and Redis addresses come from the same settings as the daemon's (``--bootstrap``/``--redis-url``
@@ -15,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from pathlib import Path
+from typing import Any
 
-from daemon.errors import DaemonError
+from daemon.errors import ConfigError, DaemonError, StateError
 from daemon.settings import Settings, load_settings
 
 try:  # the installed distribution's version, without importing kronos_core (and torch) for --help
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("--redis-url", help="default: KRONOS_REDIS__URL")
     forecast.add_argument("--prefix", help="key prefix (default: KRONOS_REDIS__KEY_PREFIX)")
 
+    _add_scores_parser(sub)
+
     check = sub.add_parser("check", help="exit 0 if the daemon's /healthz answers 200, else 1")
     check.add_argument("--url", help="default: http://127.0.0.1:$KRONOS_HTTP_PORT/healthz")
 
@@ -176,6 +181,54 @@ async def _forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_scores_parser(sub: Any) -> None:
+    scores = sub.add_parser(
+        "scores",
+        help="the online scores of the forecasts (per model version, from Redis)",
+        description=(
+            "Close MAE, persistence MAE and skill, CRPS, pinball loss and p10-p90 coverage of the forecasts "
+            "the daemon scored in the last --hours hours, per model version (VERSION@model: the model's own "
+            "bands when calibration is on)."
+        ),
+    )
+    scores.add_argument("--version", dest="model_version", help="one model version (default: all)")
+    scores.add_argument("--hours", type=int, default=24, help="window of the rolling aggregate (default 24)")
+    scores.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    scores.add_argument("--redis-url", help="default: KRONOS_REDIS__URL")
+    scores.add_argument("--prefix", help="key prefix (default: KRONOS_REDIS__KEY_PREFIX)")
+
+
+async def _scores(args: argparse.Namespace) -> int:
+    import time
+
+    from daemon.online_scoring import RedisScoreStore, format_report, report_dict
+
+    settings = _settings(args)
+    r = settings.redis
+    if args.hours < 1:
+        raise ConfigError(f"--hours must be at least 1, got {args.hours}")
+    password = r.password.get_secret_value() if r.password else None
+    store = RedisScoreStore.from_url(r.url, r.key_prefix, settings.scoring.retention_h, password)
+    try:
+        versions = None
+        if args.model_version:
+            versions = [args.model_version, args.model_version + "@model"]
+        sums = await store.read(versions, args.hours, time.time())
+    except Exception as exc:
+        raise StateError(f"reading the scores from Redis failed: {exc}; check KRONOS_REDIS__URL") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+    if not sums:
+        print(f"no scores under prefix {r.key_prefix!r} in the last {args.hours} h", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({v: report_dict(acc) for v, acc in sums.items()}, indent=2))
+    else:
+        print("\n\n".join(format_report(v, acc, args.hours) for v, acc in sums.items()))
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     from daemon.ops import check
 
@@ -214,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_publish(args))
         if args.command == "forecast":
             return asyncio.run(_forecast(args))
+        if args.command == "scores":
+            return asyncio.run(_scores(args))
         if args.command == "check":
             return _check(args)
         if args.command == "bench":

@@ -32,6 +32,7 @@ from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
 from daemon.calendars import HorizonCalendar
 from daemon.errors import CommitRefused, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
+from daemon.online_scoring import OnlineScorer
 from daemon.schemas import (
     Bar,
     ForecastContext,
@@ -59,6 +60,7 @@ class LoopConfig:
     forecast_ttl_s: int | None = None
     base_seed: int = 0
     calendar: HorizonCalendar | None = None  # horizon timestamps; None: continuous (24/7)
+    scorer: OnlineScorer | None = None  # online scoring and band calibration (daemon/online_scoring.py)
 
 
 def next_offsets(batch: Sequence[InMessage]) -> dict[Partition, int]:
@@ -256,6 +258,9 @@ class ForecastLoop:
             contexts.append(ctx)
 
         results = await self._run_model(windows, contexts)
+        scorer = self._cfg.scorer
+        if scorer is not None:
+            scorer.adjust(windows, results, version)
 
         publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
         dead: list[Awaitable[None]] = []
@@ -291,6 +296,11 @@ class ForecastLoop:
             self._metrics.forecasts_out.inc()
             self._metrics.latency_from_bar.observe(max(0.0, now - bar.ts_ns / 1e9))
             self._metrics.latency_from_consume.observe(max(0.0, now - ctx.fetched_at))
+        if scorer is not None:
+            window_of = dict(zip(map(id, results), windows, strict=True))
+            stored = [(self._states[bar.symbol], window_of[id(result)], result)
+                      for (_, bar), result, _, _ in publish if bar.symbol not in refused]  # fmt: skip
+            await scorer.stored(stored, version)
         if refused:
             # Another writer got there first (a stale owner, or a retried write): reload next time.
             self._metrics.state_conflicts.inc(len(refused))

@@ -160,6 +160,14 @@ class ModelSettings(_Group):
         return levels
 
 
+class ScoringSettings(_Group):
+    enabled: bool = True  # score every forecast once its horizon bars have arrived (daemon/online_scoring.py)
+    retention_h: int = Field(default=168, ge=1, le=24 * 366)  # hourly score sums kept in Redis this long
+    calibrate: bool = False  # split-conformal calibration of the published close bands (daemon/calibration.py)
+    calibration_window: int = Field(default=500, ge=10, le=100_000)  # recent realised forecasts used
+    calibration_min: int = Field(default=50, ge=1)  # forecasts realised before the bands are adjusted
+
+
 class BatchSettings(_Group):
     max_batch_size: int = Field(default=256, ge=1, le=100_000)  # records per fetch (getmany max_records)
     max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # how long a fetch waits for records
@@ -180,6 +188,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     model: ModelSettings = ModelSettings()
     batch: BatchSettings = BatchSettings()
+    scoring: ScoringSettings = ScoringSettings()
     mode: Literal["exact", "incremental"] = "exact"
     refresh_every_bars: int = Field(default=64, ge=1)  # incremental: refreeze mean/std this often
     drift_sigma: float = Field(default=4.0, gt=0, allow_inf_nan=False)  # ... or when a bar is this far out

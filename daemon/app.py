@@ -108,7 +108,8 @@ class Daemon:
             self.bus_out = self.bus_out or KafkaOutput(s.kafka)
         await self.bus_out.start()
         dead = DeadLetters(self.bus_out, s.kafka.dead_letter_topic, self._count_dead_letter)
-        self.scorer = build_scorer(s, self.store, self.metrics.registry)
+        if self.scorer is None:  # the demo sets its own
+            self.scorer = build_scorer(s, self.store, self.metrics.registry)
         self.loop = ForecastLoop(
             bus_in=self.bus_in,
             bus_out=self.bus_out,

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiple of real time, market breaks and nights included; 0 = as fast as possible (default)",
     )
     demo.add_argument("--samples", type=int, default=16, help="sample paths per forecast (default 16)")
+    demo.add_argument(
+        "--no-calibration",
+        dest="calibrate",
+        action="store_false",
+        help="publish the model's bands as they are (both are scored either way)",
+    )
     demo.add_argument("--symbol", default="DEMO", help="symbol the bars are sent under (default DEMO)")
     demo.add_argument(
         "--out", type=Path, default=Path("results/demo.png"), help="the PNG; the JSON goes beside it"
@@ -256,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     out=args.out,
                     symbol=args.symbol,
                     sample_count=args.samples,
+                    calibrate=args.calibrate,
                 )
             )
         if args.command == "run":

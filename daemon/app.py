@@ -20,7 +20,7 @@ import structlog
 
 from daemon.bus import DeadLetters, InputBus, OutputBus
 from daemon.calendars import build_calendar
-from daemon.errors import DaemonError
+from daemon.errors import DaemonError, StateError
 from daemon.forecaster import build_forecaster, check_forecaster
 from daemon.logging import configure_logging
 from daemon.loop import ForecastLoop, LoopConfig
@@ -29,6 +29,7 @@ from daemon.model_runtime import apply_model_runtime
 from daemon.online_scoring import OnlineScorer, build_scorer
 from daemon.ops import OpsServer
 from daemon.settings import Settings, load_settings, unknown_env_names
+from daemon.startup_checks import ensure_topics, port_error, redis_error
 from daemon.state import StateStore
 from kronos_core.stream_types import StreamForecaster
 
@@ -88,7 +89,10 @@ class Daemon:
         s = self.settings = apply_model_runtime(self.settings)  # manifest.json runtime defaults and bounds
         if s.http_port is not None:
             self.ops = OpsServer(self.metrics, self.live, self.ready, s.http_host, s.http_port)
-            await self.ops.start()
+            try:
+                await self.ops.start()
+            except OSError as exc:
+                raise port_error(exc, s.http_host, s.http_port) from exc
         if self.store is None:
             from daemon.state_redis import RedisStateStore
 
@@ -96,7 +100,10 @@ class Daemon:
             self.store = RedisStateStore.from_url(
                 s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s
             )
-        await self.store.ping()
+        try:
+            await self.store.ping()
+        except StateError as exc:
+            raise redis_error(exc) from exc.__cause__
         if self.forecaster is None:
             log.info("loading the model", model=s.model.model_dump(mode="json"))
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
@@ -105,6 +112,9 @@ class Daemon:
         if self.bus_in is None or self.bus_out is None:
             from daemon.kafka_io import KafkaInput, KafkaOutput
 
+            created = await ensure_topics(s.kafka)  # a misspelt topic stops here (or is created when asked)
+            if created:
+                log.info("created Kafka topics", topics=created, partitions=s.kafka.create_topics)
             self.bus_in = self.bus_in or KafkaInput(s.kafka)
             self.bus_out = self.bus_out or KafkaOutput(s.kafka)
         await self.bus_out.start()
@@ -153,7 +163,8 @@ class Daemon:
 
     def request_stop(self) -> None:
         if not self._stop_requested.is_set():
-            log.info("stop requested: finishing the batch in flight")
+            serving = self._run_task is not None and not self._run_task.done()
+            log.info("stop requested: finishing the batch in flight" if serving else "stop requested")
             self._stop_requested.set()
         if self.loop is not None:
             self.loop.request_stop()

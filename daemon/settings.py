@@ -71,6 +71,8 @@ class KafkaSettings(_Group):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    create_topics: int | None = Field(default=None, ge=1)  # create missing topics with this many partitions
+    create_topics_replication: int = Field(default=1, ge=1)  # their replication factor
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

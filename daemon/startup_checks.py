@@ -1,0 +1,91 @@
+"""Start-up checks that turn a new user's usual mistakes into messages naming the variable to fix.
+
+- Kafka topics: a misspelt topic used to be auto-created by the broker and consumed forever in silence.
+  :func:`ensure_topics` checks that the input, output and dead-letter topics exist and stops with a
+  message when one is missing; with ``KRONOS_KAFKA__CREATE_TOPICS=N`` it creates the missing ones with
+  N partitions (replication ``KRONOS_KAFKA__CREATE_TOPICS_REPLICATION``, default 1) instead.
+- The HTTP port already taken: :func:`port_error` names ``KRONOS_HTTP_PORT``.
+- Redis refusing the credentials: :func:`redis_error` names ``KRONOS_REDIS__PASSWORD`` (not the URL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+
+from daemon.errors import BusError, ConfigError, StateError
+from daemon.settings import KafkaSettings
+
+_AUTH_MARKERS = ("WRONGPASS", "NOAUTH", "invalid username-password", "Authentication required",
+                 "authenticated", "AUTH")  # fmt: skip
+
+
+async def ensure_topics(k: KafkaSettings) -> list[str]:
+    """Check the daemon's three topics exist; create the missing ones when asked. Returns those created."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+    from daemon.kafka_io import connection_config
+
+    wanted = {
+        "KRONOS_KAFKA__INPUT_TOPIC": k.input_topic,
+        "KRONOS_KAFKA__OUTPUT_TOPIC": k.output_topic,
+        "KRONOS_KAFKA__DEAD_LETTER_TOPIC": k.dead_letter_topic,
+    }
+    admin = AIOKafkaAdminClient(**connection_config(k))
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = {var: name for var, name in wanted.items() if name not in existing}
+        if not missing:
+            return []
+        if k.create_topics is None:
+            listed = ", ".join(f"{var}={name}" for var, name in missing.items())
+            raise ConfigError(
+                f"Kafka at {k.bootstrap_servers} has no topic {listed}. Check the name (a typo would "
+                "otherwise be consumed forever in silence), create the topic, or set "
+                "KRONOS_KAFKA__CREATE_TOPICS=<partitions> to let the daemon create the missing topics."
+            )
+        names = sorted(set(missing.values()))
+        with contextlib.suppress(TopicAlreadyExistsError):  # another replica created them first
+            response = await admin.create_topics(
+                [NewTopic(n, k.create_topics, k.create_topics_replication) for n in names]
+            )
+            failed = [
+                (t[0], t[2] if len(t) > 2 else t[1]) for t in response.topic_errors if t[1] not in (0, 36)
+            ]
+            if failed:
+                raise BusError(f"creating the Kafka topics {names} failed: {failed}")
+        return names
+    except KafkaError as exc:
+        raise BusError(
+            f"checking the Kafka topics at {k.bootstrap_servers} failed: {exc}; check "
+            "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
+        ) from exc
+    finally:
+        await admin.close()
+
+
+def port_error(exc: OSError, host: str, port: int) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        why = f"port {port} is already in use (another daemon, or another program)"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        why = f"no permission to listen on port {port} (ports below 1024 need privileges)"
+    else:
+        why = f"{exc.strerror or exc}"
+    return ConfigError(
+        f"cannot serve /healthz, /readyz and /metrics on {host}:{port}: {why}. Set KRONOS_HTTP_PORT to a "
+        "free port (0 picks one), or KRONOS_HTTP_HOST to another address."
+    )
+
+
+def redis_error(exc: StateError) -> StateError:
+    """A clearer StateError when Redis refused the password; ``exc`` unchanged otherwise."""
+    cause = exc.__cause__
+    text = str(cause) if cause is not None else str(exc)
+    if not any(marker in text for marker in _AUTH_MARKERS):
+        return exc
+    return StateError(
+        f"Redis refused the credentials ({text}). Set KRONOS_REDIS__PASSWORD to the server's password "
+        "(or remove it if the server has none); a password in KRONOS_REDIS__URL is overridden by it."
+    )

@@ -202,9 +202,8 @@ class ForecastLoop:
         fetched_at = time.time()
         owned = self._in.assignment()
         batch = [m for m in batch if m.tp in owned]  # revoked since the fetch: the new owner has them
-        self._metrics.bars_in.inc(len(batch))
-
         items = await self._validate(batch)
+        self._metrics.bars_in.inc(len(items))  # valid bars; invalid ones count in kronos_invalid_messages
         await self._load_states(items)
         last_seen = {s: st.last_ts for s, st in self._states.items()}
         rounds, skipped = plan_rounds(items, last_seen)

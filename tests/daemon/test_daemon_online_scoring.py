@@ -87,7 +87,7 @@ async def test_each_forecast_is_scored_once_its_horizon_is_realised() -> None:
         await wait_until(lambda: len(broker.messages("out")) == 32, 10, "32 forecasts")
         assert d.scorer is not None
         sums = await d.scorer.store.read(None, 1, __import__("time").time())
-        text = d.metrics.render().decode()
+        text = d.metrics.render()[0].decode()
         scored = metric(d, "kronos_scored_forecasts_total", model_version="stub-1")
         steps1 = metric(d, "kronos_score_steps_total", model_version="stub-1", step="1")
         abs1 = metric(d, "kronos_score_close_abs_error_total", model_version="stub-1", step="1")

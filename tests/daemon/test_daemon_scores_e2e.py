@@ -10,6 +10,7 @@ from daemon_helpers import (
     Topics,
     bar_series,
     daemon_settings,
+    forecasts,
     interleave,
     produce,
     read_topic,
@@ -51,7 +52,8 @@ async def test_scores_appear_in_metrics_and_redis_after_a_replay(
     horizon = settings.model.horizon
     version = forecaster.model_version
     async with running_daemon(settings, forecaster) as d:
-        await read_topic(kafka_bootstrap, topics.output, 60)
+        published = forecasts(await read_topic(kafka_bootstrap, topics.output, 60))  # schema-validated
+        assert len(published) == 60
         assert d.ops is not None
         text = ""
         for _ in range(50):  # the last round's scores land right after its forecasts are published

@@ -1,10 +1,10 @@
 """The ``kronos-stream`` command.
 
     kronos-stream demo [--bars N] [--mode M] [--out PNG]  the daemon on the bundled bars, no services
-    kronos-stream run                                  the daemon (settings from KRONOS_* variables)
+    kronos-stream run [--print-config]                 the daemon (settings from KRONOS_* variables)
     kronos-stream replay CSV --symbol S [--topic T] [--speed X] [--tz Asia/Shanghai]
     kronos-stream synth --symbols N --rate R --duration D [--topic T]
-    kronos-stream forecast SYMBOL                      the latest forecast from Redis, as JSON
+    kronos-stream forecast SYMBOL [--wait S]           the latest forecast from Redis, as JSON
     kronos-stream scores [--version V] [--hours N]     online scores per model version, from Redis
     kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
 
@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("results/demo.png"), help="the PNG; the JSON goes beside it"
     )
 
-    sub.add_parser("run", help="run the forecasting daemon (configured by KRONOS_* variables)")
+    run = sub.add_parser("run", help="run the forecasting daemon (configured by KRONOS_* variables)")
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the settings it would run with (KRONOS_*=value lines, secrets masked) and exit",
+    )
 
     replay = sub.add_parser("replay", help="publish the bars of a CSV file to the input topic")
     replay.add_argument("csv", type=Path, help="columns timestamps,open,high,low,close,volume[,amount]")
@@ -114,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("symbol")
     forecast.add_argument("--redis-url", help="default: KRONOS_REDIS__URL")
     forecast.add_argument("--prefix", help="key prefix (default: KRONOS_REDIS__KEY_PREFIX)")
+    forecast.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for a forecast to appear (default 0: answer at once)",
+    )
 
     _add_scores_parser(sub)
 
@@ -174,16 +186,39 @@ async def _forecast(args: argparse.Namespace) -> int:
         r.url, r.key_prefix, settings.model.max_context, password, r.socket_timeout_s
     )
     try:
-        record = await store.latest_forecast(args.symbol)
+        record = await _latest_forecast(store, args.symbol, args.wait)
     finally:
         await store.close()
     if record is None:
+        waited = f" after waiting {args.wait:g} s" if args.wait > 0 else " (--wait SECONDS waits for one)"
         print(
-            f"no forecast for {args.symbol!r} under prefix {r.key_prefix!r} (expired, or never made)",
+            f"no forecast for {args.symbol!r} under prefix {r.key_prefix!r}{waited} (expired, or never made)",
             file=sys.stderr,
         )
         return 1
     print(json.dumps(record, indent=2))
+    return 0
+
+
+async def _latest_forecast(store: Any, symbol: str, wait_s: float) -> dict[str, Any] | None:
+    """The latest forecast; with ``wait_s`` > 0, polls until one appears or the time is up."""
+    import time
+
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        record: dict[str, Any] | None = await store.latest_forecast(symbol)
+        if record is not None or time.monotonic() >= deadline:
+            return record
+        await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+
+def _print_config(settings: Settings) -> int:
+    from daemon.config_view import config_lines
+    from daemon.logging import configure_logging
+    from daemon.model_runtime import apply_model_runtime
+
+    configure_logging("WARNING", settings.log_format)  # stdout holds the settings only
+    print("\n".join(config_lines(apply_model_runtime(settings))))
     return 0
 
 
@@ -267,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "run":
             settings = load_settings()  # a bad value fails here, before torch is imported
+            if args.print_config:
+                return _print_config(settings)
             from daemon.app import run
 
             return run(settings)

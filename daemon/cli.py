@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--tz", default="UTC", help="time zone of the CSV's naive timestamps (default UTC)")
     replay.add_argument("--limit", type=int, help="publish only the first N bars")
+    replay.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     replay.add_argument(
         "--bootstrap", help="Kafka bootstrap servers (default: KRONOS_KAFKA__BOOTSTRAP_SERVERS)"
     )
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--duration", type=float, default=10.0, help="seconds to run")
     synth.add_argument("--interval-s", type=float, default=60.0, help="bar interval of the synthetic clock")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     synth.add_argument("--topic", help="input topic (default: KRONOS_KAFKA__INPUT_TOPIC)")
     synth.add_argument(
         "--bootstrap", help="Kafka bootstrap servers (default: KRONOS_KAFKA__BOOTSTRAP_SERVERS)"
@@ -151,11 +153,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.model_copy(update={"kafka": kafka, "redis": redis})
 
 
+def _csv_rows(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return max(0, sum(1 for line in handle if line.strip()) - 1)  # less the header
+    except OSError:
+        return 0  # csv_bars reports the error
+
+
 async def _publish(args: argparse.Namespace) -> int:
     from itertools import islice
 
     from daemon.feeds import csv_bars, publish, synthetic_bars
     from daemon.kafka_io import KafkaOutput
+    from daemon.progress import Progress
 
     settings = _settings(args)
     topic = args.topic or settings.kafka.input_topic
@@ -164,12 +175,20 @@ async def _publish(args: argparse.Namespace) -> int:
     try:
         if args.command == "replay":
             bars = csv_bars(args.csv, args.symbol, args.tz)
+            total = _csv_rows(args.csv)
             if args.limit is not None:
                 bars = islice(bars, args.limit)
-            sent = await publish(out, topic, bars, speed=args.speed)
+                total = min(total, args.limit)
+            progress = Progress("replay", total, enabled=not args.quiet)
+            sent = await publish(out, topic, bars, speed=args.speed, on_progress=progress.update)
         else:
             bars = synthetic_bars(args.symbols, interval_s=args.interval_s, seed=args.seed)
-            sent = await publish(out, topic, bars, rate=args.rate, duration_s=args.duration)
+            expected = int(args.rate * args.duration) if args.rate and args.duration else None
+            progress = Progress("synth", expected, enabled=not args.quiet)
+            sent = await publish(
+                out, topic, bars, rate=args.rate, duration_s=args.duration, on_progress=progress.update
+            )
+        progress.finish(sent)
     finally:
         await out.stop()
     print(json.dumps({"topic": topic, "published": sent}))

@@ -72,3 +72,20 @@ async def test_forecast_wait_returns_the_forecast_once_it_appears(
     await writer
     assert code == 0
     assert json.loads(capsys.readouterr().out)["id"] == "x"
+
+
+def test_progress_lines() -> None:
+    import io
+
+    from daemon.progress import Progress
+
+    out = io.StringIO()
+    p = Progress("replay", 20, every_s=0.0, stream=out)
+    p.update(10)
+    p.finish(20)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("replay: 10 of 20 bars (50%), ") and "s left" in lines[0]
+    assert lines[1].startswith("replay: 20 of 20 bars (100%), ") and "left" not in lines[1]
+    quiet = io.StringIO()
+    Progress("synth", None, every_s=0.0, stream=quiet, enabled=False).finish(5)
+    assert quiet.getvalue() == ""

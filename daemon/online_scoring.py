@@ -344,6 +344,7 @@ class RedisScoreStore(ScoreStore):
                     pipe.ltrim(key, drop, -1)
                 pipe.rpush(key, new)
                 pipe.ltrim(key, -cap, -1)
+                pipe.expire(key, self._retention_s)  # a symbol that stops trading leaves no key behind
             for version, acc in sums.items():
                 key = self.sums_key(version, bucket)
                 pipe.hset(key, "shape", shape_field(acc))
@@ -382,6 +383,19 @@ class RedisScoreStore(ScoreStore):
 # -- Prometheus ------------------------------------------------------------------------------------
 
 
+_STEP_SUMS = (
+    ("n", "kronos_score_steps", "Scored (forecast, horizon step) pairs."),
+    ("abs_err", "kronos_score_close_abs_error", "Sum of |forecast mean - realised close| (price units)."),
+    (
+        "persist_err",
+        "kronos_score_persistence_abs_error",
+        "Sum of |last close - realised close| (price units).",
+    ),
+    ("crps", "kronos_score_crps", "Sum of the close CRPS of the sample paths."),
+    ("inside", "kronos_score_band_hits", "Realised closes inside the outermost published band (p10-p90)."),
+)
+
+
 class ScoreMetrics:
     """Score sums per model version and horizon step (rates of sums give rolling means in PromQL), and
     the since-start aggregates as gauges."""
@@ -401,26 +415,9 @@ class ScoreMetrics:
             registry=r,
         )
         self.errors = Counter("kronos_scoring_errors", "Rounds whose scoring failed (logged).", registry=r)
-        self.steps = Counter("kronos_score_steps", "Scored (forecast, horizon step) pairs.", vs, registry=r)
-        self.abs_err = Counter(
-            "kronos_score_close_abs_error",
-            "Sum of |forecast mean - realised close| (price units).",
-            vs,
-            registry=r,
-        )
-        self.persist_err = Counter(
-            "kronos_score_persistence_abs_error",
-            "Sum of |last close - realised close| (price units).",
-            vs,
-            registry=r,
-        )
-        self.crps = Counter("kronos_score_crps", "Sum of the close CRPS of the sample paths.", vs, registry=r)
-        self.hits = Counter(
-            "kronos_score_band_hits",
-            "Realised closes inside the outermost published band (p10-p90).",
-            vs,
-            registry=r,
-        )
+        self.step_sums = {  # accumulator field -> its counter by (model_version, step)
+            field: Counter(name, text, vs, registry=r) for field, name, text in _STEP_SUMS
+        }
         self.pinball = Counter(
             "kronos_score_pinball_loss", "Sum of the close pinball loss, by quantile level.",
             ["model_version", "level"], registry=r,
@@ -457,12 +454,8 @@ class ScoreMetrics:
         for k in range(acc.horizon):
             if not acc.n[k]:
                 continue
-            step = str(k + 1)
-            self.steps.labels(version, step).inc(acc.n[k])
-            self.abs_err.labels(version, step).inc(acc.abs_err[k])
-            self.persist_err.labels(version, step).inc(acc.persist_err[k])
-            self.crps.labels(version, step).inc(acc.crps[k])
-            self.hits.labels(version, step).inc(acc.inside[k])
+            for field, counter in self.step_sums.items():
+                counter.labels(version, str(k + 1)).inc(float(getattr(acc, field)[k]))
         for i, q in enumerate(acc.levels):
             self.pinball.labels(version, level_key(q)).inc(float(acc.pinball[i].sum()))
         if total.mae is not None:

@@ -25,7 +25,7 @@ from daemon.forecaster import build_forecaster, check_forecaster
 from daemon.logging import configure_logging
 from daemon.loop import ForecastLoop, LoopConfig
 from daemon.metrics import Metrics
-from daemon.model_runtime import apply_model_runtime
+from daemon.model_runtime import prepare_model_settings
 from daemon.online_scoring import OnlineScorer, build_scorer
 from daemon.ops import OpsServer
 from daemon.settings import Settings, load_settings, unknown_env_names
@@ -86,7 +86,8 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        s = self.settings = apply_model_runtime(self.settings)  # manifest.json runtime defaults and bounds
+        # Hugging Face ids -> cached folders, then manifest.json runtime defaults and bounds
+        s = self.settings = await asyncio.to_thread(prepare_model_settings, self.settings)
         if s.http_port is not None:
             self.ops = OpsServer(self.metrics, self.live, self.ready, s.http_host, s.http_port)
             try:

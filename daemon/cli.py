@@ -237,7 +237,7 @@ def _print_config(settings: Settings) -> int:
     from daemon.model_runtime import apply_model_runtime
 
     configure_logging("WARNING", settings.log_format)  # stdout holds the settings only
-    print("\n".join(config_lines(apply_model_runtime(settings))))
+    print("\n".join(config_lines(apply_model_runtime(settings))))  # no hub download
     return 0
 
 

@@ -91,3 +91,65 @@ def apply_model_runtime(settings: Settings, manifest: dict[str, Any] | None = No
         ) from exc
     log.info("model settings from its manifest", version=version, **{k: str(v) for k, v in updates.items()})
     return settings.model_copy(update={"model": model})
+
+
+# -- official checkpoints by Hugging Face id -------------------------------------------------------
+
+HUB_FILES = ["config.json", "model.safetensors"]
+
+
+def resolve_hub_checkpoints(settings: Settings) -> Settings:
+    """``KRONOS_MODEL__HF_TOKENIZER``/``HF_PREDICTOR`` (e.g. ``NeoQuasar/Kronos-Tokenizer-base`` and
+    ``NeoQuasar/Kronos-small``) -> local snapshot folders through ``huggingface_hub``: its cache
+    (``HF_HOME``/``HF_HUB_CACHE``) is used and filled, ``HF_HUB_OFFLINE=1`` reads the cache only, and
+    ``HF_TOKEN`` is honoured. Only ``config.json`` and ``model.safetensors`` are fetched."""
+    m = settings.model
+    if not (m.hf_tokenizer or m.hf_predictor):
+        return settings
+    if not (m.hf_tokenizer and m.hf_predictor):
+        raise ConfigError("set both KRONOS_MODEL__HF_TOKENIZER and KRONOS_MODEL__HF_PREDICTOR (or neither)")
+    if m.tokenizer_dir or m.predictor_dir:
+        raise ConfigError(
+            "KRONOS_MODEL__HF_* and KRONOS_MODEL__TOKENIZER_DIR/PREDICTOR_DIR both name a model; keep one"
+        )
+    dirs = {
+        "tokenizer_dir": _snapshot(m.hf_tokenizer, m.hf_revision, "KRONOS_MODEL__HF_TOKENIZER"),
+        "predictor_dir": _snapshot(m.hf_predictor, m.hf_revision, "KRONOS_MODEL__HF_PREDICTOR"),
+    }
+    model = ModelSettings.model_validate({**m.model_dump(exclude_unset=True), **dirs})
+    return settings.model_copy(update={"model": model})
+
+
+def _snapshot(repo_id: str, revision: str | None, variable: str) -> Path:
+    try:
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise ConfigError(
+            f"{variable} needs the huggingface_hub package: pip install huggingface_hub"
+        ) from exc
+    try:
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES)
+    except LocalEntryNotFoundError as exc:
+        raise ConfigError(
+            f"{variable}={repo_id}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot "
+            f"be reached{' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''}. Download it once with "
+            "network access, or point HF_HUB_CACHE at a cache that holds it."
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ConfigError(
+            f"{variable}={repo_id}: no such model on the Hugging Face hub (or no access)"
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise ConfigError(f"{variable}={repo_id}: fetching from the Hugging Face hub failed: {exc}") from exc
+    folder = Path(str(path))
+    missing = [name for name in HUB_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ConfigError(f"{variable}={repo_id}: the snapshot in {folder} lacks {missing}")
+    log.info("model from the Hugging Face hub", repo=repo_id, revision=revision or "main", folder=str(folder))
+    return folder
+
+
+def prepare_model_settings(settings: Settings) -> Settings:
+    """Hub ids resolved to folders, then the manifest's runtime defaults (may block: call off the loop)."""
+    return apply_model_runtime(resolve_hub_checkpoints(settings))

@@ -98,6 +98,9 @@ class RedisSettings(_Group):
 class ModelSettings(_Group):
     tokenizer_dir: Path | None = None
     predictor_dir: Path | None = None
+    hf_tokenizer: str | None = None  # Hugging Face id of the tokenizer, e.g. NeoQuasar/Kronos-Tokenizer-base
+    hf_predictor: str | None = None  # ... and of the predictor, e.g. NeoQuasar/Kronos-small
+    hf_revision: str | None = None  # branch, tag or commit of both (default: main)
     preset: str | None = None  # random weights of a published shape: benchmarks only
     factory: str | None = None  # "module:callable" taking Settings, returning a StreamForecaster
     version: str | None = None  # overrides the checkpoint's content hash as the model version

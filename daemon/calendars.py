@@ -12,8 +12,8 @@ day runs 09:35 ... 11:30, 13:05 ... 15:00 local time, the usual vendor conventio
 bars'), or by their start (``start``: 09:30 ... 11:25, 13:00 ... 14:55). A session whose length is not
 a multiple of the interval ends with a short bar at the close (end labels).
 
-Bars of a day or longer (``interval >= 20 h``) step through sessions: the next sessions' dates at the
-last bar's time of day. The grids are computed once per interval for a span of sessions and cached
+Daily bars (an interval of 20 to 36 h) step through sessions: the next sessions' dates at the last
+bar's time of day. Longer bars (weekly, monthly) continue their grid without a calendar. The grids are computed once per interval for a span of sessions and cached
 (``exchange_calendars`` takes ~0.2 s per call), so the hot path is one binary search.
 """
 
@@ -33,6 +33,7 @@ CONTINUOUS = "24/7"
 BarLabel = Literal["end", "start"]
 
 _DAILY_MIN_NS = 20 * 3600 * 10**9  # an inferred interval this long is a daily bar
+_DAILY_MAX_NS = 36 * 3600 * 10**9  # longer (weekly, monthly bars): the gap-free grid
 _SPAN_SESSIONS = 40  # sessions covered by one cached grid (beyond what the horizon needs)
 
 
@@ -81,6 +82,8 @@ class ExchangeCalendar:
     def future(self, last_ns: int, interval_ns: int, horizon: int) -> list[int]:
         if interval_ns <= 0:
             raise ValueError(f"bar interval must be positive, got {interval_ns} ns")
+        if interval_ns > _DAILY_MAX_NS:
+            return ContinuousCalendar().future(last_ns, interval_ns, horizon)
         grid = self._grids.get(interval_ns)
         if grid is None or not self._covers(grid, last_ns, horizon):
             try:

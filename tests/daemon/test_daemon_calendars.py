@@ -66,6 +66,12 @@ def test_daily_bars_step_through_sessions() -> None:
     assert [pd.Timestamp(v).strftime("%Y-%m-%d") for v in got] == ["2024-09-30", "2024-10-08", "2024-10-09"]
 
 
+def test_weekly_bars_keep_their_grid() -> None:
+    week = 7 * 86_400 * 10**9
+    last = pd.Timestamp("2024-09-27", tz="UTC").value
+    assert build_calendar("XSHG").future(last, week, 2) == [last + week, last + 2 * week]
+
+
 def test_a_long_horizon_spans_many_sessions() -> None:
     cal = build_calendar("XSHG")
     got = cal.future(_ns("2024-08-29 15:00"), FIVE_MIN, 48 * 50)  # 50 sessions of 48 bars

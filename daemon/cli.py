@@ -7,6 +7,9 @@
     kronos-stream forecast SYMBOL [--wait S]           the latest forecast from Redis, as JSON
     kronos-stream scores [--version V] [--hours N]     online scores per model version, from Redis
     kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
+    kronos-stream archive [--root URL]                 the input topic's bars into Parquet (KRONOS_ARCHIVE__*)
+    kronos-stream archive import CSV --symbol S [--tz Z]   backfill the archive from a CSV file
+    kronos-stream models list|show|verify|promote|rollback|gc   the model registry (--registry URL)
 
 Kafka and Redis addresses come from the same settings as the daemon's (``--bootstrap``/``--redis-url``
 override them).
@@ -137,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (see 'kronos-stream bench inference --help')")
     bench.add_argument("which", choices=["inference"], help="inference: fast engine vs recompute baseline")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of that benchmark")
+    _add_archive_parser(sub)
+    _add_models_parser(sub)
     return parser
 
 
@@ -338,11 +343,175 @@ def main(argv: Sequence[str] | None = None) -> int:
             from kronos_core.bench import main as bench_main
 
             return bench_main(args.bench_args)
+        if args.command == "archive":
+            return _archive(args)
+        if args.command == "models":
+            return _models(args)
     except DaemonError as exc:
         print(f"kronos-stream {args.command}: {exc}", file=sys.stderr)
         return 2
     parser.print_help()
     return 0
+
+
+# -- archive and models (the contract package's commands) ----------------------------------------
+
+
+def _add_archive_parser(sub: Any) -> None:
+    archive = sub.add_parser(
+        "archive",
+        help="archive the input topic's validated bars as Parquet (or 'archive import CSV')",
+        description=(
+            "Consumes the input topic in its own group (KRONOS_ARCHIVE__GROUP_ID, default kronos-archive), "
+            "validates each bar like the daemon and writes Parquet files by UTC date under the archive root "
+            "(KRONOS_ARCHIVE__ROOT: a folder or an fsspec URL), named from partition and offset range. "
+            "Offsets are committed only after a file is durable. SIGTERM rolls and commits what is buffered."
+        ),
+    )
+    archive.add_argument("--root", help="archive folder or fsspec URL (default: KRONOS_ARCHIVE__ROOT)")
+    archive.add_argument(
+        "--topic", help="topic to archive (default: KRONOS_ARCHIVE__TOPIC, else the input topic)"
+    )
+    archive.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (default: KRONOS_KAFKA__BOOTSTRAP_SERVERS)"
+    )
+    what = archive.add_subparsers(dest="archive_command", metavar="import")
+    imp = what.add_parser("import", help="backfill the archive from a CSV file of one symbol")
+    imp.add_argument("csv", type=Path, help="columns timestamps,open,high,low,close,volume[,amount]")
+    imp.add_argument("--symbol", required=True, help="symbol of the bars")
+    imp.add_argument("--tz", default="UTC", help="time zone of the CSV's naive timestamps (default UTC)")
+    imp.add_argument(
+        "--root", dest="import_root", help="archive folder or fsspec URL (default: KRONOS_ARCHIVE__ROOT)"
+    )
+
+
+def _archive(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    update = {k: v for k, v in (("root", args.root), ("topic", args.topic)) if v}
+    if getattr(args, "import_root", None):
+        update["root"] = args.import_root
+    archive = settings.archive.model_copy(update=update)
+    from daemon.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    if args.archive_command == "import":
+        from daemon.archiver import import_csv
+
+        summary = import_csv(args.csv, args.symbol, args.tz, archive.root, archive.storage_options)
+        print(json.dumps(summary))
+        return 0 if summary["bars"] else 1
+    from daemon.archiver import run_archiver
+
+    stats = asyncio.run(run_archiver(settings.kafka, archive))
+    print(json.dumps(stats.as_dict()))
+    return 0
+
+
+def _add_models_parser(sub: Any) -> None:
+    models = sub.add_parser("models", help="the model registry: list, show, verify, promote, rollback, gc")
+    models.add_argument(
+        "--registry",
+        help="registry folder or fsspec URL (default: KRONOS_MODEL__REGISTRY, KRONOS_TRAIN__REGISTRY)",
+    )
+    models.add_argument(
+        "--redis-url", help="where promote/rollback send the hint (default: KRONOS_REDIS__URL)"
+    )
+    models.add_argument("--prefix", help="key prefix of the hint channel (default: KRONOS_REDIS__KEY_PREFIX)")
+    what = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = what.add_parser("list", help="versions, newest last, with the champion and previous marked")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("--refused", action="store_true", help="also list candidates the gate refused")
+    show = what.add_parser("show", help="a version's manifest (default: the champion's)")
+    show.add_argument("version", nargs="?")
+    verify = what.add_parser(
+        "verify", help="re-read a version's files and check every sha256 (exit 1 if not)"
+    )
+    verify.add_argument("version", nargs="?")
+    promote = what.add_parser("promote", help="verify a version and make it the champion")
+    promote.add_argument("version")
+    what.add_parser("rollback", help="point back at the previous champion")
+    gc = what.add_parser("gc", help="delete old versions (never the champion or the previous)")
+    gc.add_argument("--keep", type=int, required=True, help="newest versions to keep besides those two")
+
+
+def _models(args: argparse.Namespace) -> int:
+    import os
+
+    from kronos_contract.registry import Registry, RegistryError
+
+    url = (
+        args.registry or os.environ.get("KRONOS_MODEL__REGISTRY") or os.environ.get("KRONOS_TRAIN__REGISTRY")
+    )
+    if not url:
+        raise DaemonError("no registry given: pass --registry URL or set KRONOS_MODEL__REGISTRY")
+    try:
+        registry = Registry(url)
+        return _models_action(args, registry)
+    except RegistryError as exc:
+        raise DaemonError(str(exc)) from exc
+
+
+def _models_action(args: argparse.Namespace, registry: Any) -> int:
+    action = args.models_command
+    if action == "list":
+        pointer = registry.pointer()
+        rows = []
+        for version in registry.versions():
+            manifest = registry.manifest(version)
+            role = {pointer.get("version"): "champion", pointer.get("previous"): "previous"}.get(version, "")
+            rows.append(
+                {
+                    "version": version,
+                    "role": role,
+                    "created_at": manifest.get("created_at"),
+                    "parent": manifest.get("parent"),
+                }
+            )
+        if args.refused:
+            rows += [{"version": v, "role": "refused"} for v in registry.refused()]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                print(
+                    f"{row['version']:<32} {row['role']:<9} {row.get('created_at') or '':<21} parent={row.get('parent')}"
+                )
+        return 0
+    if action in ("show", "verify"):
+        version = args.version or registry.champion()
+        if version is None:
+            raise DaemonError(
+                f"{registry.url} has no champion; name a version (see 'kronos-stream models list')"
+            )
+        manifest = registry.verify(version) if action == "verify" else registry.manifest(version)
+        print(
+            json.dumps(manifest, indent=2)
+            if action == "show"
+            else f"{version}: {len(manifest['files'])} files verify"
+        )
+        return 0
+    if action == "gc":
+        print(json.dumps({"deleted": registry.gc(args.keep)}))
+        return 0
+    version = registry.promote(args.version)["version"] if action == "promote" else registry.rollback()
+    print(json.dumps({"champion": version, "previous": registry.previous()}))
+    _models_hint(args, version)
+    return 0
+
+
+def _models_hint(args: argparse.Namespace, version: str) -> None:
+    """Tell daemons the pointer moved (a hint: they poll the pointer anyway)."""
+    import os
+
+    if not (args.redis_url or os.environ.get("KRONOS_REDIS__URL")):
+        return
+    from kronos_contract.registry import RegistryError, publish_hint
+
+    redis = _settings(args).redis
+    try:
+        asyncio.run(publish_hint(redis.url, redis.key_prefix, version))
+    except RegistryError as exc:
+        print(f"kronos-stream models: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

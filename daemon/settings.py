@@ -178,6 +178,21 @@ class BatchSettings(_Group):
     max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # how long a fetch waits for records
 
 
+class ArchiveSettings(_Group):
+    """``kronos-stream archive``: the input topic's validated bars as Parquet (KRONOS_ARCHIVE__*)."""
+
+    root: str = "archive"  # a local folder or an fsspec URL (s3://bucket/bars needs s3fs installed)
+    storage_options: dict[str, Any] = Field(default_factory=dict)  # JSON, passed to fsspec
+    topic: str | None = None  # default: KRONOS_KAFKA__INPUT_TOPIC
+    group_id: str = "kronos-archive"  # its own consumer group: it never takes bars from the daemon
+    roll_max_rows: int = Field(default=200_000, ge=1)  # a partition's file is written at this many bars
+    # ... or when its first bar was buffered this long ago
+    roll_max_age_s: float = Field(default=900.0, gt=0, allow_inf_nan=False)
+    fetch_max_records: int = Field(default=5_000, ge=1)
+    fetch_timeout_ms: int = Field(default=1_000, ge=1)
+    progress_every_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)  # progress log line period
+
+
 class Settings(BaseSettings):
     """Everything the daemon reads from the environment (frozen once loaded)."""
 
@@ -194,6 +209,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     batch: BatchSettings = BatchSettings()
     scoring: ScoringSettings = ScoringSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     mode: Literal["exact", "incremental"] = "exact"
     refresh_every_bars: int = Field(default=64, ge=1)  # incremental: refreeze mean/std this often
     drift_sigma: float = Field(default=4.0, gt=0, allow_inf_nan=False)  # ... or when a bar is this far out

@@ -143,7 +143,8 @@ def test_map_paths_takes_the_model_quantiles_onto_the_calibrated_ones() -> None:
     model_q = np.array([[9.0], [10.0], [11.0]])
     calibrated = np.array([[8.0], [10.0], [12.0]])  # twice as wide
     paths = np.array([[9.0], [10.5], [11.0], [13.0], [7.0]])
-    assert map_paths(paths, model_q, calibrated)[:, 0].tolist() == [8.0, 11.0, 12.0, 16.0, 4.0]
+    # inside: piecewise linear through the knots; beyond: moved as far as the outer knot moved
+    assert map_paths(paths, model_q, calibrated)[:, 0].tolist() == [8.0, 11.0, 12.0, 14.0, 6.0]
 
 
 def test_calibration_widens_a_too_narrow_band_to_nominal_coverage() -> None:
@@ -162,6 +163,7 @@ def test_calibration_widens_a_too_narrow_band_to_nominal_coverage() -> None:
         model_back, _ = cal.apply(window, result, "v")
         published = result.quantiles[:, :, 3]
         np.testing.assert_array_equal(model_back, model_q)
+        np.testing.assert_array_equal(published[1], model_q[1])  # the median is kept
         if i >= 500:
             inside_before.append((model_q[0] <= y) & (y <= model_q[-1]))
             inside_after.append((published[0] <= y) & (y <= published[-1]))

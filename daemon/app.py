@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from typing import Any
@@ -28,8 +29,9 @@ from daemon.metrics import Metrics
 from daemon.model_runtime import prepare_model_settings
 from daemon.online_scoring import OnlineScorer, build_scorer
 from daemon.ops import OpsServer
+from daemon.retry import Abandoned, Outages
 from daemon.settings import Settings, load_settings, unknown_env_names
-from daemon.startup_checks import ensure_topics, port_error, redis_error
+from daemon.startup_checks import credentials_error, ensure_topics, port_error
 from daemon.state import StateStore
 from kronos_core.stream_types import StreamForecaster
 
@@ -59,7 +61,16 @@ class Daemon:
         self.ops: OpsServer | None = None
         self.scorer: OnlineScorer | None = None
         self._run_task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
+        self.outages = Outages(
+            settings.retry_initial_s,
+            settings.retry_max_s,
+            settings.outage_give_up_s,
+            on_change=lambda service, up: self.metrics.service_up.labels(service).set(1 if up else 0),
+            on_retry=lambda service: self.metrics.service_retries.labels(service).inc(),
+        )
+        self.probes: dict[str, str | None] = {"kafka": "not probed yet", "redis": "not probed yet"}
 
     # -- probes ---------------------------------------------------------------------------------
 
@@ -71,17 +82,66 @@ class Daemon:
         return ok, {"last_tick_age_s": round(age, 3), "loop_running": not self._run_task.done()}
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when the model is loaded, the consumer owns partitions, Kafka and Redis answer (the
+        periodic probe, and no call to them is waiting out an outage) and no stop was requested."""
         model = self.forecaster is not None
         assigned = self.loop is not None and self.loop.assignment_received
         parts = sorted(f"{p.topic}/{p.partition}" for p in self.bus_in.assignment()) if self.bus_in else []
+        down = {s: e for s, e in self.probes.items() if e is not None}
+        down.update(self.outages.down())
         details: dict[str, Any] = {
             "model_loaded": model,
             "assignment_received": assigned,
             "partitions": parts,
+            "services_down": down,
+            "stopping": self._stop_requested.is_set(),
         }
         if self.forecaster is not None:
             details["model_version"] = self.forecaster.model_version
-        return model and assigned and not self._stop_requested.is_set(), details
+        ok = model and assigned and bool(parts) and not down and not self._stop_requested.is_set()
+        return ok, details
+
+    async def _probe_services(self) -> None:
+        """Every ``health_probe_interval_s``: can Redis and the Kafka broker be reached? (readiness)"""
+        interval = self.settings.health_probe_interval_s
+        while True:
+            for service, probe in (("redis", self._probe_redis), ("kafka", self._probe_kafka)):
+                try:
+                    async with asyncio.timeout(max(1.0, interval)):
+                        await probe()
+                except (DaemonError, TimeoutError, OSError) as exc:
+                    if self.probes.get(service) is None:
+                        log.warning("readiness probe failed", service=service, error=str(exc) or repr(exc))
+                    self.probes[service] = str(exc) or repr(exc)
+                    self.metrics.service_up.labels(service).set(0)
+                else:
+                    self.probes[service] = None
+                    if service not in self.outages.down_since:
+                        self.metrics.service_up.labels(service).set(1)
+            await asyncio.sleep(interval)
+
+    async def _probe_redis(self) -> None:
+        if self.store is not None:
+            await self.store.ping()
+
+    async def _probe_kafka(self) -> None:
+        if self.bus_in is not None:
+            await self.bus_in.probe()
+
+    async def _ping_store(self) -> None:
+        """Redis refusing the password is a configuration error, not an outage: not retried."""
+        assert self.store is not None
+        try:
+            await self.store.ping()
+        except StateError as exc:
+            wrong = credentials_error(exc)
+            if wrong is not None:
+                raise wrong from exc
+            raise
+
+    async def _connect(self, service: str, what: str, fn: Any) -> None:
+        """Start-up calls to Kafka or Redis: retried through an outage (readiness 503 meanwhile)."""
+        await self.outages.call(service, what, fn, abandon=self._stop_requested.is_set)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -101,10 +161,7 @@ class Daemon:
             self.store = RedisStateStore.from_url(
                 s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s
             )
-        try:
-            await self.store.ping()
-        except StateError as exc:
-            raise redis_error(exc) from exc.__cause__
+        await self._connect("redis", "connecting to Redis", self._ping_store)
         if self.forecaster is None:
             log.info("loading the model", model=s.model.model_dump(mode="json"))
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
@@ -113,13 +170,14 @@ class Daemon:
         if self.bus_in is None or self.bus_out is None:
             from daemon.kafka_io import KafkaInput, KafkaOutput
 
-            created = await ensure_topics(s.kafka)  # a misspelt topic stops here (or is created when asked)
-            if created:
-                log.info("created Kafka topics", topics=created, partitions=s.kafka.create_topics)
+            # a misspelt topic stops here (or is created when asked); an unreachable broker is waited out
+            await self._connect("kafka", "checking the topics", lambda: ensure_topics(s.kafka))
             self.bus_in = self.bus_in or KafkaInput(s.kafka)
             self.bus_out = self.bus_out or KafkaOutput(s.kafka)
-        await self.bus_out.start()
-        dead = DeadLetters(self.bus_out, s.kafka.dead_letter_topic, self._count_dead_letter)
+        await self._connect("kafka", "starting the producer", self.bus_out.start)
+        dead = DeadLetters(
+            self.bus_out, s.kafka.dead_letter_topic, self._count_dead_letter, self._count_dead_letter_trouble
+        )
         if self.scorer is None:  # the demo sets its own
             self.scorer = build_scorer(s, self.store, self.metrics.registry)
         self.loop = ForecastLoop(
@@ -136,12 +194,19 @@ class Daemon:
                 default_interval_s=s.default_bar_interval_s,
                 forecast_ttl_s=s.redis.forecast_ttl_s,
                 base_seed=s.model.base_seed,
+                max_future_s=s.max_future_s,
+                dead_letter_skipped=s.dead_letter_skipped,
+                max_context=s.model.max_context,
+                restore_lookback_s=s.restore_lookback_s,
                 calendar=build_calendar(s.model.exchange_calendar, s.model.calendar_bar_label),
                 scorer=self.scorer,
             ),
             metrics=self.metrics,
+            outages=self.outages,
         )
-        await self.bus_in.start(self.loop)
+        loop, bus_in = self.loop, self.bus_in
+        await self._connect("kafka", "starting the consumer", lambda: bus_in.start(loop))
+        self._probe_task = asyncio.create_task(self._probe_services(), name="kronos-probes")
         log.info(
             "daemon started",
             input_topic=s.kafka.input_topic,
@@ -153,6 +218,10 @@ class Daemon:
 
     def _count_dead_letter(self, kind: str) -> None:
         self.metrics.invalid.labels(kind).inc()
+
+    def _count_dead_letter_trouble(self, outcome: str) -> None:
+        counter = self.metrics.dead_letters_truncated if outcome == "truncated" else self.metrics.dead_letters_failed
+        counter.inc()
 
     async def serve(self) -> None:
         """Run the loop until :meth:`request_stop`; a fatal error in the loop propagates."""
@@ -195,6 +264,10 @@ class Daemon:
                     await getattr(part, method)()
             except (TimeoutError, DaemonError) as exc:
                 log.warning("closing failed", part=name, error=repr(exc))
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
         if self.loop is not None:
             self.loop.close()
         if self.ops is not None:
@@ -211,6 +284,8 @@ async def serve_until_signalled(daemon: Daemon) -> int:
     try:
         await daemon.start()
         await daemon.serve()
+    except Abandoned:
+        log.info("stop requested while waiting for a service at start-up")
     except DaemonError as exc:
         log.error("daemon failed", error=str(exc), error_type=type(exc).__name__)
         code = 1
@@ -226,4 +301,9 @@ def run(settings: Settings | None = None) -> int:
     unknown = unknown_env_names()
     if unknown:
         log.warning("ignoring environment variables that match no setting (typos?)", names=unknown)
-    return asyncio.run(serve_until_signalled(Daemon(settings)))
+    code = asyncio.run(serve_until_signalled(Daemon(settings)))
+    # Everything is closed (the group left, the producer flushed). Interpreter teardown would now
+    # garbage-collect every object (torch's included) for seconds on a busy node, and a restarted pod
+    # waits for this exit: objects alive now are frozen out of the final collections.
+    gc.freeze()
+    return code

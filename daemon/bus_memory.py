@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from daemon.bus import Headers, InMessage, InputBus, OutputBus, Partition, RebalanceHandler
 from daemon.errors import BusError
@@ -99,6 +99,18 @@ class MemoryInput(InputBus):
 
     def assignment(self) -> set[Partition]:
         return set(self._positions)
+
+    async def read_history(
+        self,
+        partition: Partition,
+        end_offset: int,
+        since_ms: int | None,
+        sink: Callable[[list[InMessage]], None],
+    ) -> int:
+        part = self._broker.partitions(partition.topic)[partition.partition][:end_offset]
+        start = 0 if since_ms is None else next((m.offset for m in part if m.timestamp_ms >= since_ms), end_offset)
+        sink(part[start:])
+        return start
 
     def lag(self) -> dict[Partition, int]:
         parts = self._broker.partitions(self._topic)

@@ -20,8 +20,30 @@ class CommitRefused(BusError):
     Nothing is lost (the messages are processed again, with the same forecast ids)."""
 
 
+class BusUnavailable(BusError):
+    """Kafka cannot be reached right now (connection refused or lost, a timeout, no leader): the loop
+    waits it out with backoff instead of giving up on the message."""
+
+
 class StateError(DaemonError):
     """The state store (Redis or in-memory) failed or holds a record it cannot read."""
+
+
+class CorruptState(StateError):
+    """One symbol's stored state cannot be read: that symbol's bars are dead-lettered (kind ``state``)
+    until the keys are deleted; the other symbols go on."""
+
+    def __init__(self, message: str, symbol: str) -> None:
+        super().__init__(message)
+        self.symbol = symbol
+
+
+class StateUnavailable(StateError):
+    """The state store cannot be reached right now (connection refused or lost, a timeout, loading)."""
+
+
+class OutageTooLong(DaemonError):
+    """Kafka or Redis stayed unreachable longer than ``KRONOS_OUTAGE_GIVE_UP_S``: the process ends."""
 
 
 class ForecasterError(DaemonError):

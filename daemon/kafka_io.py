@@ -9,15 +9,23 @@ member's generation is still valid, so the loop can finish the batch in flight a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    RequestTimedOutError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from daemon.bus import Headers, InMessage, InputBus, OutputBus, Partition, RebalanceHandler
-from daemon.errors import BusError, CommitRefused
+from daemon.errors import BusError, BusUnavailable, CommitRefused
 from daemon.settings import KafkaSettings
 
 
@@ -44,16 +52,25 @@ def _partition(tp: TopicPartition) -> Partition:
     return Partition(tp.topic, tp.partition)
 
 
+def bus_error(message: str, exc: BaseException) -> BusError:
+    """:class:`BusUnavailable` for what waiting can cure (no connection, a timeout, a retriable broker
+    error such as no leader), else :class:`BusError` (a refusal: too large, not authorised...)."""
+    unavailable = isinstance(
+        exc, KafkaConnectionError | KafkaTimeoutError | RequestTimedOutError | TimeoutError | OSError
+    ) or bool(getattr(exc, "retriable", False))
+    return (BusUnavailable if unavailable else BusError)(message)
+
 
 async def _start_client(client: AIOKafkaConsumer | AIOKafkaProducer, what: str, bootstrap: str) -> None:
     """Start an aiokafka client; a failure closes it and says which settings to check."""
     try:
         await client.start()
-    except KafkaError as exc:
+    except (KafkaError, OSError) as exc:
         await client.stop()
-        raise BusError(
-            f"cannot start the Kafka {what} at {bootstrap}: {exc}; check "
-            "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
+        raise bus_error(
+            f"cannot start the Kafka {what} at {bootstrap}: {exc!r}; check "
+            "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings",
+            exc,
         ) from exc
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -103,7 +120,7 @@ class KafkaInput(InputBus):
         try:
             batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:
-            raise BusError(f"fetching from {self._topic!r} failed: {exc}") from exc
+            raise bus_error(f"fetching from {self._topic!r} failed: {exc!r}", exc) from exc
         out: list[InMessage] = []
         for tp, records in batches.items():
             for r in records:
@@ -127,7 +144,59 @@ class KafkaInput(InputBus):
                 f"committing offsets {dict(offsets)} was refused after a rebalance: {exc}"
             ) from exc
         except KafkaError as exc:
-            raise BusError(f"committing offsets {dict(offsets)} failed: {exc}") from exc
+            raise bus_error(f"committing offsets {dict(offsets)} failed: {exc!r}", exc) from exc
+
+    async def probe(self, timeout_s: float = 3.0) -> None:
+        """Raise BusUnavailable unless a broker answers a metadata request within ``timeout_s``."""
+        consumer = self._require()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await consumer._client.fetch_all_metadata()  # noqa: SLF001 (no public equivalent)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise BusUnavailable(f"no Kafka broker answers at {self._settings.bootstrap_servers}: {exc!r}") from exc
+
+    async def read_history(
+        self,
+        partition: Partition,
+        end_offset: int,
+        since_ms: int | None,
+        sink: Callable[[list[InMessage]], None],
+    ) -> int:
+        """A consumer outside the group, assigned the one partition: seek by time (offsets_for_times)
+        or to the beginning, read up to ``end_offset``."""
+        s = self._settings
+        tp = TopicPartition(partition.topic, partition.partition)
+        reader = AIOKafkaConsumer(
+            **connection_config(s), enable_auto_commit=False, isolation_level="read_committed"
+        )
+        await _start_client(reader, "history reader", s.bootstrap_servers)
+        try:
+            reader.assign([tp])
+            first = (await reader.beginning_offsets([tp]))[tp]
+            start = first
+            if since_ms is not None:
+                found = (await reader.offsets_for_times({tp: since_ms}))[tp]
+                start = max(first, found.offset if found is not None else end_offset)
+            if start >= end_offset:
+                return start
+            reader.seek(tp, start)
+            stalled_since = time.monotonic()
+            while (position := await reader.position(tp)) < end_offset:
+                if time.monotonic() - stalled_since > s.request_timeout_ms / 1e3:
+                    raise BusUnavailable(f"reading the history of {partition} stalled at offset {position}")
+                batch = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
+                if batch.get(tp):
+                    stalled_since = time.monotonic()
+                records = [r for r in batch.get(tp, []) if r.offset < end_offset]
+                sink([
+                    InMessage(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp, list(r.headers or ()))
+                    for r in records
+                ])  # fmt: skip
+            return start
+        except KafkaError as exc:
+            raise bus_error(f"reading the history of {partition} failed: {exc!r}", exc) from exc
+        finally:
+            await reader.stop()
 
     def assignment(self) -> set[Partition]:
         if self._consumer is None:
@@ -184,7 +253,7 @@ class KafkaOutput(OutputBus):
         try:
             await self._producer.send_and_wait(topic, value=value, key=key, headers=headers or None)
         except KafkaError as exc:
-            raise BusError(f"publishing to {topic!r} failed: {exc}") from exc
+            raise bus_error(f"publishing to {topic!r} failed: {exc!r}", exc) from exc
 
     async def send_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
         if self._producer is None:
@@ -194,7 +263,7 @@ class KafkaOutput(OutputBus):
             acks = [await self._producer.send(topic, value=value, key=key) for key, value in records]
             await asyncio.gather(*acks)
         except KafkaError as exc:
-            raise BusError(f"publishing {len(records)} messages to {topic!r} failed: {exc}") from exc
+            raise bus_error(f"publishing {len(records)} messages to {topic!r} failed: {exc!r}", exc) from exc
 
     async def stop(self) -> None:
         if self._producer is not None:

@@ -2,13 +2,19 @@
 
 Delivery is at-least-once. For each fetch:
 
-1. invalid messages go to the dead-letter topic (original bytes, a ``reason`` header);
+0. the store is checked for lost data (generation marker, partition watermarks); what it lost is
+   restored from the input topic before anything is forecast;
+1. invalid messages, and any message whose handling fails, go to the dead-letter topic (original
+   bytes, a ``reason`` header);
 2. per symbol, bars whose ts is not after the last seen one (stored, or earlier in this fetch) are
-   skipped and counted;
+   skipped and counted by reason (``replayed``, ``duplicate``, ``out_of_order``);
 3. the remaining bars run in rounds (the k-th bar of every symbol in round k), each round one
    batched forecaster call in a worker thread, so the event loop keeps heartbeating;
 4. each round's forecasts are published and acknowledged by Kafka, *then* written to the state store;
-5. only when all of that succeeded are the fetch's offsets committed.
+5. only when all of that succeeded are the partitions' watermarks written and the offsets committed.
+
+Every Kafka and Redis call is retried through an outage (:mod:`daemon.retry`), so an outage delays
+the batch and never skips a step.
 
 A crash anywhere before 5 replays the fetch; replayed bars get the same window, seed and model, hence
 the same forecast id and numbers, and bars already stored are skipped as duplicates. A stop request
@@ -20,34 +26,44 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import structlog
 
 from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
 from daemon.calendars import HorizonCalendar
-from daemon.errors import CommitRefused, ForecasterError, InvalidBar
+from daemon.errors import CommitRefused, CorruptState, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
 from daemon.online_scoring import OnlineScorer
+from daemon.retry import Abandoned, Outages
 from daemon.schemas import (
     Bar,
     ForecastContext,
     build_forecast_message,
+    check_bar_time,
     encode_json,
+    format_ts,
     horizon_ns,
     infer_interval_ns,
     parse_bar,
 )
-from daemon.state import StateStore, StateUpdate, SymbolState
+from daemon.state import StateStore, StateUpdate, SymbolState, merge_restored
 from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecaster, derive_seed
 
 log = structlog.get_logger("kronos.loop")
 
+T = TypeVar("T")
+
 Item = tuple[InMessage, Bar]
+# Offsets a partition's first fetch may skip past the watermark without any loss: the commit markers
+# of Kafka transactions take offsets too.
+_WATERMARK_SLACK = 2
+Letter = tuple[InMessage, str, str]  # a message for the dead-letter topic: message, reason, kind
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,10 @@ class LoopConfig:
     default_interval_s: float = 60.0
     forecast_ttl_s: int | None = None
     base_seed: int = 0
+    max_future_s: float | None = 300.0
+    dead_letter_skipped: bool = False
+    max_context: int = 512
+    restore_lookback_s: float | None = None  # history read to restore lost state (None: all retained)
     calendar: HorizonCalendar | None = None  # horizon timestamps; None: continuous (24/7)
     scorer: OnlineScorer | None = None  # online scoring and band calibration (daemon/online_scoring.py)
 
@@ -84,37 +104,52 @@ def commit_offsets(batch: Sequence[InMessage], not_done: Sequence[InMessage]) ->
     return offsets
 
 
+Source = tuple[str, int, int]  # topic, partition, offset of the message that carried a bar
+
+
+def skip_reason(msg: InMessage, ts_ns: int, last_ts: int | None, last_source: Source | None) -> str | None:
+    """Why a bar is not new, or None when it is: its ts must be after the symbol's last processed ts.
+
+    ``replayed``: the message is the one that carried the last processed bar, or an earlier one of the
+    same partition (offsets went back: a crash before the commit, a rebalance, a reset), so it was
+    processed already. Otherwise ``duplicate`` (same ts) or ``out_of_order`` (earlier ts): a new
+    message whose bar is not newer.
+    """
+    if last_ts is None or ts_ns > last_ts:
+        return None
+    if last_source is not None and last_source[:2] == (msg.topic, msg.partition) and msg.offset <= last_source[2]:
+        return "replayed"
+    return "duplicate" if ts_ns == last_ts else "out_of_order"
+
+
 def plan_rounds(
-    items: Sequence[Item], last_seen: dict[str, int | None]
+    items: Sequence[Item],
+    last_seen: dict[str, int | None],
+    last_source: dict[str, Source | None] | None = None,
 ) -> tuple[list[list[Item]], list[tuple[Item, str]]]:
     """Split a fetch's valid bars into rounds and skipped bars.
 
     A bar whose ts is not after the symbol's last seen ts (``last_seen``, then earlier bars of this
-    fetch) is skipped as ``duplicate`` (equal) or ``out_of_order`` (earlier). Round k holds the k-th
-    remaining bar of every symbol, so each symbol's bars are forecast in order.
+    fetch) is skipped by :func:`skip_reason` (``last_source``: the message of each symbol's last
+    processed bar). Round k holds the k-th remaining bar of every symbol, so each symbol's bars are
+    forecast in order.
     """
     last = dict(last_seen)
+    sources: dict[str, Source | None] = dict(last_source or {})
     queues: dict[str, list[Item]] = {}
     skipped: list[tuple[Item, str]] = []
     for item in items:
-        bar = item[1]
-        prev = last.get(bar.symbol)
-        if prev is not None and bar.ts_ns <= prev:
-            skipped.append((item, "duplicate" if bar.ts_ns == prev else "out_of_order"))
+        msg, bar = item
+        reason = skip_reason(msg, bar.ts_ns, last.get(bar.symbol), sources.get(bar.symbol))
+        if reason is not None:
+            skipped.append((item, reason))
             continue
         last[bar.symbol] = bar.ts_ns
+        sources[bar.symbol] = (msg.topic, msg.partition, msg.offset)
         queues.setdefault(bar.symbol, []).append(item)
     depth = max((len(q) for q in queues.values()), default=0)
     rounds = [[q[k] for q in queues.values() if len(q) > k] for k in range(depth)]
     return rounds, skipped
-
-
-async def _gather_or_raise(aws: Sequence[Awaitable[Any]]) -> None:
-    """Await all; if any failed, raise the first failure (after all have finished)."""
-    results = await asyncio.gather(*aws, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
 
 
 class ForecastLoop:
@@ -130,6 +165,7 @@ class ForecastLoop:
         forecaster: StreamForecaster,
         config: LoopConfig,
         metrics: Metrics,
+        outages: Outages | None = None,
     ) -> None:
         self._in = bus_in
         self._out = bus_out
@@ -138,9 +174,13 @@ class ForecastLoop:
         self._forecaster = forecaster
         self._cfg = config
         self._metrics = metrics
+        self._outages = outages or Outages()
         self._states: dict[str, SymbolState] = {}  # owned symbols, loaded from the store on first sight
         self._owner: dict[str, Partition] = {}  # symbol -> the input partition it arrives on
         self._busy = asyncio.Lock()  # held while a fetch is processed; a revocation waits for it
+        self._generation: str | None = None  # the store's generation marker when last seen
+        self._checked: set[Partition] = set()  # partitions checked for lost state since assigned
+        self._partial: set[Partition] = set()  # partitions restored from a history missing older bars
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kronos-model")
         self._stopping = False
         self._revoking = False
@@ -178,7 +218,11 @@ class ForecastLoop:
         """The next micro-batch, or None when a stop interrupted the fetch."""
         self._in_fetch = True
         try:
-            return await self._in.fetch(self._cfg.max_batch_size, self._cfg.max_wait_ms)
+            return await self._io(
+                "kafka", "fetching", lambda: self._in.fetch(self._cfg.max_batch_size, self._cfg.max_wait_ms)
+            )
+        except Abandoned:
+            return None
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
@@ -189,9 +233,22 @@ class ForecastLoop:
         finally:
             self._in_fetch = False
 
+    def _tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    async def _io(self, service: str, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """A call to Kafka or Redis, retried through an outage; given up (:class:`Abandoned`) when the
+        loop stops or its partitions are revoked meanwhile (nothing more of the batch is committed)."""
+        return await self._outages.call(
+            service, what, fn, abandon=lambda: self._stopping or self._revoking, on_attempt=self._tick
+        )
+
     async def _process_safely(self, batch: list[InMessage]) -> None:
         try:
             await self.process(batch)
+        except Abandoned:
+            # Stopping or revoked during an outage: the uncommitted rest is fetched again (same ids).
+            log.warning("batch abandoned during an outage; it will be processed again", size=len(batch))
         except CommitRefused as exc:
             # The group moved on without us; the new owner replays from the last commit.
             log.warning("commit refused after a rebalance; dropping cached state", error=str(exc))
@@ -202,14 +259,14 @@ class ForecastLoop:
         fetched_at = time.time()
         owned = self._in.assignment()
         batch = [m for m in batch if m.tp in owned]  # revoked since the fetch: the new owner has them
+        await self._check_lost_state(batch)
         items = await self._validate(batch)
         self._metrics.bars_in.inc(len(items))  # valid bars; invalid ones count in kronos_invalid_messages
-        await self._load_states(items)
+        items = await self._load_states(items)
         last_seen = {s: st.last_ts for s, st in self._states.items()}
-        rounds, skipped = plan_rounds(items, last_seen)
-        for (msg, bar), reason in skipped:
-            self._metrics.skipped.labels(reason).inc()
-            log.info("bar skipped", reason=reason, symbol=bar.symbol, ts=bar.ts_ns, source=msg.source)
+        last_source = {s: st.source for s, st in self._states.items()}
+        rounds, skipped = plan_rounds(items, last_seen, last_source)
+        await self._skip(skipped)
         done = 0
         for round_items in rounds:
             if self._stopping or self._revoking:
@@ -220,29 +277,194 @@ class ForecastLoop:
         left = [msg for round_items in rounds[done:] for msg, _ in round_items]
         if left:
             log.info("batch cut short", bars_left=len(left), stopping=self._stopping, revoking=self._revoking)
-        await self._in.commit(commit_offsets(batch, left))
+        offsets = commit_offsets(batch, left)
+        marks = {f"{p.topic}/{p.partition}": off - 1 for p, off in offsets.items() if off > 0}
+        await self._io("redis", "writing watermarks", lambda: self._store.set_watermarks(marks))
+        await self._io("kafka", "committing offsets", lambda: self._in.commit(offsets))
 
     async def _validate(self, batch: list[InMessage]) -> list[Item]:
-        """Valid bars, in order; invalid messages go to the dead-letter topic (acknowledged)."""
+        """Valid bars, in order; invalid messages go to the dead-letter topic (acknowledged).
+
+        Any error while reading one message, expected (:class:`InvalidBar`) or not, stays with that
+        message: it is dead-lettered with the reason and the batch goes on.
+        """
         items: list[Item] = []
-        dead: list[Awaitable[None]] = []
+        dead: list[Letter] = []
+        now = time.time()
         for msg in batch:
             try:
-                items.append((msg, parse_bar(msg.key, msg.value)))
+                bar = parse_bar(msg.key, msg.value)
+                check_bar_time(bar, msg.timestamp_ms, now, self._cfg.max_future_s)
+                items.append((msg, bar))
             except InvalidBar as exc:
                 log.warning("invalid message", reason=exc.reason, kind=exc.kind, source=msg.source)
-                dead.append(self._dead.send(msg, exc.reason, exc.kind))
-        await _gather_or_raise(dead)
+                dead.append((msg, exc.reason, exc.kind))
+            except Exception as exc:
+                dead.append(self._error_letter(msg, "reading the message", exc))
+        await self._dead_letter(dead)
         return items
 
-    async def _load_states(self, items: Sequence[Item]) -> None:
-        """Load from the store the symbols seen for the first time since their partition was assigned."""
+    # -- lost state --------------------------------------------------------------------------------
+
+    async def _check_lost_state(self, batch: Sequence[InMessage]) -> None:
+        """Notice that the store lost data, and restore what it lost before anything is forecast.
+
+        Two markers an empty Redis lacks: the generation token (it changes when Redis comes back
+        empty under a running daemon) and the per-partition watermark (the offset of the last message
+        whose state was written; it must reach the committed offset, which is where a partition's
+        first fetch after its assignment starts). A partition whose watermark falls short is restored
+        from its own retained bars up to that offset.
+        """
+        generation = await self._io("redis", "reading the state generation", self._store.generation)
+        if self._generation is not None and generation != self._generation:
+            log.error(
+                "the state store lost its data (its generation marker changed); restoring every symbol",
+                symbols_in_memory=len(self._states),
+            )
+            self._metrics.state_lost.inc()
+            self._checked.clear()  # the watermarks went too: every partition is checked again
+        self._generation = generation
+        firsts: dict[Partition, int] = {}
+        for m in batch:
+            firsts[m.tp] = min(firsts.get(m.tp, m.offset), m.offset)
+        unchecked = {p: o for p, o in firsts.items() if p not in self._checked}
+        if not unchecked:
+            return
+        marks = await self._io("redis", "reading watermarks", self._store.watermarks)
+        for p, first in sorted(unchecked.items()):
+            mark = marks.get(f"{p.topic}/{p.partition}")
+            if first > 0 and (mark is None or mark < first - 1 - _WATERMARK_SLACK):
+                log.warning(
+                    "state of a partition is missing from the store; restoring it from the input topic",
+                    partition=f"{p.topic}/{p.partition}", watermark=mark, first_offset=first,
+                )  # fmt: skip
+                await self._restore_partition(p, first)
+            self._checked.add(p)
+
+    async def _restore_partition(self, partition: Partition, end_offset: int) -> None:
+        """Rebuild each symbol of ``partition`` from its retained bars before ``end_offset`` (or from
+        memory, for symbols this daemon holds), merged with what the store still has."""
+        cap = self._cfg.max_context
+        built: dict[str, SymbolState] = {}
+        now = time.time()
+
+        def sink(messages: list[InMessage]) -> None:
+            self._tick()  # a long read is progress, not a stuck loop (liveness)
+            for m in messages:
+                try:
+                    bar = parse_bar(m.key, m.value)
+                    check_bar_time(bar, m.timestamp_ms, now, self._cfg.max_future_s)
+                except Exception:
+                    continue  # dead-lettered when it was first consumed
+                state = built.get(bar.symbol)
+                if state is None:
+                    state = built[bar.symbol] = SymbolState(bar.symbol, cap)
+                if state.last_ts is None or bar.ts_ns > state.last_ts:
+                    state.append(bar, None, "", m.source)
+
+        async def read() -> int:
+            built.clear()
+            return await self._in.read_history(partition, end_offset, since_ms, sink)
+
+        lookback = self._cfg.restore_lookback_s
+        since_ms = None if lookback is None else int((now - lookback) * 1e3)
+        start = await self._io("kafka", "reading retained bars", read)
+        for symbol, state in self._states.items():  # what this daemon holds is complete
+            if self._owner.get(symbol) == partition:
+                built[symbol] = state
+        if start > 0:
+            self._partial.add(partition)
+        for symbol, state in built.items():
+            if symbol not in self._states:
+                state.complete = start == 0 or len(state) >= cap
+        symbols = sorted(built)
+        stored = await self._io("redis", "loading state", lambda: self._store.load(symbols))
+        writes = []
+        for symbol in symbols:
+            merged = merge_restored(built[symbol], stored[symbol])
+            if merged is not None:
+                writes.append((merged, stored[symbol].last_ts))
+        written = await self._io("redis", "restoring state", lambda: self._store.restore(writes))
+        for symbol in written:
+            if symbol not in self._states or self._owner.get(symbol) != partition:
+                self._states.pop(symbol, None)  # loaded again from the store when it comes up
+        self._metrics.state_restored.inc(len(written))
+        log.info(
+            "state restored from the input topic",
+            partition=f"{partition.topic}/{partition.partition}", from_offset=start, to_offset=end_offset,
+            symbols=len(written), incomplete=sum(not st.complete for st, _ in writes),
+        )  # fmt: skip
+
+    def _error_letter(self, msg: InMessage, doing: str, exc: BaseException) -> Letter:
+        reason = f"{doing} failed: {type(exc).__name__}: {exc}"
+        log.error("message failed; dead-lettering it", source=msg.source, error=reason)
+        return msg, reason, "error"
+
+    async def _dead_letter(self, letters: Sequence[Letter]) -> None:
+        """Send dead letters (acknowledged), retrying through a broker outage only those not sent yet."""
+        pending = list(letters)
+
+        async def attempt() -> None:
+            results = await asyncio.gather(*(self._dead.send(*x) for x in pending), return_exceptions=True)
+            pending[:] = [x for x, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+
+        if pending:
+            await self._io("kafka", "dead-lettering", attempt)
+
+    async def _skip(self, skipped: Sequence[tuple[Item, str]]) -> None:
+        """Count skipped bars by reason; dead-letter duplicates and out-of-order bars when configured
+        (``replayed`` ones were processed already: never)."""
+        dead: list[Letter] = []
+        for (msg, bar), reason in skipped:
+            self._metrics.skipped.labels(reason).inc()
+            log.info("bar skipped", reason=reason, symbol=bar.symbol, ts=bar.ts_ns, source=msg.source)
+            if self._cfg.dead_letter_skipped and reason != "replayed":
+                state = self._states.get(bar.symbol)
+                last = "?" if state is None or state.last_ts is None else format_ts(state.last_ts)
+                text = f"skipped as {reason}: ts {format_ts(bar.ts_ns)} is not after {last}, the symbol's last bar"
+                dead.append((msg, text, reason))
+        await self._dead_letter(dead)
+
+    async def _load(self, symbols: list[str]) -> tuple[dict[str, SymbolState], dict[str, str]]:
+        """Load symbols; when one's record is unreadable, the others one by one: (states, corrupt)."""
+        try:
+            return await self._io("redis", "loading state", lambda: self._store.load(symbols)), {}
+        except CorruptState:
+            pass
+        states: dict[str, SymbolState] = {}
+        corrupt: dict[str, str] = {}
+        for symbol in symbols:
+            one = [symbol]
+            try:
+                states.update(await self._io("redis", "loading state", partial(self._store.load, one)))
+            except CorruptState as exc:
+                corrupt[symbol] = str(exc)
+        return states, corrupt
+
+    async def _load_states(self, items: Sequence[Item]) -> list[Item]:
+        """Load from the store the symbols seen for the first time since their partition was assigned;
+        the items whose symbol could be loaded."""
         missing = sorted({bar.symbol for _, bar in items if bar.symbol not in self._states})
         if missing:
-            self._states.update(await self._store.load(missing))
+            loaded, corrupt = await self._load(missing)
+            if corrupt:  # those symbols' bars are dead-lettered; the others go on
+                letters = [(m, f"{corrupt[b.symbol]}", "state") for m, b in items if b.symbol in corrupt]
+                for msg, reason, _ in letters:
+                    log.error("stored state unreadable; dead-lettering the bar", source=msg.source, error=reason)
+                await self._dead_letter(letters)
+                items = [(m, b) for m, b in items if b.symbol not in corrupt]
+            for msg, bar in items:  # a symbol new to the store, on a partition restored only in part
+                state = loaded.get(bar.symbol)
+                if state is not None and state.last_ts is None and msg.tp in self._partial:
+                    state.complete = False
+            self._states.update(loaded)
             self._metrics.symbols_cached.set(len(self._states))
         for msg, bar in items:
             self._owner[bar.symbol] = msg.tp
+        return list(items)
 
     async def _forecast_round(self, items: list[Item], fetched_at: float) -> None:
         """One batched model call; publish (acknowledged), then store, the round's forecasts."""
@@ -250,19 +472,25 @@ class ForecastLoop:
         if not items:
             return
         version = self._forecaster.model_version
-        windows, contexts = [], []
-        for msg, bar in items:
-            window, ctx = self._window(msg, bar, version, fetched_at)
+        windows, contexts, ready = [], [], []
+        dead: list[Letter] = []
+        for item in items:
+            try:
+                window, ctx = self._window(item[0], item[1], version, fetched_at)
+            except Exception as exc:  # this bar cannot be made into a window: it alone is dead-lettered
+                dead.append(self._error_letter(item[0], "building the forecast window", exc))
+                continue
             windows.append(window)
             contexts.append(ctx)
+            ready.append(item)
+        items = ready
 
-        results = await self._run_model(windows, contexts)
+        results = await self._run_model(windows, contexts) if windows else []
         scorer = self._cfg.scorer
         if scorer is not None:
             scorer.adjust(windows, results, version)
 
         publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
-        dead: list[Awaitable[None]] = []
         for item, ctx, result in zip(items, contexts, results, strict=True):
             try:
                 if isinstance(result, Exception):
@@ -274,24 +502,29 @@ class ForecastLoop:
                 log.error(
                     "forecast failed", symbol=ctx.symbol, ts=ctx.ts_ns, source=item[0].source, error=reason
                 )
-                dead.append(self._dead.send(item[0], reason, "forecast"))
+                dead.append((item[0], reason, "forecast"))
 
         # Kafka first, Redis second. Were Redis written first, a crash between the two would leave
         # the bar's ts in Redis: the replayed bar would then be skipped as a duplicate and its
         # forecast would never reach the output topic. This way a replay at worst publishes the
         # same forecast (same id) twice.
         records = [(bar.symbol.encode(), value) for (_, bar), _, value, _ in publish]
-        await _gather_or_raise([self._out.send_batch(self._cfg.output_topic, records), *dead])
+        if records:
+            await self._io(
+                "kafka", "publishing forecasts", lambda: self._out.send_batch(self._cfg.output_topic, records)
+            )
+        await self._dead_letter(dead)
         updates = [
             StateUpdate(bar, result.token_state, value, version, msg.source)
             for (msg, bar), result, value, _ in publish
         ]
-        refused = set(await self._store.apply(updates, self._cfg.forecast_ttl_s))
+        ttl = self._cfg.forecast_ttl_s
+        refused = set(await self._io("redis", "storing state", lambda: self._store.apply(updates, ttl)))
         now = time.time()
-        for (_, bar), result, _, ctx in publish:
+        for (msg, bar), result, _, ctx in publish:
             if bar.symbol in refused:
                 continue
-            self._states[bar.symbol].append(bar, result.token_state, version)
+            self._states[bar.symbol].append(bar, result.token_state, version, msg.source)
             self._metrics.forecasts_out.inc()
             self._metrics.latency_from_bar.observe(max(0.0, now - bar.ts_ns / 1e9))
             self._metrics.latency_from_consume.observe(max(0.0, now - ctx.fetched_at))
@@ -309,15 +542,16 @@ class ForecastLoop:
 
     async def _still_new(self, items: list[Item]) -> list[Item]:
         """Reload symbols the store refused earlier in this fetch and drop bars that are no longer new."""
-        await self._load_states(items)
-        fresh = []
+        items = await self._load_states(items)
+        fresh, skipped = [], []
         for item in items:
-            last = self._states[item[1].symbol].last_ts
-            if last is not None and item[1].ts_ns <= last:
-                self._metrics.skipped.labels("duplicate").inc()
-                log.info("bar skipped", reason="duplicate", symbol=item[1].symbol, source=item[0].source)
-            else:
+            state = self._states[item[1].symbol]
+            reason = skip_reason(item[0], item[1].ts_ns, state.last_ts, state.source)
+            if reason is None:
                 fresh.append(item)
+            else:
+                skipped.append((item, reason))
+        await self._skip(skipped)
         return fresh
 
     def _window(
@@ -337,6 +571,8 @@ class ForecastLoop:
             bar.symbol, bar.ts_ns, interval, future, seed, len(ts_list),
             msg.topic, msg.partition, msg.offset, msg.timestamp_ms, fetched_at,
         )  # fmt: skip
+        ctx.context_complete = state.complete or len(ts_list) >= self._cfg.max_context
+        ctx.context_first_ns = ts_list[0]
         return window, ctx
 
     async def _run_model(
@@ -399,6 +635,8 @@ class ForecastLoop:
         log.info("partitions assigned", partitions=sorted(map(tuple, partitions)))
 
     def _drop(self, partitions: set[Partition]) -> int:
+        self._checked -= partitions
+        self._partial -= partitions
         symbols = [s for s, p in self._owner.items() if p in partitions]
         for s in symbols:
             self._owner.pop(s, None)

@@ -20,7 +20,12 @@ from daemon.bus import Partition
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-INVALID_KINDS = ("empty", "json", "schema", "key", "forecast")  # InvalidBar.kind values, plus failed forecasts
+# dead-letter kinds: validation (InvalidBar.kind), a failed forecast, any other error for one message, an
+# unreadable stored state, and the skipped bars when KRONOS_DEAD_LETTER_SKIPPED is set
+INVALID_KINDS = (
+    "empty", "json", "schema", "key", "ts", "future", "forecast", "error", "state", "duplicate", "out_of_order",
+)  # fmt: skip
+SERVICES = ("kafka", "redis")
 SKIP_REASONS = ("duplicate", "out_of_order")
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
@@ -33,13 +38,23 @@ class Metrics:
         )
         self.invalid = Counter(
             "kronos_invalid_messages",
-            "Messages sent to the dead-letter topic, by kind (empty, json, schema, key, forecast).",
+            "Messages sent to the dead-letter topic, by kind (see the README's dead-letter kinds).",
             ["kind"],
+            registry=r,
+        )
+        self.dead_letters_truncated = Counter(
+            "kronos_dead_letters_truncated",
+            "Dead letters refused whole (oversize, broker refusal) and sent truncated instead.",
+            registry=r,
+        )
+        self.dead_letters_failed = Counter(
+            "kronos_dead_letters_failed",
+            "Dead letters refused even truncated: only logged (reason and source in the log).",
             registry=r,
         )
         self.skipped = Counter(
             "kronos_skipped",
-            "Valid bars skipped, by reason (duplicate, out_of_order).",
+            "Valid bars skipped, by reason (duplicate, out_of_order, replayed).",
             ["reason"],
             registry=r,
         )
@@ -74,6 +89,21 @@ class Metrics:
         self.symbols_cached = Gauge(
             "kronos_symbols_cached", "Symbols whose state is held in memory.", registry=r
         )
+        self.service_up = Gauge(
+            "kronos_service_up",
+            "1 while the service (kafka, redis) answers the readiness probe and calls, else 0.",
+            ["service"],
+            registry=r,
+        )
+        self.service_retries = Counter(
+            "kronos_service_retries", "Calls to a service retried during an outage.", ["service"], registry=r
+        )
+        self.state_lost = Counter(
+            "kronos_state_lost", "Times the state store was found to have lost its data.", registry=r
+        )
+        self.state_restored = Counter(
+            "kronos_state_restored", "Symbols whose lost state was restored (input topic or memory).", registry=r
+        )
         self.model_info = Info("kronos_model", "The model serving forecasts.", registry=r)
         # Every label value a counter can take is exported from the start (0), so rate() and alerts see
         # the series before the first event.
@@ -81,6 +111,8 @@ class Metrics:
             self.invalid.labels(kind)
         for reason in SKIP_REASONS:
             self.skipped.labels(reason)
+        for service in SERVICES:
+            self.service_retries.labels(service)
         # CPU, memory, open files, start time; Python version; garbage collections
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

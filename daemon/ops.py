@@ -1,7 +1,9 @@
 """Operations endpoints on a tiny asyncio HTTP server (three GET routes need no web framework).
 
-``/healthz``  liveness: 200 while the loop has ticked within ``KRONOS_HEALTH_STALE_S``, else 503.
-``/readyz``   readiness: 200 once the model is loaded and the consumer has its partition assignment.
+``/healthz``  liveness: 200 while the loop has ticked within ``KRONOS_HEALTH_STALE_S``, else 503 (stuck,
+              not idle: idle fetches and retries during an outage tick too).
+``/readyz``   readiness: 200 while the model is loaded, the consumer owns partitions and Kafka and Redis
+              answer (periodic probes, no call waiting out an outage), else 503.
 ``/metrics``  Prometheus text format from this daemon's own registry.
 
 Bodies of /healthz and /readyz are JSON with the details, so a probe's failure explains itself.

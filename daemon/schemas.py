@@ -21,11 +21,15 @@ Output, topic ``KRONOS_KAFKA__OUTPUT_TOPIC``, key = symbol, value = JSON::
      "quantiles": {"p10": {"close": [...H], ...}, "p50": {...}, "p90": {...}},
      "quantile_levels": [0.1, 0.5, 0.9], "sample_count": 8,
      "model_version": ..., "mode": "exact" | "incremental", "seed": ..., "context_bars": L,
+     "context_complete": true,
      "latency_ms": {"queue": ..., "model": ..., "end_to_end": ..., "from_bar": ...},
      "source": {"topic": ..., "partition": ..., "offset": ...}, "created_at": ...}
 
 ``id``, the paths and ``seed`` depend only on the bar, its history and the model, so a bar processed
 twice (at-least-once delivery) yields the same ``id`` and numbers: readers de-duplicate on ``id``.
+``context_complete`` is false when the symbol's state was lost and could only be restored in part (the
+input topic no longer held the older bars): the id then also names the context (its length and first
+bar), so it differs from the id of any forecast made from another context.
 Latencies: ``queue`` = fetched until the model call began, ``model`` = the batched model call,
 ``end_to_end`` = Kafka timestamp of the input message until the forecast is handed to the producer,
 ``from_bar`` = bar ``ts`` until then. Horizon timestamps continue the bar grid (24/7), or follow the exchange calendar
@@ -47,6 +51,10 @@ from daemon.errors import InvalidBar
 from kronos_core.stream_types import FEATURES, SeriesForecast
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Bars are held as epoch nanoseconds in int64 (numpy datetime64[ns]): 1677-09-21 to 2262-04-11. The
+# bounds keep a year of margin so that the horizon's timestamps stay representable too.
+TS_MIN = datetime(1678, 1, 1, tzinfo=UTC)
+TS_MAX = datetime(2261, 1, 1, tzinfo=UTC)
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/kronos-stream/forecast")
 _INTERVAL_LOOKBACK = 8  # bars used to infer the bar interval
 
@@ -129,11 +137,39 @@ def parse_bar(key: bytes | None, value: bytes | None) -> Bar:
         raise InvalidBar("message key is not UTF-8; it must be the symbol", "key") from exc
     if key_text != bar.symbol:
         raise InvalidBar(f"message key {key_text!r} differs from symbol {bar.symbol!r}; key by symbol", "key")
+    if not TS_MIN <= bar.ts <= TS_MAX:
+        raise InvalidBar(
+            f"ts {bar.ts.isoformat()} is outside the supported range {TS_MIN.date()} to {TS_MAX.date()} "
+            "(bar times are held as epoch nanoseconds)",
+            "ts",
+        )
     amount = bar.amount
     if amount is None:
         amount = bar.volume * (bar.open + bar.high + bar.low + bar.close) / 4.0
     values = (bar.open, bar.high, bar.low, bar.close, bar.volume, amount)
     return Bar(bar.symbol, to_ns(bar.ts), values)
+
+
+def check_bar_time(bar: Bar, broker_ts_ms: int, now_s: float, max_future_s: float | None) -> None:
+    """Refuse a bar more than ``max_future_s`` ahead of the message's broker timestamp, or of the wall
+    clock ``now_s`` when the message has none (``broker_ts_ms`` <= 0). ``None`` disables the bound.
+
+    One such bar would otherwise become the symbol's last seen bar, and every later valid bar would be
+    skipped as out of order: the symbol would fall silent.
+    """
+    if max_future_s is None:
+        return
+    if broker_ts_ms > 0:
+        ref_ns, what = broker_ts_ms * 1_000_000, "the message's broker timestamp"
+    else:
+        ref_ns, what = int(now_s * 1e9), "the wall clock"
+    ahead_s = (bar.ts_ns - ref_ns) / 1e9
+    if ahead_s > max_future_s:
+        raise InvalidBar(
+            f"ts {format_ts(bar.ts_ns)} is {ahead_s:.0f} s ahead of {what} ({format_ts(ref_ns)}); at most "
+            f"{max_future_s:g} s are allowed (KRONOS_MAX_FUTURE_S)",
+            "future",
+        )
 
 
 def bar_to_json(symbol: str, ts: datetime, values: Sequence[float]) -> bytes:
@@ -146,9 +182,15 @@ def bar_to_json(symbol: str, ts: datetime, values: Sequence[float]) -> bytes:
 # -- output --------------------------------------------------------------------------------------
 
 
-def forecast_id(symbol: str, ts_ns: int, model_version: str) -> str:
-    """The stable id of the forecast made at bar ``ts_ns``: the same on every replay."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{symbol}|{ts_ns}|{model_version}"))
+def forecast_id(symbol: str, ts_ns: int, model_version: str, context: str | None = None) -> str:
+    """The stable id of the forecast made at bar ``ts_ns``: the same on every replay.
+
+    ``context`` names a context that may be incomplete (restored after a data loss: see
+    ``context_complete``); it enters the id, so such a forecast never shares an id with one made
+    from a different context.
+    """
+    name = f"{symbol}|{ts_ns}|{model_version}" + ("" if context is None else f"|context={context}")
+    return str(uuid.uuid5(_ID_NAMESPACE, name))
 
 
 def infer_interval_ns(timestamps_ns: Sequence[int], default_ns: int) -> int:
@@ -180,7 +222,8 @@ class ForecastContext:
 
     __slots__ = (
         "symbol", "ts_ns", "interval_ns", "future_ns", "seed", "context_bars", "topic", "partition",
-        "offset", "kafka_ts_ms", "fetched_at", "model_started_at", "model_ms",
+        "offset", "kafka_ts_ms", "fetched_at", "model_started_at", "model_ms", "context_complete",
+        "context_first_ns",
     )  # fmt: skip
 
     def __init__(
@@ -210,6 +253,8 @@ class ForecastContext:
         self.fetched_at = fetched_at  # wall clock (time.time()) when the fetch returned
         self.model_started_at = fetched_at
         self.model_ms = 0.0
+        self.context_complete = True  # False: restored after a data loss, older bars may be missing
+        self.context_first_ns = ts_ns  # ts of the window's first bar
 
 
 def build_forecast_message(
@@ -226,8 +271,9 @@ def build_forecast_message(
         )
     if not (np.isfinite(result.mean).all() and np.isfinite(result.quantiles).all()):
         raise ValueError("the forecast holds NaN or infinite values")
+    context = None if ctx.context_complete else f"{ctx.context_bars}@{ctx.context_first_ns}"
     return {
-        "id": forecast_id(ctx.symbol, ctx.ts_ns, model_version),
+        "id": forecast_id(ctx.symbol, ctx.ts_ns, model_version, context),
         "symbol": ctx.symbol,
         "as_of": format_ts(ctx.ts_ns),
         "interval_s": ctx.interval_ns / 1e9,
@@ -242,6 +288,7 @@ def build_forecast_message(
         "mode": mode,
         "seed": ctx.seed,
         "context_bars": ctx.context_bars,
+        "context_complete": ctx.context_complete,
         "latency_ms": {
             "queue": round(max(0.0, ctx.model_started_at - ctx.fetched_at) * 1e3, 3),
             "model": round(ctx.model_ms, 3),

@@ -217,6 +217,17 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"
     http_port: int | None = Field(default=8080, ge=0, le=65535)  # 0: any free port; unset: no HTTP
     health_stale_s: float = Field(default=60.0, gt=0)
+    # A bar more than this ahead of its message's broker timestamp (or the wall clock) is dead-lettered.
+    max_future_s: float | None = Field(default=300.0, ge=0, allow_inf_nan=False)
+    dead_letter_skipped: bool = False  # also dead-letter bars skipped as duplicate or out_of_order
+    # Kafka or Redis unreachable: retried after retry_initial_s, doubling up to retry_max_s (jittered);
+    # after outage_give_up_s of one outage the process ends (unset: wait as long as it takes).
+    retry_initial_s: float = Field(default=0.1, gt=0, allow_inf_nan=False)
+    retry_max_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    outage_give_up_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # State lost in Redis is restored from the input topic's bars of this many seconds back (unset: all).
+    restore_lookback_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    health_probe_interval_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)  # readiness probes
     graceful_shutdown_s: float = Field(default=25.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -5,7 +5,8 @@
   message when one is missing; with ``KRONOS_KAFKA__CREATE_TOPICS=N`` it creates the missing ones with
   N partitions (replication ``KRONOS_KAFKA__CREATE_TOPICS_REPLICATION``, default 1) instead.
 - The HTTP port already taken: :func:`port_error` names ``KRONOS_HTTP_PORT``.
-- Redis refusing the credentials: :func:`redis_error` names ``KRONOS_REDIS__PASSWORD`` (not the URL).
+- Redis refusing the credentials: :func:`credentials_error` names ``KRONOS_REDIS__PASSWORD`` (not the URL)
+  and is not retried as an outage.
 """
 
 from __future__ import annotations
@@ -79,13 +80,14 @@ def port_error(exc: OSError, host: str, port: int) -> ConfigError:
     )
 
 
-def redis_error(exc: StateError) -> StateError:
-    """A clearer StateError when Redis refused the password; ``exc`` unchanged otherwise."""
+def credentials_error(exc: StateError) -> ConfigError | None:
+    """A ConfigError naming KRONOS_REDIS__PASSWORD when Redis refused the credentials, else None (an
+    outage, waited out)."""
     cause = exc.__cause__
     text = str(cause) if cause is not None else str(exc)
     if not any(marker in text for marker in _AUTH_MARKERS):
-        return exc
-    return StateError(
+        return None
+    return ConfigError(
         f"Redis refused the credentials ({text}). Set KRONOS_REDIS__PASSWORD to the server's password "
         "(or remove it if the server has none); a password in KRONOS_REDIS__URL is overridden by it."
     )

@@ -14,7 +14,14 @@ key                                 type    content
                                             ``updated_ms`` (wall clock), ``source`` (topic/partition/offset)
 ``{prefix}:forecast:{symbol}``      string  the latest forecast, the JSON published on the output topic;
                                             expires after ``KRONOS_REDIS__FORECAST_TTL_S`` when set
+``{prefix}:generation``             string  a random token written once into an empty Redis: when it
+                                            changes or vanishes, Redis lost its data (restart, failover)
+``{prefix}:watermarks``             hash    ``topic/partition`` -> offset of the last input message whose
+                                            state is written (set before each commit)
 ==================================  ======  ================================================================
+
+``meta`` also holds ``context_complete`` = ``0`` for a symbol whose context was restored after a data
+loss but may miss older bars (the input topic no longer held them).
 
 All four keys of a processed bar are written in one atomic step (a Lua script on Redis): ring append
 and trim, token cache, meta and latest forecast. The step is idempotent: it skips a bar whose ``ts`` is
@@ -53,10 +60,19 @@ def forecast_key(prefix: str, symbol: str) -> str:
     return f"{prefix}:forecast:{symbol}"
 
 
+def generation_key(prefix: str) -> str:
+    return f"{prefix}:generation"
+
+
+def watermarks_key(prefix: str) -> str:
+    return f"{prefix}:watermarks"
+
+
 class SymbolState:
     """One symbol's working state: the bar ring, the token cache and the last-seen bar time."""
 
-    __slots__ = ("symbol", "timestamps", "rows", "token_state", "token_version", "last_ts")
+    __slots__ = ("symbol", "max_context", "timestamps", "rows", "token_state", "token_version", "last_ts",
+                 "source", "complete")  # fmt: skip
 
     def __init__(
         self,
@@ -66,8 +82,10 @@ class SymbolState:
         token_state: TokenState | None = None,
         token_version: str | None = None,
         last_ts: int | None = None,
+        source: str | None = None,
     ) -> None:
         self.symbol = symbol
+        self.max_context = max_context
         self.timestamps: deque[int] = deque(maxlen=max_context)  # epoch ns, oldest first
         self.rows: deque[tuple[float, ...]] = deque(maxlen=max_context)  # 6 raw features per bar
         for ts, row in bars:
@@ -78,6 +96,8 @@ class SymbolState:
         if last_ts is None and self.timestamps:
             last_ts = self.timestamps[-1]
         self.last_ts = last_ts
+        self.source = parse_source(source)  # (topic, partition, offset) of the last processed message
+        self.complete = True  # False: restored after a data loss, older bars may be missing
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -94,12 +114,29 @@ class SymbolState:
         stamps = np.asarray(ts, dtype="datetime64[ns]")  # [L]
         return values, stamps, ts
 
-    def append(self, bar: Bar, token_state: TokenState | None, model_version: str) -> None:
+    def append(
+        self, bar: Bar, token_state: TokenState | None, model_version: str, source: str | None = None
+    ) -> None:
         self.timestamps.append(bar.ts_ns)
         self.rows.append(bar.values)
         self.token_state = token_state
         self.token_version = model_version if token_state is not None else None
         self.last_ts = bar.ts_ns
+        if source is not None:
+            self.source = parse_source(source)
+
+
+def parse_source(source: str | bytes | None) -> tuple[str, int, int] | None:
+    """``"topic/partition/offset"`` as a tuple; None when absent or not in that form."""
+    if source is None:
+        return None
+    text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
+    topic, _, rest = text.rpartition("/")
+    topic, _, partition = topic.rpartition("/")
+    try:
+        return (topic, int(partition), int(rest)) if topic else None
+    except ValueError:
+        return None
 
 
 class StateUpdate:
@@ -127,7 +164,32 @@ class StateUpdate:
 
 
 def encode_bar(bar: Bar) -> bytes:
-    return json.dumps([bar.ts_ns, *bar.values], allow_nan=False, separators=(",", ":")).encode()
+    return encode_row(bar.ts_ns, bar.values)
+
+
+def encode_row(ts_ns: int, values: Sequence[float]) -> bytes:
+    return json.dumps([ts_ns, *values], allow_nan=False, separators=(",", ":")).encode()
+
+
+def format_source(source: tuple[str, int, int] | None) -> str:
+    return "" if source is None else f"{source[0]}/{source[1]}/{source[2]}"
+
+
+def merge_restored(restored: SymbolState, stored: SymbolState) -> SymbolState | None:
+    """The union of the restored and the stored bars (by ts, the stored row wins), capped at the ring
+    size; None when that adds nothing to what the store holds."""
+    rows = dict(zip(restored.timestamps, restored.rows, strict=True))
+    rows.update(zip(stored.timestamps, stored.rows, strict=True))
+    newer = stored.last_ts is None or (restored.last_ts is not None and restored.last_ts > stored.last_ts)
+    last_ts, source = (restored.last_ts, restored.source) if newer else (stored.last_ts, stored.source)
+    cap = stored.max_context
+    merged = SymbolState(
+        stored.symbol, cap, sorted(rows.items())[-cap:], None, None, last_ts, format_source(source) or None
+    )
+    merged.complete = restored.complete or len(merged) >= cap
+    if list(merged.timestamps) == list(stored.timestamps) and last_ts == stored.last_ts:
+        return None
+    return merged
 
 
 def decode_bar(raw: bytes | str, where: str) -> tuple[int, tuple[float, ...]]:
@@ -178,6 +240,24 @@ class StateStore(ABC):
         At most one update per symbol. Returns the symbols whose update was refused because the store
         already holds a bar at or after it (a retried write, or another writer).
         """
+
+    @abstractmethod
+    async def generation(self) -> str:
+        """The store's generation marker, created (a random token) when absent. A different value than
+        the one seen before means the store lost its data."""
+
+    @abstractmethod
+    async def watermarks(self) -> dict[str, int]:
+        """``"topic/partition"`` -> offset of the last input message whose state is written."""
+
+    @abstractmethod
+    async def set_watermarks(self, marks: dict[str, int]) -> None: ...
+
+    @abstractmethod
+    async def restore(self, states: Sequence[tuple[SymbolState, int | None]]) -> list[str]:
+        """Replace each symbol's bar ring and last-bar meta with a restored state (token cache dropped)
+        if the stored ``last_ts`` still equals the given expected one (None: absent). Returns the
+        symbols written."""
 
     @abstractmethod
     async def latest_forecast(self, symbol: str) -> dict[str, Any] | None:

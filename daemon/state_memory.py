@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from daemon.errors import CorruptState, StateError
 from daemon.state import (
     StateStore,
     StateUpdate,
@@ -17,7 +19,9 @@ from daemon.state import (
     decode_bar,
     decode_tokens,
     encode_bar,
+    encode_row,
     encode_tokens,
+    format_source,
 )
 
 
@@ -37,14 +41,53 @@ class MemoryStateStore(StateStore):
     def __init__(self, key_prefix: str = "kronos", max_context: int = 512) -> None:
         super().__init__(key_prefix, max_context)
         self._records: dict[str, _Record] = {}
+        self._generation: str | None = None
+        self._watermarks: dict[str, int] = {}
+
+    def wipe(self) -> None:
+        """Lose everything, as a Redis restarted without persistence would (for tests)."""
+        self._records.clear()
+        self._generation = None
+        self._watermarks.clear()
+
+    async def generation(self) -> str:
+        if self._generation is None:
+            self._generation = uuid.uuid4().hex
+        return self._generation
+
+    async def watermarks(self) -> dict[str, int]:
+        return dict(self._watermarks)
+
+    async def set_watermarks(self, marks: dict[str, int]) -> None:
+        self._watermarks.update(marks)
+
+    async def restore(self, states: Sequence[tuple[SymbolState, int | None]]) -> list[str]:
+        written = []
+        for state, expected in states:
+            rec = self._records.setdefault(state.symbol, _Record())
+            if rec.last_ts != expected:
+                continue
+            rec.bars = [encode_row(t, r) for t, r in zip(state.timestamps, state.rows, strict=True)]
+            rec.tokens = b""
+            rec.last_ts = state.last_ts
+            rec.meta.update(
+                {"source": format_source(state.source), "context_complete": "1" if state.complete else "0"}
+            )
+            written.append(state.symbol)
+        return written
 
     async def load(self, symbols: Sequence[str]) -> dict[str, SymbolState]:
         states = {}
         for s in symbols:
             rec = self._records.get(s) or _Record()
-            bars = [decode_bar(raw, f"memory:bars:{s}") for raw in rec.bars]
+            try:
+                bars = [decode_bar(raw, f"memory:bars:{s}") for raw in rec.bars]
+            except StateError as exc:
+                raise CorruptState(str(exc), s) from exc
             token_state, token_version = decode_tokens(rec.tokens)
-            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, rec.last_ts)
+            source = rec.meta.get("source")
+            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, rec.last_ts, source)
+            states[s].complete = rec.meta.get("context_complete") != "0"
         return states
 
     async def apply(self, updates: Sequence[StateUpdate], forecast_ttl_s: int | None = None) -> list[str]:
@@ -60,6 +103,7 @@ class MemoryStateStore(StateStore):
             rec.tokens = encode_tokens(u.token_state, u.model_version)
             rec.last_ts = u.bar.ts_ns
             rec.meta = {
+                **rec.meta,
                 "model_version": u.model_version,
                 "updated_ms": str(int(now * 1e3)),
                 "source": u.source,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from daemon.errors import StateError
+from daemon.errors import CorruptState, StateError, StateUnavailable
 from daemon.state import (
     StateStore,
     StateUpdate,
@@ -19,10 +20,14 @@ from daemon.state import (
     decode_bar,
     decode_tokens,
     encode_bar,
+    encode_row,
     encode_tokens,
     forecast_key,
+    format_source,
+    generation_key,
     meta_key,
     tokens_key,
+    watermarks_key,
 )
 
 # One atomic, idempotent step for a list of processed bars.
@@ -59,6 +64,23 @@ return skipped
 """
 
 
+# Replace one symbol's ring and last-bar meta with a restored state, if its last_ts is unchanged.
+# KEYS: bars, tokens, meta. ARGV: expected last_ts ('' = absent), last_ts, source, context_complete,
+# then the bars, oldest first.
+_RESTORE_LUA = """
+local cur = redis.call('HGET', KEYS[3], 'last_ts') or ''
+if cur ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+for i = 5, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+redis.call('HSET', KEYS[3], 'last_ts', ARGV[2], 'source', ARGV[3], 'context_complete', ARGV[4])
+return 1
+"""
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 class RedisStateStore(StateStore):
     """Per-symbol state in Redis. ``client`` is a ``redis.asyncio.Redis`` with ``decode_responses=False``."""
 
@@ -66,6 +88,7 @@ class RedisStateStore(StateStore):
         super().__init__(key_prefix, max_context)
         self._client = client
         self._apply = client.register_script(_APPLY_LUA)
+        self._restore = client.register_script(_RESTORE_LUA)
 
     @classmethod
     def from_url(
@@ -98,18 +121,23 @@ class RedisStateStore(StateStore):
                 for s in symbols:
                     pipe.lrange(bars_key(p, s), 0, -1)
                     pipe.get(tokens_key(p, s))
-                    pipe.hget(meta_key(p, s), "last_ts")
+                    pipe.hmget(meta_key(p, s), "last_ts", "source", "context_complete")
                 replies = await pipe.execute()
-        except RedisError as exc:
-            raise StateError(f"reading state of {len(symbols)} symbols from Redis failed: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"reading state of {len(symbols)} symbols from Redis failed: {exc}") from exc
         states = {}
         for i, s in enumerate(symbols):
-            raw_bars, raw_tokens, raw_last = replies[3 * i : 3 * i + 3]
+            raw_bars, raw_tokens, (raw_last, raw_source, raw_complete) = replies[3 * i : 3 * i + 3]
             where = bars_key(p, s)
-            bars = [decode_bar(raw, where) for raw in raw_bars]
+            try:
+                bars = [decode_bar(raw, where) for raw in raw_bars]
+            except StateError as exc:
+                raise CorruptState(str(exc), s) from exc
             token_state, token_version = decode_tokens(raw_tokens)
             last_ts = int(raw_last) if raw_last is not None else None
-            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, last_ts)
+            source = raw_source.decode() if raw_source is not None else None
+            states[s] = SymbolState(s, self.max_context, bars, token_state, token_version, last_ts, source)
+            states[s].complete = raw_complete != b"0"
         return states
 
     async def apply(self, updates: Sequence[StateUpdate], forecast_ttl_s: int | None = None) -> list[str]:
@@ -139,22 +167,67 @@ class RedisStateStore(StateStore):
             ]
         try:
             skipped = await self._apply(keys=keys, args=args)
-        except RedisError as exc:
-            raise StateError(f"writing state of {len(updates)} bars to Redis failed: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"writing state of {len(updates)} bars to Redis failed: {exc}") from exc
         return [updates[int(i)].symbol for i in skipped]
+
+    async def generation(self) -> str:
+        key = generation_key(self.key_prefix)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:  # one round trip per batch
+                pipe.set(key, uuid.uuid4().hex, nx=True)
+                pipe.get(key)
+                _, raw = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"reading the state generation from Redis failed: {exc}") from exc
+        return "" if raw is None else _text(raw)
+
+    async def watermarks(self) -> dict[str, int]:
+        try:
+            raw = await self._client.hgetall(watermarks_key(self.key_prefix))
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"reading the watermarks from Redis failed: {exc}") from exc
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    async def set_watermarks(self, marks: dict[str, int]) -> None:
+        if not marks:
+            return
+        try:
+            await self._client.hset(watermarks_key(self.key_prefix), mapping=marks)  # type: ignore[arg-type]
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"writing the watermarks to Redis failed: {exc}") from exc
+
+    async def restore(self, states: Sequence[tuple[SymbolState, int | None]]) -> list[str]:
+        p = self.key_prefix
+        written = []
+        try:
+            for state, expected in states:
+                args: list[Any] = [
+                    "" if expected is None else str(expected),
+                    str(state.last_ts),
+                    format_source(state.source),
+                    "1" if state.complete else "0",
+                ]
+                args += [encode_row(t, r) for t, r in zip(state.timestamps, state.rows, strict=True)]
+                keys = [bars_key(p, state.symbol), tokens_key(p, state.symbol), meta_key(p, state.symbol)]
+                if await self._restore(keys=keys, args=args):
+                    written.append(state.symbol)
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"restoring state of {len(states)} symbols in Redis failed: {exc}") from exc
+        return written
 
     async def latest_forecast(self, symbol: str) -> dict[str, Any] | None:
         try:
             raw = await self._client.get(forecast_key(self.key_prefix, symbol))
         except RedisError as exc:
-            raise StateError(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
+            raise StateUnavailable(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
         return None if raw is None else dict(json.loads(raw))
 
     async def ping(self) -> None:
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            raise StateError(f"Redis is not reachable: {exc}; check KRONOS_REDIS__URL") from exc
+            raise StateUnavailable(f"Redis is not reachable: {exc}; check KRONOS_REDIS__URL") from exc
 
     async def close(self) -> None:
         try:

@@ -10,11 +10,13 @@ out) is exercised. ``DAEMON_TEST_FORECASTER=stub`` swaps in the deterministic st
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from daemon_helpers import MakeForecaster, Topics
+from private_services import PrivateKafka, PrivateRedis, kafka_jars
 from stub_forecaster import StubForecaster
 
 from daemon.forecaster import build_forecaster, checkpoint_version
@@ -78,3 +80,41 @@ async def topics(topic_factory: Callable[..., Awaitable[str]]) -> Topics:
         await topic_factory(partitions=3),
         await topic_factory(partitions=1),
     )
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, or fail when CI is set (as the shared services' fixtures do)."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    """A Redis server of this test only (append-only file on: a stop and start keep the data), started;
+    stopped after the test. For faults that stop or restart Redis: never do that to the shared one."""
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server is not installed (Debian: apt-get install redis-server)")
+    (tmp_path / "redis").mkdir()
+    server = PrivateRedis(tmp_path / "redis")
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def private_kafka(tmp_path: Path) -> AsyncIterator[PrivateKafka]:
+    """A single-node Kafka broker of this test only, started; killed after the test. Needs the jars
+    scripts/services caches (KAFKA_JARS_DIR, or KRONOS_CACHE_DIR/kafka/jars-*)."""
+    jars = kafka_jars()
+    if jars is None:
+        _unavailable("no cached Kafka jars: run scripts/services up once, or set KAFKA_JARS_DIR")
+    (tmp_path / "kafka").mkdir()
+    broker = PrivateKafka(tmp_path / "kafka", jars)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -31,7 +31,6 @@ from daemon_helpers import (
 from stub_forecaster import StubForecaster
 
 from daemon.app import Daemon
-from daemon.errors import StateError
 from daemon.schemas import forecast_id, parse_bar
 from daemon.state import StateUpdate, bars_key
 from daemon.state_redis import RedisStateStore
@@ -271,7 +270,7 @@ class _RedisDiesAfter(RedisStateStore):
     async def apply(self, updates: Sequence[StateUpdate], forecast_ttl_s: int | None = None) -> list[str]:
         self.calls += 1
         if self.calls == self.fail_on:
-            raise StateError("injected failure: Redis went away")
+            raise RuntimeError("injected crash between the Kafka ack and the Redis write")
         return await super().apply(updates, forecast_ttl_s)
 
 
@@ -294,7 +293,7 @@ async def test_crash_between_kafka_ack_and_redis_write_republishes_the_same_fore
         settings, forecaster=make_forecaster(64), store=_RedisDiesAfter(redis_url, prefix, 64, fail_on=4)
     )
     await crashing.start()
-    with pytest.raises(StateError, match="injected"):
+    with pytest.raises(RuntimeError, match="injected"):
         await crashing.serve()  # a fatal error: the loop stops without committing the fetch
     await crashing.close()
     published = sum((await end_offsets(kafka_bootstrap, topics.output)).values())

@@ -107,7 +107,7 @@ async def test_hard_kill_then_restart_loses_no_bar_and_replays_identically(
         assert await _stop(second, signal.SIGTERM) == 0, log2.read_text()[-3000:]
     lines = [json.loads(line) for line in log2.read_text().splitlines() if line.startswith("{")]
     assert lines[-1]["event"] == "daemon closed"
-    skipped = sum(1 for line in lines if line["event"] == "bar skipped" and line["reason"] == "duplicate")
+    skipped = sum(1 for line in lines if line["event"] == "bar skipped" and line["reason"] == "replayed")
 
     records = await read_topic(kafka_bootstrap, topics.output, 180)
     out = forecasts(records)
@@ -126,7 +126,7 @@ async def test_hard_kill_then_restart_loses_no_bar_and_replays_identically(
             )
         assert record.key == f["symbol"].encode()
     assert set(first_seen) == set(expected)  # every bar has its forecast
-    # Each bar published but not committed at the kill came back: skipped as a duplicate when its
+    # Each bar published but not committed at the kill came back: skipped as replayed when its
     # Redis write had landed, published again (same id, same numbers) when it had not.
     republished = len(out) - len(first_seen)
     assert skipped + republished == published_at_kill - sum(committed_at_kill.values())

@@ -17,7 +17,7 @@ from stub_forecaster import StubForecaster
 
 from daemon.app import Daemon, serve_until_signalled
 from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
-from daemon.errors import ConfigError, StateError
+from daemon.errors import ConfigError
 from daemon.settings import load_settings
 from daemon.state_memory import MemoryStateStore
 
@@ -126,7 +126,7 @@ async def test_a_wrong_redis_password_names_the_password_variable(
         redis["password"] = password
     settings = load_settings(redis=redis, http_port=None)
     daemon = Daemon(settings, forecaster=StubForecaster(), **_memory_parts())
-    with pytest.raises(StateError) as info:
+    with pytest.raises(ConfigError) as info:  # a configuration error: not waited out as an outage
         await daemon.start()
     await daemon.close()
     assert "KRONOS_REDIS__PASSWORD" in str(info.value)

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from daemon.schemas import Bar
-from daemon.state import StateStore, StateUpdate, bars_key, forecast_key, meta_key, tokens_key
+from daemon.state import StateStore, StateUpdate, SymbolState, bars_key, forecast_key, meta_key, tokens_key
 from daemon.state_memory import MemoryStateStore
 from daemon.state_redis import RedisStateStore
 from kronos_core.stream_types import TokenState
@@ -139,3 +139,23 @@ async def test_concurrent_applies_for_one_symbol_never_duplicate(redis_url: str,
             await s.close()
     ts = list(state.timestamps)
     assert ts == sorted(set(ts))  # strictly increasing: no bar appended twice
+
+
+async def test_generation_watermarks_and_a_guarded_restore(store: StateStore) -> None:
+    first = await store.generation()
+    assert first and await store.generation() == first  # created once, then stable
+    await store.set_watermarks({"in/0": 41, "in/1": 7})
+    await store.set_watermarks({"in/0": 42})
+    assert await store.watermarks() == {"in/0": 42, "in/1": 7}
+
+    restored = SymbolState("R", store.max_context)
+    for i in range(3):
+        restored.append(_bar("R", i), None, "", f"in/0/{i}")
+    restored.complete = False
+    assert await store.restore([(restored, 12345)]) == []  # the stored last_ts is not the expected one
+    assert await store.restore([(restored, None)]) == ["R"]
+    state = (await store.load(["R"]))["R"]
+    assert list(state.timestamps) == [_bar("R", i).ts_ns for i in range(3)]
+    assert state.last_ts == _bar("R", 2).ts_ns and state.source == ("in", 0, 2) and not state.complete
+    assert await store.apply([_update(_bar("R", 3))]) == []  # the ring goes on from the restored bars
+    assert len((await store.load(["R"]))["R"]) == 4

@@ -198,7 +198,11 @@ class Daemon:
                 dead_letter_skipped=s.dead_letter_skipped,
                 max_context=s.model.max_context,
                 restore_lookback_s=s.restore_lookback_s,
-                calendar=build_calendar(s.model.exchange_calendar, s.model.calendar_bar_label),
+                calendar=(  # None: the gap-free grid (schemas.horizon_ns)
+                    build_calendar(s.model.exchange_calendar, s.model.calendar_bar_label)
+                    if s.model.exchange_calendar
+                    else None
+                ),
                 scorer=self.scorer,
             ),
             metrics=self.metrics,

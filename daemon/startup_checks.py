@@ -11,8 +11,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import time
+from typing import Any
 
 from daemon.errors import BusError, ConfigError, StateError
 from daemon.settings import KafkaSettings
@@ -36,8 +39,7 @@ async def ensure_topics(k: KafkaSettings) -> list[str]:
     admin = AIOKafkaAdminClient(**connection_config(k))
     try:
         await admin.start()
-        existing = set(await admin.list_topics())
-        missing = {var: name for var, name in wanted.items() if name not in existing}
+        missing = await _missing_topics(admin, wanted)
         if not missing:
             return []
         if k.create_topics is None:
@@ -65,6 +67,18 @@ async def ensure_topics(k: KafkaSettings) -> list[str]:
         ) from exc
     finally:
         await admin.close()
+
+
+async def _missing_topics(admin: Any, wanted: dict[str, str], settle_s: float = 3.0) -> dict[str, str]:
+    """The wanted topics the cluster's metadata lacks. A topic created a moment ago may not be in every
+    broker's metadata yet, so a missing one is looked for again for up to ``settle_s``."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        existing = set(await admin.list_topics())
+        missing = {var: name for var, name in wanted.items() if name not in existing}
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        await asyncio.sleep(0.25)
 
 
 def port_error(exc: OSError, host: str, port: int) -> ConfigError:

@@ -71,6 +71,10 @@ class ForecastMessage(BaseModel):
     mode: Literal["exact", "incremental"]
     seed: int = Field(ge=0)
     context_bars: int = Field(ge=1)
+    context_complete: bool = Field(
+        default=True,
+        description="false while a symbol restored after a loss of Redis data has fewer bars than it should",
+    )
     latency_ms: Latency
     source: Source
     created_at: AwareDatetime

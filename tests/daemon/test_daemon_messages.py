@@ -74,7 +74,7 @@ async def test_a_broken_message_is_refused() -> None:
         parse_forecast(json.dumps(record))
     record = json.loads((await _published(1))[0])
     record["new_field"] = 1  # readers keep working when a field is added
-    assert parse_forecast(json.dumps(record)).model_extra == {"new_field": 1}
+    assert (parse_forecast(json.dumps(record)).model_extra or {}).get("new_field") == 1
 
 
 async def test_unique_forecasts_drops_replayed_ids() -> None:

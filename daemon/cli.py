@@ -7,6 +7,7 @@
     kronos-stream forecast SYMBOL [--wait S]           the latest forecast from Redis, as JSON
     kronos-stream scores [--version V] [--hours N]     online scores per model version, from Redis
     kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
+    kronos-stream train [...]                          fine-tune, gate, publish (see `train --help`)
     kronos-stream archive [--root URL]                 the input topic's bars into Parquet (KRONOS_ARCHIVE__*)
     kronos-stream archive import CSV --symbol S [--tz Z]   backfill the archive from a CSV file
     kronos-stream models list|show|verify|promote|rollback|gc   the model registry (--registry URL)
@@ -140,9 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (see 'kronos-stream bench inference --help')")
     bench.add_argument("which", choices=["inference"], help="inference: fast engine vs recompute baseline")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of that benchmark")
+    _add_train(sub)
     _add_archive_parser(sub)
     _add_models_parser(sub)
     return parser
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = sub.add_parser(
+        "train", add_help=False,
+        help="fine-tune on archived bars, gate against the champion, publish (plain or under torchrun)",
+    )
+    train.add_argument("train_args", nargs=argparse.REMAINDER, help="see 'kronos-stream train --help'")
+
+
+def _train(train_args: Sequence[str]) -> int:
+    from trainer.cli import main as train_main  # lazily: the daemon never imports the trainer
+
+    return train_main(list(train_args))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -305,6 +321,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # its own parser (one flag per TrainSettings field), --help included
+        return _train(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

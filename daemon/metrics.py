@@ -99,7 +99,10 @@ class Metrics:
             "kronos_service_retries", "Calls to a service retried during an outage.", ["service"], registry=r
         )
         self.state_lost = Counter(
-            "kronos_state_lost", "Times the state store was found to have lost its data.", registry=r
+            "kronos_state_lost",
+            "Times the state store's generation marker changed under this daemon (Redis lost its data); "
+            "partitions found short at assignment show in kronos_state_restored_total.",
+            registry=r,
         )
         self.state_restored = Counter(
             "kronos_state_restored", "Symbols whose lost state was restored (input topic or memory).", registry=r

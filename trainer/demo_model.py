@@ -1,6 +1,7 @@
 """Train the small demo model shipped in ``daemon/assets/demo-model`` from the bundled bars.
 
-Run ``python -m trainer.demo_model`` (``--out DIR``, ``--max-minutes M``, ``--threads N``). It
+Run ``python -m trainer.demo_model`` (``--out DIR``, ``--max-minutes M``, ``--threads N``); it writes
+``results/demo-model`` unless ``--out daemon/assets/demo-model`` asks it to replace the shipped model. It
 
 1. reads ``daemon/assets/bars_5min_a_share.csv`` (naive timestamps = Asia/Shanghai local time) and
    splits it by time: the first ``1 - holdout_fraction`` of the rows train, the rest is held out;
@@ -63,10 +64,12 @@ from kronos_core.training import (
     tokenizer_loss,
     train_step,
 )
+from trainer.loop import lr_factor  # one schedule for the demo model and the trainer
 
 REPO = Path(__file__).resolve().parents[1]
 BARS_CSV = REPO / "daemon" / "assets" / "bars_5min_a_share.csv"
-DEFAULT_OUT = REPO / "daemon" / "assets" / "demo-model"
+DEFAULT_OUT = REPO / "daemon" / "assets" / "demo-model"  # the shipped model
+SCRATCH_OUT = REPO / "results" / "demo-model"  # where the command writes unless told --out DEFAULT_OUT
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "kronos-stream/demo-model/1"
 CALENDAR_TZ = "Asia/Shanghai"  # the zone of the CSV's naive timestamps and of the time features
@@ -139,14 +142,6 @@ def split_index(n_rows: int, holdout_fraction: float) -> int:
 
 
 # ----------------------------------------------------------------------------- training
-
-
-def lr_factor(step: int, *, steps: int, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``steps``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def fit(
@@ -527,7 +522,11 @@ def _display_path(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.demo_model", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory (replaced)")
+    parser.add_argument(
+        "--out", type=Path, default=SCRATCH_OUT,
+        help=f"checkpoint directory, replaced (default {_display_path(SCRATCH_OUT)}; the shipped model is "
+        f"replaced only when asked: --out {_display_path(DEFAULT_OUT)})",
+    )
     parser.add_argument("--csv", type=Path, default=BARS_CSV, help="bar CSV (timestamps,open,...,amount)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="wall-clock budget for training; steps left when it runs out are skipped")

@@ -488,7 +488,7 @@ class ForecastLoop:
         results = await self._run_model(windows, contexts) if windows else []
         scorer = self._cfg.scorer
         if scorer is not None:
-            scorer.adjust(windows, results, version)
+            scorer.adjust(windows, results, version, contexts)
 
         publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
         for item, ctx, result in zip(items, contexts, results, strict=True):

@@ -489,17 +489,24 @@ class OnlineScorer:
         self._extra: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # id(result) -> model bands, paths
 
     def adjust(
-        self, windows: Sequence[SeriesWindow], results: Sequence[SeriesForecast | Exception], version: str
+        self,
+        windows: Sequence[SeriesWindow],
+        results: Sequence[SeriesForecast | Exception],
+        version: str,
+        contexts: Sequence[Any] | None = None,
     ) -> None:
-        """Before publication: calibrate the bands (when a calibrator is set); keep the model's own."""
+        """Before publication: calibrate the bands (when a calibrator is set); keep the model's own.
+        A context (``ForecastContext``) of a calibrated forecast gets ``bands = "calibrated"``."""
         self._extra.clear()  # leftovers of a round that failed before it was stored
         if self.calibrator is None:
             return
-        for window, result in zip(windows, results, strict=True):
+        for i, (window, result) in enumerate(zip(windows, results, strict=True)):
             if isinstance(result, Exception):
                 continue
             try:
-                self._extra[id(result)] = self.calibrator.apply(window, result, version)
+                model_q, _ = self._extra[id(result)] = self.calibrator.apply(window, result, version)
+                if contexts is not None and not np.array_equal(model_q, result.quantiles[:, :, CLOSE]):
+                    contexts[i].bands = "calibrated"
             except Exception as exc:  # calibration must never cost a forecast
                 self.metrics.errors.inc()
                 log.warning("calibrating a forecast failed; publishing the model's bands", error=repr(exc))

@@ -223,7 +223,7 @@ class ForecastContext:
     __slots__ = (
         "symbol", "ts_ns", "interval_ns", "future_ns", "seed", "context_bars", "topic", "partition",
         "offset", "kafka_ts_ms", "fetched_at", "model_started_at", "model_ms", "context_complete",
-        "context_first_ns",
+        "context_first_ns", "bands",
     )  # fmt: skip
 
     def __init__(
@@ -255,6 +255,7 @@ class ForecastContext:
         self.model_ms = 0.0
         self.context_complete = True  # False: restored after a data loss, older bars may be missing
         self.context_first_ns = ts_ns  # ts of the window's first bar
+        self.bands = "model"  # "calibrated" when the close bands were calibrated (daemon/calibration.py)
 
 
 def build_forecast_message(
@@ -283,6 +284,7 @@ def build_forecast_message(
         "mean": _paths(result.mean),
         "quantiles": {quantile_key(q): _paths(result.quantiles[i]) for i, q in enumerate(levels)},
         "quantile_levels": list(levels),
+        "bands": ctx.bands,
         "sample_count": int(result.samples.shape[0]) if result.samples.ndim == 3 else None,
         "model_version": model_version,
         "mode": mode,

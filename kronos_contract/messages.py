@@ -66,6 +66,10 @@ class ForecastMessage(BaseModel):
         description='"p10" -> feature -> values, one per step (close bands may be calibrated)'
     )
     quantile_levels: list[float]
+    bands: Literal["model", "calibrated"] = Field(
+        default="model",
+        description="calibrated: the close quantiles were calibrated on realised residuals (split-conformal)",
+    )
     sample_count: int | None = Field(ge=1)
     model_version: str = Field(min_length=1)
     mode: Literal["exact", "incremental"]

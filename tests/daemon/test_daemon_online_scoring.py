@@ -192,6 +192,9 @@ async def test_calibrated_daemon_keeps_both_scores() -> None:
     assert sums["stub-1"].forecasts == sums["stub-1@model"].forecasts == 40 - H
     # the first forecasts are published as the model made them; later ones are calibrated
     assert out[0]["quantiles"]["p10"]["close"] != out[-1]["quantiles"]["p10"]["close"]
+    assert out[0]["bands"] == "model" and out[-1]["bands"] == "calibrated"  # said in the message
+    first = next(i for i, f in enumerate(out) if f["bands"] == "calibrated")
+    assert first == 5 + H  # the 5th forecast (bar 4) is realised at bar 4 + H, after that bar's own went out
     assert model_cov == pytest.approx(sums["stub-1@model"].report().coverage)
 
 

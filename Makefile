@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # pip runs again only when pyproject.toml changes (or .venv is gone): the stamp's name holds its hash.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: demo test venv lint typecheck pytest services-up services-down services-status
+.PHONY: demo test venv helm lint typecheck pytest services-up services-down services-status
 
 # ruff, mypy, then the whole pytest suite against a real Kafka broker and Redis server.
 test: lint typecheck pytest
@@ -29,6 +29,10 @@ $(STAMP):
 	$(BIN)/python -m pip install --progress-bar off --cache-dir .cache/pip -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# helm for the chart tests, built once into .cache/helm (scripts/run-tests calls it too).
+helm:
+	scripts/ensure-helm
 
 lint: venv
 	$(BIN)/ruff check .

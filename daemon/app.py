@@ -15,7 +15,8 @@ import contextlib
 import gc
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 
@@ -27,6 +28,7 @@ from daemon.logging import configure_logging
 from daemon.loop import ForecastLoop, LoopConfig
 from daemon.metrics import Metrics
 from daemon.model_runtime import prepare_model_settings
+from daemon.models import ModelFollower, ModelMetrics
 from daemon.online_scoring import OnlineScorer, build_scorer
 from daemon.ops import OpsServer
 from daemon.retry import Abandoned, Outages
@@ -36,6 +38,7 @@ from daemon.state import StateStore
 from kronos_core.stream_types import StreamForecaster
 
 log = structlog.get_logger("kronos.app")
+T = TypeVar("T")
 
 
 class Daemon:
@@ -58,6 +61,7 @@ class Daemon:
         self.store = store
         self.forecaster = forecaster
         self.loop: ForecastLoop | None = None
+        self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
         self.ops: OpsServer | None = None
         self.scorer: OnlineScorer | None = None
         self._run_task: asyncio.Task[None] | None = None
@@ -162,6 +166,15 @@ class Daemon:
                 s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s
             )
         await self._connect("redis", "connecting to Redis", self._ping_store)
+        if self.forecaster is None and s.model.registry:
+            self.models = ModelFollower(
+                s,
+                ModelMetrics(self.metrics.registry),
+                states=self._states,
+                on_swap=self._model_swapped,
+                model_thread=self._on_model_thread,
+            )
+            self.forecaster = await self.models.start()
         if self.forecaster is None:
             log.info("loading the model", model=s.model.model_dump(mode="json"))
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
@@ -211,6 +224,8 @@ class Daemon:
         loop, bus_in = self.loop, self.bus_in
         await self._connect("kafka", "starting the consumer", lambda: bus_in.start(loop))
         self._probe_task = asyncio.create_task(self._probe_services(), name="kronos-probes")
+        if self.models is not None:
+            self.models.run_in_background()
         log.info(
             "daemon started",
             input_topic=s.kafka.input_topic,
@@ -219,6 +234,15 @@ class Daemon:
             model_version=self.forecaster.model_version,
             mode=self.forecaster.mode,
         )
+
+    def _states(self) -> dict[str, Any]:
+        return self.loop.states if self.loop is not None else {}
+
+    async def _on_model_thread(self, fn: Callable[[], T]) -> T:
+        return await (self.loop.on_model_thread(fn) if self.loop is not None else asyncio.to_thread(fn))
+
+    def _model_swapped(self, new: StreamForecaster, old_version: str) -> None:
+        self.metrics.model_info.info({"version": new.model_version, "mode": new.mode})
 
     def _count_dead_letter(self, kind: str) -> None:
         self.metrics.invalid.labels(kind).inc()
@@ -254,6 +278,8 @@ class Daemon:
                 self._run_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._run_task
+        if self.models is not None:
+            await self.models.close()
         closers = [
             ("consumer", self.bus_in, "stop"),
             ("producer", self.bus_out, "stop"),

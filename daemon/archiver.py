@@ -36,7 +36,7 @@ from daemon.bus import InputBus, Partition
 from daemon.errors import BusError, CommitRefused, InvalidBar
 from daemon.feeds import csv_bars
 from daemon.kafka_io import KafkaInput
-from daemon.schemas import Bar, bar_to_json, format_ts, parse_bar
+from daemon.schemas import Bar, bar_to_json, check_bar_time, format_ts, parse_bar
 from daemon.settings import ArchiveSettings, KafkaSettings
 from kronos_contract.archive import COLUMNS, offset_file_name, parse_offset_name, safe_name, write_bars
 from kronos_contract.storage import open_fs
@@ -98,8 +98,15 @@ class Archiver:
 
     ``bus`` defaults to a Kafka consumer of ``settings.topic`` in the group ``settings.group_id``."""
 
-    def __init__(self, kafka: KafkaSettings, settings: ArchiveSettings, bus: InputBus | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        settings: ArchiveSettings,
+        bus: InputBus | None = None,
+        max_future_s: float | None = 300.0,
+    ) -> None:
         self.settings = settings
+        self.max_future_s = max_future_s  # the daemon's KRONOS_MAX_FUTURE_S: the same bars are refused
         self.topic = settings.topic or kafka.input_topic
         self.stats = ArchiveStats()
         own = kafka.model_copy(update={"group_id": settings.group_id, "group_instance_id": None})
@@ -181,7 +188,7 @@ class Archiver:
                 continue
             async with self._lock:
                 for msg in messages:
-                    await self._add(msg.tp, msg.offset, msg.key, msg.value)
+                    await self._add(msg.tp, msg.offset, msg.key, msg.value, msg.timestamp_ms)
                 await self._roll_due()
             if time.monotonic() >= next_progress:
                 next_progress = time.monotonic() + s.progress_every_s
@@ -194,7 +201,9 @@ class Archiver:
 
     # -- buffering and rolling -----------------------------------------------------------------------
 
-    async def _add(self, tp: Partition, offset: int, key: bytes | None, value: bytes | None) -> None:
+    async def _add(
+        self, tp: Partition, offset: int, key: bytes | None, value: bytes | None, broker_ts_ms: int = 0
+    ) -> None:
         if tp in self._fresh:
             self._fresh.discard(tp)
             await self._find_uncommitted(tp, offset)
@@ -207,7 +216,9 @@ class Archiver:
         buf.last = offset
         self.stats.consumed += 1
         try:
-            buf.bars.append(parse_bar(key, value))
+            bar = parse_bar(key, value)
+            check_bar_time(bar, broker_ts_ms, time.time(), self.max_future_s)
+            buf.bars.append(bar)
         except InvalidBar as exc:
             buf.invalid += 1
             self.stats.invalid[exc.kind] += 1
@@ -301,14 +312,16 @@ class Archiver:
         return True
 
 
-async def run_archiver(kafka: KafkaSettings, settings: ArchiveSettings) -> ArchiveStats:
+async def run_archiver(
+    kafka: KafkaSettings, settings: ArchiveSettings, max_future_s: float | None = 300.0
+) -> ArchiveStats:
     """Run until SIGTERM or SIGINT, then roll, commit and leave the group."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        return await Archiver(kafka, settings).run(stop)
+        return await Archiver(kafka, settings, max_future_s=max_future_s).run(stop)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
             "daemon with an in-memory bus and state store and the project's demo model (max_context 128, "
             "horizon 12). First --warmup bars are published and their forecasts consumed without printing, "
             "so the replayed bars see a full context; then the last --bars bars of the file are replayed "
-            "and each forecast is printed as it arrives. At the end: a summary (throughput, close MAE of the "
+            "and each forecast is printed as it arrives. Halfway (unless --no-retrain) the bars seen so far are "
+            "archived, the model fine-tuned on them, gated and published to a temporary registry that the "
+            "daemon follows: it hot-swaps to the new version if the gate passed. At the end: a summary (throughput, close MAE of the "
             "next-bar and horizon-end forecasts against the realised bars and against persistence), a PNG "
             "(--out) and the summary as JSON beside it. Daemon logs: warnings only, on stderr. KRONOS_* "
             "variables the demo does not set itself apply (e.g. KRONOS_MODEL__DEVICE, KRONOS_MODEL__THREADS, "
@@ -84,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish the model's bands as they are (both are scored either way)",
     )
     demo.add_argument("--symbol", default="DEMO", help="symbol the bars are sent under (default DEMO)")
+    demo.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="skip the act halfway (archive the bars seen, fine-tune, gate, publish, hot-swap)",
+    )
     demo.add_argument(
         "--out", type=Path, default=Path("results/demo.png"), help="the PNG; the JSON goes beside it"
     )
@@ -341,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     symbol=args.symbol,
                     sample_count=args.samples,
                     calibrate=args.calibrate,
+                    retrain=not args.no_retrain,
                 )
             )
         if args.command == "run":
@@ -421,7 +429,7 @@ def _archive(args: argparse.Namespace) -> int:
         return 0 if summary["bars"] else 1
     from daemon.archiver import run_archiver
 
-    stats = asyncio.run(run_archiver(settings.kafka, archive))
+    stats = asyncio.run(run_archiver(settings.kafka, archive, max_future_s=settings.max_future_s))
     print(json.dumps(stats.as_dict()))
     return 0
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,6 +77,8 @@ class DemoConfig:
     symbol: str = "DEMO"
     sample_count: int = 16
     calibrate: bool = True  # split-conformal bands (scored both ways either way)
+    retrain: bool = True  # halfway: archive, fine-tune, gate, publish, hot-swap (daemon/demo_retrain.py)
+    retrain_steps: int = 30  # predictor steps of that fine-tune
 
     @property
     def warmup_bars(self) -> int:
@@ -93,17 +97,23 @@ class ReplayResult:
     online: dict[str, ScoreAccumulator]  # the daemon's own scores of the replayed bars' forecasts
     device: str
     torch_threads: int
+    retrain: dict[str, Any] | None = None  # what the retraining act did (None: --no-retrain)
 
 
 # -- set-up ---------------------------------------------------------------------------------------
 
 
-def demo_settings(config: DemoConfig) -> Settings:
+def demo_settings(config: DemoConfig, registry: str | None = None) -> Settings:
     """The daemon's settings for the demo: KRONOS_* variables apply (device, threads, ...), the demo's
-    own choices win (model, context, horizon, mode, no HTTP port, warnings only)."""
+    own choices win (model, context, horizon, mode, no HTTP port, warnings only). With ``registry`` the
+    daemon follows that registry's champion instead of the bundled folders."""
+    folders = registry is None
     model: dict[str, Any] = {
-        "tokenizer_dir": MODEL_DIR / "tokenizer",
-        "predictor_dir": MODEL_DIR / "predictor",
+        "tokenizer_dir": MODEL_DIR / "tokenizer" if folders else None,
+        "predictor_dir": MODEL_DIR / "predictor" if folders else None,
+        "registry": registry,
+        "registry_hint": False,  # no Redis in the demo: it wakes the follower itself
+        "registry_poll_s": 3600.0,
         "preset": None,
         "factory": None,
         "version": None,  # manifest.json's version
@@ -207,6 +217,13 @@ async def replay(
 ) -> ReplayResult:
     """Run the daemon on the in-memory bus and store; publish, collect and print the forecasts."""
     s = settings
+    work_dir = Path(tempfile.mkdtemp(prefix="kronos-demo-")) if config.retrain else None
+    if work_dir is not None:
+        from daemon.demo_retrain import publish_demo_model
+
+        registry = str(work_dir / "registry")
+        publish_demo_model(registry, MODEL_DIR)
+        s = demo_settings(config, registry)
     broker = MemoryBroker()
     store = MemoryStateStore(s.redis.key_prefix, s.model.max_context)
     daemon = Daemon(
@@ -243,15 +260,28 @@ async def replay(
         await publish(producer, s.kafka.input_topic, iter(warm))
         warm_records, warm_dead = await _collect(reader, dead, broker, serving, len(warm))
         warmed = time.monotonic()
-        feeding = asyncio.create_task(publish(producer, s.kafka.input_topic, iter(bars), speed=config.speed))
-        tasks.append(feeding)
-        records, dead_letters = await _collect(reader, dead, broker, serving, len(bars), show)
-        await feeding
+        halves = [bars[: len(bars) // 2], bars[len(bars) // 2 :]] if work_dir is not None else [bars]
+        records, dead_letters, retrained = [], 0, None
+        for half in halves:
+            if retrained is None and work_dir is not None and half is halves[1]:
+                retrained = await _retrain_act(
+                    daemon, [*warm, *halves[0]], work_dir, config.retrain_steps, echo
+                )
+            feeding = asyncio.create_task(
+                publish(producer, s.kafka.input_topic, iter(half), speed=config.speed)
+            )
+            tasks.append(feeding)
+            got, failed = await _collect(reader, dead, broker, serving, len(half), show)
+            records += got
+            dead_letters += failed
+            await feeding
         done = time.monotonic()
         latest = await store.latest_forecast(config.symbol)
         online = await daemon.scorer.store.read(None, 24 * 366, time.time())
     finally:
         await daemon.close()
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
         for task in tasks:
             if not task.done():
                 task.cancel()
@@ -271,6 +301,7 @@ async def replay(
         online=online,
         device=str(getattr(engine, "device", "cpu")),
         torch_threads=torch.get_num_threads(),
+        retrain=retrained,
     )
 
 
@@ -287,6 +318,33 @@ class HeldOutScorer(OnlineScorer):
             super()._score(sums, p, realised)
         elif self.calibrator is not None:
             self.calibrator.observe(p, realised)
+
+
+async def _retrain_act(
+    daemon: Daemon, seen: Sequence[FeedBar], work_dir: Path, steps: int, echo: TextIO
+) -> dict[str, Any]:
+    """Archive, fine-tune, gate, publish; then wake the daemon's follower and wait for the new version."""
+    from daemon.demo_retrain import RetrainConfig, describe, retrain
+
+    assert daemon.models is not None and daemon.models.forecaster is not None
+    print(f"--- halfway: archiving {len(seen)} bars and fine-tuning the champion ...", file=echo, flush=True)
+    registry = str(daemon.settings.model.registry)
+    outcome = await asyncio.to_thread(retrain, seen, work_dir, registry, RetrainConfig(steps=steps))
+    print(describe(outcome), file=echo, flush=True)
+    if outcome["promoted"]:
+        began = time.monotonic()
+        daemon.models.wake()  # the registry's hint, in process
+        while daemon.models.forecaster.target_version != outcome["version"]:
+            if time.monotonic() - began > STALL_S:
+                raise DaemonError(f"the daemon did not load {outcome['version']} within {STALL_S:.0f} s")
+            await asyncio.sleep(0.05)
+        outcome["swap_ready_s"] = round(time.monotonic() - began, 2)
+        print(
+            f"--- the daemon loaded {outcome['version']}; it serves from the next bar on",
+            file=echo,
+            flush=True,
+        )
+    return outcome
 
 
 def forecast_line(record: dict[str, Any], last_close: float | None, zone: ZoneInfo) -> str:
@@ -442,6 +500,7 @@ def _command(config: DemoConfig) -> str:
     parts += [f"--speed {config.speed:g}", f"--samples {config.sample_count}", f"--symbol {config.symbol}"]
     if not config.calibrate:
         parts.append("--no-calibration")
+    parts += [] if config.retrain else ["--no-retrain"]
     return " ".join([*parts, f"--out {config.out}"])
 
 
@@ -513,7 +572,12 @@ def _summary(
             "persistence = the last close; band_coverage = share of realised closes inside p10-p90",
             **accuracy,
         },
-        "online_scores": _online(result.online, last["model_version"] if last else "", settings),
+        "accuracy_by_version": {
+            version: score([r for r in forecasts if r["model_version"] == version], bars)
+            for version in dict.fromkeys(r["model_version"] for r in forecasts)
+        },
+        "retrain": result.retrain,
+        "online_scores": _online(result.online, settings),
         "plot": {
             "png": str(config.out),
             "json": str(json_path),
@@ -522,19 +586,30 @@ def _summary(
     }
 
 
-def _online(sums: dict[str, ScoreAccumulator], version: str, settings: Settings) -> dict[str, Any]:
-    model = sums.get(version + MODEL_BANDS_SUFFIX, sums.get(version))
-    published = sums.get(version)
+def _merged(accs: Sequence[ScoreAccumulator]) -> ScoreAccumulator | None:
+    merged: ScoreAccumulator | None = None
+    for acc in accs:
+        merged = ScoreAccumulator.from_dict(acc.to_dict()) if merged is None else merged.merge(acc)
+    return merged
+
+
+def _online(sums: dict[str, ScoreAccumulator], settings: Settings) -> dict[str, Any]:
+    """All model versions together (a retrain swaps the model halfway), and each version alone."""
+    versions = [v for v in sums if not v.endswith(MODEL_BANDS_SUFFIX)]
+    published = _merged([sums[v] for v in versions])
+    model = _merged([sums.get(v + MODEL_BANDS_SUFFIX, sums[v]) for v in versions])
     return {
         "note": "the daemon's online scores (daemon/online_scoring.py) of the forecasts made on the replayed "
-        "bars, all steps; model_bands: the bands the model made; published_bands: as published "
-        "(split-conformal calibrated when calibrated is true, learning from every earlier realised forecast, "
-        "warm-up included); the mean path is the same in both",
+        "bars, all steps, every model version together; model_bands: the bands the model made; "
+        "published_bands: as published (split-conformal calibrated when calibrated is true, per model "
+        "version, learning from every earlier realised forecast of that version, warm-up included); the "
+        "mean path is the same in both",
         "calibrated": settings.scoring.calibrate,
         "calibration_min": settings.scoring.calibration_min,
         "calibration_window": settings.scoring.calibration_window,
         "model_bands": report_dict(model) if model is not None else None,
         "published_bands": report_dict(published) if published is not None else None,
+        "by_version": {v: {"published_bands": report_dict(sums[v])} for v in versions},
     }
 
 
@@ -585,12 +660,27 @@ def print_summary(summary: dict[str, Any], echo: TextIO) -> None:
             f"    {label:<28} {b['model_mae']:<9.4f} {b['persistence_mae']:<13.4f} {skill:<8} "
             f"{b['band_coverage']:<20.0%} {b['n']}"
         )
+    by_version = summary.get("accuracy_by_version") or {}
+    if len(by_version) > 1:
+        lines.append(
+            "  by model version (each on the bars it forecast)   next bar: model / persistence   all steps: model / persistence"
+        )
+        for version, v in by_version.items():
+            h1, al = v["horizon_1"], v["all_steps"]
+            lines.append(
+                f"    {version:<44} {_mae(h1, 'model_mae')} / {_mae(h1, 'persistence_mae')} (n {h1['n']})"
+                f"   {_mae(al, 'model_mae')} / {_mae(al, 'persistence_mae')} (n {al['n']})"
+            )
     lines += _online_lines(summary["online_scores"])
     verdict = a["horizon_1"].get("skill_vs_persistence")
     if verdict is not None and verdict < 0:
         lines.append("  (the demo model is tiny and briefly trained: persistence beats it here)")
     lines.append(f"  figure {summary['plot']['png']}, summary {summary['plot']['json']}")
     print("\n".join(lines), file=echo, flush=True)
+
+
+def _mae(block: dict[str, Any], key: str) -> str:
+    return "n/a" if not block["n"] else f"{block[key]:.4f}"
 
 
 @dataclass(frozen=True)

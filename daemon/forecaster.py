@@ -63,8 +63,8 @@ def build_engine_forecaster(settings: Settings) -> StreamForecaster:
     m = settings.model
     if not ((m.tokenizer_dir and m.predictor_dir) or m.preset):
         raise ConfigError(
-            "no model configured: set KRONOS_MODEL__TOKENIZER_DIR and KRONOS_MODEL__PREDICTOR_DIR "
-            "(or KRONOS_MODEL__PRESET for benchmarks, or KRONOS_MODEL__FACTORY)"
+            "no model configured: set KRONOS_MODEL__REGISTRY, or KRONOS_MODEL__TOKENIZER_DIR and "
+            "KRONOS_MODEL__PREDICTOR_DIR (or KRONOS_MODEL__PRESET for benchmarks, or KRONOS_MODEL__FACTORY)"
         )
     import torch
 

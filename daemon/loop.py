@@ -39,6 +39,7 @@ from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
 from daemon.calendars import HorizonCalendar
 from daemon.errors import CommitRefused, CorruptState, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
+from daemon.models import pin_forecaster
 from daemon.online_scoring import OnlineScorer
 from daemon.retry import Abandoned, Outages
 from daemon.schemas import (
@@ -471,7 +472,8 @@ class ForecastLoop:
         items = await self._still_new(items)
         if not items:
             return
-        version = self._forecaster.model_version
+        forecaster = pin_forecaster(self._forecaster)  # one model version for the whole call
+        version = forecaster.model_version
         windows, contexts, ready = [], [], []
         dead: list[Letter] = []
         for item in items:
@@ -485,7 +487,7 @@ class ForecastLoop:
             ready.append(item)
         items = ready
 
-        results = await self._run_model(windows, contexts) if windows else []
+        results = await self._run_model(forecaster, windows, contexts) if windows else []
         scorer = self._cfg.scorer
         if scorer is not None:
             scorer.adjust(windows, results, version, contexts)
@@ -495,7 +497,7 @@ class ForecastLoop:
             try:
                 if isinstance(result, Exception):
                     raise result
-                record = build_forecast_message(ctx, result, version, self._forecaster.mode, time.time())
+                record = build_forecast_message(ctx, result, version, forecaster.mode, time.time())
                 publish.append((item, result, encode_json(record), ctx))
             except Exception as exc:  # a model failure for one series: dead-letter that bar only
                 reason = f"forecast failed: {type(exc).__name__}: {exc}"
@@ -576,14 +578,14 @@ class ForecastLoop:
         return window, ctx
 
     async def _run_model(
-        self, windows: list[SeriesWindow], contexts: list[ForecastContext]
+        self, forecaster: StreamForecaster, windows: list[SeriesWindow], contexts: list[ForecastContext]
     ) -> list[SeriesForecast | Exception]:
         """The batched call off the event loop; if it fails, each series alone, to isolate the culprit."""
         loop = asyncio.get_running_loop()
         started = time.time()
         try:
             results: list[SeriesForecast | Exception] = list(
-                await loop.run_in_executor(self._executor, self._call_model, windows)
+                await loop.run_in_executor(self._executor, self._call_model, forecaster, windows)
             )
         except Exception as exc:
             log.warning(
@@ -592,7 +594,9 @@ class ForecastLoop:
             results = []
             for window in windows:
                 try:
-                    results.extend(await loop.run_in_executor(self._executor, self._call_model, [window]))
+                    results.extend(
+                        await loop.run_in_executor(self._executor, self._call_model, forecaster, [window])
+                    )
                 except Exception as one:
                     results.append(one)
         elapsed = time.time() - started
@@ -603,8 +607,8 @@ class ForecastLoop:
             ctx.model_ms = elapsed * 1e3
         return results
 
-    def _call_model(self, windows: list[SeriesWindow]) -> list[SeriesForecast]:
-        results = list(self._forecaster.forecast(windows, self._cfg.horizon))
+    def _call_model(self, forecaster: StreamForecaster, windows: list[SeriesWindow]) -> list[SeriesForecast]:
+        results = list(forecaster.forecast(windows, self._cfg.horizon))
         if len(results) != len(windows) or any(
             r.series_id != w.series_id for r, w in zip(results, windows, strict=False)
         ):
@@ -612,6 +616,15 @@ class ForecastLoop:
                 f"the forecaster answered {len(results)} forecasts for {len(windows)} windows, or out of order"
             )
         return results
+
+    async def on_model_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the model thread, between model calls (on CUDA one thread does all the work)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    @property
+    def states(self) -> dict[str, SymbolState]:
+        """The symbols held in memory (read-only use: smoke forecasts of a new model version)."""
+        return self._states
 
     # -- rebalance handler ------------------------------------------------------------------------
 

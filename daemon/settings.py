@@ -119,6 +119,15 @@ class ModelSettings(_Group):
     top_k: int = Field(default=0, ge=0)
     base_seed: int = Field(default=0, ge=0)
     quantile_levels: QuantileLevels = (0.1, 0.5, 0.9)
+    # A model registry (fsspec URL) instead of fixed folders: the daemon serves its champion and
+    # hot-swaps when the pointer moves (polled every registry_poll_s; a Redis hint wakes it at once).
+    registry: str | None = None
+    registry_poll_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    registry_hint: bool = True  # listen to the registry's Redis channel ({key_prefix}:models)
+    # a refused version is retried after registry_retry_s, doubling up to registry_retry_max_s
+    registry_retry_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    registry_retry_max_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    cache_dir: Path | None = None  # where fetched versions are unpacked (default: a temporary folder)
 
     @model_validator(mode="after")
     def _horizon_fits(self) -> ModelSettings:
@@ -126,6 +135,15 @@ class ModelSettings(_Group):
             raise ValueError(
                 f"horizon ({self.horizon}) must be below max_context ({self.max_context}); "
                 "lower KRONOS_MODEL__HORIZON or raise KRONOS_MODEL__MAX_CONTEXT"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_model_source(self) -> ModelSettings:
+        if self.registry and (self.tokenizer_dir or self.predictor_dir or self.preset or self.factory):
+            raise ValueError(
+                "KRONOS_MODEL__REGISTRY names the model, so leave KRONOS_MODEL__TOKENIZER_DIR, "
+                "KRONOS_MODEL__PREDICTOR_DIR, KRONOS_MODEL__PRESET and KRONOS_MODEL__FACTORY unset"
             )
         return self
 

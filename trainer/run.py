@@ -167,7 +167,9 @@ def build_manifest(settings: TrainSettings, start: StartingPoint, split: Split, 
         "parent": start.version,
         "parent_source": None if start.version else str(start.predictor_dir.parent),
         "runtime": {**start.manifest.get("runtime", {}),  # the parent's runtime settings carry over
-                    "max_context": start.manifest.get("runtime", {}).get("max_context") or settings.window,
+                    # What the parent supports; unknown for folders without a manifest (the official
+                    # checkpoints): then no bound is claimed, since the training window is not one.
+                    "max_context": start.manifest.get("runtime", {}).get("max_context"),
                     "calendar_tz": settings.calendar_tz or start.calendar_tz, "train_window": settings.window},
         "data": {"archive": _redact_url(settings.archive), "start": str(settings.start) if settings.start else None,
                  "end": str(settings.end) if settings.end else None,

@@ -216,9 +216,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def running_daemon(
-    settings: Settings, forecaster: StreamForecaster, **parts: Any
+    settings: Settings, forecaster: StreamForecaster | None, **parts: Any
 ) -> AsyncIterator[Daemon]:
-    """A started daemon serving in a task; closed gracefully on exit (serving errors re-raised)."""
+    """A started daemon serving in a task; closed gracefully on exit (serving errors re-raised).
+    ``forecaster`` None: built from the settings (e.g. KRONOS_MODEL__REGISTRY's champion)."""
     daemon = Daemon(settings, forecaster=forecaster, **parts)
     await daemon.start()
     task = asyncio.create_task(daemon.serve())

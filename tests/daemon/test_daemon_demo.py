@@ -26,7 +26,7 @@ def _no_kronos_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_demo_replays_bars_through_the_daemon(tmp_path: Path) -> None:
-    config = DemoConfig(bars=20, warmup=16, sample_count=4, out=tmp_path / "out" / "demo.png")
+    config = DemoConfig(bars=20, warmup=16, sample_count=4, out=tmp_path / "out" / "demo.png", retrain=False)
     echo = io.StringIO()
     outcome = run_demo(config, echo)
 
@@ -73,6 +73,8 @@ def test_cli_defaults_match_the_demo_config() -> None:
         defaults.bars, defaults.warmup, defaults.mode, defaults.speed, defaults.out, defaults.symbol,
         defaults.sample_count, defaults.calibrate,
     )  # fmt: skip
+    assert not args.no_retrain and defaults.retrain
+    assert build_parser().parse_args(["demo", "--no-retrain"]).no_retrain
 
 
 def test_demo_refuses_more_bars_than_the_file_holds() -> None:
@@ -81,3 +83,23 @@ def test_demo_refuses_more_bars_than_the_file_holds() -> None:
         load_feed(DemoConfig(bars=rows, warmup=1))
     with pytest.raises(ConfigError, match="--speed"):
         load_feed(DemoConfig(speed=-1.0))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_demo_retrains_halfway_and_the_daemon_hot_swaps(tmp_path: Path) -> None:
+    config = DemoConfig(bars=60, warmup=200, sample_count=2, out=tmp_path / "demo.png", retrain_steps=10)
+    echo = io.StringIO()
+    outcome = run_demo(config, echo)
+
+    retrain = outcome.summary["retrain"]
+    assert retrain["bars_archived"] == 200 + 30 and retrain["steps"] == 10
+    assert retrain["version"] is not None and retrain["version"].startswith("demo-ft-"), retrain
+    versions = [r["model_version"] for r in outcome.forecasts]
+    first = versions[0]
+    assert first.startswith("demo-2")  # the bundled model, served from the temporary registry
+    expected = [first] * 30 + [retrain["version"] if retrain["promoted"] else first] * 30
+    assert versions == expected  # one forecast per bar; the new version from the bar after the act
+    assert set(outcome.summary["accuracy_by_version"]) == set(versions)
+    assert len({r["id"] for r in outcome.forecasts}) == 60
+    assert "--- retrain on the 230 bars seen so far" in echo.getvalue()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -40,7 +41,13 @@ from daemon.schemas import forecast_id, parse_bar
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
 
-RESULTS = Path(__file__).resolve().parents[2] / "results" / "reliability" / "outages.json"
+# Measured figures go to results/tmp/ (ignored by git) unless TEST_RESULTS_DIR names another folder
+# (`TEST_RESULTS_DIR=results` refreshes the committed results/reliability/outages.json).
+RESULTS = (
+    Path(os.environ.get("TEST_RESULTS_DIR") or Path(__file__).resolve().parents[2] / "results" / "tmp")
+    / "reliability"
+    / "outages.json"
+)
 FAST_RETRY = {"retry_initial_s": 0.05, "retry_max_s": 1.0, "health_probe_interval_s": 0.5}
 
 

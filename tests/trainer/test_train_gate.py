@@ -140,3 +140,18 @@ def test_resume_across_the_tokenizer_and_predictor_phases_ends_like_a_straight_r
         b = (straight_settings.work_dir / "candidate" / part / "model.safetensors").read_bytes()
         assert a == b, part
     assert Registry(world["registry"]).champion() == "v0-champion"  # --no-promote
+
+
+def test_runtime_max_context_carries_over_and_is_not_invented(world, tmp_path: Path) -> None:
+    # From the registry champion: its runtime.max_context carries over.
+    from_champion = run_training(_settings(world, promote=False))
+    assert from_champion["runtime"]["max_context"] == LOOKBACK + HORIZON
+    # From folders without a manifest (the official checkpoints' layout): the training window is no
+    # bound on the model, so none is claimed and a daemon's own max_context stays in force.
+    tok, pred = save_tiny(tmp_path / "plain")
+    from_folders = run_training(
+        _settings({**world, "work_dir": str(tmp_path / "work2")}, tokenizer_dir=str(tok),
+                  predictor_dir=str(pred), promote=False)
+    )
+    assert from_folders["runtime"]["max_context"] is None
+    assert from_folders["runtime"]["train_window"] == LOOKBACK + HORIZON

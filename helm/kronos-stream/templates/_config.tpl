@@ -1,0 +1,79 @@
+{{/*
+The KRONOS_* variables of each component, as a YAML map (the ConfigMaps' data). The chart sets the
+connection, port, shutdown and storage variables from the values; the component's config map adds
+the rest. Secrets never appear here: they are secretKeyRef entries of the pods (see _helpers.tpl).
+*/}}
+
+{{- define "kronos-stream.kafkaEnv" -}}
+{{- $k := .Values.kafka }}
+{{- $env := dict
+  "KRONOS_KAFKA__BOOTSTRAP_SERVERS" $k.bootstrapServers
+  "KRONOS_KAFKA__INPUT_TOPIC" $k.inputTopic
+  "KRONOS_KAFKA__SECURITY_PROTOCOL" $k.securityProtocol }}
+{{- if hasPrefix "SASL_" $k.securityProtocol }}
+{{- $_ := set $env "KRONOS_KAFKA__SASL_MECHANISM" (required "kafka.sasl.mechanism is required with a SASL_* securityProtocol" $k.sasl.mechanism) }}
+{{- $_ := set $env "KRONOS_KAFKA__SASL_USERNAME" (required "kafka.sasl.username is required with a SASL_* securityProtocol" $k.sasl.username) }}
+{{- end }}
+{{- if $k.tls.caSecret }}
+{{- $_ := set $env "KRONOS_KAFKA__SSL_CAFILE" (printf "/etc/kronos/kafka-ca/%s" $k.tls.caKey) }}
+{{- end }}
+{{- toYaml $env }}
+{{- end }}
+
+{{- define "kronos-stream.daemonEnv" -}}
+{{- $v := .Values }}
+{{- $env := include "kronos-stream.kafkaEnv" . | fromYaml }}
+{{- $_ := set $env "KRONOS_KAFKA__OUTPUT_TOPIC" $v.kafka.outputTopic }}
+{{- $_ := set $env "KRONOS_KAFKA__DEAD_LETTER_TOPIC" $v.kafka.deadLetterTopic }}
+{{- $_ := set $env "KRONOS_KAFKA__GROUP_ID" $v.kafka.groupId }}
+{{- $_ := set $env "KRONOS_REDIS__URL" $v.redis.url }}
+{{- $_ := set $env "KRONOS_REDIS__KEY_PREFIX" $v.redis.keyPrefix }}
+{{- $_ := set $env "KRONOS_HTTP_PORT" (toString (int $v.daemon.port)) }}
+{{- $_ := set $env "KRONOS_GRACEFUL_SHUTDOWN_S" (toJson $v.daemon.gracefulShutdownSeconds) }}
+{{- if eq $v.daemon.modelSource "registry" }}
+{{- $_ := set $env "KRONOS_MODEL__REGISTRY" (include "kronos-stream.registryUrl" .) }}
+{{- else }}
+{{- $_ := set $env "KRONOS_MODEL__TOKENIZER_DIR" (required "daemon.model.tokenizerDir is required with daemon.modelSource dirs" $v.daemon.model.tokenizerDir) }}
+{{- $_ := set $env "KRONOS_MODEL__PREDICTOR_DIR" (required "daemon.model.predictorDir is required with daemon.modelSource dirs" $v.daemon.model.predictorDir) }}
+{{- end }}
+{{- if eq $v.daemon.kind "StatefulSet" }}
+{{- /* reserved: the pod's own name, from the downward API (see daemon.yaml) */}}
+{{- $_ := set $env "KRONOS_KAFKA__GROUP_INSTANCE_ID" "" }}
+{{- end }}
+{{- include "kronos-stream.flattenConfig" (dict "prefix" "KRONOS_" "config" $v.daemon.config "out" $env "nested" true "what" "daemon.config") }}
+{{- $_ := unset $env "KRONOS_KAFKA__GROUP_INSTANCE_ID" }}
+{{- toYaml $env }}
+{{- end }}
+
+{{- define "kronos-stream.archiverEnv" -}}
+{{- $v := .Values }}
+{{- $env := include "kronos-stream.kafkaEnv" . | fromYaml }}
+{{- $_ := set $env "KRONOS_ARCHIVE__ROOT" (include "kronos-stream.archiveUrl" .) }}
+{{- include "kronos-stream.flattenConfig" (dict "prefix" "KRONOS_ARCHIVE__" "config" $v.archiver.config "out" $env "nested" false "what" "archiver.config") }}
+{{- toYaml $env }}
+{{- end }}
+
+{{- define "kronos-stream.retrainEnv" -}}
+{{- $v := .Values }}
+{{- $env := dict
+  "KRONOS_TRAIN__ARCHIVE" (include "kronos-stream.archiveUrl" .)
+  "KRONOS_TRAIN__REGISTRY" (include "kronos-stream.registryUrl" .)
+  "KRONOS_TRAIN__KEY_PREFIX" $v.redis.keyPrefix }}
+{{- if eq $v.storage.type "pvc" }}
+{{- $_ := set $env "KRONOS_TRAIN__WORK_DIR" (printf "%s/%s" $v.storage.pvc.mountPath $v.storage.pvc.trainWorkDir) }}
+{{- else }}
+{{- /* /tmp is an emptyDir: it survives the container restarts of restartPolicy OnFailure */}}
+{{- $_ := set $env "KRONOS_TRAIN__WORK_DIR" "/tmp/train-work" }}
+{{- end }}
+{{- if not $v.redis.existingSecret }}
+{{- $_ := set $env "KRONOS_TRAIN__REDIS_URL" $v.redis.url }}
+{{- else }}
+{{- /* reserved: built in the pod from the password Secret (see retrain-cronjob.yaml) */}}
+{{- $_ := set $env "KRONOS_TRAIN__REDIS_URL" "" }}
+{{- end }}
+{{- include "kronos-stream.flattenConfig" (dict "prefix" "KRONOS_TRAIN__" "config" $v.retrain.config "out" $env "nested" false "what" "retrain.config") }}
+{{- if $v.redis.existingSecret }}
+{{- $_ := unset $env "KRONOS_TRAIN__REDIS_URL" }}
+{{- end }}
+{{- toYaml $env }}
+{{- end }}

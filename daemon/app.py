@@ -163,7 +163,8 @@ class Daemon:
 
             password = s.redis.password.get_secret_value() if s.redis.password else None
             self.store = RedisStateStore.from_url(
-                s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s
+                s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s,
+                cluster=s.redis.cluster,
             )
         await self._connect("redis", "connecting to Redis", self._ping_store)
         if self.forecaster is None and s.model.registry:
@@ -180,6 +181,11 @@ class Daemon:
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
         check_forecaster(self.forecaster, s)
         self.metrics.model_info.info({"version": self.forecaster.model_version, "mode": self.forecaster.mode})
+        if (self.bus_in is None or self.bus_out is None) and s.kafka.exactly_once:
+            from daemon.kafka_eos import TransactionalInput, TransactionalOutput
+
+            self.bus_out = TransactionalOutput(s.kafka)
+            self.bus_in = TransactionalInput(s.kafka, self.bus_out)
         if self.bus_in is None or self.bus_out is None:
             from daemon.kafka_io import KafkaInput, KafkaOutput
 
@@ -217,6 +223,7 @@ class Daemon:
                     else None
                 ),
                 scorer=self.scorer,
+                exactly_once=s.kafka.exactly_once,
             ),
             metrics=self.metrics,
             outages=self.outages,

@@ -230,7 +230,7 @@ async def _forecast(args: argparse.Namespace) -> int:
     r = settings.redis
     password = r.password.get_secret_value() if r.password else None
     store = RedisStateStore.from_url(
-        r.url, r.key_prefix, settings.model.max_context, password, r.socket_timeout_s
+        r.url, r.key_prefix, settings.model.max_context, password, r.socket_timeout_s, cluster=r.cluster
     )
     try:
         record = await _latest_forecast(store, args.symbol, args.wait)

@@ -82,6 +82,7 @@ class LoopConfig:
     restore_lookback_s: float | None = None  # history read to restore lost state (None: all retained)
     calendar: HorizonCalendar | None = None  # horizon timestamps; None: continuous (24/7)
     scorer: OnlineScorer | None = None  # online scoring and band calibration (daemon/online_scoring.py)
+    exactly_once: bool = False  # Kafka transactions: a fetch runs as segments, one transaction each
 
 
 def next_offsets(batch: Sequence[InMessage]) -> dict[Partition, int]:
@@ -103,6 +104,27 @@ def commit_offsets(batch: Sequence[InMessage], not_done: Sequence[InMessage]) ->
     for m in not_done:
         offsets[m.tp] = min(offsets[m.tp], m.offset)
     return offsets
+
+
+def eos_segments(batch: Sequence[InMessage]) -> list[list[InMessage]]:
+    """Exactly-once: cut a fetch into segments in which no key repeats and each partition's messages
+    follow on from the previous segment's. A segment is then one round, one transaction whose input
+    offsets cover every message it sent a forecast or dead letter for, and which holds at most one
+    bar per symbol (so after an abort, Redis's latest forecast of a symbol is the aborted one)."""
+    segments: list[list[InMessage]] = []
+    cursor: dict[Partition, int] = {}  # per partition: index of the segment its next message joins
+    keys: list[set[bytes | None]] = []
+    for m in batch:
+        k = cursor.get(m.tp, 0)
+        while k < len(segments) and m.key is not None and m.key in keys[k]:  # no key: dead-lettered
+            k += 1
+        if k == len(segments):
+            segments.append([])
+            keys.append(set())
+        segments[k].append(m)
+        keys[k].add(m.key)
+        cursor[m.tp] = k
+    return segments
 
 
 Source = tuple[str, int, int]  # topic, partition, offset of the message that carried a bar
@@ -250,13 +272,25 @@ class ForecastLoop:
         except Abandoned:
             # Stopping or revoked during an outage: the uncommitted rest is fetched again (same ids).
             log.warning("batch abandoned during an outage; it will be processed again", size=len(batch))
+            abort = getattr(self._out, "abort_open", None)  # exactly-once: the segment's transaction
+            if callable(abort):
+                await abort()
         except CommitRefused as exc:
             # The group moved on without us; the new owner replays from the last commit.
             log.warning("commit refused after a rebalance; dropping cached state", error=str(exc))
             self._drop(set(self._owner.values()))
 
     async def process(self, batch: list[InMessage]) -> None:
-        """One fetch, from validation to commit."""
+        """One fetch, from validation to commit (exactly-once: segment by segment, see eos_segments)."""
+        if not self._cfg.exactly_once:
+            await self._process_part(batch)
+            return
+        for segment in eos_segments(batch):
+            await self._process_part(segment)
+            if self._stopping or self._revoking:
+                break  # the rest is not committed: fetched again
+
+    async def _process_part(self, batch: list[InMessage]) -> None:
         fetched_at = time.time()
         owned = self._in.assignment()
         batch = [m for m in batch if m.tp in owned]  # revoked since the fetch: the new owner has them
@@ -268,9 +302,11 @@ class ForecastLoop:
         last_source = {s: st.source for s, st in self._states.items()}
         rounds, skipped = plan_rounds(items, last_seen, last_source)
         await self._skip(skipped)
+        if self._cfg.exactly_once:
+            await self._republish([item for item, reason in skipped if reason == "replayed"])
         done = 0
         for round_items in rounds:
-            if self._stopping or self._revoking:
+            if (self._stopping or self._revoking) and not self._cfg.exactly_once:
                 break  # shutting down or giving partitions up: commit what is done, leave the rest
             await self._forecast_round(round_items, fetched_at)
             self.last_tick = time.monotonic()
@@ -541,6 +577,22 @@ class ForecastLoop:
             log.warning("state store holds newer bars; reloading those symbols", symbols=sorted(refused))
             for s in refused:
                 self._states.pop(s, None)
+
+    async def _republish(self, replayed: list[Item]) -> None:
+        """Exactly-once: a replayed bar that Redis already holds *from this very message* had its
+        transaction aborted after the Redis write; publish its stored forecast again (same bytes) in
+        this transaction. A true duplicate (another message with the same ts) stays skipped."""
+        records = []
+        for msg, bar in replayed:
+            state = self._states.get(bar.symbol)
+            if state is None or state.source != (msg.topic, msg.partition, msg.offset):
+                continue  # an earlier message: committed in an earlier transaction
+            stored = await self._store.forecast_from(bar.symbol, msg.source)
+            if stored is not None:
+                records.append((bar.symbol.encode(), stored))
+        if records:
+            log.info("re-publishing forecasts of an aborted transaction", count=len(records))
+            await self._out.send_batch(self._cfg.output_topic, records)
 
     async def _still_new(self, items: list[Item]) -> list[Item]:
         """Reload symbols the store refused earlier in this fetch and drop bars that are no longer new."""

@@ -73,6 +73,11 @@ class KafkaSettings(_Group):
     ssl_cafile: Path | None = None
     create_topics: int | None = Field(default=None, ge=1)  # create missing topics with this many partitions
     create_topics_replication: int = Field(default=1, ge=1)  # their replication factor
+    # Exactly-once (Kafka transactions, see daemon/kafka_eos.py): forecasts, dead letters and input
+    # offsets commit together; the transactional id defaults to <group_id>.<group_instance_id>.
+    exactly_once: bool = False
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -86,6 +91,15 @@ class KafkaSettings(_Group):
             )
         return self
 
+    @model_validator(mode="after")
+    def _transactional_id_stable(self) -> KafkaSettings:
+        if self.exactly_once and not (self.transactional_id or self.group_instance_id):
+            raise ValueError(
+                "exactly_once needs a transactional id stable per replica: set KRONOS_KAFKA__GROUP_INSTANCE_ID "
+                "(e.g. the StatefulSet pod name) or KRONOS_KAFKA__TRANSACTIONAL_ID"
+            )
+        return self
+
 
 class RedisSettings(_Group):
     url: str = "redis://localhost:6379/0"
@@ -93,6 +107,7 @@ class RedisSettings(_Group):
     password: SecretStr | None = None
     forecast_ttl_s: int | None = Field(default=None, ge=1)
     socket_timeout_s: float = Field(default=5.0, gt=0)
+    cluster: bool = False  # a Redis Cluster (the URL names any node); keys of a symbol share a hash tag
 
 
 class ModelSettings(_Group):

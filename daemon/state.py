@@ -2,23 +2,30 @@
 
 Redis key schema (``{prefix}`` is ``KRONOS_REDIS__KEY_PREFIX``, default ``kronos``; one set per symbol):
 
-==================================  ======  ================================================================
-key                                 type    content
-==================================  ======  ================================================================
-``{prefix}:bars:{symbol}``          list    the raw-bar ring, oldest first, at most ``max_context`` entries;
-                                            each entry JSON ``[ts_ns, open, high, low, close, volume, amount]``
-``{prefix}:tokens:{symbol}``        string  the token cache, JSON ``{"model_version": ..., "state":
-                                            TokenState.to_dict()}`` (s1/s2 ids as base64 int32, mean/std,
-                                            anchor_ts, last_ts, refreshed_ts); absent in exact mode
-``{prefix}:meta:{symbol}``          hash    ``last_ts`` (epoch ns of the last processed bar), ``model_version``,
-                                            ``updated_ms`` (wall clock), ``source`` (topic/partition/offset)
-``{prefix}:forecast:{symbol}``      string  the latest forecast, the JSON published on the output topic;
-                                            expires after ``KRONOS_REDIS__FORECAST_TTL_S`` when set
-``{prefix}:generation``             string  a random token written once into an empty Redis: when it
-                                            changes or vanishes, Redis lost its data (restart, failover)
-``{prefix}:watermarks``             hash    ``topic/partition`` -> offset of the last input message whose
-                                            state is written (set before each commit)
-==================================  ======  ================================================================
+======================================  ======  ============================================================
+key                                     type    content
+======================================  ======  ============================================================
+``{prefix}:{{symbol}}:bars``            list    the raw-bar ring, oldest first, at most ``max_context``
+                                                entries; each entry JSON ``[ts_ns, open, high, low, close,
+                                                volume, amount]``
+``{prefix}:{{symbol}}:tokens``          string  the token cache, JSON ``{"model_version": ..., "state":
+                                                TokenState.to_dict()}`` (s1/s2 ids as base64 int32, mean/std,
+                                                anchor_ts, last_ts, refreshed_ts); absent in exact mode
+``{prefix}:{{symbol}}:meta``            hash    ``last_ts`` (epoch ns of the last processed bar),
+                                                ``model_version``, ``updated_ms`` (wall clock), ``source``
+                                                (topic/partition/offset)
+``{prefix}:{{symbol}}:forecast``        string  the latest forecast, the JSON published on the output topic;
+                                                expires after ``KRONOS_REDIS__FORECAST_TTL_S`` when set
+``{prefix}:generation``                 string  a random token written once into an empty Redis: when it
+                                                changes or vanishes, Redis lost its data (restart, failover)
+``{prefix}:watermarks``                 hash    ``topic/partition`` -> offset of the last input message whose
+                                                state is written (set before each commit)
+======================================  ======  ============================================================
+
+``{{symbol}}`` is the symbol in braces, e.g. ``kronos:{600977.SH}:bars``: the Redis Cluster hash tag, so
+all keys of a symbol live in one slot (``KRONOS_REDIS__CLUSTER=true`` runs against a cluster). Keys of
+the older schema (``{prefix}:bars:{symbol}``...) are moved to the new names the first time a symbol is
+loaded (:func:`legacy_keys`).
 
 ``meta`` also holds ``context_complete`` = ``0`` for a symbol whose context was restored after a data
 loss but may miss older bars (the input topic no longer held them).
@@ -26,14 +33,13 @@ loss but may miss older bars (the input topic no longer held them).
 All four keys of a processed bar are written in one atomic step (a Lua script on Redis): ring append
 and trim, token cache, meta and latest forecast. The step is idempotent: it skips a bar whose ``ts`` is
 not after the stored ``last_ts``, so a retried write or a stale writer cannot append a bar twice.
-Reading the latest forecast: ``GET {prefix}:forecast:{symbol}`` (or ``kronos-stream forecast SYMBOL``).
+Reading the latest forecast: ``GET {prefix}:{{symbol}}:forecast`` (or ``kronos-stream forecast SYMBOL``).
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -44,20 +50,37 @@ from daemon.schemas import Bar
 from kronos_core.stream_types import TokenState
 
 
+def _tagged(prefix: str, symbol: str, kind: str) -> str:
+    # The symbol in braces is the key's Redis Cluster hash tag: all keys of a symbol share one slot,
+    # so the atomic Lua update (which names them all) runs on a cluster too.
+    return f"{prefix}:{{{symbol}}}:{kind}"
+
+
 def bars_key(prefix: str, symbol: str) -> str:
-    return f"{prefix}:bars:{symbol}"
+    return _tagged(prefix, symbol, "bars")
 
 
 def tokens_key(prefix: str, symbol: str) -> str:
-    return f"{prefix}:tokens:{symbol}"
+    return _tagged(prefix, symbol, "tokens")
 
 
 def meta_key(prefix: str, symbol: str) -> str:
-    return f"{prefix}:meta:{symbol}"
+    return _tagged(prefix, symbol, "meta")
 
 
 def forecast_key(prefix: str, symbol: str) -> str:
-    return f"{prefix}:forecast:{symbol}"
+    return _tagged(prefix, symbol, "forecast")
+
+
+def legacy_keys(prefix: str, symbol: str) -> tuple[str, str, str, str]:
+    """The keys before the cluster-ready schema (``{prefix}:bars:{symbol}``...): bars, tokens, meta,
+    forecast. The Redis store moves a symbol's legacy keys to the new ones the first time it loads it."""
+    return (
+        f"{prefix}:bars:{symbol}",
+        f"{prefix}:tokens:{symbol}",
+        f"{prefix}:meta:{symbol}",
+        f"{prefix}:forecast:{symbol}",
+    )
 
 
 def generation_key(prefix: str) -> str:
@@ -69,10 +92,15 @@ def watermarks_key(prefix: str) -> str:
 
 
 class SymbolState:
-    """One symbol's working state: the bar ring, the token cache and the last-seen bar time."""
+    """One symbol's working state: the bar ring, the token cache and the last-seen bar time.
 
-    __slots__ = ("symbol", "max_context", "timestamps", "rows", "token_state", "token_version", "last_ts",
-                 "source", "complete")  # fmt: skip
+    The ring is two numpy arrays (epoch-ns int64 [n], features float64 [n, 6]) used as a circular
+    buffer that grows to ``max_context`` rows: 56 bytes a bar, against ~290 as a deque of Python
+    tuples (measured: results/memory.md), which is what the daemon's memory grows with per symbol.
+    """
+
+    __slots__ = ("symbol", "max_context", "_ts", "_rows", "_head", "_n", "token_state", "token_version",
+                 "last_ts", "source", "complete")  # fmt: skip
 
     def __init__(
         self,
@@ -86,39 +114,79 @@ class SymbolState:
     ) -> None:
         self.symbol = symbol
         self.max_context = max_context
-        self.timestamps: deque[int] = deque(maxlen=max_context)  # epoch ns, oldest first
-        self.rows: deque[tuple[float, ...]] = deque(maxlen=max_context)  # 6 raw features per bar
-        for ts, row in bars:
-            self.timestamps.append(ts)
-            self.rows.append(row)
+        items = list(bars)[-max_context:]
+        n = len(items)
+        size = min(max_context, max(8, n))
+        self._ts = np.zeros(size, dtype=np.int64)  # epoch ns
+        self._rows = np.zeros((size, 6), dtype=np.float64)  # 6 raw features per bar
+        if n:
+            self._ts[:n] = [ts for ts, _ in items]
+            self._rows[:n] = [row for _, row in items]
+        self._head = 0  # index of the oldest bar (non-zero only once the ring is full)
+        self._n = n
         self.token_state = token_state
         self.token_version = token_version  # model version that produced token_state
-        if last_ts is None and self.timestamps:
-            last_ts = self.timestamps[-1]
+        if last_ts is None and n:
+            last_ts = int(self._ts[n - 1])
         self.last_ts = last_ts
         self.source = parse_source(source)  # (topic, partition, offset) of the last processed message
         self.complete = True  # False: restored after a data loss, older bars may be missing
 
     def __len__(self) -> int:
-        return len(self.timestamps)
+        return self._n
+
+    def _ordered(self) -> tuple[np.ndarray, np.ndarray]:
+        """Timestamps [n] and rows [n, 6], oldest first (views when the ring has not wrapped)."""
+        h, n = self._head, self._n
+        if h == 0:
+            return self._ts[:n], self._rows[:n]
+        return np.concatenate([self._ts[h:], self._ts[:h]]), np.concatenate([self._rows[h:], self._rows[:h]])
+
+    @property
+    def timestamps(self) -> list[int]:
+        """Epoch ns of the ring's bars, oldest first."""
+        return [int(t) for t in self._ordered()[0]]
+
+    @property
+    def rows(self) -> list[tuple[float, ...]]:
+        """The ring's 6 raw features per bar, oldest first."""
+        return [tuple(r) for r in self._ordered()[1].tolist()]
+
+    def nbytes(self) -> int:
+        """Bytes of the ring's arrays (allocated, not only filled)."""
+        return int(self._ts.nbytes + self._rows.nbytes)
 
     def window(self, bar: Bar) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """The ring with ``bar`` appended, capped at max_context: values [L, 6], datetime64 [L], ns list."""
-        cap = self.timestamps.maxlen or len(self.timestamps) + 1
-        keep = cap - 1
-        ts = list(self.timestamps)[-keep:] if keep else []
-        rows = list(self.rows)[-keep:] if keep else []
-        ts.append(bar.ts_ns)
-        rows.append(bar.values)
-        values = np.asarray(rows, dtype=np.float64)  # [L, 6]
-        stamps = np.asarray(ts, dtype="datetime64[ns]")  # [L]
-        return values, stamps, ts
+        keep = self.max_context - 1
+        ts, rows = self._ordered()
+        first = max(0, len(ts) - keep)
+        ts, rows = ts[first:], rows[first:]
+        values = np.empty((len(ts) + 1, 6), dtype=np.float64)  # [L, 6]
+        values[:-1] = rows
+        values[-1] = bar.values
+        ts_list = [*ts.tolist(), bar.ts_ns]
+        stamps = np.asarray(ts_list, dtype="datetime64[ns]")  # [L]
+        return values, stamps, ts_list
+
+    def _push(self, ts: int, row: tuple[float, ...]) -> None:
+        size = len(self._ts)
+        if self._n == size and size < self.max_context:  # grow (doubling) up to max_context
+            grown = min(self.max_context, 2 * size)
+            self._ts = np.concatenate([self._ts, np.zeros(grown - size, dtype=np.int64)])
+            self._rows = np.concatenate([self._rows, np.zeros((grown - size, 6), dtype=np.float64)])
+            size = grown
+        if self._n < size:
+            self._ts[self._n], self._rows[self._n] = ts, row
+            self._n += 1
+        else:  # full: overwrite the oldest
+            self._ts[self._head], self._rows[self._head] = ts, row
+            self._head = (self._head + 1) % size
 
     def append(
         self, bar: Bar, token_state: TokenState | None, model_version: str, source: str | None = None
     ) -> None:
-        self.timestamps.append(bar.ts_ns)
-        self.rows.append(bar.values)
+        self._push(bar.ts_ns, bar.values)
         self.token_state = token_state
         self.token_version = model_version if token_state is not None else None
         self.last_ts = bar.ts_ns
@@ -262,6 +330,11 @@ class StateStore(ABC):
     @abstractmethod
     async def latest_forecast(self, symbol: str) -> dict[str, Any] | None:
         """The latest forecast of ``symbol`` (decoded JSON), or None."""
+
+    async def forecast_from(self, symbol: str, source: str) -> bytes | None:
+        """The stored latest forecast of ``symbol`` (raw JSON) if the stored bar came from the input
+        message ``source`` ("topic/partition/offset"), else None (exactly-once replays use it)."""
+        return None
 
     @abstractmethod
     async def ping(self) -> None:

@@ -120,6 +120,12 @@ class MemoryStateStore(StateStore):
             return None
         return dict(json.loads(rec.forecast))
 
+    async def forecast_from(self, symbol: str, source: str) -> bytes | None:
+        rec = self._records.get(symbol)
+        if rec is None or rec.meta.get("source") != source:
+            return None
+        return rec.forecast
+
     def ring_length(self, symbol: str) -> int:
         rec = self._records.get(symbol)
         return 0 if rec is None else len(rec.bars)

@@ -61,6 +61,12 @@ def redis_url() -> str:
     return _service_address("REDIS_URL", 6379)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """redis:// URL of one node of the session's 3-master Redis Cluster (`scripts/services up redis-cluster`)."""
+    return _service_address("REDIS_CLUSTER_URL", 6379)
+
+
 @pytest.fixture
 def unique_id() -> str:
     return uuid.uuid4().hex

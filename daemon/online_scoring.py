@@ -295,21 +295,36 @@ class RedisScoreStore(ScoreStore):
     """In Redis, beside the daemon's state (its own connection)."""
 
     def __init__(self, client: Any, key_prefix: str, retention_h: int) -> None:
+        from redis.asyncio.cluster import RedisCluster
+
         self._client = client
         self._prefix = key_prefix
         self._retention_s = retention_h * 3600
+        self.cluster = isinstance(client, RedisCluster)
 
     @classmethod
     def from_url(
-        cls, url: str, key_prefix: str, retention_h: int, password: str | None = None, timeout_s: float = 5.0
+        cls,
+        url: str,
+        key_prefix: str,
+        retention_h: int,
+        password: str | None = None,
+        timeout_s: float = 5.0,
+        cluster: bool = False,
     ) -> RedisScoreStore:
+        """``cluster``: a Redis Cluster (``KRONOS_REDIS__CLUSTER``; ``url`` names any node)."""
         import redis.asyncio as aioredis
+        from redis.asyncio.cluster import RedisCluster
 
         extra: dict[str, Any] = {} if password is None else {"password": password}
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **extra
-        )
+        extra.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        client = RedisCluster.from_url(url, **extra) if cluster else aioredis.Redis.from_url(url, **extra)
         return cls(client, key_prefix, retention_h)
+
+    def _pipeline(self, transaction: bool = False) -> Any:
+        # On a cluster the commands are split by node: every command names one key, none is multi-key,
+        # but the round's writes are then not one transaction.
+        return self._client.pipeline() if self.cluster else self._client.pipeline(transaction=transaction)
 
     def pending_key(self, symbol: str) -> str:
         return f"{self._prefix}:scoring:pending:{symbol}"
@@ -322,7 +337,7 @@ class RedisScoreStore(ScoreStore):
         return f"{self._prefix}:scores:versions"
 
     async def pending(self, symbols: Sequence[str]) -> dict[str, list[bytes]]:
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self._pipeline() as pipe:
             for s in symbols:
                 pipe.lrange(self.pending_key(s), 0, -1)
             replies = await pipe.execute()
@@ -337,7 +352,7 @@ class RedisScoreStore(ScoreStore):
         now: float,
     ) -> None:
         bucket = hour_bucket(now)
-        async with self._client.pipeline(transaction=True) as pipe:
+        async with self._pipeline(transaction=True) as pipe:
             for symbol, (drop, new) in changes.items():
                 key = self.pending_key(symbol)
                 if drop:
@@ -364,7 +379,7 @@ class RedisScoreStore(ScoreStore):
     ) -> dict[str, ScoreAccumulator]:
         names = list(versions) if versions is not None else await self.versions()
         buckets = hour_buckets(now, hours)
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self._pipeline() as pipe:
             for v in names:
                 for b in buckets:
                     pipe.hgetall(self.sums_key(v, b))
@@ -614,7 +629,9 @@ def build_scorer(settings: Any, state_store: Any, registry: CollectorRegistry) -
     else:
         r = settings.redis
         password = r.password.get_secret_value() if r.password else None
-        store = RedisScoreStore.from_url(r.url, r.key_prefix, s.retention_h, password, r.socket_timeout_s)
+        store = RedisScoreStore.from_url(
+            r.url, r.key_prefix, s.retention_h, password, r.socket_timeout_s, cluster=r.cluster
+        )
     calibrator = None
     if s.calibrate:
         from daemon.calibration import ConformalCalibrator

@@ -87,3 +87,30 @@ async def test_scores_appear_in_metrics_and_redis_after_a_replay(
     out = capsys.readouterr().out
     assert code == 0
     assert f"model {version}: {2 * (30 - horizon)} forecasts scored" in out and "persistence" in out
+
+
+@pytest.mark.redis
+async def test_the_score_store_works_on_a_redis_cluster(redis_cluster_url: str, key_prefix: str) -> None:
+    import numpy as np
+
+    from kronos_core.scoring import ScoreAccumulator
+
+    prefix = key_prefix.rstrip(":")
+    store = RedisScoreStore.from_url(redis_cluster_url, prefix, 24, cluster=True)
+    acc = ScoreAccumulator(2).add(np.array([1.0, 2.0]), 1.0, paths=np.ones((3, 2)))
+    symbols = [f"S{i:02d}" for i in range(20)]  # spread over the masters' slots
+    try:
+        now = time.time()
+        for i in range(3):
+            await store.commit(
+                {s: (0, f"{s}-{i}".encode()) for s in symbols}, {"v1": acc, "v2": acc}, cap=2, now=now
+            )
+        pending = await store.pending(symbols)
+        sums = await store.read(None, 1, now)
+    finally:
+        keys = [k async for k in store._client.scan_iter(match=f"{prefix}:*")]
+        for k in keys:
+            await store._client.delete(k)
+        await store.close()
+    assert all(pending[s] == [f"{s}-1".encode(), f"{s}-2".encode()] for s in symbols)
+    assert set(sums) == {"v1", "v2"} and sums["v1"].forecasts == 3 and sums["v2"].n.tolist() == [3.0, 3.0]

@@ -21,15 +21,19 @@ from typing import Any, TypeVar
 import structlog
 
 from daemon.bus import DeadLetters, InputBus, OutputBus
-from daemon.errors import DaemonError
+from daemon.calendars import build_calendar
+from daemon.errors import DaemonError, StateError
 from daemon.forecaster import build_forecaster, check_forecaster
 from daemon.logging import configure_logging
 from daemon.loop import ForecastLoop, LoopConfig
 from daemon.metrics import Metrics
+from daemon.model_runtime import prepare_model_settings
 from daemon.models import ModelFollower, ModelMetrics
+from daemon.online_scoring import OnlineScorer, build_scorer
 from daemon.ops import OpsServer
 from daemon.retry import Abandoned, Outages
 from daemon.settings import Settings, load_settings, unknown_env_names
+from daemon.startup_checks import credentials_error, ensure_topics, port_error
 from daemon.state import StateStore
 from kronos_core.stream_types import StreamForecaster
 
@@ -59,6 +63,7 @@ class Daemon:
         self.loop: ForecastLoop | None = None
         self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
         self.ops: OpsServer | None = None
+        self.scorer: OnlineScorer | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
@@ -127,6 +132,17 @@ class Daemon:
         if self.bus_in is not None:
             await self.bus_in.probe()
 
+    async def _ping_store(self) -> None:
+        """Redis refusing the password is a configuration error, not an outage: not retried."""
+        assert self.store is not None
+        try:
+            await self.store.ping()
+        except StateError as exc:
+            wrong = credentials_error(exc)
+            if wrong is not None:
+                raise wrong from exc
+            raise
+
     async def _connect(self, service: str, what: str, fn: Any) -> None:
         """Start-up calls to Kafka or Redis: retried through an outage (readiness 503 meanwhile)."""
         await self.outages.call(service, what, fn, abandon=self._stop_requested.is_set)
@@ -134,10 +150,14 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        s = self.settings
+        # Hugging Face ids -> cached folders, then manifest.json runtime defaults and bounds
+        s = self.settings = await asyncio.to_thread(prepare_model_settings, self.settings)
         if s.http_port is not None:
             self.ops = OpsServer(self.metrics, self.live, self.ready, s.http_host, s.http_port)
-            await self.ops.start()
+            try:
+                await self.ops.start()
+            except OSError as exc:
+                raise port_error(exc, s.http_host, s.http_port) from exc
         if self.store is None:
             from daemon.state_redis import RedisStateStore
 
@@ -146,7 +166,7 @@ class Daemon:
                 s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s,
                 cluster=s.redis.cluster,
             )
-        await self._connect("redis", "connecting to Redis", self.store.ping)
+        await self._connect("redis", "connecting to Redis", self._ping_store)
         if self.forecaster is None and s.model.registry:
             self.models = ModelFollower(
                 s,
@@ -169,12 +189,16 @@ class Daemon:
         if self.bus_in is None or self.bus_out is None:
             from daemon.kafka_io import KafkaInput, KafkaOutput
 
+            # a misspelt topic stops here (or is created when asked); an unreachable broker is waited out
+            await self._connect("kafka", "checking the topics", lambda: ensure_topics(s.kafka))
             self.bus_in = self.bus_in or KafkaInput(s.kafka)
             self.bus_out = self.bus_out or KafkaOutput(s.kafka)
         await self._connect("kafka", "starting the producer", self.bus_out.start)
         dead = DeadLetters(
             self.bus_out, s.kafka.dead_letter_topic, self._count_dead_letter, self._count_dead_letter_trouble
         )
+        if self.scorer is None:  # the demo sets its own
+            self.scorer = build_scorer(s, self.store, self.metrics.registry)
         self.loop = ForecastLoop(
             bus_in=self.bus_in,
             bus_out=self.bus_out,
@@ -193,6 +217,12 @@ class Daemon:
                 dead_letter_skipped=s.dead_letter_skipped,
                 max_context=s.model.max_context,
                 restore_lookback_s=s.restore_lookback_s,
+                calendar=(  # None: the gap-free grid (schemas.horizon_ns)
+                    build_calendar(s.model.exchange_calendar, s.model.calendar_bar_label)
+                    if s.model.exchange_calendar
+                    else None
+                ),
+                scorer=self.scorer,
                 exactly_once=s.kafka.exactly_once,
             ),
             metrics=self.metrics,
@@ -238,7 +268,8 @@ class Daemon:
 
     def request_stop(self) -> None:
         if not self._stop_requested.is_set():
-            log.info("stop requested: finishing the batch in flight")
+            serving = self._run_task is not None and not self._run_task.done()
+            log.info("stop requested: finishing the batch in flight" if serving else "stop requested")
             self._stop_requested.set()
         if self.loop is not None:
             self.loop.request_stop()
@@ -260,6 +291,7 @@ class Daemon:
             ("consumer", self.bus_in, "stop"),
             ("producer", self.bus_out, "stop"),
             ("store", self.store, "close"),
+            ("scores", self.scorer, "close"),
         ]
         for name, part, method in closers:
             if part is None:

@@ -1,10 +1,11 @@
 """The ``kronos-stream`` command.
 
     kronos-stream demo [--bars N] [--mode M] [--out PNG]  the daemon on the bundled bars, no services
-    kronos-stream run                                  the daemon (settings from KRONOS_* variables)
+    kronos-stream run [--print-config]                 the daemon (settings from KRONOS_* variables)
     kronos-stream replay CSV --symbol S [--topic T] [--speed X] [--tz Asia/Shanghai]
     kronos-stream synth --symbols N --rate R --duration D [--topic T]
-    kronos-stream forecast SYMBOL                      the latest forecast from Redis, as JSON
+    kronos-stream forecast SYMBOL [--wait S]           the latest forecast from Redis, as JSON
+    kronos-stream scores [--version V] [--hours N]     online scores per model version, from Redis
     kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
     kronos-stream train [...]                          fine-tune, gate, publish (see `train --help`)
     kronos-stream archive [--root URL]                 the input topic's bars into Parquet (KRONOS_ARCHIVE__*)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -27,7 +29,7 @@ from importlib.metadata import version as _dist_version
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import DaemonError
+from daemon.errors import ConfigError, DaemonError, StateError
 from daemon.settings import Settings, load_settings
 
 try:  # the installed distribution's version, without importing kronos_core (and torch) for --help
@@ -77,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiple of real time, market breaks and nights included; 0 = as fast as possible (default)",
     )
     demo.add_argument("--samples", type=int, default=16, help="sample paths per forecast (default 16)")
+    demo.add_argument(
+        "--no-calibration",
+        dest="calibrate",
+        action="store_false",
+        help="publish the model's bands as they are (both are scored either way)",
+    )
     demo.add_argument("--symbol", default="DEMO", help="symbol the bars are sent under (default DEMO)")
     demo.add_argument(
         "--no-retrain",
@@ -87,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("results/demo.png"), help="the PNG; the JSON goes beside it"
     )
 
-    sub.add_parser("run", help="run the forecasting daemon (configured by KRONOS_* variables)")
+    run = sub.add_parser("run", help="run the forecasting daemon (configured by KRONOS_* variables)")
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the settings it would run with (KRONOS_*=value lines, secrets masked) and exit",
+    )
 
     replay = sub.add_parser("replay", help="publish the bars of a CSV file to the input topic")
     replay.add_argument("csv", type=Path, help="columns timestamps,open,high,low,close,volume[,amount]")
@@ -98,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--tz", default="UTC", help="time zone of the CSV's naive timestamps (default UTC)")
     replay.add_argument("--limit", type=int, help="publish only the first N bars")
+    replay.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     replay.add_argument(
         "--bootstrap", help="Kafka bootstrap servers (default: KRONOS_KAFKA__BOOTSTRAP_SERVERS)"
     )
@@ -108,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--duration", type=float, default=10.0, help="seconds to run")
     synth.add_argument("--interval-s", type=float, default=60.0, help="bar interval of the synthetic clock")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     synth.add_argument("--topic", help="input topic (default: KRONOS_KAFKA__INPUT_TOPIC)")
     synth.add_argument(
         "--bootstrap", help="Kafka bootstrap servers (default: KRONOS_KAFKA__BOOTSTRAP_SERVERS)"
@@ -117,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("symbol")
     forecast.add_argument("--redis-url", help="default: KRONOS_REDIS__URL")
     forecast.add_argument("--prefix", help="key prefix (default: KRONOS_REDIS__KEY_PREFIX)")
+    forecast.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for a forecast to appear (default 0: answer at once)",
+    )
+
+    _add_scores_parser(sub)
 
     check = sub.add_parser("check", help="exit 0 if the daemon's /healthz answers 200, else 1")
     check.add_argument("--url", help="default: http://127.0.0.1:$KRONOS_HTTP_PORT/healthz")
@@ -157,11 +181,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.model_copy(update={"kafka": kafka, "redis": redis})
 
 
+def _csv_rows(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return max(0, sum(1 for line in handle if line.strip()) - 1)  # less the header
+    except OSError:
+        return 0  # csv_bars reports the error
+
+
 async def _publish(args: argparse.Namespace) -> int:
     from itertools import islice
 
     from daemon.feeds import csv_bars, publish, synthetic_bars
     from daemon.kafka_io import KafkaOutput
+    from daemon.progress import Progress
 
     settings = _settings(args)
     topic = args.topic or settings.kafka.input_topic
@@ -170,12 +203,20 @@ async def _publish(args: argparse.Namespace) -> int:
     try:
         if args.command == "replay":
             bars = csv_bars(args.csv, args.symbol, args.tz)
+            total = _csv_rows(args.csv)
             if args.limit is not None:
                 bars = islice(bars, args.limit)
-            sent = await publish(out, topic, bars, speed=args.speed)
+                total = min(total, args.limit)
+            progress = Progress("replay", total, enabled=not args.quiet)
+            sent = await publish(out, topic, bars, speed=args.speed, on_progress=progress.update)
         else:
             bars = synthetic_bars(args.symbols, interval_s=args.interval_s, seed=args.seed)
-            sent = await publish(out, topic, bars, rate=args.rate, duration_s=args.duration)
+            expected = int(args.rate * args.duration) if args.rate and args.duration else None
+            progress = Progress("synth", expected, enabled=not args.quiet)
+            sent = await publish(
+                out, topic, bars, rate=args.rate, duration_s=args.duration, on_progress=progress.update
+            )
+        progress.finish(sent)
     finally:
         await out.stop()
     print(json.dumps({"topic": topic, "published": sent}))
@@ -192,16 +233,89 @@ async def _forecast(args: argparse.Namespace) -> int:
         r.url, r.key_prefix, settings.model.max_context, password, r.socket_timeout_s, cluster=r.cluster
     )
     try:
-        record = await store.latest_forecast(args.symbol)
+        record = await _latest_forecast(store, args.symbol, args.wait)
     finally:
         await store.close()
     if record is None:
+        waited = f" after waiting {args.wait:g} s" if args.wait > 0 else " (--wait SECONDS waits for one)"
         print(
-            f"no forecast for {args.symbol!r} under prefix {r.key_prefix!r} (expired, or never made)",
+            f"no forecast for {args.symbol!r} under prefix {r.key_prefix!r}{waited} (expired, or never made)",
             file=sys.stderr,
         )
         return 1
     print(json.dumps(record, indent=2))
+    return 0
+
+
+async def _latest_forecast(store: Any, symbol: str, wait_s: float) -> dict[str, Any] | None:
+    """The latest forecast; with ``wait_s`` > 0, polls until one appears or the time is up."""
+    import time
+
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        record: dict[str, Any] | None = await store.latest_forecast(symbol)
+        if record is not None or time.monotonic() >= deadline:
+            return record
+        await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+
+def _print_config(settings: Settings) -> int:
+    from daemon.config_view import config_lines
+    from daemon.logging import configure_logging
+    from daemon.model_runtime import apply_model_runtime
+
+    configure_logging("WARNING", settings.log_format)  # stdout holds the settings only
+    print("\n".join(config_lines(apply_model_runtime(settings))))  # no hub download
+    return 0
+
+
+def _add_scores_parser(sub: Any) -> None:
+    scores = sub.add_parser(
+        "scores",
+        help="the online scores of the forecasts (per model version, from Redis)",
+        description=(
+            "Close MAE, persistence MAE and skill, CRPS, pinball loss and p10-p90 coverage of the forecasts "
+            "the daemon scored in the last --hours hours, per model version (VERSION@model: the model's own "
+            "bands when calibration is on)."
+        ),
+    )
+    scores.add_argument("--version", dest="model_version", help="one model version (default: all)")
+    scores.add_argument("--hours", type=int, default=24, help="window of the rolling aggregate (default 24)")
+    scores.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    scores.add_argument("--redis-url", help="default: KRONOS_REDIS__URL")
+    scores.add_argument("--prefix", help="key prefix (default: KRONOS_REDIS__KEY_PREFIX)")
+
+
+async def _scores(args: argparse.Namespace) -> int:
+    import time
+
+    from daemon.online_scoring import RedisScoreStore, format_report, report_dict
+
+    settings = _settings(args)
+    r = settings.redis
+    if args.hours < 1:
+        raise ConfigError(f"--hours must be at least 1, got {args.hours}")
+    password = r.password.get_secret_value() if r.password else None
+    store = RedisScoreStore.from_url(
+        r.url, r.key_prefix, settings.scoring.retention_h, password, r.socket_timeout_s, cluster=r.cluster
+    )
+    try:
+        versions = None
+        if args.model_version:
+            versions = [args.model_version, args.model_version + "@model"]
+        sums = await store.read(versions, args.hours, time.time())
+    except Exception as exc:
+        raise StateError(f"reading the scores from Redis failed: {exc}; check KRONOS_REDIS__URL") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+    if not sums:
+        print(f"no scores under prefix {r.key_prefix!r} in the last {args.hours} h", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({v: report_dict(acc) for v, acc in sums.items()}, indent=2))
+    else:
+        print("\n\n".join(format_report(v, acc, args.hours) for v, acc in sums.items()))
     return 0
 
 
@@ -235,11 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     out=args.out,
                     symbol=args.symbol,
                     sample_count=args.samples,
+                    calibrate=args.calibrate,
                     retrain=not args.no_retrain,
                 )
             )
         if args.command == "run":
             settings = load_settings()  # a bad value fails here, before torch is imported
+            if args.print_config:
+                return _print_config(settings)
             from daemon.app import run
 
             return run(settings)
@@ -247,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_publish(args))
         if args.command == "forecast":
             return asyncio.run(_forecast(args))
+        if args.command == "scores":
+            return asyncio.run(_scores(args))
         if args.command == "check":
             return _check(args)
         if args.command == "bench":

@@ -37,12 +37,22 @@ import numpy as np
 
 from daemon.app import Daemon
 from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.calibration import ConformalCalibrator
 from daemon.errors import ConfigError, DaemonError
 from daemon.feeds import FeedBar, csv_bars, publish
 from daemon.logging import configure_logging
+from daemon.online_scoring import (
+    MODEL_BANDS_SUFFIX,
+    MemoryScoreStore,
+    OnlineScorer,
+    PendingForecast,
+    ScoreMetrics,
+    report_dict,
+)
 from daemon.schemas import format_ts, quantile_key, to_ns
 from daemon.settings import Settings, load_settings
 from daemon.state_memory import MemoryStateStore
+from kronos_core.scoring import ScoreAccumulator
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BARS_CSV = ASSETS / "bars_5min_a_share.csv"
@@ -51,6 +61,7 @@ CSV_TZ = "Asia/Shanghai"  # the CSV's naive timestamps are local time there
 MAX_CONTEXT = 128  # the demo model was trained on 128-bar windows
 HORIZON = 12
 REFRESH_EVERY_BARS = 32  # incremental mode: refreeze the statistics every 32 bars (as results/compare_modes)
+CALIBRATION_MIN = 50  # realised forecasts before the bands are calibrated
 STALL_S = 120.0  # no forecast for this long: the demo gives up
 HISTORY_BARS = 96  # bars of history drawn before the plotted forecast
 
@@ -66,6 +77,7 @@ class DemoConfig:
     out: Path = Path("results/demo.png")
     symbol: str = "DEMO"
     sample_count: int = 16
+    calibrate: bool = True  # split-conformal bands (scored both ways either way)
     retrain: bool = True  # halfway: archive, fine-tune, gate, publish, hot-swap (daemon/demo_retrain.py)
     retrain_steps: int = 30  # predictor steps of that fine-tune
 
@@ -83,6 +95,7 @@ class ReplayResult:
     warmup_s: float
     replay_s: float
     latest_in_store: dict[str, Any] | None
+    online: dict[str, ScoreAccumulator]  # the daemon's own scores of the replayed bars' forecasts
     device: str
     torch_threads: int
     retrain: dict[str, Any] | None = None  # what the retraining act did (None: --no-retrain)
@@ -109,9 +122,11 @@ def demo_settings(config: DemoConfig, registry: str | None = None) -> Settings:
         "horizon": HORIZON,
         "sample_count": config.sample_count,
         "calendar_tz": CSV_TZ,
+        "exchange_calendar": "XSHG",  # horizon timestamps skip the lunch break, nights and holidays
     }
     overrides: dict[str, Any] = {
         "model": model,
+        "scoring": {"enabled": True, "calibrate": config.calibrate, "calibration_min": CALIBRATION_MIN},
         "mode": config.mode,
         "refresh_every_bars": REFRESH_EVERY_BARS,
         "http_port": None,
@@ -218,6 +233,15 @@ async def replay(
         bus_out=MemoryOutput(broker),
         store=store,
     )
+    daemon.scorer = HeldOutScorer(
+        to_ns(bars[0][1]) if bars else 0,
+        MemoryScoreStore(),
+        ScoreMetrics(daemon.metrics.registry),
+        s.model.horizon,
+        ConformalCalibrator(s.scoring.calibration_window, s.scoring.calibration_min)
+        if s.scoring.calibrate
+        else None,
+    )
     producer = MemoryOutput(broker)  # what `kronos-stream replay` does with a Kafka producer
     reader = _OutputReader(broker, s.kafka.output_topic)
     dead = _OutputReader(broker, s.kafka.dead_letter_topic, parse=False)
@@ -254,6 +278,7 @@ async def replay(
             await feeding
         done = time.monotonic()
         latest = await store.latest_forecast(config.symbol)
+        online = await daemon.scorer.store.read(None, 24 * 366, time.time())
     finally:
         await daemon.close()
         if work_dir is not None:
@@ -274,10 +299,26 @@ async def replay(
         warmup_s=warmed - loaded,
         replay_s=done - warmed,
         latest_in_store=latest,
+        online=online,
         device=str(getattr(engine, "device", "cpu")),
         torch_threads=torch.get_num_threads(),
         retrain=retrained,
     )
+
+
+class HeldOutScorer(OnlineScorer):
+    """The daemon's online scorer, scoring only forecasts made on the replayed (held-out) bars; the
+    calibration learns from the warm-up forecasts too (they are realised before the replay)."""
+
+    def __init__(self, first_ns: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.first_ns = first_ns
+
+    def _score(self, sums: dict[str, ScoreAccumulator], p: PendingForecast, realised: np.ndarray) -> None:
+        if p.as_of >= self.first_ns:
+            super()._score(sums, p, realised)
+        elif self.calibrator is not None:
+            self.calibrator.observe(p, realised)
 
 
 async def _retrain_act(
@@ -458,6 +499,8 @@ def _command(config: DemoConfig) -> str:
     if config.warmup is not None:
         parts.append(f"--warmup {config.warmup}")
     parts += [f"--speed {config.speed:g}", f"--samples {config.sample_count}", f"--symbol {config.symbol}"]
+    if not config.calibrate:
+        parts.append("--no-calibration")
     parts += [] if config.retrain else ["--no-retrain"]
     return " ".join([*parts, f"--out {config.out}"])
 
@@ -493,6 +536,7 @@ def _summary(
             "refresh_every_bars": settings.refresh_every_bars,
             "drift_sigma": settings.drift_sigma,
             "calendar_tz": m.calendar_tz,
+            "exchange_calendar": m.exchange_calendar,
         },
         "data": {
             "csv": "daemon/assets/bars_5min_a_share.csv",
@@ -534,12 +578,62 @@ def _summary(
             for version in dict.fromkeys(r["model_version"] for r in forecasts)
         },
         "retrain": result.retrain,
+        "online_scores": _online(result.online, settings),
         "plot": {
             "png": str(config.out),
             "json": str(json_path),
             "as_of": plotted["as_of"] if plotted else None,
         },
     }
+
+
+def _merged(accs: Sequence[ScoreAccumulator]) -> ScoreAccumulator | None:
+    merged: ScoreAccumulator | None = None
+    for acc in accs:
+        merged = ScoreAccumulator.from_dict(acc.to_dict()) if merged is None else merged.merge(acc)
+    return merged
+
+
+def _online(sums: dict[str, ScoreAccumulator], settings: Settings) -> dict[str, Any]:
+    """All model versions together (a retrain swaps the model halfway), and each version alone."""
+    versions = [v for v in sums if not v.endswith(MODEL_BANDS_SUFFIX)]
+    published = _merged([sums[v] for v in versions])
+    model = _merged([sums.get(v + MODEL_BANDS_SUFFIX, sums[v]) for v in versions])
+    return {
+        "note": "the daemon's online scores (daemon/online_scoring.py) of the forecasts made on the replayed "
+        "bars, all steps, every model version together; model_bands: the bands the model made; "
+        "published_bands: as published (split-conformal calibrated when calibrated is true, per model "
+        "version, learning from every earlier realised forecast of that version, warm-up included); the "
+        "mean path is the same in both",
+        "calibrated": settings.scoring.calibrate,
+        "calibration_min": settings.scoring.calibration_min,
+        "calibration_window": settings.scoring.calibration_window,
+        "model_bands": report_dict(model) if model is not None else None,
+        "published_bands": report_dict(published) if published is not None else None,
+        "by_version": {v: {"published_bands": report_dict(sums[v])} for v in versions},
+    }
+
+
+def _online_lines(online: dict[str, Any]) -> list[str]:
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:+.1%}"
+
+    lines = [
+        "  online scores (the daemon's scorer; forecasts of the replayed bars, all steps):",
+        "    bands                  close MAE  persistence  skill    CRPS      CRPS skill  p10-p90 coverage  n",
+    ]
+    rows = [("model", online["model_bands"])]
+    if online["calibrated"]:
+        rows.append(("calibrated (conformal)", online["published_bands"]))
+    for label, rep in rows:
+        if not rep or rep["mae"] is None:
+            lines.append(f"    {label:<22} (nothing realised yet)")
+            continue
+        lines.append(
+            f"    {label:<22} {rep['mae']:<10.4f} {rep['persistence_mae']:<12.4f} {pct(rep['skill_mae']):<8} "
+            f"{rep['crps']:<9.4f} {pct(rep['skill_crps']):<11} {rep['coverage']:<17.0%} {rep['count']}"
+        )
+    return lines
 
 
 def print_summary(summary: dict[str, Any], echo: TextIO) -> None:
@@ -578,6 +672,7 @@ def print_summary(summary: dict[str, Any], echo: TextIO) -> None:
                 f"    {version:<44} {_mae(h1, 'model_mae')} / {_mae(h1, 'persistence_mae')} (n {h1['n']})"
                 f"   {_mae(al, 'model_mae')} / {_mae(al, 'persistence_mae')} (n {al['n']})"
             )
+    lines += _online_lines(summary["online_scores"])
     verdict = a["horizon_1"].get("skill_vs_persistence")
     if verdict is not None and verdict < 0:
         lines.append("  (the demo model is tiny and briefly trained: persistence beats it here)")

@@ -11,7 +11,7 @@ import csv
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -98,10 +98,11 @@ async def publish(
     rate: float | None = None,
     duration_s: float | None = None,
     chunk: int = 500,
+    on_progress: Callable[[int], None] | None = None,
 ) -> int:
     """Publish bars in order. ``speed``: multiple of real time from the bar timestamps (0 = as fast
     as possible); ``rate``: bars per second instead; ``duration_s``: stop after this long.
-    Returns how many bars were published (each acknowledged)."""
+    Returns how many bars were published (each acknowledged); ``on_progress(sent)`` follows each batch."""
     began = time.monotonic()
     first_ts: datetime | None = None
     pending: list[tuple[bytes | None, bytes | None]] = []
@@ -119,11 +120,15 @@ async def publish(
             if pending:
                 await bus.send_batch(topic, pending)
                 sent, pending = sent + len(pending), []
+                if on_progress is not None:
+                    on_progress(sent)
             await asyncio.sleep(due - time.monotonic())
         pending.append((symbol.encode(), bar_to_json(symbol, ts, values)))
         if len(pending) >= chunk:
             await bus.send_batch(topic, pending)
             sent, pending = sent + len(pending), []
+            if on_progress is not None:
+                on_progress(sent)
     if pending:
         await bus.send_batch(topic, pending)
         sent += len(pending)

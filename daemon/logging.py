@@ -1,7 +1,9 @@
 """structlog set up once per process: one JSON object per line on stderr (``console`` for people).
 
 Standard-library loggers (aiokafka, redis) go through the same renderer, so a log collector sees one
-format. Every record has ``timestamp`` (UTC ISO-8601), ``level``, ``logger`` and ``event``.
+format. Every record has ``timestamp`` (UTC ISO-8601), ``level``, ``logger`` and ``event``; a logged
+exception is an ``exception`` list of ``{exc_type, exc_value, frames: [{filename, lineno, name}]}``
+(structlog's ``dict_tracebacks``), not a text blob.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
+                # JSON: the exception as structured data (type, value, frames); console: as text
+                structlog.processors.dict_tracebacks if fmt == "json" else structlog.processors.format_exc_info,
                 renderer,
             ],
         )

@@ -40,9 +40,11 @@ import numpy as np
 import structlog
 
 from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
+from daemon.calendars import HorizonCalendar
 from daemon.errors import CommitRefused, CorruptState, ForecasterError, InvalidBar
 from daemon.metrics import Metrics
 from daemon.models import pin_forecaster
+from daemon.online_scoring import OnlineScorer
 from daemon.retry import Abandoned, Outages
 from daemon.schemas import (
     Bar,
@@ -82,6 +84,8 @@ class LoopConfig:
     dead_letter_skipped: bool = False
     max_context: int = 512
     restore_lookback_s: float | None = None  # history read to restore lost state (None: all retained)
+    calendar: HorizonCalendar | None = None  # horizon timestamps; None: continuous (24/7)
+    scorer: OnlineScorer | None = None  # online scoring and band calibration (daemon/online_scoring.py)
     exactly_once: bool = False  # Kafka transactions: a fetch runs as segments, one transaction each
 
 
@@ -309,10 +313,9 @@ class ForecastLoop:
         fetched_at = time.time()
         owned = self._in.assignment()
         batch = [m for m in batch if m.tp in owned]  # revoked since the fetch: the new owner has them
-        self._metrics.bars_in.inc(len(batch))
-
         await self._check_lost_state(batch)
         items = await self._validate(batch)
+        self._metrics.bars_in.inc(len(items))  # valid bars; invalid ones count in kronos_invalid_messages
         items = await self._load_states(items)
         last_seen = {s: st.last_ts for s, st in self._states.items()}
         last_source = {s: st.source for s, st in self._states.items()}
@@ -540,6 +543,9 @@ class ForecastLoop:
         items = ready
 
         results = await self._run_model(forecaster, windows, contexts) if windows else []
+        scorer = self._cfg.scorer
+        if scorer is not None:
+            scorer.adjust(windows, results, version, contexts)
 
         publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
         for item, ctx, result in zip(items, contexts, results, strict=True):
@@ -579,6 +585,11 @@ class ForecastLoop:
             self._metrics.forecasts_out.inc()
             self._metrics.latency_from_bar.observe(max(0.0, now - bar.ts_ns / 1e9))
             self._metrics.latency_from_consume.observe(max(0.0, now - ctx.fetched_at))
+        if scorer is not None:
+            window_of = dict(zip(map(id, results), windows, strict=True))
+            stored = [(self._states[bar.symbol], window_of[id(result)], result)
+                      for (_, bar), result, _, _ in publish if bar.symbol not in refused]  # fmt: skip
+            await scorer.stored(stored, version)
         if refused:
             # Another writer got there first (a stale owner, or a retried write): reload next time.
             self._metrics.state_conflicts.inc(len(refused))
@@ -622,7 +633,8 @@ class ForecastLoop:
         state = self._states[bar.symbol]
         values, stamps, ts_list = state.window(bar)
         interval = infer_interval_ns(ts_list, int(self._cfg.default_interval_s * 1e9))
-        future = horizon_ns(bar.ts_ns, interval, self._cfg.horizon)
+        calendar = self._cfg.calendar
+        future = (calendar.future if calendar else horizon_ns)(bar.ts_ns, interval, self._cfg.horizon)
         seed = derive_seed(bar.symbol, bar.ts_ns, version, self._cfg.base_seed)
         tokens = state.token_state if state.token_version == version else None
         window = SeriesWindow(

@@ -4,22 +4,41 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
 
 from daemon.bus import Partition
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# dead-letter kinds: validation (InvalidBar.kind), a failed forecast, any other error for one message, an
+# unreadable stored state, and the skipped bars when KRONOS_DEAD_LETTER_SKIPPED is set
+INVALID_KINDS = (
+    "empty", "json", "schema", "key", "ts", "future", "forecast", "error", "state", "duplicate", "out_of_order",
+)  # fmt: skip
+SERVICES = ("kafka", "redis")
+SKIP_REASONS = ("duplicate", "out_of_order")
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        self.bars_in = Counter("kronos_bars_in", "Input messages consumed (valid or not).", registry=r)
+        self.bars_in = Counter(
+            "kronos_bars_in", "Valid bars consumed (invalid messages: kronos_invalid_messages_total).", registry=r
+        )
         self.invalid = Counter(
-            "kronos_invalid",
-            "Messages sent to the dead-letter topic, by kind (empty, json, schema, key, forecast).",
+            "kronos_invalid_messages",
+            "Messages sent to the dead-letter topic, by kind (see the README's dead-letter kinds).",
             ["kind"],
             registry=r,
         )
@@ -61,7 +80,7 @@ class Metrics:
             registry=r,
         )
         self.consumer_lag = Gauge(
-            "kronos_consumer_lag",
+            "kronos_consumer_lag_messages",
             "Messages behind the end of the partition.",
             ["topic", "partition"],
             registry=r,
@@ -89,6 +108,18 @@ class Metrics:
             "kronos_state_restored", "Symbols whose lost state was restored (input topic or memory).", registry=r
         )
         self.model_info = Info("kronos_model", "The model serving forecasts.", registry=r)
+        # Every label value a counter can take is exported from the start (0), so rate() and alerts see
+        # the series before the first event.
+        for kind in INVALID_KINDS:
+            self.invalid.labels(kind)
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason)
+        for service in SERVICES:
+            self.service_retries.labels(service)
+        # CPU, memory, open files, start time; Python version; garbage collections
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
 
     def set_lag(self, lags: dict[Partition, int]) -> None:
         for p, lag in lags.items():
@@ -99,5 +130,8 @@ class Metrics:
             with contextlib.suppress(KeyError):
                 self.consumer_lag.remove(p.topic, str(p.partition))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition in the format the ``Accept`` header asks for (OpenMetrics or Prometheus text)
+        and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from daemon.metrics import Metrics
 
@@ -57,13 +56,15 @@ class OpsServer:
             await self._server.wait_closed()
             self._server = None
 
-    def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
-        """Status, content type and body for one request (no I/O: tested directly)."""
+    def respond(self, method: str, path: str, accept: str = "") -> tuple[int, str, bytes]:
+        """Status, content type and body for one request (no I/O: tested directly). ``accept``: the
+        request's Accept header (``application/openmetrics-text`` gets OpenMetrics)."""
         path = path.split("?", 1)[0]
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET\n"
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, self._metrics.render()
+            body, ctype = self._metrics.render(accept)
+            return 200, ctype, body
         if path in ("/healthz", "/readyz"):
             ok, details = (self._live if path == "/healthz" else self._ready)()
             body = json.dumps({"ok": ok, **details}).encode() + b"\n"
@@ -74,11 +75,14 @@ class OpsServer:
         try:
             async with asyncio.timeout(5):
                 request = await reader.readline()
-                while await reader.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # headers are not needed
+                accept = ""
+                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "accept":
+                        accept = value.strip()
             parts = request.decode("latin-1").split()
             method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("GET", "/")
-            status, ctype, body = self.respond(method, path)
+            status, ctype, body = self.respond(method, path, accept)
             head = (
                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

@@ -32,7 +32,8 @@ input topic no longer held the older bars): the id then also names the context (
 bar), so it differs from the id of any forecast made from another context.
 Latencies: ``queue`` = fetched until the model call began, ``model`` = the batched model call,
 ``end_to_end`` = Kafka timestamp of the input message until the forecast is handed to the producer,
-``from_bar`` = bar ``ts`` until then. Horizon timestamps continue the bar grid naively (no trading calendar).
+``from_bar`` = bar ``ts`` until then. Horizon timestamps continue the bar grid (24/7), or follow the exchange calendar
+``KRONOS_MODEL__EXCHANGE_CALENDAR`` names (:mod:`daemon.calendars`).
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class ForecastContext:
     __slots__ = (
         "symbol", "ts_ns", "interval_ns", "future_ns", "seed", "context_bars", "topic", "partition",
         "offset", "kafka_ts_ms", "fetched_at", "model_started_at", "model_ms", "context_complete",
-        "context_first_ns",
+        "context_first_ns", "bands",
     )  # fmt: skip
 
     def __init__(
@@ -258,6 +259,7 @@ class ForecastContext:
         self.model_ms = 0.0
         self.context_complete = True  # False: restored after a data loss, older bars may be missing
         self.context_first_ns = ts_ns  # ts of the window's first bar
+        self.bands = "model"  # "calibrated" when the close bands were calibrated (daemon/calibration.py)
 
 
 def build_forecast_message(
@@ -286,6 +288,7 @@ def build_forecast_message(
         "mean": _paths(result.mean),
         "quantiles": {quantile_key(q): _paths(result.quantiles[i]) for i, q in enumerate(levels)},
         "quantile_levels": list(levels),
+        "bands": ctx.bands,
         "sample_count": int(result.samples.shape[0]) if result.samples.ndim == 3 else None,
         "model_version": model_version,
         "mode": mode,

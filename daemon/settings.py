@@ -71,6 +71,8 @@ class KafkaSettings(_Group):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    create_topics: int | None = Field(default=None, ge=1)  # create missing topics with this many partitions
+    create_topics_replication: int = Field(default=1, ge=1)  # their replication factor
     # Exactly-once (Kafka transactions, see daemon/kafka_eos.py): forecasts, dead letters and input
     # offsets commit together; the transactional id defaults to <group_id>.<group_instance_id>.
     exactly_once: bool = False
@@ -111,10 +113,15 @@ class RedisSettings(_Group):
 class ModelSettings(_Group):
     tokenizer_dir: Path | None = None
     predictor_dir: Path | None = None
+    hf_tokenizer: str | None = None  # Hugging Face id of the tokenizer, e.g. NeoQuasar/Kronos-Tokenizer-base
+    hf_predictor: str | None = None  # ... and of the predictor, e.g. NeoQuasar/Kronos-small
+    hf_revision: str | None = None  # branch, tag or commit of both (default: main)
     preset: str | None = None  # random weights of a published shape: benchmarks only
     factory: str | None = None  # "module:callable" taking Settings, returning a StreamForecaster
     version: str | None = None  # overrides the checkpoint's content hash as the model version
     calendar_tz: str = "UTC"  # zone the time features (minute, hour, weekday...) are read in
+    exchange_calendar: str | None = None  # exchange_calendars code (XSHG, XNYS...) of the horizon; None: 24/7
+    calendar_bar_label: Literal["end", "start"] = "end"  # bars stamped with their end (or start) time
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1, le=1024)  # torch CPU threads (None: torch's default)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -166,6 +173,21 @@ class ModelSettings(_Group):
             raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Asia/Shanghai") from exc
         return name
 
+    @field_validator("exchange_calendar")
+    @classmethod
+    def _calendar_known(cls, name: str | None) -> str | None:
+        if name is None or not name.strip() or name.strip().upper() == "24/7":
+            return None
+        import exchange_calendars as xc
+
+        names = xc.get_calendar_names(include_aliases=True)
+        if name.strip() not in names:
+            raise ValueError(
+                f"unknown exchange calendar {name!r}; use an exchange_calendars code such as XSHG, XNYS, "
+                "XLON, XTKS, or 24/7 (no gaps)"
+            )
+        return name.strip()
+
     @field_validator("quantile_levels")
     @classmethod
     def _levels_valid(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
@@ -176,6 +198,14 @@ class ModelSettings(_Group):
         if list(levels) != sorted(set(levels)):
             raise ValueError(f"levels must be increasing without repeats, got {levels}")
         return levels
+
+
+class ScoringSettings(_Group):
+    enabled: bool = True  # score every forecast once its horizon bars have arrived (daemon/online_scoring.py)
+    retention_h: int = Field(default=168, ge=1, le=24 * 366)  # hourly score sums kept in Redis this long
+    calibrate: bool = False  # split-conformal calibration of the published close bands (daemon/calibration.py)
+    calibration_window: int = Field(default=500, ge=10, le=100_000)  # recent realised forecasts used
+    calibration_min: int = Field(default=50, ge=1)  # forecasts realised before the bands are adjusted
 
 
 class BatchSettings(_Group):
@@ -213,6 +243,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     model: ModelSettings = ModelSettings()
     batch: BatchSettings = BatchSettings()
+    scoring: ScoringSettings = ScoringSettings()
     archive: ArchiveSettings = ArchiveSettings()
     mode: Literal["exact", "incremental"] = "exact"
     refresh_every_bars: int = Field(default=64, ge=1)  # incremental: refreeze mean/std this often

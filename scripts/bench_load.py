@@ -572,7 +572,7 @@ async def bench_mode(
         result["daemon_totals"] = {
             k.removeprefix("kronos_"): final.get(k, 0.0)
             for k in ("kronos_forecasts_out_total", "kronos_bars_in_total", "kronos_skipped_total",
-                      "kronos_invalid_total", "kronos_state_conflicts_total")
+                      "kronos_invalid_messages_total", "kronos_state_conflicts_total")
         }  # fmt: skip
         result["duplicates_read"] = collector.duplicates
         result["wall_s"] = round(time.monotonic() - began, 1)

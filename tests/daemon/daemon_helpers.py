@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jsonschema
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
 from daemon.app import Daemon
 from daemon.settings import Settings, load_settings
+from kronos_contract.messages import SCHEMA_PATH
 from kronos_core.stream_types import StreamForecaster
 
 T0 = datetime(2024, 6, 18, 1, 30, tzinfo=UTC)
@@ -229,7 +231,14 @@ async def running_daemon(
 
 
 def forecasts(records: Sequence[ConsumerRecord]) -> list[dict[str, Any]]:
-    return [json.loads(r.value) for r in records]
+    """The forecasts' JSON, each validated against kronos_contract/forecast.schema.json."""
+    out = [json.loads(r.value) for r in records]
+    for record in out:
+        _FORECAST_VALIDATOR.validate(record)
+    return out
+
+
+_FORECAST_VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
 
 
 def metric(daemon: Daemon, name: str, **labels: str) -> float:

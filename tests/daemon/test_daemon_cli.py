@@ -49,7 +49,9 @@ async def test_replay_publishes_the_csv_in_its_time_zone(
     topic = await topic_factory(partitions=1)
     argv = ["replay", str(CSV), "--symbol", "600977.SH", "--topic", topic, "--limit", "50"]
     assert await _main(*argv, "--tz", "Asia/Shanghai", "--bootstrap", kafka_bootstrap) == 0
-    assert json.loads(capsys.readouterr().out) == {"topic": topic, "published": 50}
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"topic": topic, "published": 50}
+    assert captured.err.splitlines()[-1].startswith("replay: 50 of 50 bars (100%)")  # progress on stderr
     records = await read_topic(kafka_bootstrap, topic, 50)
     bars = [parse_bar(r.key, r.value) for r in records]
     assert len(bars) == 50 and all(r.key == b"600977.SH" for r in records)

@@ -53,6 +53,13 @@ def test_demo_replays_bars_through_the_daemon(tmp_path: Path) -> None:
     }
     assert summary["accuracy"]["horizon_1"]["n"] == 19  # the last bar's next bar is not in the file
     assert summary["accuracy"]["horizon_end"]["n"] == 20 - 12
+    online = summary["online_scores"]  # the daemon's own scorer, replayed bars only
+    assert online["calibrated"] is True
+    assert online["model_bands"]["count"] == online["published_bands"]["count"] == 20 - 12
+    assert online["model_bands"]["mae"] == pytest.approx(summary["accuracy"]["all_steps"]["model_mae"], abs=1e-5)
+    # horizon timestamps follow XSHG: a forecast made at 11:30 continues at 13:05
+    noon = [r for r in outcome.forecasts if r["as_of"].endswith("03:30:00Z")]
+    assert noon and all(r["timestamps"][0].endswith("05:05:00Z") for r in noon)
 
     png = config.out.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
@@ -62,9 +69,9 @@ def test_demo_replays_bars_through_the_daemon(tmp_path: Path) -> None:
 def test_cli_defaults_match_the_demo_config() -> None:
     args = build_parser().parse_args(["demo"])
     defaults = DemoConfig()
-    assert (args.bars, args.warmup, args.mode, args.speed, args.out, args.symbol, args.samples) == (
+    assert (args.bars, args.warmup, args.mode, args.speed, args.out, args.symbol, args.samples, args.calibrate) == (
         defaults.bars, defaults.warmup, defaults.mode, defaults.speed, defaults.out, defaults.symbol,
-        defaults.sample_count,
+        defaults.sample_count, defaults.calibrate,
     )  # fmt: skip
     assert not args.no_retrain and defaults.retrain
     assert build_parser().parse_args(["demo", "--no-retrain"]).no_retrain

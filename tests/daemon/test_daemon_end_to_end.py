@@ -107,7 +107,7 @@ async def test_invalid_messages_go_to_the_dead_letter_topic_and_the_consumer_goe
         out = forecasts(await read_topic(kafka_bootstrap, topics.output, 6))
         dead = await read_topic(kafka_bootstrap, topics.dead, len(bad))
         await wait_committed(kafka_bootstrap, group_id, topics.input)
-        invalid = sum(metric(d, "kronos_invalid_total", kind=k) for k in ("json", "schema", "key", "empty"))
+        invalid = sum(metric(d, "kronos_invalid_messages_total", kind=k) for k in ("json", "schema", "key", "empty"))
         assert invalid == len(bad)
 
     assert len(out) == 6  # the bars after the bad ones were processed too

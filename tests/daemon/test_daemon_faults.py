@@ -69,7 +69,7 @@ async def test_unrepresentable_timestamps_are_dead_lettered_and_the_symbol_goes_
     async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)) as d:
         await wait_until(lambda: len(broker.messages("out")) == 4, 10, "4 forecasts")
         await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 6, 10, "all committed")
-        assert metric(d, "kronos_invalid_total", kind="ts") == 2
+        assert metric(d, "kronos_invalid_messages_total", kind="ts") == 2
     assert all("outside" in r for r in _reasons(broker))
 
 
@@ -97,7 +97,7 @@ async def test_a_bar_far_in_the_future_is_dead_lettered_and_does_not_silence_the
     store = MemoryStateStore("kronos", 16)
     async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)) as d:
         await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 7, 10, "all committed")
-        assert metric(d, "kronos_invalid_total", kind="future") == 1
+        assert metric(d, "kronos_invalid_messages_total", kind="future") == 1
         assert metric(d, "kronos_skipped_total", reason="out_of_order") == 0
     assert len(_out(broker)) == 6  # every valid bar after the future one was forecast
     assert "ahead of" in _reasons(broker)[0]
@@ -210,7 +210,7 @@ async def test_an_unexpected_error_while_handling_one_message_dead_letters_it(
     store = MemoryStateStore("kronos", 16)
     async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)) as d:
         await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 6, 10, "all committed")
-        assert metric(d, "kronos_invalid_total", kind="error") == 1
+        assert metric(d, "kronos_invalid_messages_total", kind="error") == 1
     assert len(_out(broker)) == 5
     (dead,) = broker.messages("dlq")
     assert b"OverflowError" in dict(dead.headers)["reason"]
@@ -335,6 +335,6 @@ async def test_a_symbol_whose_stored_state_is_unreadable_is_dead_lettered_alone(
     _fill(broker, interleave(bar_series("GOOD", 3)[1:], bar_series("FINE", 2)))
     async with running_daemon(settings, StubForecaster(max_context=16), **_parts(broker, store)) as d:
         await wait_until(lambda: broker.committed("g", Partition("in", 0)) == 5, 10, "all committed")
-        assert metric(d, "kronos_invalid_total", kind="state") == 2
+        assert metric(d, "kronos_invalid_messages_total", kind="state") == 2
     assert [f["symbol"] for f in _out(broker)[1:]] == ["FINE", "FINE"]
     assert all(b"unreadable bar" in dict(m.headers)["reason"] for m in broker.messages("dlq"))

@@ -135,7 +135,7 @@ async def test_forecast_failure_dead_letters_only_that_bar() -> None:
     async with running_daemon(settings, fc, **_parts(broker, settings)) as d:
         await wait_until(lambda: len(broker.messages("dlq")) == 3, 10, "3 dead letters")
         await wait_until(lambda: len(broker.messages("out")) == 3, 10, "3 forecasts")
-        assert metric(d, "kronos_invalid_total", kind="forecast") == 3
+        assert metric(d, "kronos_invalid_messages_total", kind="forecast") == 3
     dead = broker.messages("dlq")
     assert all(dict(m.headers)["reason"].startswith(b"forecast failed: RuntimeError") for m in dead)
     assert [m.value for m in dead] == [v for k, v in bar_series("BAD", 3)]

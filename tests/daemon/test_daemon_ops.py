@@ -30,9 +30,10 @@ def _settings() -> Settings:
     )
 
 
-async def _get(port: int, path: str) -> tuple[int, str, bytes]:
+async def _get(port: int, path: str, accept: str | None = None) -> tuple[int, str, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    extra = "" if accept is None else f"Accept: {accept}\r\n"
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
     await writer.drain()
     raw = await reader.read()
     writer.close()
@@ -71,9 +72,13 @@ async def test_health_readiness_and_metrics() -> None:
         text = body.decode()
         assert status == 200 and ctype.startswith("text/plain")
         for line in (
-            "kronos_bars_in_total 6.0",
+            "kronos_bars_in_total 5.0",  # valid bars only
             "kronos_forecasts_out_total 5.0",
-            'kronos_invalid_total{kind="json"} 1.0',
+            'kronos_invalid_messages_total{kind="json"} 1.0',
+            'kronos_invalid_messages_total{kind="schema"} 0.0',  # pre-initialised
+            'kronos_skipped_total{reason="out_of_order"} 0.0',
+            "process_cpu_seconds_total",
+            "python_info{",
             'kronos_model_info{mode="exact",version="stub-1"} 1.0',
             "kronos_assigned_partitions 2.0",
         ):
@@ -83,9 +88,13 @@ async def test_health_readiness_and_metrics() -> None:
             "kronos_latency_from_consume_seconds_count",
             "kronos_batch_size_bucket",
             "kronos_model_step_seconds_sum",
-            'kronos_consumer_lag{partition="0",topic="in"}',
+            'kronos_consumer_lag_messages{partition="0",topic="in"}',
         ):
             assert name in text, name
+
+        status, ctype, body = await _get(port, "/metrics", accept="application/openmetrics-text; version=1.0.0")
+        assert status == 200 and ctype.startswith("application/openmetrics-text")
+        assert body.decode().rstrip().endswith("# EOF")
 
         assert (await _get(port, "/nope"))[0] == 404
         assert await asyncio.to_thread(check, f"http://127.0.0.1:{port}/healthz")

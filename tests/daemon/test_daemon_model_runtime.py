@@ -50,7 +50,8 @@ def test_a_max_context_above_the_models_is_refused_from_the_environment(
     with pytest.raises(ConfigError) as info:
         apply_model_runtime(load_settings())
     message = str(info.value)
-    assert "KRONOS_MODEL__MAX_CONTEXT=512" in message and "128" in message and "demo-20261125" in message
+    version = json.loads((MODEL_DIR / "manifest.json").read_text())["version"]  # the shipped model's
+    assert "KRONOS_MODEL__MAX_CONTEXT=512" in message and "128" in message and version in message
 
 
 async def test_the_daemon_refuses_to_start_before_loading_anything() -> None:

@@ -190,20 +190,34 @@ def build_manifest(settings: TrainSettings, start: StartingPoint, split: Split, 
 
 
 def run_training(settings: TrainSettings) -> dict[str, Any]:
-    """Train, gate and publish; returns the manifest on rank 0 and ``{}`` on other ranks."""
+    """Train, gate and publish; returns the manifest on rank 0 and ``{}`` on other ranks.
+
+    Training reseeds torch's global CPU generator (dropout, module initialisation before the weights
+    load); the caller's generator state is restored afterwards, so a library caller's own random
+    draws do not depend on whether it trained in between."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    runtime = setup_distributed(settings.device)
-    try:
-        return _run(settings, runtime)
-    finally:
-        teardown(runtime)
+    with torch.random.fork_rng(devices=[]):
+        runtime = setup_distributed(settings.device)
+        try:
+            return _run(settings, runtime)
+        finally:
+            teardown(runtime)
 
 
 def pin_end(settings: TrainSettings, runtime: Runtime) -> TrainSettings:
     """Without ``end`` the data range ends "now": the first start of a run records that time in
     ``<work_dir>/plan.json`` and a restart of the same run reuses it, so bars archived meanwhile do
-    not change its data (and its saved state stays resumable). A published run's plan is not reused."""
+    not change its data (and its saved state stays resumable). A published run's plan is not reused.
+    With ``last_days`` the range starts that many days before its end."""
+    settings = _pin_end(settings, runtime)
+    if settings.last_days is not None and settings.end is not None:
+        start = settings.end - dt.timedelta(days=settings.last_days)
+        settings = settings.model_copy(update={"start": start})
+    return settings
+
+
+def _pin_end(settings: TrainSettings, runtime: Runtime) -> TrainSettings:
     if settings.end is not None:
         return settings
     path = settings.work_dir / PLAN_NAME

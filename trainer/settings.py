@@ -56,6 +56,8 @@ class TrainSettings(BaseSettings):
     # -- data
     start: dt.datetime | None = None
     end: dt.datetime | None = None
+    last_days: float | None = Field(default=None, gt=0, description="train on the last N days before end "
+                                    "(a rolling window for the periodic job; instead of start)")
     symbols: StrList = None
     lookback: int = Field(default=116, ge=2, description="context bars per window (statistics come from these)")
     horizon: int = Field(default=12, ge=1, description="bars after the context a window predicts (the loss)")
@@ -123,6 +125,8 @@ class TrainSettings(BaseSettings):
     def _consistent(self) -> TrainSettings:
         if self.start is not None and self.end is not None and self.start >= self.end:
             raise ValueError(f"start ({self.start}) must be before end ({self.end})")
+        if self.start is not None and self.last_days is not None:
+            raise ValueError("give start or last_days, not both (last_days counts back from end)")
         if (self.tokenizer_dir is None) != (self.predictor_dir is None):
             raise ValueError("give both tokenizer_dir and predictor_dir, or neither (then the registry champion)")
         if self.tokenizer_dir is None and self.registry is None:

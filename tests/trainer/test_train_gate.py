@@ -155,3 +155,20 @@ def test_runtime_max_context_carries_over_and_is_not_invented(world, tmp_path: P
     )
     assert from_folders["runtime"]["max_context"] is None
     assert from_folders["runtime"]["train_window"] == LOOKBACK + HORIZON
+
+
+def test_last_days_counts_back_from_end_and_training_leaves_the_callers_rng(world) -> None:
+    bars = archive_frame(rows=300)
+    end = pd.Timestamp(bars["ts"].max()).to_pydatetime()
+    days = (end - pd.Timestamp(bars["ts"].min()).to_pydatetime()).total_seconds() / 86400 * 0.75
+    torch.manual_seed(1234)
+    expected_next = torch.rand(3)
+    torch.manual_seed(1234)
+    manifest = run_training(_settings(world, end=end.isoformat(), last_days=days, promote=False))
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's generator, as it was
+    start = pd.Timestamp(manifest["data"]["start"])
+    assert start == pd.Timestamp(end) - pd.Timedelta(days=days)
+    assert manifest["data"]["rows"] < len(bars)  # the older quarter of the bars is left out
+    assert pd.Timestamp(manifest["data"]["first"]) >= start
+    with pytest.raises(ValueError, match="start or last_days"):
+        _settings(world, start=end.isoformat(), last_days=1.0)

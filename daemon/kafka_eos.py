@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from daemon.bus import Headers, InMessage, Partition
 from daemon.errors import BusError, CommitRefused, DaemonError
-from daemon.kafka_io import KafkaInput, KafkaOutput, _start_client, connection_config
+from daemon.kafka_io import KafkaInput, KafkaOutput
 from daemon.settings import KafkaSettings
 
 log = structlog.get_logger("kronos.eos")
@@ -78,18 +78,13 @@ class TransactionalOutput(KafkaOutput):
         self.aborts = 0
 
     async def start(self) -> None:
-        s = self._settings
-        self._producer = AIOKafkaProducer(
-            **connection_config(s),
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=0,
-            transactional_id=self.transactional_id,
-            transaction_timeout_ms=s.transaction_timeout_ms,
-        )
         # start() runs InitProducerId: it fences an older producer with this id and aborts its open
         # transaction, so the consumer (started after this) reads settled offsets.
-        await _start_client(self._producer, "transactional producer", s.bootstrap_servers)
+        await self._start_producer(
+            "transactional producer",
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=self._settings.transaction_timeout_ms,
+        )
         log.info("transactional producer started", transactional_id=self.transactional_id)
 
     def _require(self) -> AIOKafkaProducer:

@@ -279,14 +279,19 @@ class KafkaOutput(OutputBus):
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
+        await self._start_producer("producer")
+
+    async def _start_producer(self, what: str, **extra: Any) -> None:
+        """Start the idempotent producer; ``extra``: more aiokafka options (a transactional id)."""
         s = self._settings
         self._producer = AIOKafkaProducer(
             **connection_config(s),
             enable_idempotence=True,
             acks="all",
             linger_ms=0,
+            **extra,
         )
-        await _start_client(self._producer, "producer", s.bootstrap_servers)
+        await _start_client(self._producer, what, s.bootstrap_servers)
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None

@@ -237,7 +237,7 @@ class ForecastLoop:
         self._task = asyncio.current_task()
         while not self._stopping:
             batch = await self._fetch()
-            self.last_tick = time.monotonic()
+            self._tick()
             if batch is None:
                 break
             if batch:
@@ -328,7 +328,7 @@ class ForecastLoop:
             if (self._stopping or self._revoking) and not self._cfg.exactly_once:
                 break  # shutting down or giving partitions up: commit what is done, leave the rest
             await self._forecast_round(round_items, fetched_at)
-            self.last_tick = time.monotonic()
+            self._tick()
             done += 1
         left = [msg for round_items in rounds[done:] for msg, _ in round_items]
         if left:

@@ -8,7 +8,7 @@ import json
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
 from daemon.app import Daemon
+from daemon.schemas import forecast_id, parse_bar
 from daemon.settings import Settings, load_settings
 from kronos_contract.messages import SCHEMA_PATH
 from kronos_core.stream_types import StreamForecaster
@@ -60,6 +61,13 @@ def bar_series(
         price *= math.exp(rng.gauss(0, 0.002))
         out.append(encode(bar_record(symbol, start + timedelta(seconds=interval_s * i), round(price, 4))))
     return out
+
+
+def expected_ids(series: Mapping[str, Sequence[Record]], model_version: str) -> set[str]:
+    """The forecast ids of every bar of ``series`` (symbol -> its records) under ``model_version``."""
+    return {
+        forecast_id(s, parse_bar(k, v).ts_ns, model_version) for s, recs in series.items() for k, v in recs
+    }
 
 
 def interleave(*series: Sequence[Record]) -> list[Record]:

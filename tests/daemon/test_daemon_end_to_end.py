@@ -19,6 +19,7 @@ from daemon_helpers import (
     daemon_settings,
     encode,
     end_offsets,
+    expected_ids,
     forecasts,
     interleave,
     metric,
@@ -31,7 +32,7 @@ from daemon_helpers import (
 from stub_forecaster import StubForecaster
 
 from daemon.app import Daemon
-from daemon.schemas import forecast_id, parse_bar
+from daemon.schemas import parse_bar
 from daemon.state import StateUpdate, bars_key
 from daemon.state_redis import RedisStateStore
 from kronos_core.stream_types import StreamForecaster
@@ -63,7 +64,7 @@ async def test_one_forecast_per_valid_bar_latest_in_redis_offsets_committed(
     assert len({f["id"] for f in out}) == 150
     assert sum(ends.values()) == 150
     version = forecaster.model_version
-    expected = {forecast_id(s, parse_bar(k, v).ts_ns, version) for s in symbols for k, v in series[s]}
+    expected = expected_ids(series, version)
     assert {f["id"] for f in out} == expected
     for s in symbols:
         mine = [f for f in out if f["symbol"] == s]

@@ -19,6 +19,7 @@ from daemon_helpers import (
     bar_series,
     committed_offsets,
     daemon_settings,
+    expected_ids,
     forecasts,
     interleave,
     produce,
@@ -33,7 +34,6 @@ from daemon.errors import ConfigError, DaemonError
 from daemon.kafka_eos import TransactionalInput, TransactionalOutput
 from daemon.kafka_io import KafkaOutput
 from daemon.loop import eos_segments
-from daemon.schemas import forecast_id, parse_bar
 from daemon.settings import Settings, load_settings
 from kronos_core.stream_types import StreamForecaster
 
@@ -96,10 +96,6 @@ async def _read(bootstrap: str, topic: str, isolation: str, settle_s: float = 1.
         return out
     finally:
         await consumer.stop()
-
-
-def _expected_ids(series: dict[str, list[Any]], version: str) -> set[str]:
-    return {forecast_id(s, parse_bar(k, v).ts_ns, version) for s, recs in series.items() for k, v in recs}
 
 
 def _eos_settings(
@@ -169,7 +165,7 @@ async def test_crash_between_redis_write_and_commit_republishes_once(
     committed = forecasts(await _read(kafka_bootstrap, topics.output, "read_committed"))
     everything = await _read(kafka_bootstrap, topics.output, "read_uncommitted")
     counts = Counter(f["id"] for f in committed)
-    assert set(counts) == _expected_ids(series, model_version)
+    assert set(counts) == expected_ids(series, model_version)
     assert max(counts.values()) == 1, [i for i, n in counts.items() if n > 1]
     # The crashed segment's forecasts are in the log, aborted: a read_uncommitted reader sees them twice.
     assert len(everything) > len(committed)
@@ -251,7 +247,7 @@ async def test_sigkill_ten_times_each_forecast_exactly_once_for_a_read_committed
 
     committed = forecasts(await _read(kafka_bootstrap, topics.output, "read_committed"))
     counts = Counter(f["id"] for f in committed)
-    assert set(counts) == _expected_ids(series, "stub-1"), "a bar has no forecast"
+    assert set(counts) == expected_ids(series, "stub-1"), "a bar has no forecast"
     assert max(counts.values()) == 1, f"twice: {[i for i, n in counts.items() if n > 1]}"
     everything = await _read(kafka_bootstrap, topics.output, "read_uncommitted")
     print(f"kills with a transaction in flight: {in_txn_kills}/10; aborted records: {len(everything) - len(committed)}")

@@ -23,6 +23,7 @@ from daemon_helpers import (
     bar_series,
     daemon_settings,
     end_offsets,
+    expected_ids,
     forecasts,
     interleave,
     metric,
@@ -37,7 +38,6 @@ from stub_forecaster import StubForecaster
 from daemon.app import Daemon
 from daemon.errors import OutageTooLong
 from daemon.ops import check
-from daemon.schemas import forecast_id, parse_bar
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
 
@@ -77,10 +77,6 @@ async def _serving(daemon: Daemon) -> AsyncIterator[asyncio.Task[None]]:
             await task
 
 
-def _expected_ids(series: dict[str, list[tuple[bytes | None, bytes | None]]]) -> set[str]:
-    return {forecast_id(s, parse_bar(k, v).ts_ns, "stub-1") for s, recs in series.items() for k, v in recs}
-
-
 async def test_redis_down_at_start_up_is_waited_out(
     kafka_bootstrap: str, private_redis: PrivateRedis, group_id: str, topics: Topics
 ) -> None:
@@ -100,7 +96,7 @@ async def test_redis_down_at_start_up_is_waited_out(
         await wait_committed(kafka_bootstrap, group_id, topics.input)
         await wait_until(lambda: daemon.ready()[0], 10, "ready")
         assert metric(daemon, "kronos_service_retries_total", service="redis") >= 1
-    assert {f["id"] for f in out} == _expected_ids(series)
+    assert {f["id"] for f in out} == expected_ids(series, "stub-1")
 
 
 async def test_an_outage_longer_than_the_give_up_time_ends_the_process(
@@ -174,10 +170,10 @@ async def test_redis_down_20s_mid_stream_loses_nothing_and_recovers_by_itself(
     ids = {f["id"] for f in out}
     _record(
         "redis_down_20s",
-        {"bars": 180, "lost": len(_expected_ids(series) - ids), "duplicates": len(out) - len(ids),
+        {"bars": 180, "lost": len(expected_ids(series, "stub-1") - ids), "duplicates": len(out) - len(ids),
          "output_back_s": round(recovery_s, 3), "probes_not_ready": not_ready, "redis_retries": retries},
     )  # fmt: skip
-    assert ids == _expected_ids(series)  # 0 lost
+    assert ids == expected_ids(series, "stub-1")  # 0 lost
     assert not_ready >= 30  # readiness 503 through the outage (sampled every 0.5 s)
     assert recovery_s < 5.0, f"output came back {recovery_s:.1f} s after Redis"
 
@@ -227,7 +223,7 @@ async def test_broker_down_20s_readiness_503_then_recovery_without_restart(
         out = forecasts(await read_topic(bootstrap, topics.output, 80))
         assert not task.done()
     ids = {f["id"] for f in out}
-    expected = _expected_ids(before) | _expected_ids(after)
+    expected = expected_ids(before, "stub-1") | expected_ids(after, "stub-1")
     _record(
         "broker_down_20s",
         {"bars": 80, "lost": len(expected - ids), "duplicates": len(out) - len(ids),
@@ -313,4 +309,4 @@ async def test_a_broker_unreachable_at_start_up_is_waited_out(
             await wait_until(lambda: daemon.ready()[0], 20, "ready")
     finally:
         await gate.close()
-    assert {f["id"] for f in out} == _expected_ids(series)
+    assert {f["id"] for f in out} == expected_ids(series, "stub-1")

@@ -15,6 +15,7 @@ from daemon_helpers import (
     Topics,
     bar_series,
     daemon_settings,
+    expected_ids,
     forecasts,
     interleave,
     metric,
@@ -27,8 +28,6 @@ from daemon_helpers import (
 from private_services import PrivateRedis
 from stub_forecaster import StubForecaster
 from test_daemon_process import _spawn, _stop
-
-from daemon.schemas import forecast_id, parse_bar
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -124,7 +123,7 @@ async def test_redis_restarted_empty_the_next_forecasts_use_the_restored_full_co
     assert len(after) == 15
     assert sorted(f["context_bars"] for f in after) == sorted([41, 42, 43, 44, 45] * 3)
     assert all(f["context_complete"] for f in after)
-    expected = {forecast_id(s, parse_bar(k, v).ts_ns, "stub-1") for s, recs in series.items() for k, v in recs}
+    expected = expected_ids(series, "stub-1")
     assert {f["id"] for f in out} == expected
     assert rings == dict.fromkeys(series, 45)
 
@@ -150,5 +149,5 @@ async def test_redis_restarted_empty_under_a_running_daemon_loses_no_context(
     out = forecasts(await read_topic(kafka_bootstrap, topics.output, 60))
     assert sorted(f["context_bars"] for f in out if f["context_bars"] > 20) == sorted(list(range(21, 31)) * 2)
     assert rings == dict.fromkeys(series, 30)  # written back in full, not just the 10 new bars
-    expected = {forecast_id(s, parse_bar(k, v).ts_ns, "stub-1") for s, recs in series.items() for k, v in recs}
+    expected = expected_ids(series, "stub-1")
     assert {f["id"] for f in out} == expected

@@ -26,6 +26,7 @@ import pandas as pd
 import structlog
 
 from daemon.errors import ConfigError
+from daemon.schemas import horizon_ns
 
 log = structlog.get_logger("kronos.calendars")
 
@@ -55,7 +56,7 @@ class ContinuousCalendar:
     name = CONTINUOUS
 
     def future(self, last_ns: int, interval_ns: int, horizon: int) -> list[int]:
-        return [last_ns + interval_ns * (k + 1) for k in range(horizon)]
+        return horizon_ns(last_ns, interval_ns, horizon)
 
 
 class ExchangeCalendar:

@@ -295,10 +295,7 @@ async def _scores(args: argparse.Namespace) -> int:
     r = settings.redis
     if args.hours < 1:
         raise ConfigError(f"--hours must be at least 1, got {args.hours}")
-    password = r.password.get_secret_value() if r.password else None
-    store = RedisScoreStore.from_url(
-        r.url, r.key_prefix, settings.scoring.retention_h, password, r.socket_timeout_s, cluster=r.cluster
-    )
+    store = RedisScoreStore.from_settings(settings)
     try:
         versions = None
         if args.model_version:

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from daemon.errors import ConfigError, ForecasterError
+from daemon.model_runtime import find_manifest
 from daemon.settings import Settings
 from kronos_core.stream_types import StreamForecaster
 
@@ -37,14 +38,14 @@ def checkpoint_version(*directories: Path) -> str:
 
 def manifest_version(predictor_dir: Path) -> str | None:
     """The ``version`` of a published checkpoint's ``manifest.json`` (beside or above the model dirs)."""
-    for candidate in (predictor_dir / "manifest.json", predictor_dir.parent / "manifest.json"):
-        if candidate.is_file():
-            try:
-                version = json.loads(candidate.read_text()).get("version")
-            except (OSError, ValueError) as exc:
-                raise ForecasterError(f"cannot read {candidate}: {exc}; fix or remove the manifest") from exc
-            return str(version) if version else None
-    return None
+    candidate = find_manifest(predictor_dir)
+    if candidate is None:
+        return None
+    try:
+        version = json.loads(candidate.read_text()).get("version")
+    except (OSError, ValueError) as exc:
+        raise ForecasterError(f"cannot read {candidate}: {exc}; fix or remove the manifest") from exc
+    return str(version) if version else None
 
 
 def _from_factory(path: str, settings: Settings) -> StreamForecaster:

@@ -321,6 +321,15 @@ class RedisScoreStore(ScoreStore):
         client = RedisCluster.from_url(url, **extra) if cluster else aioredis.Redis.from_url(url, **extra)
         return cls(client, key_prefix, retention_h)
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> RedisScoreStore:
+        """The store of ``KRONOS_REDIS__*`` and ``KRONOS_SCORING__RETENTION_H``."""
+        r = settings.redis
+        password = r.password.get_secret_value() if r.password else None
+        return cls.from_url(
+            r.url, r.key_prefix, settings.scoring.retention_h, password, r.socket_timeout_s, cluster=r.cluster
+        )
+
     def _pipeline(self, transaction: bool = False) -> Any:
         # On a cluster the commands are split by node: every command names one key, none is multi-key,
         # but the round's writes are then not one transaction.
@@ -627,11 +636,7 @@ def build_scorer(settings: Any, state_store: Any, registry: CollectorRegistry) -
     if isinstance(state_store, MemoryStateStore):
         store = MemoryScoreStore()
     else:
-        r = settings.redis
-        password = r.password.get_secret_value() if r.password else None
-        store = RedisScoreStore.from_url(
-            r.url, r.key_prefix, s.retention_h, password, r.socket_timeout_s, cluster=r.cluster
-        )
+        store = RedisScoreStore.from_settings(settings)
     calibrator = None
     if s.calibrate:
         from daemon.calibration import ConformalCalibrator

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -145,6 +145,7 @@ class ScoreAccumulator:
     crps_n: np.ndarray = field(init=False)  # [H] pairs that had sample paths
     crps: np.ndarray = field(init=False)
     pinball: np.ndarray = field(init=False)  # [Q, H]
+    _SUMS: ClassVar[tuple[str, ...]] = ("n", "abs_err", "persist_err", "inside", "crps_n", "crps", "pinball")
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -230,7 +231,7 @@ class ScoreAccumulator:
             raise ValueError("only accumulators of the same horizon and levels merge")
         self.forecasts += other.forecasts
         self.nonfinite += other.nonfinite
-        for name in ("n", "abs_err", "persist_err", "inside", "crps_n", "crps", "pinball"):
+        for name in self._SUMS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         return self
 
@@ -268,10 +269,7 @@ class ScoreAccumulator:
             "levels": list(self.levels),
             "forecasts": self.forecasts,
             "nonfinite": self.nonfinite,
-            **{
-                name: getattr(self, name).tolist()
-                for name in ("n", "abs_err", "persist_err", "inside", "crps_n", "crps", "pinball")
-            },
+            **{name: getattr(self, name).tolist() for name in self._SUMS},
         }
 
     @classmethod
@@ -279,7 +277,7 @@ class ScoreAccumulator:
         acc = cls(horizon=int(data["horizon"]), levels=tuple(data["levels"]))
         acc.forecasts = int(data["forecasts"])
         acc.nonfinite = int(data["nonfinite"])
-        for name in ("n", "abs_err", "persist_err", "inside", "crps_n", "crps", "pinball"):
+        for name in cls._SUMS:
             value = np.asarray(data[name], dtype=np.float64)
             if value.shape != getattr(acc, name).shape:
                 raise ValueError(f"{name} has shape {value.shape}, expected {getattr(acc, name).shape}")

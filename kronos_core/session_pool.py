@@ -91,12 +91,8 @@ class SessionPool:
 
     @property
     def slot_bytes(self) -> int:
-        """Bytes one series' warm caches take."""
-        probe = SessionPool.__new__(SessionPool)
-        probe.engine, probe.length, probe._dep_shape = self.engine, self.length, self._dep_shape
-        probe._logit_dim, probe._model_dim = self._logit_dim, self._model_dim
-        probe._alloc(1)
-        return sum(t.numel() * t.element_size() for t in probe._tensors())
+        """Bytes one series' warm caches take (one row of every pool tensor; no allocation)."""
+        return sum(t.shape[1:].numel() * t.element_size() for t in self._tensors())
 
     def _grow(self, rows: int) -> None:
         for c in [*self.enc, *self.pred, *self.dec]:

@@ -106,6 +106,7 @@ class _Plan:
     x: np.ndarray | None = None  # refresh: the normalised window to encode
     covered: np.ndarray | None = None  # bars behind ``state_in``'s tokens (mask over the window)
     new: np.ndarray | None = None  # bars after them (mask over the window)
+    n_new: int = 0  # how many (``new.sum()``)
     row: int = -1  # the series' row in the batch (its pool slot minus the batch's first slot)
 
 
@@ -201,7 +202,7 @@ class StreamingForecaster:
             p.rebuild = not p.refresh and (p.state_in is None or warm != p.state_in.fingerprint())
         views = pool.views(start, len(windows))
         self._prefill([p for p in plans if p.refresh or p.rebuild], views, stats)
-        self._append_new([p for p in plans if p.new is not None and p.new.any()], views, stats)
+        self._append_new([p for p in plans if p.n_new], views, stats)
 
         by_row = sorted(range(len(plans)), key=lambda i: rows[i])  # batch rows run in slot order
         states = [plans[i].state for i in by_row]
@@ -249,7 +250,7 @@ class StreamingForecaster:
                 or len(state) + n_new + horizon > self.max_context
                 or bool((np.abs(z_new[:, : len(PRICE_COLUMNS)]) > cfg.drift_sigma).any())
             ):
-                return _Plan(w, state, state, covered=covered, new=new)
+                return _Plan(w, state, state, covered=covered, new=new, n_new=n_new)
         keep = max(1, self.max_context - horizon - cfg.refresh_every)
         x, mean, std = normalize(values[-keep:], cfg.clip)
         ts = np.asarray(w.timestamps)[-keep:]
@@ -325,13 +326,13 @@ class StreamingForecaster:
         if not plans:
             return
         eng, cfg = self.engine, self.config
-        n_rows, k_max, spare = views.dep_k.shape[0], max(int(p.new.sum()) for p in plans if p.new is not None), self.max_context - 1
+        n_rows, k_max, spare = views.dep_k.shape[0], max(p.n_new for p in plans), self.max_context - 1
         x = np.zeros((n_rows, k_max, 6), dtype=np.float32)
         stamps = np.zeros((n_rows, k_max, 5), dtype=np.float32)
         pos = np.full((n_rows, k_max), spare, dtype=np.int64)
         for p in plans:
             assert p.new is not None
-            k, n = int(p.new.sum()), len(p.state)
+            k, n = p.n_new, len(p.state)
             values = np.asarray(p.window.values, dtype=np.float64)[p.new]
             x[p.row, :k] = np.clip((values - p.state.mean) / (p.state.std + STD_EPS), -cfg.clip, cfg.clip)
             stamps[p.row, :k] = calendar_features(np.asarray(p.window.timestamps)[p.new], cfg.calendar_tz)
@@ -342,18 +343,17 @@ class StreamingForecaster:
             torch.from_numpy(x).to(eng.device), positions=positions, caches=views.enc or None,
             attn_mask=key_mask(positions, self.max_context) if views.enc else None,
         )
-        n_new = sum(int(p.new.sum()) for p in plans if p.new is not None)
+        n_new = sum(p.n_new for p in plans)
         stats.encode_tokens += n_new
         stats.add_time("encode", t0)
         t1 = time.perf_counter()
         _, h, k_new, v_new = eng.step(s1, s2, torch.from_numpy(stamps).to(eng.device), positions, views.pred)
         rows = torch.tensor([p.row for p in plans], device=eng.device)
-        ks = torch.tensor([int(p.new.sum()) for p in plans if p.new is not None], device=eng.device)
+        ks = torch.tensor([p.n_new for p in plans], device=eng.device)
         last = h[rows, ks - 1]  # [A, d] each appending row's last new token
         views.logits[rows], views.h_last[rows] = eng.head_s1(last), last
         for p in plans:
-            assert p.new is not None
-            k, n = int(p.new.sum()), len(p.state)
+            k, n = p.n_new, len(p.state)
             views.dep_k[p.row, :, n : n + k], views.dep_v[p.row, :, n : n + k] = k_new[p.row, :, :k], v_new[p.row, :, :k]
         stats.step_tokens += n_new
         stats.add_time("append", t1)
@@ -363,7 +363,7 @@ class StreamingForecaster:
         s1_np, s2_np = s1.cpu().numpy(), s2.cpu().numpy()
         for p in plans:
             assert p.new is not None
-            k, old = int(p.new.sum()), p.state
+            k, old = p.n_new, p.state
             p.state = TokenState(
                 s1=np.concatenate([old.s1, s1_np[p.row, :k]]),
                 s2=np.concatenate([old.s2, s2_np[p.row, :k]]),

@@ -606,12 +606,16 @@ class ForecastLoop:
             state = self._states.get(bar.symbol)
             if state is None or state.source != (msg.topic, msg.partition, msg.offset):
                 continue  # an earlier message: committed in an earlier transaction
-            stored = await self._store.forecast_from(bar.symbol, msg.source)
+            stored = await self._io(
+                "redis", "reading a stored forecast", partial(self._store.forecast_from, bar.symbol, msg.source)
+            )
             if stored is not None:
                 records.append((bar.symbol.encode(), stored))
         if records:
             log.info("re-publishing forecasts of an aborted transaction", count=len(records))
-            await self._out.send_batch(self._cfg.output_topic, records)
+            await self._io(
+                "kafka", "re-publishing forecasts", lambda: self._out.send_batch(self._cfg.output_topic, records)
+            )
 
     async def _still_new(self, items: list[Item]) -> list[Item]:
         """Reload symbols the store refused earlier in this fetch and drop bars that are no longer new."""

@@ -26,7 +26,7 @@ INVALID_KINDS = (
     "empty", "json", "schema", "key", "ts", "future", "forecast", "error", "state", "duplicate", "out_of_order",
 )  # fmt: skip
 SERVICES = ("kafka", "redis")
-SKIP_REASONS = ("duplicate", "out_of_order")
+SKIP_REASONS = ("replayed", "duplicate", "out_of_order")
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 

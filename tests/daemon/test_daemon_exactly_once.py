@@ -30,11 +30,12 @@ from test_daemon_process import _spawn
 
 from daemon.app import Daemon
 from daemon.bus import InMessage, Partition
-from daemon.errors import ConfigError, DaemonError
+from daemon.errors import ConfigError, DaemonError, StateError
 from daemon.kafka_eos import TransactionalInput, TransactionalOutput
 from daemon.kafka_io import KafkaOutput
 from daemon.loop import eos_segments
 from daemon.settings import Settings, load_settings
+from daemon.state_redis import RedisStateStore
 from kronos_core.stream_types import StreamForecaster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,9 +127,22 @@ class _AbandoningOutput(TransactionalOutput):
         await KafkaOutput.stop(self)
 
 
+class _FlakyStore(RedisStateStore):
+    """Redis failing the first read of a stored forecast (an outage while re-publishing)."""
+
+    failures = 0
+
+    async def forecast_from(self, symbol: str, source: str) -> bytes | None:
+        if self.failures == 0:
+            self.failures += 1
+            raise StateError("injected: Redis unreachable while reading a stored forecast")
+        return await super().forecast_from(symbol, source)
+
+
 @pytest.mark.kafka
 @pytest.mark.redis
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("redis_fails_once", [False, True], ids=["plain", "redis-outage-while-republishing"])
 async def test_crash_between_redis_write_and_commit_republishes_once(
     kafka_bootstrap: str,
     redis_url: str,
@@ -137,6 +151,7 @@ async def test_crash_between_redis_write_and_commit_republishes_once(
     topics: Topics,
     forecaster: StreamForecaster,
     model_version: str,
+    redis_fails_once: bool,
 ) -> None:
     series = {s: bar_series(s, 6, seed=5) for s in ("E1", "E2", "E3", "E4")}
     # A bad message in the crashed segment: its dead letter must not show up twice either.
@@ -153,7 +168,10 @@ async def test_crash_between_redis_write_and_commit_republishes_once(
     await first.close()
     assert in1.commits == 3
 
-    second = Daemon(settings, forecaster=forecaster)  # same transactional id: aborts the open one
+    store = None
+    if redis_fails_once:
+        store = _FlakyStore.from_url(redis_url, settings.redis.key_prefix, settings.model.max_context)
+    second = Daemon(settings, forecaster=forecaster, store=store)  # same transactional id: aborts the open one
     await second.start()
     serving = asyncio.create_task(second.serve())
     try:
@@ -171,6 +189,8 @@ async def test_crash_between_redis_write_and_commit_republishes_once(
     assert len(everything) > len(committed)
     dead = await _read(kafka_bootstrap, topics.dead, "read_committed")
     assert len(dead) == 1
+    if store is not None:
+        assert store.failures == 1  # the outage was met, and waited out
 
 
 async def _more(progress: Any, before: int) -> bool:

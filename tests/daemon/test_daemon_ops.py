@@ -77,6 +77,7 @@ async def test_health_readiness_and_metrics() -> None:
             'kronos_invalid_messages_total{kind="json"} 1.0',
             'kronos_invalid_messages_total{kind="schema"} 0.0',  # pre-initialised
             'kronos_skipped_total{reason="out_of_order"} 0.0',
+            'kronos_skipped_total{reason="replayed"} 0.0',
             "process_cpu_seconds_total",
             "python_info{",
             'kronos_model_info{mode="exact",version="stub-1"} 1.0',

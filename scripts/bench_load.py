@@ -910,7 +910,7 @@ def steady_table(results: dict[str, dict[str, Any]]) -> list[str]:
     rows = [
         "| mode | symbols | interval s | forecasts/s | latency p50 ms | p90 ms | p99 ms | max ms "
         "| daemon e2e p50/p99 ms | model calls (mean batch) | model busy | worst interval s | lag at end "
-        "| kept up | warm/rebuilt/refreshed |",
+        "| kept up | warm/rebuilt/refreshed (evicted) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for mode, r in results.items():
@@ -960,24 +960,26 @@ def write_steady_markdown(path: Path, report: dict[str, Any]) -> None:
         "none missing.",
         "- *warm/rebuilt/refreshed* (incremental mode): how the daemon's model calls served the measured "
         "bars, counted by scripts/bench_probe.py around the daemon's model: from a warm session (only the "
-        "new bar runs), rebuilt from the stored token cache, or refreshed (new statistics, whole window).",
+        "new bar runs), rebuilt from the stored token cache, or refreshed (new statistics, whole window); "
+        "*evicted*: warm sessions the session pool dropped to give a batch one contiguous run of slots.",
         "",
     ]
     path.write_text("\n".join(lines))
 
 
 def served_cell(served: dict[str, int] | None) -> str:
-    """``warm/rebuilt/refreshed`` of a burst (``-`` in exact mode)."""
+    """``warm/rebuilt/refreshed (evicted)`` of a burst (``-`` in exact mode)."""
     if not served:
         return "-"
-    return f"{served.get('warm', 0)}/{served.get('rebuild', 0)}/{served.get('refresh', 0)}"
+    return (f"{served.get('warm', 0)}/{served.get('rebuild', 0)}/{served.get('refresh', 0)} "
+            f"({served.get('evicted', 0)})")
 
 
 def burst_table(results: dict[str, dict[str, Any]]) -> list[str]:
     rows = [
         "| mode | symbols | time to last forecast ms | model calls (mean batch) | daemon model ms "
         "| one engine call ms | efficiency | model share | overhead ms/forecast | publish acked ms "
-        "| warm/rebuilt/refreshed |",
+        "| warm/rebuilt/refreshed (evicted) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, r in results.items():
@@ -1022,6 +1024,13 @@ def write_burst_markdown(path: Path, report: dict[str, Any]) -> None:
         "- *overhead ms/forecast* = (time to last forecast - the daemon's model time) / N: JSON, Kafka, "
         "Redis and bookkeeping, the linger, plus the publishing (*publish acked*: until the broker "
         "acknowledged the whole burst) and the reading in this process.",
+        "- Incremental mode: *one engine call* is a warm call (an untimed call over the windows one bar "
+        "earlier builds the sessions first). *warm/rebuilt/refreshed (evicted)*: how the daemon's model "
+        "calls served the burst, counted by scripts/bench_probe.py around the daemon's model: from a warm "
+        "session (only the new bar runs), rebuilt from the stored token cache (no matching warm session), "
+        "or refreshed (new statistics, whole window: cold start, every refresh_every bars, a price beyond "
+        "drift_sigma); *evicted*: warm sessions the session pool dropped to give a batch one contiguous run "
+        f"of slots. Warm sessions allowed: max_sessions {a.get('max_sessions')}.",
         "",
     ]
     path.write_text("\n".join(lines))

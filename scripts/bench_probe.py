@@ -13,8 +13,9 @@ call tallies how each series was served:
 - ``exact``: an exact-mode series (no token cache involved).
 
 After every call the running totals are written to ``BENCH_PROBE_FILE`` (JSON, replaced atomically;
-about 0.1 ms a call), which the benchmark reads between bursts. A forecaster without warm sessions
-(the stub) counts a matching token cache as warm.
+about 0.1 ms a call), which the benchmark reads between bursts, with the session pool's own counters (sessions moved inside the
+pool, evicted to make room for a batch's contiguous run of slots, capacity growths). A forecaster
+without warm sessions (the stub) counts a matching token cache as warm.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from kronos_core.stream_types import SeriesForecast, SeriesWindow
 
 KINDS = ("warm", "rebuild", "refresh", "exact")
+POOL = ("moved", "evicted", "grown")  # the session pool's counters (kronos_core.session_pool.PoolCounters)
 
 
 def classify(
@@ -74,7 +76,9 @@ class ProbeForecaster:
         return results
 
     def snapshot(self) -> dict[str, int]:
-        return {"calls": self.calls, **{k: int(self.counts[k]) for k in KINDS}}
+        counters = getattr(getattr(self.inner, "_pool", None), "counters", None)
+        pool = {k: int(getattr(counters, k, 0)) for k in POOL}
+        return {"calls": self.calls, **{k: int(self.counts[k]) for k in KINDS}, **pool}
 
     def _write(self) -> None:
         if self.out is None:
@@ -90,7 +94,7 @@ def read_counts(path: Path) -> dict[str, int]:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         data = {}
-    return {k: int(data.get(k, 0)) for k in ("calls", *KINDS)}
+    return {k: int(data.get(k, 0)) for k in ("calls", *KINDS, *POOL)}
 
 
 def build(settings: Any) -> ProbeForecaster:

@@ -894,6 +894,7 @@ async def bench_steady(
             "forecasts_missing_at_end": missing_at_end,
             "forecasts_missing_after_grace": missing,
             "worst_interval_s": None if None in completions else max(c for c in completions if c is not None),
+            "median_interval_s": None if None in completions else round(float(np.median(completions)), 3),
             "kept_up": kept_up(completions, interval, lag_end, missing),
         }  # fmt: skip
         if served_before is not None and served_after is not None:
@@ -909,7 +910,7 @@ async def bench_steady(
 def steady_table(results: dict[str, dict[str, Any]]) -> list[str]:
     rows = [
         "| mode | symbols | interval s | forecasts/s | latency p50 ms | p90 ms | p99 ms | max ms "
-        "| daemon e2e p50/p99 ms | model calls (mean batch) | model busy | worst interval s | lag at end "
+        "| daemon e2e p50/p99 ms | model calls (mean batch) | model busy | close to last forecast s (median/worst) | lag at end "
         "| kept up | warm/rebuilt/refreshed (evicted) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
@@ -923,7 +924,7 @@ def steady_table(results: dict[str, dict[str, Any]]) -> list[str]:
         rows.append(
             f"| {mode} | {m['symbols']} | {m['interval_s']:g} | {m['forecasts_per_s']} | {lat['p50']} | {lat['p90']} "
             f"| {lat['p99']} | {lat['max']} | {own['p50']} / {own['p99']} | {m['model_calls']} ({m['mean_batch']}) "
-            f"| {m['model_busy_share']:.0%} | {m['worst_interval_s']} | {m['lag_at_end']} "
+            f"| {m['model_busy_share']:.0%} | {m['median_interval_s']} / {m['worst_interval_s']} | {m['lag_at_end']} "
             f"| {'yes' if m['kept_up'] else 'no'} | {served_cell(m.get('served'))} |"
         )
     return rows
@@ -954,8 +955,8 @@ def write_steady_markdown(path: Path, report: dict[str, Any]) -> None:
         "- *forecasts/s*: forecasts read during the measured intervals / their length. *model calls (mean "
         "batch)* and *model busy* (model time / measured time): the daemon's /metrics (`kronos_batch_size`, "
         "`kronos_model_step_seconds`) over the measured intervals.",
-        "- *worst interval*: the longest time from a bar close until the last forecast of that close was "
-        "read. *lag at end*: input messages not yet committed by the daemon's group when the measured "
+        "- *close to last forecast*: from a bar close until the last forecast of that close was read, the "
+        "median and the worst of the measured closes. *lag at end*: input messages not yet committed by the daemon's group when the measured "
         "intervals ended. *kept up*: every close's forecasts out before the next close, no lag at the end, "
         "none missing.",
         "- *warm/rebuilt/refreshed* (incremental mode): how the daemon's model calls served the measured "

@@ -930,15 +930,30 @@ def steady_table(results: dict[str, dict[str, Any]]) -> list[str]:
     return rows
 
 
+SERVED_NOTE = (
+    "how the daemon's model calls served the bars, counted by scripts/bench_probe.py around the daemon's "
+    "model: from a warm session (only the new bar runs), rebuilt from the stored token cache (no matching "
+    "warm session), or refreshed (new statistics, whole window: cold start, every refresh_every bars, a "
+    "price beyond drift_sigma, or the window outgrew the cache); *evicted*: warm sessions the session pool "
+    "dropped to give a batch one contiguous run of slots."
+)
+
+
+def machine_line(mf: dict[str, Any]) -> str:
+    return (
+        f"{mf['date']}; {mf['cores']} cores ({mf['cpu']}), torch {mf['torch']} on CPU with "
+        f"{mf['torch_threads']} thread(s); load average before {mf['load_avg_before']}, after "
+        f"{mf['load_avg_after']} (the machine is shared with other jobs). Daemon subprocess, broker and "
+        "Redis on this machine (loopback)."
+    )
+
+
 def write_steady_markdown(path: Path, report: dict[str, Any]) -> None:
     a, mf = report["settings"], report["machine"]
     lines = [
         "# Daemon steady-state benchmark (real Kafka and Redis)",
         "",
-        f"{mf['date']}; {mf['cores']} cores ({mf['cpu']}), torch {mf['torch']} on CPU with "
-        f"{mf['torch_threads']} thread(s); load average before {mf['load_avg_before']}, after "
-        f"{mf['load_avg_after']} (the machine is shared with other jobs). Daemon subprocess, broker and "
-        "Redis on this machine (loopback).",
+        machine_line(mf),
         "",
         f"Model `{a['model']}`, max_context {a['max_context']}, horizon {a['horizon']}, sample_count "
         f"{a['sample_count']}; {a['steady']} symbols warmed up with {a['warm_bars']} bars each, then one bar per "
@@ -956,13 +971,10 @@ def write_steady_markdown(path: Path, report: dict[str, Any]) -> None:
         "batch)* and *model busy* (model time / measured time): the daemon's /metrics (`kronos_batch_size`, "
         "`kronos_model_step_seconds`) over the measured intervals.",
         "- *close to last forecast*: from a bar close until the last forecast of that close was read, the "
-        "median and the worst of the measured closes. *lag at end*: input messages not yet committed by the daemon's group when the measured "
-        "intervals ended. *kept up*: every close's forecasts out before the next close, no lag at the end, "
+        "median and the worst of the measured closes. *lag at end*: input messages not yet committed by "
+        "the daemon's group when the measured intervals ended. *kept up*: every close's forecasts out before the next close, no lag at the end, "
         "none missing.",
-        "- *warm/rebuilt/refreshed* (incremental mode): how the daemon's model calls served the measured "
-        "bars, counted by scripts/bench_probe.py around the daemon's model: from a warm session (only the "
-        "new bar runs), rebuilt from the stored token cache, or refreshed (new statistics, whole window); "
-        "*evicted*: warm sessions the session pool dropped to give a batch one contiguous run of slots.",
+        "- *warm/rebuilt/refreshed (evicted)*, incremental mode, over the measured closes: " + SERVED_NOTE,
         "",
     ]
     path.write_text("\n".join(lines))
@@ -1002,10 +1014,7 @@ def write_burst_markdown(path: Path, report: dict[str, Any]) -> None:
     lines = [
         "# Daemon burst benchmark (real Kafka and Redis)",
         "",
-        f"{mf['date']}; {mf['cores']} cores ({mf['cpu']}), torch {mf['torch']} on CPU with "
-        f"{mf['torch_threads']} thread(s); load average before {mf['load_avg_before']}, after "
-        f"{mf['load_avg_after']} (the machine is shared with other jobs). Daemon subprocess, broker and "
-        "Redis on this machine (loopback).",
+        machine_line(mf),
         "",
         f"Model `{a['model']}`, max_context {a['max_context']}, horizon {a['horizon']}, sample_count "
         f"{a['sample_count']}; warm-up {a['warm_bars']} bars per symbol for {max(a['burst_sizes'])} symbols, "
@@ -1026,12 +1035,8 @@ def write_burst_markdown(path: Path, report: dict[str, Any]) -> None:
         "Redis and bookkeeping, the linger, plus the publishing (*publish acked*: until the broker "
         "acknowledged the whole burst) and the reading in this process.",
         "- Incremental mode: *one engine call* is a warm call (an untimed call over the windows one bar "
-        "earlier builds the sessions first). *warm/rebuilt/refreshed (evicted)*: how the daemon's model "
-        "calls served the burst, counted by scripts/bench_probe.py around the daemon's model: from a warm "
-        "session (only the new bar runs), rebuilt from the stored token cache (no matching warm session), "
-        "or refreshed (new statistics, whole window: cold start, every refresh_every bars, a price beyond "
-        "drift_sigma); *evicted*: warm sessions the session pool dropped to give a batch one contiguous run "
-        f"of slots. Warm sessions allowed: max_sessions {a.get('max_sessions')}.",
+        "earlier builds the sessions first). *warm/rebuilt/refreshed (evicted)*, per burst: " + SERVED_NOTE
+        + f" Warm sessions allowed: max_sessions {a.get('max_sessions')}.",
         "",
     ]
     path.write_text("\n".join(lines))

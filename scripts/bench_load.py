@@ -855,11 +855,11 @@ async def bench_steady(
                   "forecasts read so far", flush=True)
         await asyncio.sleep(max(0.0, phase_end - time.time()))
         lag_end = await group_lag(s.admin, s.probe, run)
+        after, served_after = await daemon.metrics(), served_counts(run)  # the measured intervals only
         in_phase = collector.count_between(phase_start, phase_end)
         measured = [k for _, keys in per_interval for k in keys]
         missing_at_end = sum(1 for k in measured if k not in collector.first)
         await collector.wait_for(measured, args.grace)
-        after, served_after = await daemon.metrics(), served_counts(run)
 
         arrived = {k: collector.first[k] for k in measured if k in collector.first}
         e2e = [(a.at - sent[k]) * 1e3 for k, a in arrived.items()]

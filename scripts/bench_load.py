@@ -340,6 +340,9 @@ class DaemonProcess:
                 if sample.name.endswith("_bucket"):
                     continue
                 out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+                if "phase" in sample.labels:  # kronos_loop_phase_seconds: also per phase
+                    key = f'{sample.name}{{phase="{sample.labels["phase"]}"}}'
+                    out[key] = out.get(key, 0.0) + float(sample.value)
         return out
 
     async def stop(self, timeout_s: float = 20.0) -> int | None:
@@ -750,7 +753,7 @@ async def bench_bursts(
                 complete = await collector.wait_for(keys, args.drain_timeout)
                 arrivals = [collector.first[k].at for k in keys if k in collector.first]
                 burst_s = max(arrivals) - b0 if arrivals else float("nan")
-                after = await daemon.metrics()
+                after = await settled_metrics(daemon, before, size)
                 served_after = served_counts(run)
                 model_s = metric_delta(after, before, "kronos_model_step_seconds_sum")
                 calls = int(metric_delta(after, before, "kronos_batch_size_count"))
@@ -768,6 +771,12 @@ async def bench_bursts(
                     "model_share": round(model_s / burst_s, 3),
                     "overhead_ms_per_forecast": round((burst_s - model_s) / size * 1e3, 3),
                     "overhead_vs_engine_ms_per_forecast": round((burst_s - engine_s) / size * 1e3, 3),
+                    # the daemon's own time per loop phase (kronos_loop_phase_seconds), ms per forecast
+                    "phase_ms_per_forecast": {
+                        name.split('phase="', 1)[1].rstrip('"}'): round(metric_delta(after, before, name) / size * 1e3, 4)
+                        for name in after
+                        if name.startswith("kronos_loop_phase_seconds_sum{")
+                    },
                 }
                 if served_before is not None and served_after is not None:
                     entry["served"] = count_delta(served_after, served_before)
@@ -777,6 +786,21 @@ async def bench_bursts(
                       f"efficiency {entry['efficiency']:.0%}"
                       + (f", served {entry['served']}" if "served" in entry else ""), flush=True)
     return result
+
+
+async def settled_metrics(daemon: DaemonProcess, before: dict[str, float], forecasts: int) -> dict[str, float]:
+    """The daemon's metrics once it has stored ``forecasts`` more forecasts and finished the fetch
+    (the loop's phase times are recorded after the commit, a moment after the last forecast is out)."""
+    fetches = before.get("kronos_loop_phase_seconds_count", 0.0)
+    deadline = time.monotonic() + 10
+    while True:
+        after = await daemon.metrics()
+        stored = after.get("kronos_forecasts_out_total", 0.0) - before.get("kronos_forecasts_out_total", 0.0)
+        if (stored >= forecasts and after.get("kronos_loop_phase_seconds_count", 0.0) > fetches) or (
+            time.monotonic() > deadline
+        ):
+            return after
+        await asyncio.sleep(0.05)
 
 
 # -- steady state -----------------------------------------------------------------------------------

@@ -681,6 +681,17 @@ def metric_delta(after: dict[str, float], before: dict[str, float], name: str) -
     return after.get(name, 0.0) - before.get(name, 0.0)
 
 
+def phase_ms_per_forecast(after: dict[str, float], before: dict[str, float], forecasts: int) -> dict[str, float]:
+    """The daemon's own time per loop phase (``kronos_loop_phase_seconds{phase}``) between two
+    readings, in ms per forecast."""
+    prefix = 'kronos_loop_phase_seconds_sum{phase="'
+    return {
+        name.removeprefix(prefix).removesuffix('"}'): round(metric_delta(after, before, name) / forecasts * 1e3, 4)
+        for name in after
+        if name.startswith(prefix) and forecasts
+    }
+
+
 def count_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     """The probe's tallies (warm, rebuild, refresh...) between two readings."""
     return {k: after.get(k, 0) - before.get(k, 0) for k in after}
@@ -772,11 +783,7 @@ async def bench_bursts(
                     "overhead_ms_per_forecast": round((burst_s - model_s) / size * 1e3, 3),
                     "overhead_vs_engine_ms_per_forecast": round((burst_s - engine_s) / size * 1e3, 3),
                     # the daemon's own time per loop phase (kronos_loop_phase_seconds), ms per forecast
-                    "phase_ms_per_forecast": {
-                        name.split('phase="', 1)[1].rstrip('"}'): round(metric_delta(after, before, name) / size * 1e3, 4)
-                        for name in after
-                        if name.startswith("kronos_loop_phase_seconds_sum{")
-                    },
+                    "phase_ms_per_forecast": phase_ms_per_forecast(after, before, size),
                 }
                 if served_before is not None and served_after is not None:
                     entry["served"] = count_delta(served_after, served_before)
@@ -913,6 +920,7 @@ async def bench_steady(
             "model_calls": int(calls),
             "mean_batch": round(series / calls, 1) if calls else None,
             "model_busy_share": round(model_s / (phase_end - phase_start), 3),
+            "phase_ms_per_forecast": phase_ms_per_forecast(after, before, len(measured)),
             "mean_model_call_ms": round(model_s / calls * 1e3, 1) if calls else None,
             "lag_at_end": lag_end,
             "forecasts_missing_at_end": missing_at_end,
@@ -929,6 +937,17 @@ async def bench_steady(
               f"p99 {m['latency_ms']['p99']} ms, mean batch {m['mean_batch']}, lag at end {lag_end}, "
               f"kept up: {m['kept_up']}", flush=True)
     return result
+
+
+def phase_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The daemon's loop phases over the measured intervals, ms per forecast, one line per mode."""
+    lines = []
+    for mode, r in results.items():
+        phases = r.get("measured", {}).get("phase_ms_per_forecast")
+        if phases:
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]) if v >= 0.0005)
+            lines.append(f"- {mode}: the daemon's loop phases (`kronos_loop_phase_seconds`), ms per forecast: {parts}.")
+    return [*lines, ""] if lines else []
 
 
 def steady_table(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -988,6 +1007,7 @@ def write_steady_markdown(path: Path, report: dict[str, Any]) -> None:
         "",
         *steady_table(report["modes"]),
         "",
+        *phase_lines(report["modes"]),
         "- *latency*: from just before this process sent a bar (its arrival) until it read that bar's "
         "forecast from the output topic. *daemon e2e*: the forecast's own `latency_ms.end_to_end` (the "
         "bar's Kafka timestamp until the forecast was handed to the producer).",

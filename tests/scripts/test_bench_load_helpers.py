@@ -69,6 +69,21 @@ def test_metric_and_count_deltas() -> None:
     assert bench.served_cell({"warm": 60, "rebuild": 3, "refresh": 1, "evicted": 2}) == "60/3/1 (2)"
 
 
+def test_phase_ms_per_forecast_reads_the_labelled_sums() -> None:
+    before = {'kronos_loop_phase_seconds_sum{phase="model"}': 1.0, "kronos_loop_phase_seconds_sum": 1.5}
+    after = {
+        'kronos_loop_phase_seconds_sum{phase="model"}': 3.0,
+        'kronos_loop_phase_seconds_sum{phase="commit"}': 0.2,
+        "kronos_loop_phase_seconds_sum": 4.7,  # the unlabelled total is not a phase
+        'kronos_loop_phase_seconds_count{phase="model"}': 9.0,
+    }
+    assert bench.phase_ms_per_forecast(after, before, 1000) == {"model": 2.0, "commit": 0.2}
+    assert bench.phase_ms_per_forecast(after, before, 0) == {}
+    assert bench.phase_lines({"exact": {"measured": {"phase_ms_per_forecast": {"model": 2.0, "x": 0.0}}}}) == [
+        "- exact: the daemon's loop phases (`kronos_loop_phase_seconds`), ms per forecast: model 2.000.", ""
+    ]
+
+
 def test_parse_args_steady_defaults_and_refusals(tmp_path: Path) -> None:
     args = bench.parse_args(["--steady", "--modes", "exact"])
     assert (args.kind, args.steady, args.max_sessions) == ("steady", 1000, 1000)

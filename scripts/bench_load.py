@@ -281,6 +281,8 @@ def daemon_env(
             env["BENCH_PROBE_INNER"] = STUB_FACTORY
         if args.max_sessions is not None:
             env["KRONOS_MODEL__MAX_SESSIONS"] = str(args.max_sessions)
+        if args.refresh_every is not None:
+            env["KRONOS_REFRESH_EVERY_BARS"] = str(args.refresh_every)
     env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
     if args.max_batch is not None:
         env["KRONOS_BATCH__MAX_BATCH_SIZE"] = str(args.max_batch)
@@ -1018,7 +1020,8 @@ def write_steady_markdown(path: Path, report: dict[str, Any]) -> None:
         "median and the worst of the measured closes. *lag at end*: input messages not yet committed by "
         "the daemon's group when the measured intervals ended. *kept up*: every close's forecasts out before the next close, no lag at the end, "
         "none missing.",
-        "- *warm/rebuilt/refreshed (evicted)*, incremental mode, over the measured closes: " + SERVED_NOTE,
+        "- *warm/rebuilt/refreshed (evicted)*, incremental mode, over the measured closes: " + SERVED_NOTE
+        + f" Warm sessions allowed: max_sessions {a.get('max_sessions')}; refresh_every {a.get('refresh_every')}.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -1080,7 +1083,7 @@ def write_burst_markdown(path: Path, report: dict[str, Any]) -> None:
         "acknowledged the whole burst) and the reading in this process.",
         "- Incremental mode: *one engine call* is a warm call (an untimed call over the windows one bar "
         "earlier builds the sessions first). *warm/rebuilt/refreshed (evicted)*, per burst: " + SERVED_NOTE
-        + f" Warm sessions allowed: max_sessions {a.get('max_sessions')}.",
+        + f" Warm sessions allowed: max_sessions {a.get('max_sessions')}; refresh_every {a.get('refresh_every')}.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -1202,6 +1205,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=int, default=None, help="KRONOS_BATCH__MAX_WAIT_MS (default: the daemon's)")
     p.add_argument("--max-sessions", type=int, default=None,
                    help="KRONOS_MODEL__MAX_SESSIONS in incremental mode (default: every symbol gets a warm session)")
+    p.add_argument("--refresh-every", type=int, default=None,
+                   help="KRONOS_REFRESH_EVERY_BARS in incremental mode (default: the daemon's, 64); a refresh\n"
+                   "keeps max_context - horizon - this many bars of tokens")
     p.add_argument("--steady", type=int, nargs="?", const=1000, default=None, metavar="N",
                    help="instead of the load phases: N symbols (default 1000), one bar each per --interval")
     p.add_argument("--interval", type=float, default=10.0, help="steady: seconds between bar closes (default 10)")
@@ -1270,7 +1276,7 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         },
         "modes": {},
     }
-    report["settings"]["max_sessions"] = args.max_sessions
+    report["settings"].update(max_sessions=args.max_sessions, refresh_every=args.refresh_every or "default")
     if args.burst_sizes:
         report["settings"].update(burst_sizes=args.burst_sizes, burst_repeats=args.burst_repeats)
     if args.steady is not None:

@@ -20,13 +20,26 @@ consumer group and its own Redis key prefix, and drives it from this process:
    rate, whole rounds of all symbols) published as fast as possible; drain rate = backlog / (time
    from the first send to the last forecast read).
 
+Instead of these phases, ``--burst N,N,...`` runs bursts (after a warm-up of ``max(N)`` symbols, the
+first N symbols each send one bar at the same instant: time to the last forecast, against one batched
+engine call over the same windows) and ``--steady [N]`` a steady state (N symbols, default 1,000, one
+bar each per ``--interval``, every bar landing at a random moment within ``--spread`` seconds of the
+close; after ``--steady-warmup`` intervals, ``--intervals`` are measured: latency p50/p90/p99 from each
+bar's send to its forecast read, the daemon's mean model batch, forecasts/s, lag at the end, and
+whether every close's forecasts were out before the next). In incremental mode the daemon's model is
+wrapped by scripts/bench_probe.py, which counts how each series was served (warm session, rebuilt,
+refreshed) and the session pool's evictions; every symbol may keep a warm session
+(``--max-sessions``). ``--model stub`` runs the deterministic stub forecaster of tests/daemon instead
+of a model (~0 model time), so a burst measures the daemon's own overhead.
+
 Then the daemon gets SIGTERM, and its topics and Redis keys are deleted (also after a failure).
 The bars come from :func:`daemon.feeds.synthetic_bars` (same seed for both modes, so both see the
 same bars). Every wait is bounded; only loopback addresses are used (``KAFKA_BOOTSTRAP`` and
 ``REDIS_URL`` from ``eval "$(scripts/services env)"``).
 
-Output: a table on stdout, ``--out`` (JSON, default ``results/bench_load.json``) and the same path
-with ``.md`` (the table and the machine facts).
+Output: a table on stdout, ``--out`` (JSON, default ``results/bench_load.json``,
+``results/bench_burst.json`` or ``results/bench_steady.json``) and the same path with ``.md`` (the table
+and the machine facts).
 
 Run: ``.venv/bin/python scripts/bench_load.py`` (defaults: 20 symbols, 20 bars/s, 30 s, both modes,
 the demo model, 4 sample paths, 1 torch thread; a few minutes in all).

@@ -811,18 +811,21 @@ async def bench_bursts(
 
 
 async def settled_metrics(daemon: DaemonProcess, before: dict[str, float], forecasts: int) -> dict[str, float]:
-    """The daemon's metrics once it has stored ``forecasts`` more forecasts and finished the fetch
-    (the loop's phase times are recorded after the commit, a moment after the last forecast is out)."""
-    fetches = before.get("kronos_loop_phase_seconds_count", 0.0)
+    """The daemon's metrics once it has stored ``forecasts`` more forecasts and finished every fetch
+    they came in: the loop's phase times are recorded after a batch's commit, a moment after its last
+    forecast is out, and a burst can come in more than one batch, so the readings must also have
+    stopped changing (two readings 0.1 s apart alike; at most 10 s)."""
+    batches = 'kronos_loop_phase_seconds_count{phase="linger"}'  # one observation per processed batch
     deadline = time.monotonic() + 10
+    last: dict[str, float] | None = None
     while True:
         after = await daemon.metrics()
-        stored = after.get("kronos_forecasts_out_total", 0.0) - before.get("kronos_forecasts_out_total", 0.0)
-        if (stored >= forecasts and after.get("kronos_loop_phase_seconds_count", 0.0) > fetches) or (
-            time.monotonic() > deadline
-        ):
+        stored = metric_delta(after, before, "kronos_forecasts_out_total")
+        done = stored >= forecasts and metric_delta(after, before, batches) > 0
+        if (done and last is not None and last.get(batches) == after.get(batches)) or time.monotonic() > deadline:
             return after
-        await asyncio.sleep(0.05)
+        last = after if done else None
+        await asyncio.sleep(0.1)
 
 
 # -- steady state -----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -73,6 +74,7 @@ MODELS = {
     "stub": REPO / "tests" / "daemon",  # the deterministic stub forecaster: ~0 model time
 }
 STUB_FACTORY = "stub_forecaster:build"  # tests/daemon/stub_forecaster.py, as scripts/chaos.py loads it
+PROBE_FACTORY = "bench_probe:build"  # scripts/bench_probe.py: counts how incremental calls served each series
 BAR_START = datetime(2024, 1, 2, tzinfo=UTC)  # synthetic clock start; the same bars in every mode
 BAR_INTERVAL_S = 60.0
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -231,6 +233,10 @@ class Run:
         self.group = base
         self.prefix = f"bench-load:{self.uid}:{self.mode}"
 
+    @property
+    def probe_file(self) -> Path:
+        return REPO / "results" / "tmp" / f"probe-{self.uid}-{self.mode}.json"
+
 
 def daemon_env(
     args: argparse.Namespace, run: Run, bootstrap: str, redis_url: str, port: int
@@ -261,13 +267,21 @@ def daemon_env(
             "KRONOS_LOG_FORMAT": "json",
         }
     )
+    paths = [str(REPO)]
     if args.model == "stub":
-        paths = [str(model_dir), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
-        env.update({"PYTHONPATH": os.pathsep.join(paths), "KRONOS_MODEL__FACTORY": STUB_FACTORY,
-                    "STUB_FORECASTER_DELAY_MS": "0"})
+        paths.insert(0, str(model_dir))
+        env.update({"KRONOS_MODEL__FACTORY": STUB_FACTORY, "STUB_FORECASTER_DELAY_MS": "0"})
     else:
         env["KRONOS_MODEL__TOKENIZER_DIR"] = str(model_dir / "tokenizer")
         env["KRONOS_MODEL__PREDICTOR_DIR"] = str(model_dir / "predictor")
+    if run.mode == "incremental":  # count warm sessions, rebuilds and refreshes (scripts/bench_probe.py)
+        paths.insert(0, str(REPO / "scripts"))
+        env.update({"KRONOS_MODEL__FACTORY": PROBE_FACTORY, "BENCH_PROBE_FILE": str(run.probe_file)})
+        if args.model == "stub":
+            env["BENCH_PROBE_INNER"] = STUB_FACTORY
+        if args.max_sessions is not None:
+            env["KRONOS_MODEL__MAX_SESSIONS"] = str(args.max_sessions)
+    env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
     if args.max_batch is not None:
         env["KRONOS_BATCH__MAX_BATCH_SIZE"] = str(args.max_batch)
     if args.max_wait_ms is not None:
@@ -598,19 +612,26 @@ async def bench_mode(
 
 class ReferenceModel:
     """The daemon's model, built in this process from the daemon's own ``KRONOS_*`` settings, to time
-    one batched call over the windows the daemon forecast in a burst."""
+    one batched call over the windows the daemon forecast in a burst (without the counting probe)."""
 
     def __init__(self, env: dict[str, str]) -> None:
         from daemon.forecaster import build_forecaster
         from daemon.settings import load_settings
 
-        if env.get("KRONOS_MODEL__FACTORY") == STUB_FACTORY and str(MODELS["stub"]) not in sys.path:
+        kronos = {k: v for k, v in env.items() if k.startswith("KRONOS_")}
+        if kronos.get("KRONOS_MODEL__FACTORY") == PROBE_FACTORY:  # the model itself, uncounted
+            inner = env.get("BENCH_PROBE_INNER")
+            if inner:
+                kronos["KRONOS_MODEL__FACTORY"] = inner
+            else:
+                del kronos["KRONOS_MODEL__FACTORY"]
+        if kronos.get("KRONOS_MODEL__FACTORY") == STUB_FACTORY and str(MODELS["stub"]) not in sys.path:
             sys.path.insert(0, str(MODELS["stub"]))  # the stub's module, as the daemon finds it
         saved = {k: v for k, v in os.environ.items() if k.startswith("KRONOS_")}
         try:
             for k in saved:
                 del os.environ[k]
-            os.environ.update({k: v for k, v in env.items() if k.startswith("KRONOS_")})
+            os.environ.update(kronos)
             self.settings = load_settings()
         finally:
             for k in [k for k in os.environ if k.startswith("KRONOS_")]:
@@ -618,14 +639,15 @@ class ReferenceModel:
             os.environ.update(saved)
         self.forecaster = build_forecaster(self.settings)
 
-    def windows(self, history: dict[str, list[FeedBar]], symbols: list[str]) -> list[Any]:
-        """What the daemon hands the model for each symbol's newest bar (window capped at max_context)."""
+    def windows(self, history: dict[str, list[FeedBar]], symbols: list[str], drop_last: int = 0) -> list[Any]:
+        """What the daemon hands the model for each symbol's newest bar (window capped at max_context);
+        ``drop_last``: as it was that many bars earlier."""
         from daemon.schemas import horizon_ns, infer_interval_ns
         from kronos_core.stream_types import SeriesWindow, derive_seed
 
         s, out = self.settings, []
         for sym in symbols:
-            bars = history[sym][-s.model.max_context :]
+            bars = history[sym][: len(history[sym]) - drop_last][-s.model.max_context :]
             ts = [to_ns(t) for _, t, _ in bars]
             interval = infer_interval_ns(ts, int(s.default_bar_interval_s * 1e9))
             future = horizon_ns(ts[-1], interval, s.model.horizon)
@@ -636,14 +658,77 @@ class ReferenceModel:
             ))
         return out
 
-    def time_call(self, windows: list[Any], repeats: int = 2) -> float:
-        """Seconds of one batched forecast call over ``windows`` (the fastest of ``repeats``)."""
+    def time_call(self, history: dict[str, list[FeedBar]], symbols: list[str], repeats: int = 2) -> float:
+        """Seconds of one batched forecast call over the symbols' newest windows (the fastest of
+        ``repeats``). Incremental mode: each timed call is warm, as the daemon's should be: an untimed
+        call over the windows one bar earlier builds the warm sessions and token caches first."""
+        horizon = self.settings.model.horizon
+        windows = self.windows(history, symbols)
         best = float("inf")
         for _ in range(repeats):
+            if self.settings.mode == "incremental":
+                earlier = self.forecaster.forecast(self.windows(history, symbols, drop_last=1), horizon)
+                windows = [dataclasses.replace(w, token_state=f.token_state)
+                           for w, f in zip(windows, earlier, strict=True)]
             t0 = time.perf_counter()
-            self.forecaster.forecast(windows, self.settings.model.horizon)
+            self.forecaster.forecast(windows, horizon)
             best = min(best, time.perf_counter() - t0)
         return best
+
+
+def metric_delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    """How much a counter (or a histogram's _sum/_count) grew between two /metrics readings."""
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def phase_ms_per_forecast(after: dict[str, float], before: dict[str, float], forecasts: int) -> dict[str, float]:
+    """The daemon's own time per loop phase (``kronos_loop_phase_seconds{phase}``) between two
+    readings, in ms per forecast."""
+    prefix = 'kronos_loop_phase_seconds_sum{phase="'
+    return {
+        name.removeprefix(prefix).removesuffix('"}'): round(metric_delta(after, before, name) / forecasts * 1e3, 4)
+        for name in after
+        if name.startswith(prefix) and forecasts
+    }
+
+
+def count_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """The probe's tallies (warm, rebuild, refresh...) between two readings."""
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+
+def served_counts(run: Run) -> dict[str, int] | None:
+    """The probe's running tallies of how the daemon's incremental calls served each series (None
+    in exact mode, where no probe runs)."""
+    if run.mode != "incremental":
+        return None
+    from bench_probe import read_counts
+
+    return read_counts(run.probe_file)
+
+
+async def warm_up(
+    args: argparse.Namespace, s: Session, run: Run, feed: Iterator[FeedBar], symbols: int,
+    history: dict[str, list[FeedBar]], tag: str,
+) -> dict[str, Any]:
+    """``--warm-bars`` bars per symbol published as fast as possible; returns once every one has its
+    forecast (raises after ``--warm-timeout``). ``history`` gets every bar sent."""
+    warm = round_robin(feed, symbols * args.warm_bars)
+    for bar in warm:
+        history.setdefault(bar[0], []).append(bar)
+    t0 = time.time()
+    keys = await publish_fast(s.producer, run.input, warm)
+    if not await s.collector.wait_for(keys, args.warm_timeout):
+        raise RuntimeError(f"warm-up did not finish within {args.warm_timeout} s; lower --warm-bars")
+    out: dict[str, Any] = {"bars": len(keys), "seconds": round(time.time() - t0, 2)}
+    served = served_counts(run)
+    if served is not None:
+        out["served"] = served
+    metrics = await s.daemon.metrics()
+    out["symbols_cached"] = metrics.get("kronos_symbols_cached")
+    print(f"[{tag}] warm-up: {len(keys)} forecasts in {out['seconds']:.1f} s"
+          + (f", served {served}" if served else ""), flush=True)
+    return out
 
 
 async def bench_bursts(
@@ -662,15 +747,7 @@ async def bench_bursts(
     reference = ReferenceModel(env)
     async with daemon_session(args, run, env, bootstrap, redis_url, log_path, result, producer_linger_ms=5) as s:
         daemon, producer, collector = s.daemon, s.producer, s.collector
-        warm = round_robin(feed, total * args.warm_bars)
-        for bar in warm:
-            history.setdefault(bar[0], []).append(bar)
-        t0 = time.time()
-        keys = await publish_fast(producer, run.input, warm)
-        if not await collector.wait_for(keys, args.warm_timeout):
-            raise RuntimeError(f"warm-up did not finish within {args.warm_timeout} s; lower --warm-bars")
-        result["warmup"] = {"bars": len(keys), "seconds": round(time.time() - t0, 2)}
-        print(f"[burst {mode}] warm-up: {len(keys)} forecasts in {time.time() - t0:.1f} s", flush=True)
+        result["warmup"] = await warm_up(args, s, run, feed, total, history, f"burst {mode}")
 
         for size in sizes:
             for rep in range(args.burst_repeats):
@@ -679,6 +756,7 @@ async def bench_bursts(
                 for bar in burst:
                     history[bar[0]].append(bar)
                 before = await daemon.metrics()
+                served_before = served_counts(run)
                 await asyncio.sleep(0.5)  # let the daemon's idle fetches settle
                 b0 = time.time()
                 keys = await publish_fast(producer, run.input, burst)
@@ -687,19 +765,17 @@ async def bench_bursts(
                 arrivals = [collector.first[k].at for k in keys if k in collector.first]
                 burst_s = max(arrivals) - b0 if arrivals else float("nan")
                 after = await settled_metrics(daemon, before, size)
-
-                def delta(name: str, a: dict[str, float] = after, b: dict[str, float] = before) -> float:
-                    return a.get(name, 0.0) - b.get(name, 0.0)
-
-                model_s = delta("kronos_model_step_seconds_sum")
-                calls = int(delta("kronos_batch_size_count"))
-                engine_s = reference.time_call(reference.windows(history, [b[0] for b in burst]))
+                served_after = served_counts(run)
+                model_s = metric_delta(after, before, "kronos_model_step_seconds_sum")
+                calls = int(metric_delta(after, before, "kronos_batch_size_count"))
+                series = metric_delta(after, before, "kronos_batch_size_sum")
+                engine_s = reference.time_call(history, [b[0] for b in burst])
                 entry = {
                     "symbols": size, "repeat": rep, "complete": complete, "forecasts": len(arrivals),
                     "publish_acked_s": round(acked_s, 3),
                     "time_to_last_forecast_s": round(burst_s, 3),
                     "daemon_model_calls": calls,
-                    "daemon_mean_batch": round(delta("kronos_batch_size_sum") / calls, 1) if calls else None,
+                    "daemon_mean_batch": round(series / calls, 1) if calls else None,
                     "daemon_model_s": round(model_s, 3),
                     "engine_one_call_s": round(engine_s, 3),
                     "efficiency": round(engine_s / burst_s, 3),
@@ -707,16 +783,15 @@ async def bench_bursts(
                     "overhead_ms_per_forecast": round((burst_s - model_s) / size * 1e3, 3),
                     "overhead_vs_engine_ms_per_forecast": round((burst_s - engine_s) / size * 1e3, 3),
                     # the daemon's own time per loop phase (kronos_loop_phase_seconds), ms per forecast
-                    "phase_ms_per_forecast": {
-                        name.split('phase="', 1)[1].rstrip('"}'): round(delta(name) / size * 1e3, 4)
-                        for name in after
-                        if name.startswith("kronos_loop_phase_seconds_sum{")
-                    },
+                    "phase_ms_per_forecast": phase_ms_per_forecast(after, before, size),
                 }
+                if served_before is not None and served_after is not None:
+                    entry["served"] = count_delta(served_after, served_before)
                 result["bursts"].append(entry)
                 print(f"[burst {mode}] {size} symbols: last forecast after {burst_s * 1e3:.0f} ms, "
                       f"{calls} model call(s) ({model_s * 1e3:.0f} ms), one engine call {engine_s * 1e3:.0f} ms, "
-                      f"efficiency {entry['efficiency']:.0%}", flush=True)
+                      f"efficiency {entry['efficiency']:.0%}"
+                      + (f", served {entry['served']}" if "served" in entry else ""), flush=True)
     return result
 
 
@@ -735,22 +810,245 @@ async def settled_metrics(daemon: DaemonProcess, before: dict[str, float], forec
         await asyncio.sleep(0.05)
 
 
+# -- steady state -----------------------------------------------------------------------------------
+
+
+def spread_schedule(symbols: int, spread_s: float, rng: np.random.Generator) -> list[tuple[float, int]]:
+    """One interval's sends: (seconds after the bar close, symbol index) for every symbol, in send
+    order; each symbol's bar lands at a uniform random moment within ``spread_s`` of the close (a
+    real feed's bars of one close arrive spread over about a second, not at one instant)."""
+    offsets = rng.uniform(0.0, spread_s, size=symbols) if spread_s > 0 else np.zeros(symbols)
+    order = np.argsort(offsets, kind="stable")
+    return [(float(offsets[i]), int(i)) for i in order]
+
+
+def kept_up(completions_s: list[float | None], interval_s: float, lag_at_end: int, missing: int) -> bool:
+    """The daemon kept up when every measured interval's forecasts were all out (None: some never
+    came) before the next bar close, nothing was left in its input at the end, and none was missing."""
+    done = [c for c in completions_s if c is not None]
+    return bool(done) and len(done) == len(completions_s) and max(done) < interval_s and lag_at_end == 0 and missing == 0
+
+
+async def send_interval(
+    producer: AIOKafkaProducer, topic: str, bars: list[FeedBar], schedule: list[tuple[float, int]], close: float,
+    sent: dict[Key, float],
+) -> list[Any]:
+    """Sends bar ``i`` at ``close + offset`` (wall clock; bars already due go together), noting each
+    bar's send time in ``sent``; returns the acknowledgement futures."""
+    acks = []
+    for offset, i in schedule:
+        delay = close + offset - time.time()
+        if delay > 0.001:
+            await asyncio.sleep(delay)
+        symbol, ts, values = bars[i]
+        sent[key_of(symbol, ts)] = time.time()
+        acks.append(await producer.send(topic, key=symbol.encode(), value=bar_to_json(symbol, ts, values)))
+    return acks
+
+
+async def bench_steady(
+    args: argparse.Namespace, mode: str, bootstrap: str, redis_url: str, uid: str
+) -> dict[str, Any]:
+    """One daemon, N symbols warmed up, then one bar per symbol per ``--interval``, spread over
+    ``--spread`` seconds after each close: ``--steady-warmup`` intervals, then ``--intervals`` measured."""
+    n, interval = args.steady, args.interval
+    run = Run(mode, f"{uid}-steady", args.partitions)
+    env = daemon_env(args, run, bootstrap, redis_url, free_port())
+    log_path = REPO / "results" / "tmp" / f"bench_steady-{mode}.log"
+    feed = synthetic_bars(n, None, interval_s=BAR_INTERVAL_S, seed=args.seed, start=BAR_START)
+    rng = np.random.default_rng(args.seed)
+    history: dict[str, list[FeedBar]] = {}
+    result: dict[str, Any] = {"mode": mode, "intervals": []}
+    async with daemon_session(args, run, env, bootstrap, redis_url, log_path, result, producer_linger_ms=5) as s:
+        daemon, collector = s.daemon, s.collector
+        result["warmup"] = await warm_up(args, s, run, feed, n, history, f"steady {mode}")
+        first_close = time.time() + 1.0
+        phase_start = first_close + args.steady_warmup * interval
+        phase_end = phase_start + args.intervals * interval
+        sent: dict[Key, float] = {}
+        per_interval: list[tuple[float, list[Key]]] = []
+        acks: list[Any] = []
+        before: dict[str, float] = {}
+        served_before: dict[str, int] | None = None
+        for k in range(args.steady_warmup + args.intervals):
+            close = first_close + k * interval
+            if k == args.steady_warmup:
+                await asyncio.sleep(max(0.0, close - 0.3 - time.time()))
+                before, served_before = await daemon.metrics(), served_counts(run)
+            bars = round_robin(feed, n)
+            acks += await send_interval(s.producer, run.input, bars, spread_schedule(n, args.spread, rng), close, sent)
+            if k >= args.steady_warmup:
+                per_interval.append((close, [key_of(sym, ts) for sym, ts, _ in bars]))
+            await asyncio.sleep(max(0.0, close + interval - 0.4 - time.time()))
+            await asyncio.gather(*acks)
+            acks = []
+            print(f"[steady {mode}] close {k + 1}/{args.steady_warmup + args.intervals}: {len(collector.first)} "
+                  "forecasts read so far", flush=True)
+        await asyncio.sleep(max(0.0, phase_end - time.time()))
+        lag_end = await group_lag(s.admin, s.probe, run)
+        after, served_after = await daemon.metrics(), served_counts(run)  # the measured intervals only
+        in_phase = collector.count_between(phase_start, phase_end)
+        measured = [k for _, keys in per_interval for k in keys]
+        missing_at_end = sum(1 for k in measured if k not in collector.first)
+        await collector.wait_for(measured, args.grace)
+
+        arrived = {k: collector.first[k] for k in measured if k in collector.first}
+        e2e = [(a.at - sent[k]) * 1e3 for k, a in arrived.items()]
+        own = [float(a.latency_ms["end_to_end"]) for a in arrived.values() if "end_to_end" in a.latency_ms]
+        completions: list[float | None] = []
+        for close, keys in per_interval:
+            got = [collector.first[k].at for k in keys if k in collector.first]
+            last_sent = max(sent[k] for k in keys)
+            done = round(max(got) - close, 3) if len(got) == len(keys) else None
+            completions.append(done)
+            result["intervals"].append({
+                "forecasts": len(got), "bars": len(keys),
+                "last_forecast_after_close_s": done,
+                "last_forecast_after_last_bar_s": round(max(got) - last_sent, 3) if got else None,
+            })  # fmt: skip
+        calls = metric_delta(after, before, "kronos_batch_size_count")
+        series = metric_delta(after, before, "kronos_batch_size_sum")
+        model_s = metric_delta(after, before, "kronos_model_step_seconds_sum")
+        missing = len(measured) - len(arrived)
+        result["measured"] = {
+            "symbols": n, "interval_s": interval, "spread_s": args.spread, "intervals": args.intervals,
+            "bars_sent": len(measured),
+            "forecasts_per_s": round(in_phase / (phase_end - phase_start), 2),
+            "bars_per_s": round(len(measured) / (phase_end - phase_start), 2),
+            "latency_ms": percentiles(e2e),
+            "daemon_end_to_end_ms": percentiles(own),
+            "model_calls": int(calls),
+            "mean_batch": round(series / calls, 1) if calls else None,
+            "model_busy_share": round(model_s / (phase_end - phase_start), 3),
+            "phase_ms_per_forecast": phase_ms_per_forecast(after, before, len(measured)),
+            "mean_model_call_ms": round(model_s / calls * 1e3, 1) if calls else None,
+            "lag_at_end": lag_end,
+            "forecasts_missing_at_end": missing_at_end,
+            "forecasts_missing_after_grace": missing,
+            "worst_interval_s": None if None in completions else max(c for c in completions if c is not None),
+            "median_interval_s": None if None in completions else round(float(np.median(completions)), 3),
+            "kept_up": kept_up(completions, interval, lag_end, missing),
+        }  # fmt: skip
+        if served_before is not None and served_after is not None:
+            result["measured"]["served"] = count_delta(served_after, served_before)
+        result["duplicates_read"] = collector.duplicates
+        m = result["measured"]
+        print(f"[steady {mode}] {m['forecasts_per_s']} forecasts/s, latency p50 {m['latency_ms']['p50']} ms "
+              f"p99 {m['latency_ms']['p99']} ms, mean batch {m['mean_batch']}, lag at end {lag_end}, "
+              f"kept up: {m['kept_up']}", flush=True)
+    return result
+
+
+def phase_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The daemon's loop phases over the measured intervals, ms per forecast, one line per mode."""
+    lines = []
+    for mode, r in results.items():
+        phases = r.get("measured", {}).get("phase_ms_per_forecast")
+        if phases:
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]) if v >= 0.0005)
+            lines.append(f"- {mode}: the daemon's loop phases (`kronos_loop_phase_seconds`), ms per forecast: {parts}.")
+    return [*lines, ""] if lines else []
+
+
+def steady_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [
+        "| mode | symbols | interval s | forecasts/s | latency p50 ms | p90 ms | p99 ms | max ms "
+        "| daemon e2e p50/p99 ms | model calls (mean batch) | model busy | close to last forecast s (median/worst) | lag at end "
+        "| kept up | warm/rebuilt/refreshed (evicted) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for mode, r in results.items():
+        if "measured" not in r:
+            error = " ".join(str(r.get("error", "?")).split())[:300].replace("|", "/")
+            rows.append(f"| {mode} | failed: {error} ||||||||||||||")
+            continue
+        m = r["measured"]
+        lat, own = m["latency_ms"], m["daemon_end_to_end_ms"]
+        rows.append(
+            f"| {mode} | {m['symbols']} | {m['interval_s']:g} | {m['forecasts_per_s']} | {lat['p50']} | {lat['p90']} "
+            f"| {lat['p99']} | {lat['max']} | {own['p50']} / {own['p99']} | {m['model_calls']} ({m['mean_batch']}) "
+            f"| {m['model_busy_share']:.0%} | {m['median_interval_s']} / {m['worst_interval_s']} | {m['lag_at_end']} "
+            f"| {'yes' if m['kept_up'] else 'no'} | {served_cell(m.get('served'))} |"
+        )
+    return rows
+
+
+SERVED_NOTE = (
+    "how the daemon's model calls served the bars, counted by scripts/bench_probe.py around the daemon's "
+    "model: from a warm session (only the new bar runs), rebuilt from the stored token cache (no matching "
+    "warm session), or refreshed (new statistics, whole window: cold start, every refresh_every bars, a "
+    "price beyond drift_sigma, or the window outgrew the cache); *evicted*: warm sessions the session pool "
+    "dropped to give a batch one contiguous run of slots."
+)
+
+
+def machine_line(mf: dict[str, Any]) -> str:
+    return (
+        f"{mf['date']}; {mf['cores']} cores ({mf['cpu']}), torch {mf['torch']} on CPU with "
+        f"{mf['torch_threads']} thread(s); load average before {mf['load_avg_before']}, after "
+        f"{mf['load_avg_after']} (the machine is shared with other jobs). Daemon subprocess, broker and "
+        "Redis on this machine (loopback)."
+    )
+
+
+def write_steady_markdown(path: Path, report: dict[str, Any]) -> None:
+    a, mf = report["settings"], report["machine"]
+    lines = [
+        "# Daemon steady-state benchmark (real Kafka and Redis)",
+        "",
+        machine_line(mf),
+        "",
+        f"Model `{a['model']}`, max_context {a['max_context']}, horizon {a['horizon']}, sample_count "
+        f"{a['sample_count']}; {a['steady']} symbols warmed up with {a['warm_bars']} bars each, then one bar per "
+        f"symbol every {a['interval']:g} s, each landing at a random moment within {a['spread']:g} s of the close; "
+        f"{a['steady_warmup']} interval(s) not measured, then {a['intervals']} measured; {a['partitions']} "
+        f"partitions; daemon max_batch_size {a['max_batch']}, max_wait_ms {a['max_wait_ms']}. "
+        "Command: `" + report["command"] + "`.",
+        "",
+        *steady_table(report["modes"]),
+        "",
+        *phase_lines(report["modes"]),
+        "- *latency*: from just before this process sent a bar (its arrival) until it read that bar's "
+        "forecast from the output topic. *daemon e2e*: the forecast's own `latency_ms.end_to_end` (the "
+        "bar's Kafka timestamp until the forecast was handed to the producer).",
+        "- *forecasts/s*: forecasts read during the measured intervals / their length. *model calls (mean "
+        "batch)* and *model busy* (model time / measured time): the daemon's /metrics (`kronos_batch_size`, "
+        "`kronos_model_step_seconds`) over the measured intervals.",
+        "- *close to last forecast*: from a bar close until the last forecast of that close was read, the "
+        "median and the worst of the measured closes. *lag at end*: input messages not yet committed by "
+        "the daemon's group when the measured intervals ended. *kept up*: every close's forecasts out before the next close, no lag at the end, "
+        "none missing.",
+        "- *warm/rebuilt/refreshed (evicted)*, incremental mode, over the measured closes: " + SERVED_NOTE,
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def served_cell(served: dict[str, int] | None) -> str:
+    """``warm/rebuilt/refreshed (evicted)`` of a burst (``-`` in exact mode)."""
+    if not served:
+        return "-"
+    return (f"{served.get('warm', 0)}/{served.get('rebuild', 0)}/{served.get('refresh', 0)} "
+            f"({served.get('evicted', 0)})")
+
+
 def burst_table(results: dict[str, dict[str, Any]]) -> list[str]:
     rows = [
         "| mode | symbols | time to last forecast ms | model calls (mean batch) | daemon model ms "
-        "| one engine call ms | efficiency | model share | overhead ms/forecast | publish acked ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| one engine call ms | efficiency | model share | overhead ms/forecast | publish acked ms "
+        "| warm/rebuilt/refreshed (evicted) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, r in results.items():
         if "error" in r:
-            rows.append(f"| {mode} | failed: {' '.join(str(r['error']).split())[:300]} ||||||||")
+            rows.append(f"| {mode} | failed: {' '.join(str(r['error']).split())[:300]} |||||||||")
             continue
         for b in r["bursts"]:
             rows.append(
                 f"| {mode} | {b['symbols']} | {b['time_to_last_forecast_s'] * 1e3:.0f} | {b['daemon_model_calls']} "
                 f"({b['daemon_mean_batch']}) | {b['daemon_model_s'] * 1e3:.0f} | {b['engine_one_call_s'] * 1e3:.0f} "
                 f"| {b['efficiency']:.0%} | {b['model_share']:.0%} | {b['overhead_ms_per_forecast']:.3f} "
-                f"| {b['publish_acked_s'] * 1e3:.0f} |"
+                f"| {b['publish_acked_s'] * 1e3:.0f} | {served_cell(b.get('served'))} |"
             )
     return rows
 
@@ -760,10 +1058,7 @@ def write_burst_markdown(path: Path, report: dict[str, Any]) -> None:
     lines = [
         "# Daemon burst benchmark (real Kafka and Redis)",
         "",
-        f"{mf['date']}; {mf['cores']} cores ({mf['cpu']}), torch {mf['torch']} on CPU with "
-        f"{mf['torch_threads']} thread(s); load average before {mf['load_avg_before']}, after "
-        f"{mf['load_avg_after']} (the machine is shared with other jobs). Daemon subprocess, broker and "
-        "Redis on this machine (loopback).",
+        machine_line(mf),
         "",
         f"Model `{a['model']}`, max_context {a['max_context']}, horizon {a['horizon']}, sample_count "
         f"{a['sample_count']}; warm-up {a['warm_bars']} bars per symbol for {max(a['burst_sizes'])} symbols, "
@@ -783,6 +1078,9 @@ def write_burst_markdown(path: Path, report: dict[str, Any]) -> None:
         "- *overhead ms/forecast* = (time to last forecast - the daemon's model time) / N: JSON, Kafka, "
         "Redis and bookkeeping, the linger, plus the publishing (*publish acked*: until the broker "
         "acknowledged the whole burst) and the reading in this process.",
+        "- Incremental mode: *one engine call* is a warm call (an untimed call over the windows one bar "
+        "earlier builds the sessions first). *warm/rebuilt/refreshed (evicted)*, per burst: " + SERVED_NOTE
+        + f" Warm sessions allowed: max_sessions {a.get('max_sessions')}.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -902,13 +1200,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=None, help="KRONOS_BATCH__MAX_BATCH_SIZE (burst default: max N)")
     p.add_argument("--profile", type=Path, default=None, help="run the daemon under cProfile, dump here")
     p.add_argument("--max-wait-ms", type=int, default=None, help="KRONOS_BATCH__MAX_WAIT_MS (default: the daemon's)")
+    p.add_argument("--max-sessions", type=int, default=None,
+                   help="KRONOS_MODEL__MAX_SESSIONS in incremental mode (default: every symbol gets a warm session)")
+    p.add_argument("--steady", type=int, nargs="?", const=1000, default=None, metavar="N",
+                   help="instead of the load phases: N symbols (default 1000), one bar each per --interval")
+    p.add_argument("--interval", type=float, default=10.0, help="steady: seconds between bar closes (default 10)")
+    p.add_argument("--spread", type=float, default=1.0,
+                   help="steady: each symbol's bar lands within this many seconds after the close (default 1)")
+    p.add_argument("--steady-warmup", type=int, default=1, help="steady: intervals before measuring (default 1)")
+    p.add_argument("--intervals", type=int, default=5, help="steady: measured intervals (default 5)")
     args = p.parse_args(argv)
     args.burst_sizes = sorted({int(n) for n in args.burst.split(",")}) if args.burst else []
     if args.burst_sizes and min(args.burst_sizes) < 1:
         p.error("--burst sizes must be positive")
     if args.burst_sizes and args.max_batch is None:
         args.max_batch = max(args.burst_sizes)
-    args.out = args.out or Path("results/bench_burst.json" if args.burst_sizes else "results/bench_load.json")
+    if args.burst_sizes and args.steady is not None:
+        p.error("--burst and --steady are two different benchmarks: pick one")
+    if args.steady is not None and (args.steady < 1 or args.interval <= 0 or args.spread < 0
+                                    or args.spread >= args.interval or args.intervals < 1 or args.steady_warmup < 0):
+        p.error("--steady N needs N >= 1, --interval > --spread >= 0, --intervals >= 1, --steady-warmup >= 0")
+    args.kind = "burst" if args.burst_sizes else "steady" if args.steady is not None else "load"
+    if args.max_sessions is None:
+        args.max_sessions = max(args.burst_sizes) if args.burst_sizes else args.steady or args.symbols
+    args.out = args.out or Path(f"results/bench_{args.kind}.json")
     args.warm_bars = args.warm_bars or args.max_context
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("exact", "incremental") for m in modes):
@@ -955,13 +1270,18 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         },
         "modes": {},
     }
+    report["settings"]["max_sessions"] = args.max_sessions
     if args.burst_sizes:
-        report["settings"].update(burst_sizes=args.burst_sizes, burst_repeats=args.burst_repeats,
-                                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms or "default")
+        report["settings"].update(burst_sizes=args.burst_sizes, burst_repeats=args.burst_repeats)
+    if args.steady is not None:
+        report["settings"].update(steady=args.steady, interval=args.interval, spread=args.spread,
+                                  steady_warmup=args.steady_warmup, intervals=args.intervals)
+    if args.kind != "load":
+        report["settings"].update(max_batch=args.max_batch or "default", max_wait_ms=args.max_wait_ms or "default")
     began = time.monotonic()
     for mode in args.mode_list:
         try:
-            bench = bench_bursts if args.burst_sizes else bench_mode
+            bench = {"burst": bench_bursts, "steady": bench_steady, "load": bench_mode}[args.kind]
             report["modes"][mode] = await bench(args, mode, bootstrap, redis_url, uid)
         except Exception as exc:  # report what ran; the next mode still runs
             print(f"[{mode}] failed: {exc}", file=sys.stderr, flush=True)
@@ -980,9 +1300,10 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    (write_burst_markdown if args.burst_sizes else write_markdown)(out.with_suffix(".md"), report)
+    writer = {"burst": write_burst_markdown, "steady": write_steady_markdown, "load": write_markdown}[args.kind]
+    writer(out.with_suffix(".md"), report)
     print()
-    print("\n".join((burst_table if args.burst_sizes else table)(report["modes"])))
+    print("\n".join({"burst": burst_table, "steady": steady_table, "load": table}[args.kind](report["modes"])))
     print(f"\nwrote {out} and {out.with_suffix('.md')} ({report['wall_s']} s)")
     return 0 if all("error" not in r for r in report["modes"].values()) else 1
 

@@ -84,7 +84,7 @@ class LoopConfig:
     horizon: int
     max_batch_size: int = 256
     max_wait_ms: int = 20
-    linger_idle_ms: int = 10  # the linger ends once no record came for this long; 0: never early
+    linger_idle_ms: int = 5  # the linger ends once no record came for this long; 0: never early
     pipeline: bool = True  # fetch and read the next batch while this one is processed
     default_interval_s: float = 60.0
     forecast_ttl_s: int | None = None

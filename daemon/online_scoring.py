@@ -563,6 +563,7 @@ class OnlineScorer:
         pending = await self.store.pending([state.symbol for state, _, _ in items])
         sums: dict[str, ScoreAccumulator] = {}
         changes: dict[str, tuple[int, bytes]] = {}
+        complete: list[tuple[PendingForecast, np.ndarray]] = []
         for (state, window, result), extra in zip(items, extras, strict=True):
             timestamps, closes = list(state.timestamps), [row[CLOSE] for row in state.rows]
             drop = 0
@@ -575,9 +576,10 @@ class OnlineScorer:
                 if isinstance(realised, str):
                     self.metrics.expired.inc()
                     continue
-                self._score(sums, p, realised)
+                complete.append((p, realised))
             model_q, cal_paths = extra if extra is not None else (None, None)
             changes[state.symbol] = (drop, pending_from(window, result, version, model_q, cal_paths).encode())
+        self._score_all(sums, complete)
         await self.store.commit(changes, sums, cap=self.cap, now=now)
         for name, acc in sums.items():
             if name.endswith(MODEL_BANDS_SUFFIX):
@@ -585,22 +587,39 @@ class OnlineScorer:
             else:
                 self.metrics.add(name, acc)
 
-    def _score(self, sums: dict[str, ScoreAccumulator], p: PendingForecast, realised: np.ndarray) -> None:
-        def acc(name: str) -> ScoreAccumulator:
-            held = sums.get(name)
-            if held is None or (held.horizon, held.levels) != (p.horizon, p.levels):
-                held = sums[name] = ScoreAccumulator(p.horizon, p.levels)
-            return held
+    def _score_all(self, sums: dict[str, ScoreAccumulator], done: Sequence[tuple[PendingForecast, np.ndarray]]) -> None:
+        """Score forecasts whose horizon came true: the published bands under the version's name, the
+        model's own under ``version + MODEL_BANDS_SUFFIX`` (when calibrating, or when they differ).
 
-        calibrated = not np.array_equal(p.quantiles, p.model_quantiles)
-        published_paths = p.calibrated_paths if p.calibrated_paths is not None else p.paths
-        acc(p.version).add(realised, p.last_close, paths=published_paths, mean=p.mean, quantiles=p.quantiles)
-        if self.calibrator is not None or calibrated:
-            acc(p.version + MODEL_BANDS_SUFFIX).add(
-                realised, p.last_close, paths=p.paths, mean=p.mean, quantiles=p.model_quantiles
+        Forecasts of the same shapes go through one vectorised ``ScoreAccumulator.add`` (one call per
+        forecast costs ~0.1 ms of array calls: 0.1 s for a burst of 1,000)."""
+        Row = tuple[np.ndarray, float, np.ndarray | None, np.ndarray, np.ndarray]  # realised, last, paths, mean, q
+        groups: dict[tuple[Any, ...], list[Row]] = {}
+
+        def add(name: str, p: PendingForecast, realised: np.ndarray, paths: np.ndarray | None, q: np.ndarray) -> None:
+            key = (name, p.horizon, p.levels, None if paths is None else paths.shape)
+            groups.setdefault(key, []).append((realised, p.last_close, paths, p.mean, q))
+
+        for p, realised in done:
+            calibrated = not np.array_equal(p.quantiles, p.model_quantiles)
+            published = p.calibrated_paths if p.calibrated_paths is not None else p.paths
+            add(p.version, p, realised, published, p.quantiles)
+            if self.calibrator is not None or calibrated:
+                add(p.version + MODEL_BANDS_SUFFIX, p, realised, p.paths, p.model_quantiles)
+            if self.calibrator is not None:
+                self.calibrator.observe(p, realised)
+        for (name, horizon, levels, paths_shape), rows in groups.items():
+            held = sums.get(name)
+            if held is None or (held.horizon, held.levels) != (horizon, levels):
+                held = sums[name] = ScoreAccumulator(horizon, levels)
+            realised_, last, paths, mean, quantiles = zip(*rows, strict=True)
+            held.add(
+                np.stack(realised_),
+                np.array(last, dtype=np.float64),
+                paths=None if paths_shape is None else np.stack(paths),  # type: ignore[arg-type]
+                mean=np.stack(mean),
+                quantiles=np.stack(quantiles),
             )
-        if self.calibrator is not None:
-            self.calibrator.observe(p, realised)
 
     async def close(self) -> None:
         try:

@@ -215,7 +215,7 @@ class BatchSettings(_Group):
     max_batch_size: int = Field(default=256, ge=1, le=100_000)  # records per fetch (getmany max_records)
     max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # a fetch waits this long for a first record, then lingers as long for more
     # the linger ends early once no record came for this long (the burst is over); 0: linger max_wait_ms
-    linger_idle_ms: int = Field(default=10, ge=0, le=60_000)
+    linger_idle_ms: int = Field(default=5, ge=0, le=60_000)
     # fetch (and read) the next batch while the model runs on this one; commits stay in order
     pipeline: bool = True
 

@@ -73,6 +73,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
@@ -121,6 +122,9 @@ class Collector:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=20,
+            # a 1,000-forecast burst is ~6.6 MB: read it in one fetch, not 1 MB per partition at a time
+            max_partition_fetch_bytes=16 << 20,
+            fetch_max_bytes=64 << 20,
         )
         await self._consumer.start()
         parts = [TopicPartition(self._topic, p) for p in range(partitions)]
@@ -135,7 +139,7 @@ class Collector:
             now = time.time()
             for records in batch.values():
                 for r in records:
-                    msg = json.loads(r.value)
+                    msg = orjson.loads(r.value)  # ~10x faster than json on a 6.6 KB forecast
                     key = (msg["symbol"], msg["as_of"])
                     if key in self.first:
                         self.duplicates += 1
@@ -297,6 +301,7 @@ def daemon_env(
         if args.refresh_every is not None:
             env["KRONOS_REFRESH_EVERY_BARS"] = str(args.refresh_every)
     env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
+    env.update(args.daemon_env)  # --daemon-env KEY=VALUE: last, so it overrides any of the above
     if args.max_batch is not None:
         env["KRONOS_BATCH__MAX_BATCH_SIZE"] = str(args.max_batch)
     if args.max_wait_ms is not None:
@@ -1184,6 +1189,17 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     path.write_text("\n".join(lines))
 
 
+def parse_env_pairs(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings (``--daemon-env``) as a dict; a later pair wins."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or key != key.strip():
+            raise ValueError(f"--daemon-env takes KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -1221,6 +1237,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=int, default=None, help="KRONOS_BATCH__MAX_WAIT_MS (default: the daemon's)")
     p.add_argument("--max-sessions", type=int, default=None,
                    help="KRONOS_MODEL__MAX_SESSIONS in incremental mode (default: every symbol gets a warm session)")
+    p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable of the daemon, applied last (repeatable), e.g.\n"
+                   "--daemon-env KRONOS_BATCH__PIPELINE=false --daemon-env KRONOS_BATCH__LINGER_IDLE_MS=0")
     p.add_argument("--refresh-every", type=int, default=None,
                    help="KRONOS_REFRESH_EVERY_BARS in incremental mode (default: the daemon's, 64); a refresh\n"
                    "keeps max_context - horizon - this many bars of tokens")
@@ -1232,6 +1251,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steady-warmup", type=int, default=1, help="steady: intervals before measuring (default 1)")
     p.add_argument("--intervals", type=int, default=5, help="steady: measured intervals (default 5)")
     args = p.parse_args(argv)
+    try:
+        args.daemon_env = parse_env_pairs(args.daemon_env)
+    except ValueError as exc:
+        p.error(str(exc))
     args.burst_sizes = sorted({int(n) for n in args.burst.split(",")}) if args.burst else []
     if args.burst_sizes and min(args.burst_sizes) < 1:
         p.error("--burst sizes must be positive")
@@ -1292,7 +1315,8 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         },
         "modes": {},
     }
-    report["settings"].update(max_sessions=args.max_sessions, refresh_every=args.refresh_every or "default")
+    report["settings"].update(max_sessions=args.max_sessions, refresh_every=args.refresh_every or "default",
+                              daemon_env=args.daemon_env)
     if args.burst_sizes:
         report["settings"].update(burst_sizes=args.burst_sizes, burst_repeats=args.burst_repeats)
     if args.steady is not None:

@@ -190,6 +190,8 @@ def plan_rounds(
 
 # While the batch before is still busy, a pipelined fetch keeps polling in slices this long.
 _BUSY_POLL_MS = 5
+# Forecasts encoded before the producer is given them (it sends while the next ones are encoded).
+_PUBLISH_CHUNK = 64
 
 
 async def fetch_lingering(
@@ -712,34 +714,47 @@ class ForecastLoop:
         with clock("model"):
             results = await self._run_model(forecaster, windows, contexts) if windows else []
         scorer = self._cfg.scorer
-        with clock("encode"):
-            if scorer is not None:
-                scorer.adjust(windows, results, version, contexts)
-            publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
-            for item, ctx, result in zip(items, contexts, results, strict=True):
-                try:
-                    if isinstance(result, Exception):
-                        raise result
-                    record = build_forecast_message(ctx, result, version, forecaster.mode, time.time())
-                    publish.append((item, result, encode_json(record), ctx))
-                except Exception as exc:  # a model failure for one series: dead-letter that bar only
-                    reason = f"forecast failed: {type(exc).__name__}: {exc}"
-                    log.error(
-                        "forecast failed", symbol=ctx.symbol, ts=ctx.ts_ns, source=item[0].source, error=reason
-                    )
-                    dead.append((item[0], reason, "forecast"))
-
         # Kafka first, Redis second. Were Redis written first, a crash between the two would leave
         # the bar's ts in Redis: the replayed bar would then be skipped as a duplicate and its
         # forecast would never reach the output topic. This way a replay at worst publishes the
-        # same forecast (same id) twice.
-        with clock("publish"):
-            records = [(bar.symbol.encode(), value) for (_, bar), _, value, _ in publish]
-            if records:
-                await self._io(
-                    "kafka", "publishing forecasts", lambda: self._out.send_batch(self._cfg.output_topic, records)
-                )
-            await self._dead_letter(dead)
+        # same forecast (same id) twice. The round's forecasts go out in chunks while the rest are
+        # still being encoded (a round holds one bar per symbol, so their order does not matter);
+        # nothing is stored before every chunk is acknowledged.
+        sending: list[asyncio.Task[None]] = []
+        try:
+            with clock("encode"):
+                if scorer is not None:
+                    scorer.adjust(windows, results, version, contexts)
+                publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
+                chunk: list[tuple[bytes | None, bytes | None]] = []
+                for item, ctx, result in zip(items, contexts, results, strict=True):
+                    try:
+                        if isinstance(result, Exception):
+                            raise result
+                        record = build_forecast_message(ctx, result, version, forecaster.mode, time.time())
+                        value = encode_json(record)
+                    except Exception as exc:  # a model failure for one series: dead-letter that bar only
+                        reason = f"forecast failed: {type(exc).__name__}: {exc}"
+                        log.error(
+                            "forecast failed", symbol=ctx.symbol, ts=ctx.ts_ns, source=item[0].source, error=reason
+                        )
+                        dead.append((item[0], reason, "forecast"))
+                        continue
+                    publish.append((item, result, value, ctx))
+                    chunk.append((item[1].symbol.encode(), value))
+                    if len(chunk) == _PUBLISH_CHUNK:
+                        sending.append(asyncio.create_task(self._publish(chunk)))
+                        chunk = []
+                        await asyncio.sleep(0)  # the producer sends this chunk while the next is encoded
+                if chunk:
+                    sending.append(asyncio.create_task(self._publish(chunk)))
+            with clock("publish"):
+                await asyncio.gather(*sending)
+                await self._dead_letter(dead)
+        finally:
+            for task in sending:  # one chunk failed (or the loop is stopping): the others stop too
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
         with clock("store"):
             updates = [
                 StateUpdate(bar, result.token_state, value, version, msg.source)
@@ -767,6 +782,10 @@ class ForecastLoop:
             log.warning("state store holds newer bars; reloading those symbols", symbols=sorted(refused))
             for s in refused:
                 self._states.pop(s, None)
+
+    async def _publish(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        """Forecasts to the output topic, acknowledged (retried through an outage)."""
+        await self._io("kafka", "publishing forecasts", lambda: self._out.send_batch(self._cfg.output_topic, records))
 
     async def _republish(self, replayed: list[Item]) -> None:
         """Exactly-once: a replayed bar that Redis already holds *from this very message* had its

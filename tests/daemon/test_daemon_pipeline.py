@@ -141,3 +141,36 @@ async def test_a_fetch_that_overlapped_a_rebalance_is_dropped_and_its_records_co
     assert sorted(set(fetched)) == list(range(SYMBOLS * BARS))
     assert len(fetched) > len(set(fetched))  # the dropped fetch's records were fetched again
     assert bus_in.commits == sorted(bus_in.commits)
+
+
+async def test_a_round_larger_than_a_publish_chunk_is_published_whole_before_it_is_stored() -> None:
+    """150 symbols in one round go out in chunks of 64 while the rest are encoded; every forecast is
+    published once, and the state store holds each symbol's bar only after all of them were sent."""
+    symbols, bars = 150, 2
+    broker = MemoryBroker(default_partitions=2)
+    for key, value in interleave(*[bar_series(f"C{i:03d}", bars) for i in range(symbols)]):
+        broker.append("in", key, value)
+    settings = load_settings(
+        kafka={"input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "group_id": "g"},
+        model={"max_context": 16, "horizon": 3},
+        batch={"max_batch_size": 1000, "max_wait_ms": 10},
+        http_port=None,
+    )
+    forecaster = StubForecaster(max_context=16)
+    store = MemoryStateStore("kronos", 16)
+    out = MemoryOutput(broker)
+    published_when_stored: list[int] = []
+    apply = store.apply
+
+    async def checked_apply(updates, ttl):  # type: ignore[no-untyped-def]
+        published_when_stored.append(len(broker.messages("out")))
+        return await apply(updates, ttl)
+
+    store.apply = checked_apply  # type: ignore[method-assign]
+    async with running_daemon(settings, forecaster, bus_in=MemoryInput(broker, "in", "g"), bus_out=out, store=store):
+        await wait_until(lambda: len(broker.messages("out")) == symbols * bars, 20, "every forecast")
+    ids = [json.loads(m.value or b"")["id"] for m in broker.messages("out")]
+    assert len(set(ids)) == symbols * bars
+    assert max(map(len, forecaster.calls)) == symbols  # one round of every symbol: one model call
+    # each store write came after its whole round (150 forecasts per round) was published
+    assert published_when_stored[:2] == [symbols, 2 * symbols]

@@ -178,10 +178,21 @@ def key_of(symbol: str, ts: datetime) -> Key:
     return symbol, format_ts(to_ns(ts))
 
 
+def encode_bars(bars: list[FeedBar]) -> list[tuple[bytes, bytes]]:
+    """Each bar's Kafka key and value (the JSON the daemon reads)."""
+    return [(s.encode(), bar_to_json(s, ts, v)) for s, ts, v in bars]
+
+
+async def publish_encoded(producer: AIOKafkaProducer, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """Send already-encoded records as fast as the producer takes them; returns once every send is
+    acknowledged."""
+    acks = [await producer.send(topic, key=k, value=v) for k, v in records]
+    await asyncio.gather(*acks)
+
+
 async def publish_fast(producer: AIOKafkaProducer, topic: str, bars: list[FeedBar]) -> list[Key]:
     """Send all, as fast as the producer takes them; returns once every send is acknowledged."""
-    acks = [await producer.send(topic, key=s.encode(), value=bar_to_json(s, ts, v)) for s, ts, v in bars]
-    await asyncio.gather(*acks)
+    await publish_encoded(producer, topic, encode_bars(bars))
     return [key_of(s, ts) for s, ts, _ in bars]
 
 
@@ -469,7 +480,7 @@ async def daemon_session(
         AIOKafkaAdminClient(bootstrap_servers=bootstrap),
         AIOKafkaConsumer(bootstrap_servers=bootstrap),
         AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                         linger_ms=producer_linger_ms),
+                         linger_ms=producer_linger_ms, max_batch_size=1 << 20),  # a burst in one batch per partition
         Collector(bootstrap, run.output),
     )
     result["daemon_log"] = str(log_path.relative_to(REPO))
@@ -777,9 +788,11 @@ async def bench_bursts(
                     history[bar[0]].append(bar)
                 before = await daemon.metrics()
                 served_before = served_counts(run)
+                records = encode_bars(burst)  # before the clock starts: the bars land at once
+                keys = [key_of(sym, ts) for sym, ts, _ in burst]
                 await asyncio.sleep(0.5)  # let the daemon's idle fetches settle
                 b0 = time.time()
-                keys = await publish_fast(producer, run.input, burst)
+                await publish_encoded(producer, run.input, records)
                 acked_s = time.time() - b0
                 complete = await collector.wait_for(keys, args.drain_timeout)
                 arrivals = [collector.first[k].at for k in keys if k in collector.first]
@@ -857,15 +870,15 @@ async def send_interval(
     sent: dict[Key, float],
 ) -> list[Any]:
     """Sends bar ``i`` at ``close + offset`` (wall clock; bars already due go together), noting each
-    bar's send time in ``sent``; returns the acknowledgement futures."""
+    bar's send time in ``sent``; returns the acknowledgement futures. Encoded before the close."""
+    records, keys = encode_bars(bars), [key_of(symbol, ts) for symbol, ts, _ in bars]
     acks = []
     for offset, i in schedule:
         delay = close + offset - time.time()
         if delay > 0.001:
             await asyncio.sleep(delay)
-        symbol, ts, values = bars[i]
-        sent[key_of(symbol, ts)] = time.time()
-        acks.append(await producer.send(topic, key=symbol.encode(), value=bar_to_json(symbol, ts, values)))
+        sent[keys[i]] = time.time()
+        acks.append(await producer.send(topic, key=records[i][0], value=records[i][1]))
     return acks
 
 

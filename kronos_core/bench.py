@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from kronos_core.engine import GenerationStats, KronosEngine, SamplingParams
 from kronos_core.presets import build_pair
@@ -163,29 +164,48 @@ def greedy_agreement(
     y_st: list[np.ndarray],
 ) -> dict[str, float]:
     """Greedy decoding in ``dtype`` against float32 on the same inputs: token agreement, forecast gap."""
+    return greedy_agreements(args, model, tokenizer, {"low": {"dtype": dtype}}, xs, x_st, y_st)["low"]
+
+
+def greedy_agreements(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    tokenizer: torch.nn.Module,
+    variants: dict[str, dict[str, Any]],
+    xs: list[np.ndarray],
+    x_st: list[np.ndarray],
+    y_st: list[np.ndarray],
+) -> dict[str, dict[str, float]]:
+    """Greedy decoding of each variant (``KronosEngine`` keyword arguments, e.g. ``{"dtype":
+    torch.bfloat16, "residual_fp32": True}``) against float32 on the same inputs, by variant name:
+    token agreement, steps before the first s1 divergence, forecast gap, first-step logit error."""
     greedy = SamplingParams(T=1.0, top_k=1, top_p=1.0)
-    runs, first_logits = [], []
-    for dt in (torch.float32, dtype):
-        eng = KronosEngine(model, tokenizer, device=args.device, max_context=args.max_context, dtype=dt)  # type: ignore[arg-type]
+
+    def run(**kwargs: Any) -> tuple[Tensor, tuple[np.ndarray, np.ndarray]]:
+        eng = KronosEngine(model, tokenizer, device=args.device, max_context=args.max_context, **kwargs)  # type: ignore[arg-type]
         stats = GenerationStats()
         with torch.inference_mode():
             state = eng.prefill(xs, x_st, y_st, args.horizon, stats)
-            first_logits.append(state.last_logits.float().cpu())
-            runs.append(eng.run_horizon_tokens(state, args.horizon, greedy, seeds=list(range(len(xs))), stats=stats))
-    (p32, t32), (plo, tlo) = runs
-    # The first step's s1 logits (same tokens in, before any divergence): how far the numbers move.
-    l32, llo = first_logits
-    logits_rel_error = float((llo - l32).norm() / l32.norm())
-    first_top1 = float((llo.argmax(-1) == l32.argmax(-1)).float().mean())
-    first_diff = [int(np.argmax(a != b)) if (a != b).any() else args.horizon for a, b in zip(t32[0, :, 0], tlo[0, :, 0], strict=True)]
-    return {
-        "s1_token_agreement": float((t32[0] == tlo[0]).mean()),
-        "s2_token_agreement": float((t32[1] == tlo[1]).mean()),
-        "mean_steps_before_first_s1_divergence": float(np.mean(first_diff)),
-        "forecast_mean_abs_diff_normalised": float(np.abs(p32 - plo).mean()),
-        "first_step_s1_logits_rel_error": logits_rel_error,
-        "first_step_s1_top1_agreement": first_top1,
-    }
+            first = state.last_logits.float().cpu()
+            return first, eng.run_horizon_tokens(state, args.horizon, greedy, seeds=list(range(len(xs))), stats=stats)
+
+    l32, (p32, t32) = run(dtype=torch.float32)
+    out = {}
+    for name, kwargs in variants.items():
+        # The first step's s1 logits (same tokens in, before any divergence): how far the numbers move.
+        llo, (plo, tlo) = run(**kwargs)
+        first_diff = [
+            int(np.argmax(a != b)) if (a != b).any() else args.horizon for a, b in zip(t32[0, :, 0], tlo[0, :, 0], strict=True)
+        ]
+        out[name] = {
+            "s1_token_agreement": float((t32[0] == tlo[0]).mean()),
+            "s2_token_agreement": float((t32[1] == tlo[1]).mean()),
+            "mean_steps_before_first_s1_divergence": float(np.mean(first_diff)),
+            "forecast_mean_abs_diff_normalised": float(np.abs(p32 - plo).mean()),
+            "first_step_s1_logits_rel_error": float((llo - l32).norm() / l32.norm()),
+            "first_step_s1_top1_agreement": float((llo.argmax(-1) == l32.argmax(-1)).float().mean()),
+        }
+    return out
 
 
 def print_report(result: dict[str, Any]) -> None:

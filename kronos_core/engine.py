@@ -221,9 +221,11 @@ class KronosEngine:
         self.tokenizer = tokenizer.to(self.device, self.dtype).eval()
         self.max_context = max_context
         m, tok = self.model, self.tokenizer
-        self._fused = FusedBlocks(m.transformer, m.norm, pack=packed)
-        self._encoder = FusedBlocks(tok.encoder, pack=packed) if len(tok.encoder) else None
-        self._decoder = FusedBlocks(tok.decoder, pack=packed) if len(tok.decoder) else None
+        self.residual_fp32 = residual_fp32 and self.dtype != torch.float32
+        r32 = self.residual_fp32
+        self._fused = FusedBlocks(m.transformer, m.norm, pack=packed, residual_fp32=r32)
+        self._encoder = FusedBlocks(tok.encoder, pack=packed, residual_fp32=r32) if len(tok.encoder) else None
+        self._decoder = FusedBlocks(tok.decoder, pack=packed, residual_fp32=r32) if len(tok.decoder) else None
         self.packed = self._fused.packed
         if compile_blocks:
             for blocks in (self._fused, self._encoder, self._decoder):

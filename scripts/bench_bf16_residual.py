@@ -51,6 +51,10 @@ METRICS = [
     ("forecast_mean_abs_diff_normalised", "mean abs forecast diff", "{:.4f}"),
     ("first_step_s1_logits_rel_error", "first-step logit rel. error", "{:.4f}"),
     ("first_step_s1_top1_agreement", "first-step top-1 agree", "{:.1%}"),
+    ("context_s1_token_agreement", "context tokens s1 agree (tokenizer)", "{:.2%}"),
+    ("context_s2_token_agreement", "context tokens s2 agree (tokenizer)", "{:.2%}"),
+    ("predictor_only_s1_logits_rel_error", "predictor-only first-step logit rel. error (fp32 tokens in)", "{:.4f}"),
+    ("predictor_only_s1_top1_agreement", "predictor-only first-step top-1 agree", "{:.1%}"),
 ]
 
 

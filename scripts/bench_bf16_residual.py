@@ -40,7 +40,7 @@ from gpu_bench import demo_windows  # noqa: E402
 from kronos_core import bench  # noqa: E402
 from kronos_core.presets import build_pair  # noqa: E402
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "bf16": {"dtype": torch.bfloat16},
     "bf16+fp32_residual": {"dtype": torch.bfloat16, "residual_fp32": True},
 }

@@ -16,7 +16,7 @@ Steps, each guarded (a failure is recorded and the next step runs), inside ``--b
 3. **bursts through the daemon**: ``scripts/bench_load.py --burst`` (owned by branch ``bench``; its
    CLI is called, not edited) with the daemon on CUDA in bf16 with a random-weight Kronos-small
    (``KRONOS_MODEL__PRESET``), 8 sample paths, horizon 12: 1,000 symbols exact, 1,000 incremental,
-   and the stretch, 5,000 incremental. bench_load starts the daemon with ``device=cpu`` and a model
+   and the stretch, 5,000 incremental (at max_context 256: see GPU_BURSTS). bench_load starts the daemon with ``device=cpu`` and a model
    folder; the daemon's environment is amended here (a wrapper around its ``daemon_env``) to
    device ``cuda``, dtype ``bfloat16``, the preset, the graph buckets and ``residual_fp32``. The
    warm-up of a burst forecasts every warm-up bar, so ``--warm-bars`` is kept short to fit the
@@ -51,7 +51,9 @@ SCRIPTS = REPO / "scripts"
 GPU_BURSTS = [
     ("exact_1000", ["--modes", "exact", "--burst", "1000", "--warm-bars", "16"]),
     ("incremental_1000", ["--modes", "incremental", "--burst", "1000", "--warm-bars", "16"]),
-    ("incremental_5000", ["--modes", "incremental", "--burst", "5000", "--warm-bars", "4"]),
+    # max_context 256 here: the daemon and bench_load's reference model (a second process) each keep
+    # every symbol's warm caches, ~13 MB per symbol in bf16 at 512, twice 65 GB for 5,000 symbols.
+    ("incremental_5000", ["--modes", "incremental", "--burst", "5000", "--warm-bars", "4", "--max-context", "256"]),
 ]
 GPU_COMMON = ["--max-context", "512", "--horizon", "12", "--sample-count", "8", "--partitions", "8",
               "--burst-repeats", "2", "--ready-timeout", "300", "--warm-timeout", "240", "--drain-timeout", "60"]
@@ -73,7 +75,8 @@ def daemon_overrides(args: argparse.Namespace) -> dict[str, str]:
         "KRONOS_MODEL__PREDICTOR_DIR": "",
         "KRONOS_MODEL__GRAPH_BUCKETS": args.buckets,
         "KRONOS_MODEL__RESIDUAL_FP32": "true" if args.residual_fp32 else "false",
-        "KRONOS_MODEL__MAX_SESSIONS": "6000",  # incremental: every symbol of the stretch stays warm
+        "KRONOS_MODEL__MAX_SESSIONS": "5000",  # incremental: every symbol of the stretch stays warm
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
     }
 
 
@@ -188,6 +191,8 @@ def bursts_step(args: argparse.Namespace, services: dict[str, str], out: Path, l
     model = ["--model", "tiny"] if args.cpu_smoke else ["--model", "demo"]  # the preset replaces the folders
     env = {**os.environ, "KAFKA_BOOTSTRAP": services["KAFKA_BOOTSTRAP"], "REDIS_URL": services["REDIS_URL"],
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if not args.cpu_smoke:  # bench_load's reference model runs in that process
+        env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     results: dict[str, Any] = {}
     deadline = time.monotonic() + left_s
     for name, extra in plan:
@@ -199,7 +204,7 @@ def bursts_step(args: argparse.Namespace, services: dict[str, str], out: Path, l
             continue
         target = out / f"burst_{name}.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--burst-child", json.dumps(daemon_overrides(args)),
-               "--", *common, *model, *extra, "--out", str(target)]
+               "--", *common, *model, *extra, "--out", str(target)]  # a later --max-context wins (argparse)
         t0 = time.perf_counter()
         with (out / f"burst_{name}.log").open("w") as fh:
             try:
@@ -282,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         args.buckets = "1,4"
     out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "results" / "gpu" / "daemon_bench")
     out.mkdir(parents=True, exist_ok=True)
+    if not args.cpu_smoke:
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before torch is imported
     began = time.monotonic()
     skip = set(filter(None, args.skip.split(",")))
     summary: dict[str, Any] = {"cpu_smoke": args.cpu_smoke, "argv": argv, "errors": {}}

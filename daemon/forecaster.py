@@ -101,6 +101,7 @@ def build_engine_forecaster(settings: Settings) -> StreamForecaster:
             compile_blocks=m.compile,
             graph_buckets=m.graph_buckets,
             residual_fp32=m.residual_fp32,
+            tokenizer_fp32=m.tokenizer_fp32,
         )
         config = StreamConfig(
             mode=settings.mode,

@@ -130,6 +130,7 @@ class ModelSettings(_Group):
     # CUDA: batch sizes the decode step's CUDA graphs are captured for at start-up (calls pad up to one)
     graph_buckets: GraphBuckets = (1, 8, 32, 64, 128, 256, 512, 1024)
     residual_fp32: bool = False  # bfloat16/float16: keep the residual stream in float32 (see README, GPU)
+    tokenizer_fp32: bool = False  # bfloat16/float16: run the tokenizer in float32, the predictor in dtype
     max_context: int = Field(default=512, ge=2, le=8192)
     horizon: int = Field(default=12, ge=1, le=4096)
     sample_count: int = Field(default=8, ge=1, le=1024)

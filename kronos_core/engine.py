@@ -167,6 +167,7 @@ class KronosEngine:
         compile_blocks: bool = False,
         graph_buckets: Sequence[int] | None = None,
         residual_fp32: bool = False,
+        tokenizer_fp32: bool = False,
     ) -> None:
         """``packed``: on CPU in fp32, run the predictor's matrix products with oneDNN-prepacked weights.
 
@@ -190,6 +191,11 @@ class KronosEngine:
         ``residual_fp32``: with a low-precision ``dtype``, keep the residual stream of every
         transformer stack (the running hidden state between blocks and its adds) in float32 while
         the products run in ``dtype`` (see :class:`FusedBlocks`). No effect in float32.
+
+        ``tokenizer_fp32``: with a low-precision ``dtype``, run the tokenizer (encoder, quantizer,
+        decoder and their caches) in float32 and only the predictor in ``dtype``. In bf16 the encoder
+        puts some context bars into another bin than float32 does, which is most of bf16's drift
+        (``results/bf16_residual.md``); the predictor only sees the ids.
         """
         if max_context < 2:
             raise ValueError(f"max_context must be >= 2, got {max_context}")
@@ -218,7 +224,8 @@ class KronosEngine:
             # A private low-precision copy; the caller's fp32 modules stay untouched.
             model, tokenizer = copy.deepcopy(model), copy.deepcopy(tokenizer)
         self.model = model.to(self.device, self.dtype).eval()
-        self.tokenizer = tokenizer.to(self.device, self.dtype).eval()
+        self.tokenizer_dtype = torch.float32 if tokenizer_fp32 else self.dtype
+        self.tokenizer = tokenizer.to(self.device, self.tokenizer_dtype).eval()
         self.max_context = max_context
         m, tok = self.model, self.tokenizer
         self.residual_fp32 = residual_fp32 and self.dtype != torch.float32
@@ -257,7 +264,9 @@ class KronosEngine:
             return []
         attn = blocks[0].self_attn
         assert isinstance(attn, SelfAttention)
-        return make_caches(len(blocks), rows, attn.n_heads, length, attn.head_dim, device=self.device, dtype=self.dtype)
+        return make_caches(
+            len(blocks), rows, attn.n_heads, length, attn.head_dim, device=self.device, dtype=self.tokenizer_dtype
+        )
 
     def encoder_caches(self, rows: int, length: int) -> list[KVCache]:
         return self._coder_caches(self.tokenizer.encoder, rows, length)
@@ -276,7 +285,7 @@ class KronosEngine:
         attn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """s1, s2 ids [B, S]; with caches, rows are appended at ``positions`` (incremental encoding)."""
-        z = self.tokenizer.embed(x.to(self.dtype))
+        z = self.tokenizer.embed(x.to(self.tokenizer_dtype))
         if self._encoder is not None:
             out = self._encoder.forward(z, self._positions(z, positions), list(caches) if caches else None, attn_mask)
             assert out is not None
@@ -312,7 +321,7 @@ class KronosEngine:
 
     def _decoder_input(self, s1: Tensor, s2: Tensor) -> Tensor:
         """The decoder's input rows for ids [B, S]: their full code, embedded.  # [B, S, d]"""
-        return self.tokenizer.post_quant_embed(self.tokenizer.indices_to_bits([s1, s2], half=True).to(self.dtype))
+        return self.tokenizer.post_quant_embed(self.tokenizer.indices_to_bits([s1, s2], half=True).to(self.tokenizer_dtype))
 
     def _positions(self, x: Tensor, positions: Tensor | None) -> Tensor:
         return torch.arange(x.shape[1], device=self.device) if positions is None else positions

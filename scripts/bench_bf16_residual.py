@@ -1,13 +1,16 @@
-"""bfloat16 with and without a float32 residual stream, against float32: the drift it fixes.
+"""bfloat16 with and without a float32 residual stream (and a float32 tokenizer), against float32.
 
 The engine's ``residual_fp32`` keeps the running hidden state of every transformer stack (between
 blocks, and the adds of the attention and feed-forward outputs) in float32 while the products,
-attention and KV caches run in bfloat16 (``KRONOS_MODEL__RESIDUAL_FP32``). This measures, greedy
-decoding, each variant against float32 on the same inputs:
+attention and KV caches run in bfloat16 (``KRONOS_MODEL__RESIDUAL_FP32``); ``tokenizer_fp32`` runs
+the tokenizer in float32 and only the predictor in bfloat16 (``KRONOS_MODEL__TOKENIZER_FP32``).
+This measures, greedy decoding, each variant against float32 on the same inputs:
 
 - s1/s2 token agreement over the horizon and the mean step of the first s1 divergence;
 - the mean absolute forecast difference (normalised units);
-- the first step's s1 logits (same tokens in, before any divergence): relative error, top-1 agreement.
+- the first step's s1 logits (same tokens in, before any divergence): relative error, top-1 agreement;
+- the tokenizer's share: context tokens equal to float32's (quantisation flips);
+- the predictor's share: its first-step logits when it reads float32's context tokens.
 
 Workloads: the bundled demo model (trained; d_model 64, 2 layers) on windows of the bundled real
 bars (context 116, horizon 12, every 7th bar), and a random-weight Kronos-small (8 layers, d_model
@@ -43,6 +46,8 @@ from kronos_core.presets import build_pair  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "bf16": {"dtype": torch.bfloat16},
     "bf16+fp32_residual": {"dtype": torch.bfloat16, "residual_fp32": True},
+    "bf16+fp32_tokenizer": {"dtype": torch.bfloat16, "tokenizer_fp32": True},
+    "bf16+both": {"dtype": torch.bfloat16, "residual_fp32": True, "tokenizer_fp32": True},
 }
 METRICS = [
     ("s1_token_agreement", "s1 agree", "{:.1%}"),
@@ -85,7 +90,7 @@ def small_workload(device: str, batch: int, context: int, horizon: int, seed: in
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        "# bfloat16 with a float32 residual stream, against float32 (greedy)",
+        "# bfloat16 with a float32 residual stream or tokenizer, against float32 (greedy)",
         "",
         f"Device {report['device']} ({report['machine']}), torch {report['torch']}, {report['threads']} threads. "
         "Written by `scripts/bench_bf16_residual.py`.",

@@ -71,3 +71,36 @@ def test_bf16_residual_engine_stays_close_to_float32() -> None:
         engine = KronosEngine(model, tok, device="cpu", max_context=64, dtype=torch.bfloat16, residual_fp32=residual)
         got = engine.generate(xs, x_st, y_st, 6, GREEDY, seeds=[0, 1, 2])
         assert np.abs(got - want).mean() < 0.05 * np.abs(want).mean()
+
+
+def test_fp32_tokenizer_under_a_bf16_predictor_gives_float32_context_tokens(tiny_model, tiny_tokenizer, bars) -> None:
+    """``tokenizer_fp32``: the context ids are float32's exactly (bf16's tokenizer flips some); the
+    predictor runs in bf16; incremental sessions (pool caches in the tokenizer's dtype) work."""
+    from kronos_core.engine import GenerationStats
+    from kronos_core.stream_types import SeriesWindow
+    from kronos_core.streaming import StreamConfig, StreamingForecaster
+
+    values = bars[["open", "high", "low", "close", "volume", "amount"]].to_numpy(np.float64)
+    xs = [((values[o : o + 50] - values[o : o + 50].mean(0)) / (values[o : o + 50].std(0) + 1e-5)).astype(np.float32)
+          for o in range(0, 400, 40)]
+    _, x_st, y_st = _inputs(np.random.default_rng(7), [50] * len(xs), 4)
+    ids = {}
+    for name, kw in {"fp32": {}, "bf16": {"dtype": torch.bfloat16},
+                     "bf16+tok32": {"dtype": torch.bfloat16, "tokenizer_fp32": True}}.items():
+        engine = KronosEngine(tiny_model, tiny_tokenizer, device="cpu", max_context=64, **kw)
+        with torch.inference_mode():
+            state = engine.prefill(xs, x_st, y_st, 4, GenerationStats())
+        ids[name] = state.tok1[:, :50].numpy()
+        if name == "bf16+tok32":
+            assert engine.model.head.proj_s1.weight.dtype == torch.bfloat16
+            assert engine.tokenizer_dtype == torch.float32
+            fc = StreamingForecaster(engine, StreamConfig(mode="incremental", sampling=GREEDY), model_version="t")
+            ts = bars["timestamps"].to_numpy("datetime64[ns]")
+            state_in = None
+            for i in range(100, 103):
+                w = SeriesWindow("S", values[i - 40 : i + 1], ts[i - 40 : i + 1], ts[i + 1 : i + 5], seed=i,
+                                 token_state=state_in)
+                (f,) = fc.forecast([w], 4)
+                state_in = f.token_state
+                assert np.isfinite(f.mean).all()
+    np.testing.assert_array_equal(ids["bf16+tok32"], ids["fp32"])

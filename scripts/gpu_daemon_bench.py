@@ -9,7 +9,8 @@ Steps, each guarded (a failure is recorded and the next step runs), inside ``--b
 1. **engine**: forecasts/s of ``KronosEngine`` (Kronos-small, random weights, bf16, the graphed
    loop with the batch-size buckets) at batch 1, 64 and 1,024 (context 400, horizon 30, one path,
    the shapes of results/gpu/NOTES.md), after ``warm_up`` captured every bucket; then calls of other
-   sizes (3, 100, 1,000) to show that no call captures after warm-up (``graph_captures``).
+   sizes (3, 100, 1,000) to show that no call captures after warm-up (``graph_captures``); then
+   batch 1,024 with ``tokenizer_fp32`` and with ``residual_fp32`` (what the fidelity options cost).
 2. **services**: a Kafka broker and a Redis server started with ``scripts/services up`` (reused when
    ``KAFKA_BOOTSTRAP`` and ``REDIS_URL`` already point at running ones). Offline machines need the
    broker's jars in ``.cache/`` (carry it) and ``redis-server`` installed.
@@ -138,6 +139,22 @@ def engine_step(args: argparse.Namespace) -> dict[str, Any]:
         out["batches"][str(batch)] = timed(batch, 1)
     out["captures_after_warm_up"] = engine.graph_captures - (engine.graph_captures_at_warm_up or 0)
     print(f"engine: captures at warm-up {captured}, after it {out['captures_after_warm_up']}", flush=True)
+
+    # What the fidelity options cost (results/bf16_residual.md measured what they fix): the largest
+    # batch again with a float32 tokenizer, and with a float32 residual stream.
+    big = batches[-1]
+    out["variants"] = {}
+    for name, extra in (("tokenizer_fp32", {"tokenizer_fp32": True}), ("residual_fp32", {"residual_fp32": True})):
+        del engine
+        if cuda:
+            torch.cuda.empty_cache()
+        engine = KronosEngine(
+            model, tokenizer, device="cuda" if cuda else "cpu", max_context=max_context, dtype=torch.bfloat16,
+            decode_loop="graphed" if cuda else "fixed", graph_buckets=(big,), **extra,
+        )
+        engine.warm_up(horizon, params)
+        out["variants"][name] = {"batch": big, **timed(big, args.repeats)}
+        print(f"engine: {name}, batch {big}: {out['variants'][name]['forecasts_per_s']:.1f} forecasts/s", flush=True)
     return out
 
 
@@ -261,6 +278,8 @@ def write_summary(out: Path, summary: dict[str, Any]) -> None:
     ]
     for batch, r in (eng.get("batches") or {}).items():
         lines.append(f"| {batch} | {r['forecasts_per_s']:.1f} | {', '.join(r['decode_loops'])} |")
+    for name, r in (eng.get("variants") or {}).items():
+        lines.append(f"| {r['batch']}, {name} | {r['forecasts_per_s']:.1f} | {', '.join(r['decode_loops'])} |")
     lines += ["", "## Bursts through the daemon (bench_load)", "",
               "| run | mode | symbols | repeat | s to last forecast | efficiency | complete |", "|---|---|---|---|---|---|---|",
               *_burst_rows(summary.get("bursts") or {}), ""]

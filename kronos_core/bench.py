@@ -47,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--decode-loop", default="auto", choices=("auto", "dynamic", "fixed", "graphed"),
         help="generated-step loop: auto is graphed (CUDA graphs) on CUDA, dynamic elsewhere",
     )
+    p.add_argument(
+        "--graph-buckets", default=None,
+        help="batch sizes the graphed loop pads to, comma list (default: the engine's; larger batches run in chunks)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (see KronosEngine)")
     p.add_argument("--tf32", action="store_true", help="let CUDA fp32 matrix products use TF32 tensor cores")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -78,6 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     engine = KronosEngine(
         model, tokenizer, device=args.device, max_context=args.max_context, dtype=DTYPES[args.dtype],
         packed=not args.no_packed, decode_loop=args.decode_loop, compile_blocks=args.compile,
+        graph_buckets=[int(b) for b in args.graph_buckets.split(",")] if args.graph_buckets else None,
     )
     device = engine.device
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
@@ -131,6 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "packed_weights": engine.packed,
         "decode_loop": engine.decode_loop,
         "compiled": engine.compiled,
+        "graph_buckets": list(engine.graph_buckets) if engine.graph_buckets else None,
         "tf32": bool(args.tf32),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -283,7 +283,9 @@ class BucketedSteps:
         graph = torch.cuda.CUDAGraph()
         # The buckets' graphs share a memory pool: they never run at the same time and keep
         # nothing in it between replays (every result is written into the static buffers).
-        with torch.cuda.graph(graph, pool=fam.pool):
+        # Thread-local capture: a new model version is warmed up in a worker thread while the
+        # serving model keeps running kernels in another (daemon hot swap).
+        with torch.cuda.graph(graph, pool=fam.pool, capture_error_mode="thread_local"):
             self._step_fn(buf, params, None, feed=True)
         self.captures += 1
         return graph

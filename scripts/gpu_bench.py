@@ -64,7 +64,7 @@ def _configs() -> list[tuple[str, list[str]]]:
     runs += [
         ("bfloat16_b64_s16_graphed_compiled", ["--dtype", "bfloat16", "--compile", "--batch", "64", "--sample-count", "16",
                                                "--repeats", "3", "--no-baseline"]),
-        ("bfloat16_b2048_graphed_compiled", ["--dtype", "bfloat16", "--compile", "--batch", "2048", "--repeats", "3",
+        ("bfloat16_b2048_graphed_compiled", ["--dtype", "bfloat16", "--compile", "--batch", "2048", "--graph-buckets", "2048", "--repeats", "3",
                                              "--no-baseline"]),
         ("float32_tf32_b1024_graphed_compiled", ["--dtype", "float32", "--tf32", "--compile", *b1024]),
     ]

@@ -211,6 +211,8 @@ class Daemon:
                 horizon=s.model.horizon,
                 max_batch_size=s.batch.max_batch_size,
                 max_wait_ms=s.batch.max_wait_ms,
+                linger_idle_ms=s.batch.linger_idle_ms,
+                pipeline=s.batch.pipeline,
                 default_interval_s=s.default_bar_interval_s,
                 forecast_ttl_s=s.redis.forecast_ttl_s,
                 base_seed=s.model.base_seed,

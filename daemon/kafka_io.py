@@ -289,6 +289,7 @@ class KafkaOutput(OutputBus):
             enable_idempotence=True,
             acks="all",
             linger_ms=0,
+            max_batch_size=s.producer_batch_bytes,
             **extra,
         )
         await _start_client(self._producer, what, s.bootstrap_servers)

@@ -1,8 +1,14 @@
 """The forecasting loop: fetch a micro-batch, validate, forecast round by round, publish, store, commit.
 
 A fetch waits up to ``max_wait_ms`` for a first record, then lingers up to ``max_wait_ms`` more for
-others (until ``max_batch_size``), drawing from every assigned partition fairly, so the bars of a
-burst reach the model as one batch.
+others (until ``max_batch_size``, or until no record came for ``linger_idle_ms``: the burst is over),
+drawing from every assigned partition fairly, so the bars of a burst reach the model as one batch.
+Messages are read (parsed, checked) as they arrive, while the linger goes on.
+
+Pipelining: while a batch is processed (mostly: while the model runs), the next fetch is already
+under way, and it lingers for as long as that batch is busy; it is processed only once the batch
+before it has committed, so commits stay in order. A fetch that overlapped a rebalance is dropped
+whole: a rebalance resets the consumer's positions to the committed offsets, so its records come again.
 
 Delivery is at-least-once. For each fetch:
 
@@ -29,10 +35,11 @@ done are committed and the rest is fetched again (by this member or the partitio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
@@ -42,7 +49,7 @@ import structlog
 from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
 from daemon.calendars import HorizonCalendar
 from daemon.errors import CommitRefused, CorruptState, ForecasterError, InvalidBar
-from daemon.metrics import Metrics
+from daemon.metrics import LOOP_PHASES, Metrics
 from daemon.models import pin_forecaster
 from daemon.online_scoring import OnlineScorer
 from daemon.retry import Abandoned, Outages
@@ -77,6 +84,8 @@ class LoopConfig:
     horizon: int
     max_batch_size: int = 256
     max_wait_ms: int = 20
+    linger_idle_ms: int = 10  # the linger ends once no record came for this long; 0: never early
+    pipeline: bool = True  # fetch and read the next batch while this one is processed
     default_interval_s: float = 60.0
     forecast_ttl_s: int | None = None
     base_seed: int = 0
@@ -179,18 +188,98 @@ def plan_rounds(
     return rounds, skipped
 
 
-async def fetch_lingering(bus: InputBus, max_records: int, wait_ms: int, linger_ms: int) -> list[InMessage]:
-    """Wait up to ``wait_ms`` for a first record, then linger up to ``linger_ms`` for more, until
-    ``max_records``: the bars of a burst then reach the model as one batch, not one fetch apiece."""
-    return await linger(bus, await bus.fetch(max_records, wait_ms), max_records, linger_ms)
+# While the batch before is still busy, a pipelined fetch keeps polling in slices this long.
+_BUSY_POLL_MS = 5
 
 
-async def linger(bus: InputBus, batch: list[InMessage], max_records: int, linger_ms: int) -> list[InMessage]:
-    """:func:`fetch_lingering` after the first fetch returned ``batch``."""
+async def fetch_lingering(
+    bus: InputBus, max_records: int, wait_ms: int, linger_ms: int, idle_ms: int = 0
+) -> list[InMessage]:
+    """Wait up to ``wait_ms`` for a first record, then :func:`linger`: the bars of a burst then reach
+    the model as one batch, not one fetch apiece."""
+    return await linger(bus, await bus.fetch(max_records, wait_ms), max_records, linger_ms, idle_ms=idle_ms)
+
+
+async def linger(
+    bus: InputBus,
+    batch: list[InMessage],
+    max_records: int,
+    linger_ms: int,
+    *,
+    idle_ms: int = 0,
+    busy: Callable[[], bool] | None = None,
+    on_records: Callable[[list[InMessage]], None] | None = None,
+) -> list[InMessage]:
+    """After a first fetch returned ``batch``, fetch more into it until ``max_records``, for up to
+    ``linger_ms``; the linger ends early when ``idle_ms`` (> 0) passed without a record, and lasts
+    past ``linger_ms`` for as long as ``busy()`` (the batch before is still being processed, so
+    nothing would start earlier). ``on_records`` sees every fetched group of records (the first too).
+
+    ``batch`` is extended in place, so a caller that retries after an error keeps what was fetched.
+    """
+    if on_records is not None and batch:
+        on_records(batch)
     deadline = time.monotonic() + linger_ms / 1e3
-    while batch and len(batch) < max_records and (left_ms := int((deadline - time.monotonic()) * 1e3)) > 0:
-        batch += await bus.fetch(max_records - len(batch), left_ms)
+    while batch and len(batch) < max_records:
+        waiting = busy is not None and busy()
+        if waiting:
+            wait_ms = _BUSY_POLL_MS
+        else:
+            wait_ms = int((deadline - time.monotonic()) * 1e3)
+            if wait_ms <= 0:
+                break
+            if idle_ms > 0:
+                wait_ms = min(wait_ms, idle_ms)
+        got = await bus.fetch(max_records - len(batch), wait_ms)
+        if got:
+            if on_records is not None:
+                on_records(got)
+            batch += got
+        elif idle_ms > 0 and not waiting:
+            break  # quiet for idle_ms: the burst is over
     return batch
+
+
+Reading = Bar | tuple[str, str]  # a valid bar, or why the message is dead-lettered: (reason, kind)
+
+
+def read_message(msg: InMessage, now: float, max_future_s: float | None) -> Reading:
+    """One message as a bar, or the reason and kind its dead letter gets (never raises)."""
+    try:
+        bar = parse_bar(msg.key, msg.value)
+        check_bar_time(bar, msg.timestamp_ms, now, max_future_s)
+        return bar
+    except InvalidBar as exc:
+        return exc.reason, exc.kind
+    except Exception as exc:
+        return f"reading the message failed: {type(exc).__name__}: {exc}", "error"
+
+
+@dataclass
+class Fetched:
+    """A fetched batch: its messages, each one's reading (by ``id``), and the count of revocations
+    when the fetch began (a fetch that overlapped one is dropped)."""
+
+    messages: list[InMessage]
+    readings: dict[int, Reading] = field(default_factory=dict)
+    revocations: int = 0
+    first_at: float = 0.0  # time.perf_counter() when the first records were in hand
+    done_at: float = 0.0  # ... and when the linger ended
+
+
+class PhaseClock:
+    """Seconds spent per loop phase (daemon.metrics.LOOP_PHASES) while one fetch is processed."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(LOOP_PHASES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
 
 
 class ForecastLoop:
@@ -225,44 +314,97 @@ class ForecastLoop:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kronos-model")
         self._stopping = False
         self._revoking = False
-        self._in_fetch = False
-        self._task: asyncio.Task[None] | None = None
+        self._in_fetch = False  # a fetch waits for a first record (a stop request may interrupt it)
+        self._fetch_task: asyncio.Task[Fetched | None] | None = None
+        self._revocations = 0  # revocations so far: a fetch that overlapped one is dropped
+        self._clock = PhaseClock()  # the fetch in process's phase times
         self.last_tick = time.monotonic()
         self.assignment_received = False
 
     # -- the loop ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Fetch and process micro-batches until a stop is requested; the batch in flight finishes."""
-        self._task = asyncio.current_task()
-        while not self._stopping:
-            batch = await self._fetch()
-            self._tick()
-            if batch is None:
-                break
-            if batch:
-                # No await between the fetch returning and taking the lock: a revocation that
-                # starts now waits until this batch is processed and committed.
-                async with self._busy:
-                    await self._process_safely(batch)
-            self._metrics.set_lag(self._in.lag())
+        """Fetch and process micro-batches until a stop is requested; the batch in flight finishes.
+
+        Pipelined (``LoopConfig.pipeline``): the next fetch starts as a batch's processing starts, and
+        is processed once that batch is committed.
+        """
+        ahead: asyncio.Task[Fetched | None] | None = None
+        free_at = 0.0  # when the last batch was done: a pipelined fetch's linger after it is overhead
+        try:
+            while not self._stopping:
+                fetched = await (ahead if ahead is not None else self._start_fetch())
+                ahead = None
+                self._tick()
+                if fetched is None:
+                    break
+                if fetched.messages and fetched.revocations != self._revocations:
+                    log.info(
+                        "dropping a fetch that overlapped a rebalance; its records are fetched again "
+                        "from the committed offsets",
+                        size=len(fetched.messages),
+                    )
+                elif fetched.messages:
+                    # No await between the fetch returning and taking the lock: a revocation that
+                    # starts now waits until this batch is processed and committed.
+                    async with self._busy:
+                        if self._cfg.pipeline and not self._stopping:
+                            ahead = self._start_fetch()
+                        self._clock = PhaseClock()
+                        self._clock.seconds["linger"] = max(0.0, fetched.done_at - max(fetched.first_at, free_at))
+                        await self._process_safely(fetched)
+                        for phase, seconds in self._clock.seconds.items():
+                            self._metrics.phases[phase].observe(seconds)
+                    free_at = time.perf_counter()
+                self._metrics.set_lag(self._in.lag())
+        finally:
+            if ahead is not None:  # stopping: its records are not committed, so they come again
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
         log.info("loop stopped", symbols=len(self._states))
 
     def request_stop(self) -> None:
-        """Stop taking work: an idle fetch is interrupted; a batch in flight finishes its current round
-        and commits what is done."""
+        """Stop taking work: a fetch waiting for a first record is interrupted; a batch in flight
+        finishes its current round and commits what is done."""
         self._stopping = True
-        if self._in_fetch and self._task is not None:
-            self._task.cancel()
+        if self._in_fetch and self._fetch_task is not None:
+            self._fetch_task.cancel()
 
-    async def _fetch(self) -> list[InMessage] | None:
-        """The next micro-batch, or None when a stop interrupted the fetch."""
+    def _start_fetch(self) -> asyncio.Task[Fetched | None]:
+        self._fetch_task = asyncio.create_task(self._fetch(), name="kronos-fetch")
+        return self._fetch_task
+
+    async def _fetch(self) -> Fetched | None:
+        """The next micro-batch, its messages read as they arrive; None when a stop interrupted it.
+
+        While a batch is being processed (pipelined), it waits and lingers until that batch is done.
+        """
+        fetched = Fetched([], revocations=self._revocations)
+        size, wait, idle = self._cfg.max_batch_size, self._cfg.max_wait_ms, self._cfg.linger_idle_ms
+        busy = self._busy.locked
+        max_future = self._cfg.max_future_s
+
+        def read(messages: list[InMessage]) -> None:
+            now = time.time()
+            for m in messages:
+                fetched.readings[id(m)] = read_message(m, now, max_future)
+
         self._in_fetch = True
         try:
-            size, wait = self._cfg.max_batch_size, self._cfg.max_wait_ms
-            first = await self._io("kafka", "fetching", lambda: self._in.fetch(size, wait))
+            first: list[InMessage] = []
+            while not first:
+                first = await self._fetch_io(lambda: self._in.fetch(size, wait))
+                if not busy():
+                    break
+            if not first:
+                return fetched
             self._in_fetch = False  # records in hand: a stop request now lets the linger end by itself
-            return await self._io("kafka", "fetching", lambda: linger(self._in, first, size, wait))
+            fetched.first_at = time.perf_counter()
+            fetched.messages = await self._fetch_io(
+                lambda: linger(self._in, first, size, wait, idle_ms=idle, busy=busy, on_records=read)
+            )
+            fetched.done_at = time.perf_counter()
+            return fetched
         except Abandoned:
             return None
         except asyncio.CancelledError:
@@ -285,9 +427,20 @@ class ForecastLoop:
             service, what, fn, abandon=lambda: self._stopping or self._revoking, on_attempt=self._tick
         )
 
-    async def _process_safely(self, batch: list[InMessage]) -> None:
+    async def _fetch_io(self, fn: Callable[[], Awaitable[list[InMessage]]]) -> list[InMessage]:
+        """A fetch, retried through an outage until the loop stops. It counts as the loop's progress
+        (liveness) only while no batch is in process: a pipelined fetch must not hide a stuck model call."""
+
+        def tick() -> None:
+            if not self._busy.locked():
+                self._tick()
+
+        return await self._outages.call("kafka", "fetching", fn, abandon=lambda: self._stopping, on_attempt=tick)
+
+    async def _process_safely(self, fetched: Fetched) -> None:
+        batch = fetched.messages
         try:
-            await self.process(batch)
+            await self.process(batch, fetched.readings)
         except Abandoned:
             # Stopping or revoked during an outage: the uncommitted rest is fetched again (same ids).
             log.warning("batch abandoned during an outage; it will be processed again", size=len(batch))
@@ -297,30 +450,37 @@ class ForecastLoop:
         except CommitRefused as exc:
             # The group moved on without us; the new owner replays from the last commit.
             log.warning("commit refused after a rebalance; dropping cached state", error=str(exc))
+            self._revocations += 1  # a fetch made meanwhile is dropped: its records come again
             self._drop(set(self._owner.values()))
 
-    async def process(self, batch: list[InMessage]) -> None:
-        """One fetch, from validation to commit (exactly-once: segment by segment, see eos_segments)."""
+    async def process(self, batch: list[InMessage], readings: dict[int, Reading] | None = None) -> None:
+        """One fetch, from validation to commit (exactly-once: segment by segment, see eos_segments).
+        ``readings``: messages already read (by ``id``), as :func:`read_message` gives them."""
+        readings = readings if readings is not None else {}
         if not self._cfg.exactly_once:
-            await self._process_part(batch)
+            await self._process_part(batch, readings)
             return
         for segment in eos_segments(batch):
-            await self._process_part(segment)
+            await self._process_part(segment, readings)
             if self._stopping or self._revoking:
                 break  # the rest is not committed: fetched again
 
-    async def _process_part(self, batch: list[InMessage]) -> None:
+    async def _process_part(self, batch: list[InMessage], readings: dict[int, Reading]) -> None:
         fetched_at = time.time()
+        clock = self._clock
         owned = self._in.assignment()
         batch = [m for m in batch if m.tp in owned]  # revoked since the fetch: the new owner has them
-        await self._check_lost_state(batch)
-        items = await self._validate(batch)
+        with clock("check_state"):
+            await self._check_lost_state(batch)
+        with clock("validate"):
+            items = await self._validate(batch, readings)
         self._metrics.bars_in.inc(len(items))  # valid bars; invalid ones count in kronos_invalid_messages
-        items = await self._load_states(items)
-        last_seen = {s: st.last_ts for s, st in self._states.items()}
-        last_source = {s: st.source for s, st in self._states.items()}
-        rounds, skipped = plan_rounds(items, last_seen, last_source)
-        await self._skip(skipped)
+        with clock("load_state"):
+            items = await self._load_states(items)
+            last_seen = {s: st.last_ts for s, st in self._states.items()}
+            last_source = {s: st.source for s, st in self._states.items()}
+            rounds, skipped = plan_rounds(items, last_seen, last_source)
+            await self._skip(skipped)
         if self._cfg.exactly_once:
             await self._republish([item for item, reason in skipped if reason == "replayed"])
         done = 0
@@ -335,28 +495,33 @@ class ForecastLoop:
             log.info("batch cut short", bars_left=len(left), stopping=self._stopping, revoking=self._revoking)
         offsets = commit_offsets(batch, left)
         marks = {f"{p.topic}/{p.partition}": off - 1 for p, off in offsets.items() if off > 0}
-        await self._io("redis", "writing watermarks", lambda: self._store.set_watermarks(marks))
-        await self._io("kafka", "committing offsets", lambda: self._in.commit(offsets))
+        with clock("commit"):
+            await self._io("redis", "writing watermarks", lambda: self._store.set_watermarks(marks))
+            await self._io("kafka", "committing offsets", lambda: self._in.commit(offsets))
 
-    async def _validate(self, batch: list[InMessage]) -> list[Item]:
+    async def _validate(self, batch: list[InMessage], readings: dict[int, Reading]) -> list[Item]:
         """Valid bars, in order; invalid messages go to the dead-letter topic (acknowledged).
 
         Any error while reading one message, expected (:class:`InvalidBar`) or not, stays with that
-        message: it is dead-lettered with the reason and the batch goes on.
+        message: it is dead-lettered with the reason and the batch goes on. ``readings``: messages
+        read already (as they were fetched); the others are read now.
         """
         items: list[Item] = []
         dead: list[Letter] = []
         now = time.time()
         for msg in batch:
-            try:
-                bar = parse_bar(msg.key, msg.value)
-                check_bar_time(bar, msg.timestamp_ms, now, self._cfg.max_future_s)
-                items.append((msg, bar))
-            except InvalidBar as exc:
-                log.warning("invalid message", reason=exc.reason, kind=exc.kind, source=msg.source)
-                dead.append((msg, exc.reason, exc.kind))
-            except Exception as exc:
-                dead.append(self._error_letter(msg, "reading the message", exc))
+            reading = readings.get(id(msg))
+            if reading is None:
+                reading = read_message(msg, now, self._cfg.max_future_s)
+            if isinstance(reading, Bar):
+                items.append((msg, reading))
+                continue
+            reason, kind = reading
+            if kind == "error":
+                log.error("message failed; dead-lettering it", source=msg.source, error=reason)
+            else:
+                log.warning("invalid message", reason=reason, kind=kind, source=msg.source)
+            dead.append((msg, reason, kind))
         await self._dead_letter(dead)
         return items
 
@@ -524,72 +689,78 @@ class ForecastLoop:
 
     async def _forecast_round(self, items: list[Item], fetched_at: float) -> None:
         """One batched model call; publish (acknowledged), then store, the round's forecasts."""
-        items = await self._still_new(items)
-        if not items:
-            return
-        forecaster = pin_forecaster(self._forecaster)  # one model version for the whole call
-        version = forecaster.model_version
-        windows, contexts, ready = [], [], []
-        dead: list[Letter] = []
-        for item in items:
-            try:
-                window, ctx = self._window(item[0], item[1], version, fetched_at)
-            except Exception as exc:  # this bar cannot be made into a window: it alone is dead-lettered
-                dead.append(self._error_letter(item[0], "building the forecast window", exc))
-                continue
-            windows.append(window)
-            contexts.append(ctx)
-            ready.append(item)
-        items = ready
+        clock = self._clock
+        with clock("windows"):
+            items = await self._still_new(items)
+            if not items:
+                return
+            forecaster = pin_forecaster(self._forecaster)  # one model version for the whole call
+            version = forecaster.model_version
+            windows, contexts, ready = [], [], []
+            dead: list[Letter] = []
+            for item in items:
+                try:
+                    window, ctx = self._window(item[0], item[1], version, fetched_at)
+                except Exception as exc:  # this bar cannot be made into a window: it alone is dead-lettered
+                    dead.append(self._error_letter(item[0], "building the forecast window", exc))
+                    continue
+                windows.append(window)
+                contexts.append(ctx)
+                ready.append(item)
+            items = ready
 
-        results = await self._run_model(forecaster, windows, contexts) if windows else []
+        with clock("model"):
+            results = await self._run_model(forecaster, windows, contexts) if windows else []
         scorer = self._cfg.scorer
-        if scorer is not None:
-            scorer.adjust(windows, results, version, contexts)
-
-        publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
-        for item, ctx, result in zip(items, contexts, results, strict=True):
-            try:
-                if isinstance(result, Exception):
-                    raise result
-                record = build_forecast_message(ctx, result, version, forecaster.mode, time.time())
-                publish.append((item, result, encode_json(record), ctx))
-            except Exception as exc:  # a model failure for one series: dead-letter that bar only
-                reason = f"forecast failed: {type(exc).__name__}: {exc}"
-                log.error(
-                    "forecast failed", symbol=ctx.symbol, ts=ctx.ts_ns, source=item[0].source, error=reason
-                )
-                dead.append((item[0], reason, "forecast"))
+        with clock("encode"):
+            if scorer is not None:
+                scorer.adjust(windows, results, version, contexts)
+            publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
+            for item, ctx, result in zip(items, contexts, results, strict=True):
+                try:
+                    if isinstance(result, Exception):
+                        raise result
+                    record = build_forecast_message(ctx, result, version, forecaster.mode, time.time())
+                    publish.append((item, result, encode_json(record), ctx))
+                except Exception as exc:  # a model failure for one series: dead-letter that bar only
+                    reason = f"forecast failed: {type(exc).__name__}: {exc}"
+                    log.error(
+                        "forecast failed", symbol=ctx.symbol, ts=ctx.ts_ns, source=item[0].source, error=reason
+                    )
+                    dead.append((item[0], reason, "forecast"))
 
         # Kafka first, Redis second. Were Redis written first, a crash between the two would leave
         # the bar's ts in Redis: the replayed bar would then be skipped as a duplicate and its
         # forecast would never reach the output topic. This way a replay at worst publishes the
         # same forecast (same id) twice.
-        records = [(bar.symbol.encode(), value) for (_, bar), _, value, _ in publish]
-        if records:
-            await self._io(
-                "kafka", "publishing forecasts", lambda: self._out.send_batch(self._cfg.output_topic, records)
-            )
-        await self._dead_letter(dead)
-        updates = [
-            StateUpdate(bar, result.token_state, value, version, msg.source)
-            for (msg, bar), result, value, _ in publish
-        ]
-        ttl = self._cfg.forecast_ttl_s
-        refused = set(await self._io("redis", "storing state", lambda: self._store.apply(updates, ttl)))
-        now = time.time()
-        for (msg, bar), result, _, ctx in publish:
-            if bar.symbol in refused:
-                continue
-            self._states[bar.symbol].append(bar, result.token_state, version, msg.source)
-            self._metrics.forecasts_out.inc()
-            self._metrics.latency_from_bar.observe(max(0.0, now - bar.ts_ns / 1e9))
-            self._metrics.latency_from_consume.observe(max(0.0, now - ctx.fetched_at))
+        with clock("publish"):
+            records = [(bar.symbol.encode(), value) for (_, bar), _, value, _ in publish]
+            if records:
+                await self._io(
+                    "kafka", "publishing forecasts", lambda: self._out.send_batch(self._cfg.output_topic, records)
+                )
+            await self._dead_letter(dead)
+        with clock("store"):
+            updates = [
+                StateUpdate(bar, result.token_state, value, version, msg.source)
+                for (msg, bar), result, value, _ in publish
+            ]
+            ttl = self._cfg.forecast_ttl_s
+            refused = set(await self._io("redis", "storing state", lambda: self._store.apply(updates, ttl)))
+            now = time.time()
+            for (msg, bar), result, _, ctx in publish:
+                if bar.symbol in refused:
+                    continue
+                self._states[bar.symbol].append(bar, result.token_state, version, msg.source)
+                self._metrics.forecasts_out.inc()
+                self._metrics.latency_from_bar.observe(max(0.0, now - bar.ts_ns / 1e9))
+                self._metrics.latency_from_consume.observe(max(0.0, now - ctx.fetched_at))
         if scorer is not None:
-            window_of = dict(zip(map(id, results), windows, strict=True))
-            stored = [(self._states[bar.symbol], window_of[id(result)], result)
-                      for (_, bar), result, _, _ in publish if bar.symbol not in refused]  # fmt: skip
-            await scorer.stored(stored, version)
+            with clock("scoring"):
+                window_of = dict(zip(map(id, results), windows, strict=True))
+                stored = [(self._states[bar.symbol], window_of[id(result)], result)
+                          for (_, bar), result, _, _ in publish if bar.symbol not in refused]  # fmt: skip
+                await scorer.stored(stored, version)
         if refused:
             # Another writer got there first (a stale owner, or a retried write): reload next time.
             self._metrics.state_conflicts.inc(len(refused))
@@ -708,6 +879,7 @@ class ForecastLoop:
         round and commits what is done (while this member's generation is still valid); then the
         revoked symbols are forgotten (the next owner loads them from the store)."""
         self._revoking = True  # the batch in flight stops after its current round
+        self._revocations += 1  # a fetch under way now is dropped: its records come again
         try:
             async with self._busy:
                 dropped = self._drop(partitions)

@@ -31,6 +31,13 @@ INVALID_KINDS = (
 SERVICES = ("kafka", "redis")
 SKIP_REASONS = ("replayed", "duplicate", "out_of_order")
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+# Where a fetch's time goes, in the order the loop spends it (daemon/loop.py); "model" is the batched
+# call itself, everything else is the daemon's own overhead.
+LOOP_PHASES = (
+    "linger", "check_state", "validate", "load_state", "windows", "model", "encode", "publish", "store",
+    "scoring", "commit",
+)  # fmt: skip
+_PHASE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class Metrics:
@@ -82,6 +89,14 @@ class Metrics:
             buckets=_STEP_BUCKETS,
             registry=r,
         )
+        self.loop_phase = Histogram(
+            "kronos_loop_phase_seconds",
+            "Time the loop spent per fetch in each phase (linger: from the first record until the batch was "
+            "complete; model: the batched calls; the rest is the daemon's own work).",
+            ["phase"],
+            buckets=_PHASE_BUCKETS,
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "kronos_consumer_lag_messages",
             "Messages behind the end of the partition.",
@@ -119,6 +134,7 @@ class Metrics:
             self.skipped.labels(reason)
         for service in SERVICES:
             self.service_retries.labels(service)
+        self.phases = {phase: self.loop_phase.labels(phase) for phase in LOOP_PHASES}
         # CPU, memory, open files, start time; Python version; garbage collections
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

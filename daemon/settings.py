@@ -72,6 +72,9 @@ class KafkaSettings(_Group):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    # the producer's record batches (per partition and request): a burst of forecasts (about 3.5 KB
+    # each at horizon 12) goes out in a few requests instead of one per 16 KB (aiokafka's default)
+    producer_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024, le=1_000_000)
     create_topics: int | None = Field(default=None, ge=1)  # create missing topics with this many partitions
     create_topics_replication: int = Field(default=1, ge=1)  # their replication factor
     # Exactly-once (Kafka transactions, see daemon/kafka_eos.py): forecasts, dead letters and input
@@ -223,6 +226,10 @@ class ScoringSettings(_Group):
 class BatchSettings(_Group):
     max_batch_size: int = Field(default=256, ge=1, le=100_000)  # records per fetch (getmany max_records)
     max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # a fetch waits this long for a first record, then lingers as long for more
+    # the linger ends early once no record came for this long (the burst is over); 0: linger max_wait_ms
+    linger_idle_ms: int = Field(default=10, ge=0, le=60_000)
+    # fetch (and read) the next batch while the model runs on this one; commits stay in order
+    pipeline: bool = True
 
 
 class ArchiveSettings(_Group):

@@ -70,7 +70,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = {
     "demo": REPO / "daemon" / "assets" / "demo-model",
     "tiny": REPO / "tests" / "fixtures" / "kronos-tiny-a",
+    "stub": REPO / "tests" / "daemon",  # the deterministic stub forecaster: ~0 model time
 }
+STUB_FACTORY = "stub_forecaster:build"  # tests/daemon/stub_forecaster.py, as scripts/chaos.py loads it
 BAR_START = datetime(2024, 1, 2, tzinfo=UTC)  # synthetic clock start; the same bars in every mode
 BAR_INTERVAL_S = 60.0
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -245,8 +247,6 @@ def daemon_env(
             "KRONOS_KAFKA__CLIENT_ID": run.group,
             "KRONOS_REDIS__URL": redis_url,
             "KRONOS_REDIS__KEY_PREFIX": run.prefix,
-            "KRONOS_MODEL__TOKENIZER_DIR": str(model_dir / "tokenizer"),
-            "KRONOS_MODEL__PREDICTOR_DIR": str(model_dir / "predictor"),
             "KRONOS_MODEL__DEVICE": "cpu",
             "KRONOS_MODEL__THREADS": str(args.threads),
             "KRONOS_MODEL__MAX_CONTEXT": str(args.max_context),
@@ -261,6 +261,13 @@ def daemon_env(
             "KRONOS_LOG_FORMAT": "json",
         }
     )
+    if args.model == "stub":
+        paths = [str(model_dir), str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+        env.update({"PYTHONPATH": os.pathsep.join(paths), "KRONOS_MODEL__FACTORY": STUB_FACTORY,
+                    "STUB_FORECASTER_DELAY_MS": "0"})
+    else:
+        env["KRONOS_MODEL__TOKENIZER_DIR"] = str(model_dir / "tokenizer")
+        env["KRONOS_MODEL__PREDICTOR_DIR"] = str(model_dir / "predictor")
     if args.max_batch is not None:
         env["KRONOS_BATCH__MAX_BATCH_SIZE"] = str(args.max_batch)
     if args.max_wait_ms is not None:
@@ -319,6 +326,9 @@ class DaemonProcess:
                 if sample.name.endswith("_bucket"):
                     continue
                 out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+                if "phase" in sample.labels:  # kronos_loop_phase_seconds: also per phase
+                    key = f'{sample.name}{{phase="{sample.labels["phase"]}"}}'
+                    out[key] = out.get(key, 0.0) + float(sample.value)
         return out
 
     async def stop(self, timeout_s: float = 20.0) -> int | None:
@@ -594,6 +604,8 @@ class ReferenceModel:
         from daemon.forecaster import build_forecaster
         from daemon.settings import load_settings
 
+        if env.get("KRONOS_MODEL__FACTORY") == STUB_FACTORY and str(MODELS["stub"]) not in sys.path:
+            sys.path.insert(0, str(MODELS["stub"]))  # the stub's module, as the daemon finds it
         saved = {k: v for k, v in os.environ.items() if k.startswith("KRONOS_")}
         try:
             for k in saved:
@@ -674,7 +686,7 @@ async def bench_bursts(
                 complete = await collector.wait_for(keys, args.drain_timeout)
                 arrivals = [collector.first[k].at for k in keys if k in collector.first]
                 burst_s = max(arrivals) - b0 if arrivals else float("nan")
-                after = await daemon.metrics()
+                after = await settled_metrics(daemon, before, size)
 
                 def delta(name: str, a: dict[str, float] = after, b: dict[str, float] = before) -> float:
                     return a.get(name, 0.0) - b.get(name, 0.0)
@@ -694,12 +706,33 @@ async def bench_bursts(
                     "model_share": round(model_s / burst_s, 3),
                     "overhead_ms_per_forecast": round((burst_s - model_s) / size * 1e3, 3),
                     "overhead_vs_engine_ms_per_forecast": round((burst_s - engine_s) / size * 1e3, 3),
+                    # the daemon's own time per loop phase (kronos_loop_phase_seconds), ms per forecast
+                    "phase_ms_per_forecast": {
+                        name.split('phase="', 1)[1].rstrip('"}'): round(delta(name) / size * 1e3, 4)
+                        for name in after
+                        if name.startswith("kronos_loop_phase_seconds_sum{")
+                    },
                 }
                 result["bursts"].append(entry)
                 print(f"[burst {mode}] {size} symbols: last forecast after {burst_s * 1e3:.0f} ms, "
                       f"{calls} model call(s) ({model_s * 1e3:.0f} ms), one engine call {engine_s * 1e3:.0f} ms, "
                       f"efficiency {entry['efficiency']:.0%}", flush=True)
     return result
+
+
+async def settled_metrics(daemon: DaemonProcess, before: dict[str, float], forecasts: int) -> dict[str, float]:
+    """The daemon's metrics once it has stored ``forecasts`` more forecasts and finished the fetch
+    (the loop's phase times are recorded after the commit, a moment after the last forecast is out)."""
+    fetches = before.get("kronos_loop_phase_seconds_count", 0.0)
+    deadline = time.monotonic() + 10
+    while True:
+        after = await daemon.metrics()
+        stored = after.get("kronos_forecasts_out_total", 0.0) - before.get("kronos_forecasts_out_total", 0.0)
+        if (stored >= forecasts and after.get("kronos_loop_phase_seconds_count", 0.0) > fetches) or (
+            time.monotonic() > deadline
+        ):
+            return after
+        await asyncio.sleep(0.05)
 
 
 def burst_table(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -843,7 +876,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=30.0, help="measured phase, seconds (default 30)")
     p.add_argument("--modes", default="exact,incremental", help="comma list of exact, incremental")
     p.add_argument(
-        "--model", choices=sorted(MODELS), default="demo", help="demo model or tiny test checkpoint"
+        "--model", choices=sorted(MODELS), default="demo",
+        help="demo model, tiny test checkpoint, or the stub forecaster of tests/daemon\n"
+        "(stub: ~0 model time, so a burst measures the daemon's own overhead)",
     )
     p.add_argument("--max-context", type=int, default=128)
     p.add_argument("--horizon", type=int, default=12)

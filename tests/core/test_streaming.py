@@ -277,3 +277,21 @@ def test_session_pool_moves_keep_caches_and_evict_outsiders(engine) -> None:
         pool.place(list("vwxyz"))
     with pytest.raises(ValueError, match="twice"):
         pool.place(["a", "a"])
+
+
+def test_calendar_features_of_many_arrays_at_once_equal_one_by_one() -> None:
+    from kronos_core.streaming import calendar_features, calendar_features_many
+
+    rng = np.random.default_rng(0)
+    start = np.datetime64("2024-03-09T15:00", "ns")  # spans New York's switch to summer time
+    arrays = [
+        start + np.sort(rng.integers(0, 3 * 86_400, size=n)).astype("timedelta64[s]") for n in (5, 0, 1, 64, 17)
+    ]
+    for tz in ("UTC", "Asia/Shanghai", "America/New_York"):
+        many = calendar_features_many(arrays, tz)
+        assert len(many) == len(arrays)
+        for got, ts in zip(many, arrays, strict=True):
+            assert got.dtype == np.float32 and got.shape == (len(ts), 5)
+            if len(ts):
+                np.testing.assert_array_equal(got, calendar_features(ts, tz))
+    assert calendar_features_many([], "UTC") == []

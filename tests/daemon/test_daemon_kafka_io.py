@@ -166,6 +166,28 @@ async def test_a_burst_over_partitions_lands_in_one_lingering_fetch(
         await consumer.stop()
 
 
+async def test_the_linger_ends_once_the_burst_is_over(
+    kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str
+) -> None:
+    """With linger_idle_ms, a fetch whose burst has landed does not wait out a long linger: it ends
+    once no record came for that long (here a 20 s linger ends within the 10 s this test waits)."""
+    import asyncio
+
+    from daemon.loop import fetch_lingering
+
+    topic = await topic_factory(partitions=4)
+    consumer = await _started_input(kafka_bootstrap, topic, group_id)
+    try:
+        await wait_until(lambda: _assigned(consumer), 30, "a partition assignment")
+        fetch = fetch_lingering(consumer, max_records=1000, wait_ms=20_000, linger_ms=20_000, idle_ms=500)
+        task = asyncio.create_task(fetch)
+        await _send_spread(kafka_bootstrap, topic, partitions=4, per_partition=10)
+        batch = await asyncio.wait_for(task, 10)
+        assert len(batch) == 40 and {m.partition for m in batch} == {0, 1, 2, 3}
+    finally:
+        await consumer.stop()
+
+
 async def _assigned(consumer: KafkaInput) -> bool:
     await consumer.fetch(max_records=1, timeout_ms=100)
     return bool(consumer.assignment())

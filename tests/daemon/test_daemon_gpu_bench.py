@@ -80,3 +80,17 @@ def test_daemon_builds_the_engine_with_buckets_and_exports_captures(monkeypatch)
     text = metrics.render()[0].decode()
     assert 'kronos_graph_captures_total{phase="warm_up"} 8.0' in text
     assert 'kronos_graph_captures_total{phase="serving"} 2.0' in text
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("8,1", "increasing without repeats"), ("0,8", "positive whole numbers"), ("", "at least one batch size")],
+)
+def test_bad_graph_buckets_stop_the_daemon_with_the_variable_named(monkeypatch, value, message) -> None:
+    from daemon.errors import ConfigError
+
+    monkeypatch.setenv("KRONOS_MODEL__GRAPH_BUCKETS", value)
+    with pytest.raises(ConfigError, match=rf"KRONOS_MODEL__GRAPH_BUCKETS: .*{message}"):
+        load_settings()
+    monkeypatch.setenv("KRONOS_MODEL__GRAPH_BUCKETS", "1,8,64")
+    assert load_settings().model.graph_buckets == (1, 8, 64)

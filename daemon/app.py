@@ -23,7 +23,7 @@ import structlog
 from daemon.bus import DeadLetters, InputBus, OutputBus
 from daemon.calendars import build_calendar
 from daemon.errors import DaemonError, StateError
-from daemon.forecaster import build_forecaster, check_forecaster
+from daemon.forecaster import build_forecaster, check_forecaster, graph_captures
 from daemon.logging import configure_logging
 from daemon.loop import ForecastLoop, LoopConfig
 from daemon.metrics import Metrics
@@ -181,6 +181,7 @@ class Daemon:
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
         check_forecaster(self.forecaster, s)
         self.metrics.model_info.info({"version": self.forecaster.model_version, "mode": self.forecaster.mode})
+        self.metrics.watch_graph_captures(lambda: graph_captures(self.forecaster) if self.forecaster else None)
         if (self.bus_in is None or self.bus_out is None) and s.kafka.exactly_once:
             from daemon.kafka_eos import TransactionalInput, TransactionalOutput
 

@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from daemon.app import Daemon
+from daemon.bus import Partition
 from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.calibration import ConformalCalibrator
 from daemon.errors import ConfigError, DaemonError
@@ -179,6 +180,20 @@ class _OutputReader:
         return out
 
 
+async def _settled(broker: MemoryBroker, topic: str, group: str, serving: asyncio.Task[None]) -> None:
+    """Wait until the daemon committed every input message: a forecast is published before its bar
+    is stored, scored and committed, so the store is read only after that."""
+    parts = [Partition(topic, i) for i in range(len(broker.partitions(topic)))]
+    deadline = time.monotonic() + STALL_S
+    while any(broker.committed(group, p) < len(broker.partitions(topic)[p.partition]) for p in parts):
+        if serving.done():
+            serving.result()
+            raise DaemonError("the daemon stopped before it committed the replayed bars")
+        if time.monotonic() > deadline:
+            raise DaemonError(f"the daemon did not commit the replayed bars within {STALL_S:.0f} s")
+        await asyncio.sleep(0.01)
+
+
 async def _collect(
     reader: _OutputReader,
     dead: _OutputReader,
@@ -277,6 +292,7 @@ async def replay(
             dead_letters += failed
             await feeding
         done = time.monotonic()
+        await _settled(broker, s.kafka.input_topic, s.kafka.group_id, serving)
         latest = await store.latest_forecast(config.symbol)
         online = await daemon.scorer.store.read(None, 24 * 366, time.time())
     finally:
@@ -314,11 +330,14 @@ class HeldOutScorer(OnlineScorer):
         super().__init__(*args)
         self.first_ns = first_ns
 
-    def _score(self, sums: dict[str, ScoreAccumulator], p: PendingForecast, realised: np.ndarray) -> None:
-        if p.as_of >= self.first_ns:
-            super()._score(sums, p, realised)
-        elif self.calibrator is not None:
-            self.calibrator.observe(p, realised)
+    def _score_all(
+        self, sums: dict[str, ScoreAccumulator], done: Sequence[tuple[PendingForecast, np.ndarray]]
+    ) -> None:
+        super()._score_all(sums, [(p, realised) for p, realised in done if p.as_of >= self.first_ns])
+        if self.calibrator is not None:
+            for p, realised in done:
+                if p.as_of < self.first_ns:
+                    self.calibrator.observe(p, realised)
 
 
 async def _retrain_act(

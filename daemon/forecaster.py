@@ -15,10 +15,14 @@ import importlib
 import json
 from pathlib import Path
 
+import structlog
+
 from daemon.errors import ConfigError, ForecasterError
 from daemon.model_runtime import find_manifest
 from daemon.settings import Settings
 from kronos_core.stream_types import StreamForecaster
+
+log = structlog.get_logger("kronos.forecaster")
 
 
 def checkpoint_version(*directories: Path) -> str:
@@ -95,6 +99,9 @@ def build_engine_forecaster(settings: Settings) -> StreamForecaster:
             max_context=m.max_context,
             dtype=getattr(torch, m.dtype),
             compile_blocks=m.compile,
+            graph_buckets=m.graph_buckets,
+            residual_fp32=m.residual_fp32,
+            tokenizer_fp32=m.tokenizer_fp32,
         )
         config = StreamConfig(
             mode=settings.mode,
@@ -108,9 +115,27 @@ def build_engine_forecaster(settings: Settings) -> StreamForecaster:
             max_sessions=m.max_sessions,
             max_session_bytes=m.max_session_bytes,
         )
-        return StreamingForecaster(engine, config, model_version=version)
+        forecaster = StreamingForecaster(engine, config, model_version=version)
+        # CUDA: every batch-size bucket's graph is captured now (here at start-up, or while a new
+        # version is built beside the one serving), never inside a forecast call.
+        captured = engine.warm_up(m.horizon, config.sampling)
+        if captured:
+            log.info("cuda graphs captured", graphs=captured, buckets=list(m.graph_buckets), horizon=m.horizon)
+        return forecaster
     except (KronosError, OSError, ValueError) as exc:
         raise ForecasterError(f"loading the model failed: {exc}") from exc
+
+
+def graph_captures(forecaster: StreamForecaster) -> tuple[int, int] | None:
+    """(CUDA graphs captured in all, of which at warm-up) of an engine forecaster, through a
+    swappable one's model in service; None for a forecaster without an engine."""
+    current = getattr(forecaster, "current", forecaster)
+    engine = getattr(current, "engine", None)
+    total = getattr(engine, "graph_captures", None)
+    if not isinstance(total, int):
+        return None
+    at_warm_up = getattr(engine, "graph_captures_at_warm_up", None)
+    return total, at_warm_up if isinstance(at_warm_up, int) else 0
 
 
 def check_forecaster(forecaster: StreamForecaster, settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -14,7 +15,9 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from daemon.bus import Partition
 
@@ -137,6 +140,13 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
 
+    def watch_graph_captures(self, read: Callable[[], tuple[int, int] | None]) -> None:
+        """Export ``kronos_graph_captures_total{phase}`` from ``read()`` = (captures in all, of which
+        at warm-up) of the model in service, read at each scrape (once; later calls are ignored)."""
+        if not getattr(self, "_graph_captures_watched", False):
+            self.registry.register(_GraphCaptures(read))
+            self._graph_captures_watched = True
+
     def set_lag(self, lags: dict[Partition, int]) -> None:
         for p, lag in lags.items():
             self.consumer_lag.labels(p.topic, str(p.partition)).set(lag)
@@ -151,3 +161,24 @@ class Metrics:
         and its content type."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+
+class _GraphCaptures(Collector):
+    """CUDA graphs of the decode step captured by the model in service: at warm-up (start-up or a new
+    version's load, beside the serving one) and while serving (inside forecast calls: should stay 0,
+    since every batch-size bucket is captured at warm-up). A model swap starts the counts again."""
+
+    def __init__(self, read: Callable[[], tuple[int, int] | None]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        got = self._read() or (0, 0)
+        family = CounterMetricFamily(
+            "kronos_graph_captures",
+            "CUDA graphs captured for the decode step, by phase (warm_up; serving should stay 0).",
+            labels=["phase"],
+        )
+        total, warm = got
+        family.add_metric(["warm_up"], warm)
+        family.add_metric(["serving"], total - warm)
+        yield family

@@ -125,6 +125,11 @@ class SwappableForecaster:
             if callable(forget):
                 forget(series_ids)
 
+    @property
+    def current(self) -> StreamForecaster:
+        """The model in service (read only; calls go through :meth:`pin`)."""
+        return self._current
+
     # swapping
     @property
     def target_version(self) -> str:

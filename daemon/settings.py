@@ -47,6 +47,7 @@ def _parse_levels(value: Any) -> Any:
 
 
 QuantileLevels = Annotated[tuple[float, ...], NoDecode, BeforeValidator(_parse_levels)]
+GraphBuckets = Annotated[tuple[int, ...], NoDecode, BeforeValidator(_parse_levels)]
 
 
 class _Group(BaseModel):
@@ -129,6 +130,10 @@ class ModelSettings(_Group):
     threads: int | None = Field(default=None, ge=1, le=1024)  # torch CPU threads (None: torch's default)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     compile: bool = False  # torch.compile the transformer blocks (pays on CUDA at large batches)
+    # CUDA: batch sizes the decode step's CUDA graphs are captured for at start-up (calls pad up to one)
+    graph_buckets: GraphBuckets = (1, 8, 32, 64, 128, 256, 512, 1024)
+    residual_fp32: bool = False  # bfloat16/float16: keep the residual stream in float32 (see README, GPU)
+    tokenizer_fp32: bool = False  # bfloat16/float16: run the tokenizer in float32, the predictor in dtype
     max_context: int = Field(default=512, ge=2, le=8192)
     horizon: int = Field(default=12, ge=1, le=4096)
     sample_count: int = Field(default=8, ge=1, le=1024)
@@ -190,6 +195,13 @@ class ModelSettings(_Group):
                 "XLON, XTKS, or 24/7 (no gaps)"
             )
         return name.strip()
+
+    @field_validator("graph_buckets")
+    @classmethod
+    def _buckets_valid(cls, buckets: tuple[int, ...]) -> tuple[int, ...]:
+        from kronos_core.graphed_decode import validate_buckets
+
+        return validate_buckets(buckets)
 
     @field_validator("quantile_levels")
     @classmethod

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from kronos_core.engine import GenerationStats, KronosEngine, SamplingParams
+from kronos_core.engine import DecodeState, GenerationStats, KronosEngine, SamplingParams
 from kronos_core.presets import build_pair
 from kronos_core.reference_generate import generate_recompute
 
@@ -45,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--decode-loop", default="auto", choices=("auto", "dynamic", "fixed", "graphed"),
         help="generated-step loop: auto is graphed (CUDA graphs) on CUDA, dynamic elsewhere",
+    )
+    p.add_argument(
+        "--graph-buckets", default=None,
+        help="batch sizes the graphed loop pads to, comma list (default: the engine's; larger batches run in chunks)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (see KronosEngine)")
     p.add_argument("--tf32", action="store_true", help="let CUDA fp32 matrix products use TF32 tensor cores")
@@ -77,6 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     engine = KronosEngine(
         model, tokenizer, device=args.device, max_context=args.max_context, dtype=DTYPES[args.dtype],
         packed=not args.no_packed, decode_loop=args.decode_loop, compile_blocks=args.compile,
+        graph_buckets=[int(b) for b in args.graph_buckets.split(",")] if args.graph_buckets else None,
     )
     device = engine.device
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "packed_weights": engine.packed,
         "decode_loop": engine.decode_loop,
         "compiled": engine.compiled,
+        "graph_buckets": list(engine.graph_buckets) if engine.graph_buckets else None,
         "tf32": bool(args.tf32),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -163,29 +170,70 @@ def greedy_agreement(
     y_st: list[np.ndarray],
 ) -> dict[str, float]:
     """Greedy decoding in ``dtype`` against float32 on the same inputs: token agreement, forecast gap."""
+    return greedy_agreements(args, model, tokenizer, {"low": {"dtype": dtype}}, xs, x_st, y_st)["low"]
+
+
+def greedy_agreements(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    tokenizer: torch.nn.Module,
+    variants: dict[str, dict[str, Any]],
+    xs: list[np.ndarray],
+    x_st: list[np.ndarray],
+    y_st: list[np.ndarray],
+) -> dict[str, dict[str, float]]:
+    """Greedy decoding of each variant (``KronosEngine`` keyword arguments, e.g. ``{"dtype":
+    torch.bfloat16, "residual_fp32": True}``) against float32 on the same inputs, by variant name:
+    token agreement, steps before the first s1 divergence, forecast gap, first-step logit error."""
     greedy = SamplingParams(T=1.0, top_k=1, top_p=1.0)
-    runs, first_logits = [], []
-    for dt in (torch.float32, dtype):
-        eng = KronosEngine(model, tokenizer, device=args.device, max_context=args.max_context, dtype=dt)  # type: ignore[arg-type]
+    lengths = torch.tensor([len(x) for x in xs])
+    rows = torch.arange(len(xs))
+    context_mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [B, L]
+
+    def run(**kwargs: Any) -> tuple[KronosEngine, DecodeState, Tensor, tuple[np.ndarray, np.ndarray]]:
+        eng = KronosEngine(model, tokenizer, device=args.device, max_context=args.max_context, **kwargs)  # type: ignore[arg-type]
         stats = GenerationStats()
         with torch.inference_mode():
             state = eng.prefill(xs, x_st, y_st, args.horizon, stats)
-            first_logits.append(state.last_logits.float().cpu())
-            runs.append(eng.run_horizon_tokens(state, args.horizon, greedy, seeds=list(range(len(xs))), stats=stats))
-    (p32, t32), (plo, tlo) = runs
-    # The first step's s1 logits (same tokens in, before any divergence): how far the numbers move.
-    l32, llo = first_logits
-    logits_rel_error = float((llo - l32).norm() / l32.norm())
-    first_top1 = float((llo.argmax(-1) == l32.argmax(-1)).float().mean())
-    first_diff = [int(np.argmax(a != b)) if (a != b).any() else args.horizon for a, b in zip(t32[0, :, 0], tlo[0, :, 0], strict=True)]
-    return {
-        "s1_token_agreement": float((t32[0] == tlo[0]).mean()),
-        "s2_token_agreement": float((t32[1] == tlo[1]).mean()),
-        "mean_steps_before_first_s1_divergence": float(np.mean(first_diff)),
-        "forecast_mean_abs_diff_normalised": float(np.abs(p32 - plo).mean()),
-        "first_step_s1_logits_rel_error": logits_rel_error,
-        "first_step_s1_top1_agreement": first_top1,
-    }
+            first = state.last_logits.float().cpu()
+            return eng, state, first, eng.run_horizon_tokens(
+                state, args.horizon, greedy, seeds=list(range(len(xs))), stats=stats
+            )
+
+    def predictor_logits(eng: KronosEngine, ref: DecodeState) -> Tensor:
+        """s1 logits after the context when ``eng``'s predictor reads ``ref``'s context tokens."""
+        width = int(lengths.max())
+        with torch.inference_mode():
+            h = eng.transformer(eng.embed(ref.tok1[:, :width], ref.tok2[:, :width], ref.stamps[:, :width].to(eng.dtype)), None)
+            return eng.head_s1(h[rows, lengths - 1]).float().cpu()
+
+    _, ref, l32, (p32, t32) = run(dtype=torch.float32)
+    fits = int(lengths.max()) <= args.max_context  # the predictor-only figure needs the whole context in one window
+    out = {}
+    for name, kwargs in variants.items():
+        # The first step's s1 logits (same tokens in, before any divergence): how far the numbers move.
+        eng, state, llo, (plo, tlo) = run(**kwargs)
+        first_diff = [
+            int(np.argmax(a != b)) if (a != b).any() else args.horizon for a, b in zip(t32[0, :, 0], tlo[0, :, 0], strict=True)
+        ]
+        width = int(lengths.max())
+        figures = {
+            "s1_token_agreement": float((t32[0] == tlo[0]).mean()),
+            "s2_token_agreement": float((t32[1] == tlo[1]).mean()),
+            "mean_steps_before_first_s1_divergence": float(np.mean(first_diff)),
+            "forecast_mean_abs_diff_normalised": float(np.abs(p32 - plo).mean()),
+            "first_step_s1_logits_rel_error": float((llo - l32).norm() / l32.norm()),
+            "first_step_s1_top1_agreement": float((llo.argmax(-1) == l32.argmax(-1)).float().mean()),
+            # The tokenizer's share: context tokens that differ from float32's (quantisation flips).
+            "context_s1_token_agreement": float((state.tok1[:, :width].cpu() == ref.tok1[:, :width].cpu())[context_mask].float().mean()),
+            "context_s2_token_agreement": float((state.tok2[:, :width].cpu() == ref.tok2[:, :width].cpu())[context_mask].float().mean()),
+        }
+        if fits:  # the predictor's share: its first-step logits from float32's context tokens
+            lp = predictor_logits(eng, ref)
+            figures["predictor_only_s1_logits_rel_error"] = float((lp - l32).norm() / l32.norm())
+            figures["predictor_only_s1_top1_agreement"] = float((lp.argmax(-1) == l32.argmax(-1)).float().mean())
+        out[name] = figures
+    return out
 
 
 def print_report(result: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ from torch import Tensor
 from kronos_core.counter_rng import path_seeds, sample_inverse_cdf, uniforms
 from kronos_core.device import resolve_device
 from kronos_core.fused_step import FusedBlocks, masked_attention
-from kronos_core.graphed_decode import GraphedSteps, LoopBuffers
+from kronos_core.graphed_decode import DEFAULT_GRAPH_BUCKETS, BucketedSteps, LoopBuffers, validate_buckets
 from kronos_core.kv_cache import KVCache, key_mask, make_caches
 from kronos_core.layers import SelfAttention
 from kronos_core.model import Kronos
@@ -165,6 +165,9 @@ class KronosEngine:
         packed: bool = True,
         decode_loop: DecodeLoop = "auto",
         compile_blocks: bool = False,
+        graph_buckets: Sequence[int] | None = None,
+        residual_fp32: bool = False,
+        tokenizer_fp32: bool = False,
     ) -> None:
         """``packed``: on CPU in fp32, run the predictor's matrix products with oneDNN-prepacked weights.
 
@@ -179,6 +182,20 @@ class KronosEngine:
 
         ``compile_blocks``: run the transformer blocks' products and elementwise work through
         ``torch.compile`` (the first calls compile; meant for CUDA, see :meth:`FusedBlocks.compile`).
+
+        ``graph_buckets``: batch sizes (series per call) the graphed loop pads to
+        (:mod:`kronos_core.graphed_decode`; default ``DEFAULT_GRAPH_BUCKETS``); :meth:`warm_up`
+        captures them all. With ``decode_loop="fixed"`` they make the eager fixed loop run the same
+        padded buffers (a CPU check of the padding); ``"auto"`` and ``"dynamic"`` on CPU ignore them.
+
+        ``residual_fp32``: with a low-precision ``dtype``, keep the residual stream of every
+        transformer stack (the running hidden state between blocks and its adds) in float32 while
+        the products run in ``dtype`` (see :class:`FusedBlocks`). No effect in float32.
+
+        ``tokenizer_fp32``: with a low-precision ``dtype``, run the tokenizer (encoder, quantizer,
+        decoder and their caches) in float32 and only the predictor in ``dtype``. In bf16 the encoder
+        puts some context bars into another bin than float32 does, which is most of bf16's drift
+        (``results/bf16_residual.md``); the predictor only sees the ids.
         """
         if max_context < 2:
             raise ValueError(f"max_context must be >= 2, got {max_context}")
@@ -191,18 +208,31 @@ class KronosEngine:
         if decode_loop == "auto":
             decode_loop = "graphed" if self.device.type == "cuda" else "dynamic"
         self.decode_loop: DecodeLoop = decode_loop
-        self._graphs = GraphedSteps(self.fixed_step) if decode_loop == "graphed" else None
+        buckets = None
+        if decode_loop == "graphed":
+            buckets = validate_buckets(graph_buckets if graph_buckets is not None else DEFAULT_GRAPH_BUCKETS)
+        elif decode_loop == "fixed" and not self._auto_loop and graph_buckets is not None:
+            buckets = validate_buckets(graph_buckets)
+        self.graph_buckets = buckets  # None: the fixed loop runs unpadded
+        self._graphs = (
+            None if buckets is None
+            else BucketedSteps(self.fixed_step, buckets, max_context=max_context, graphs=decode_loop == "graphed")
+        )
+        self.graph_captures_at_warm_up: int | None = None  # set by warm_up
         self.dtype = dtype or torch.float32
         if self.dtype != torch.float32:
             # A private low-precision copy; the caller's fp32 modules stay untouched.
             model, tokenizer = copy.deepcopy(model), copy.deepcopy(tokenizer)
         self.model = model.to(self.device, self.dtype).eval()
-        self.tokenizer = tokenizer.to(self.device, self.dtype).eval()
+        self.tokenizer_dtype = torch.float32 if tokenizer_fp32 else self.dtype
+        self.tokenizer = tokenizer.to(self.device, self.tokenizer_dtype).eval()
         self.max_context = max_context
         m, tok = self.model, self.tokenizer
-        self._fused = FusedBlocks(m.transformer, m.norm, pack=packed)
-        self._encoder = FusedBlocks(tok.encoder, pack=packed) if len(tok.encoder) else None
-        self._decoder = FusedBlocks(tok.decoder, pack=packed) if len(tok.decoder) else None
+        self.residual_fp32 = residual_fp32 and self.dtype != torch.float32
+        r32 = self.residual_fp32
+        self._fused = FusedBlocks(m.transformer, m.norm, pack=packed, residual_fp32=r32)
+        self._encoder = FusedBlocks(tok.encoder, pack=packed, residual_fp32=r32) if len(tok.encoder) else None
+        self._decoder = FusedBlocks(tok.decoder, pack=packed, residual_fp32=r32) if len(tok.decoder) else None
         self.packed = self._fused.packed
         if compile_blocks:
             for blocks in (self._fused, self._encoder, self._decoder):
@@ -234,7 +264,9 @@ class KronosEngine:
             return []
         attn = blocks[0].self_attn
         assert isinstance(attn, SelfAttention)
-        return make_caches(len(blocks), rows, attn.n_heads, length, attn.head_dim, device=self.device, dtype=self.dtype)
+        return make_caches(
+            len(blocks), rows, attn.n_heads, length, attn.head_dim, device=self.device, dtype=self.tokenizer_dtype
+        )
 
     def encoder_caches(self, rows: int, length: int) -> list[KVCache]:
         return self._coder_caches(self.tokenizer.encoder, rows, length)
@@ -253,7 +285,7 @@ class KronosEngine:
         attn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """s1, s2 ids [B, S]; with caches, rows are appended at ``positions`` (incremental encoding)."""
-        z = self.tokenizer.embed(x.to(self.dtype))
+        z = self.tokenizer.embed(x.to(self.tokenizer_dtype))
         if self._encoder is not None:
             out = self._encoder.forward(z, self._positions(z, positions), list(caches) if caches else None, attn_mask)
             assert out is not None
@@ -289,7 +321,7 @@ class KronosEngine:
 
     def _decoder_input(self, s1: Tensor, s2: Tensor) -> Tensor:
         """The decoder's input rows for ids [B, S]: their full code, embedded.  # [B, S, d]"""
-        return self.tokenizer.post_quant_embed(self.tokenizer.indices_to_bits([s1, s2], half=True).to(self.dtype))
+        return self.tokenizer.post_quant_embed(self.tokenizer.indices_to_bits([s1, s2], half=True).to(self.tokenizer_dtype))
 
     def _positions(self, x: Tensor, positions: Tensor | None) -> Tensor:
         return torch.arange(x.shape[1], device=self.device) if positions is None else positions
@@ -501,11 +533,12 @@ class KronosEngine:
                 raise ValueError(f"got {len(seeds)} seeds for {n_series} series; pass one seed per series")
             seed_t = path_seeds(torch.tensor([int(s) for s in seeds], dtype=torch.long, device=dev), n_paths)
         shared = kind != "dynamic" and n_paths > 1
-        loop = self._loop_buffers(state, n_paths, horizon, seed_t, shared=shared)
-        stats.decode_loops.append(kind + ("+shared" if shared else ""))
+        bucketed = kind != "dynamic" and self._graphs is not None and generator is None
+        loop = self._loop_buffers(state, n_paths, horizon, seed_t, shared=shared, copy=not bucketed)
+        stats.decode_loops.append(kind + ("+shared" if shared else "") + ("+bucketed" if bucketed else ""))
         if kind == "dynamic":
             self._dynamic_loop(loop, row_lengths, horizon, params, generator, stats)
-        elif kind == "graphed":
+        elif bucketed:
             assert self._graphs is not None
             loop.tok1, loop.tok2 = self._graphs.run(loop, params, horizon)
             stats.step_tokens += len(row_lengths) * (horizon - 1)
@@ -532,17 +565,19 @@ class KronosEngine:
         whose paths share their context's cache (:mod:`kronos_core.shared_prefix`)."""
         if not fits or (self.decode_loop == "dynamic" and not (self._auto_loop and n_paths > 1)):
             return "dynamic"
-        if self._graphs is not None and generator is None:
+        if self.decode_loop == "graphed" and generator is None:
             return "graphed"
         return "fixed"
 
     def _loop_buffers(
-        self, state: DecodeState, n_paths: int, horizon: int, seeds: Tensor | None, *, shared: bool
+        self, state: DecodeState, n_paths: int, horizon: int, seeds: Tensor | None, *, shared: bool, copy: bool = True
     ) -> LoopBuffers:
         """One row per sample path (series-major). The state's tensors are not modified: what the
         loop writes is a copy, except the caches' unused slots (single path) that later writes of a
         session overwrite anyway. ``shared``: the paths of a series read one copy of the context's
-        keys and values (the prefix); their generated rows get their own suffix caches."""
+        keys and values (the prefix); their generated rows get their own suffix caches.
+        ``copy=False``: the loop only reads these buffers (the bucketed loop copies them into its
+        static buffers), so the single-path dependency keys are not cloned."""
         dev, n_rows = self.device, len(state.lengths) * n_paths
 
         def per_path(t: Tensor) -> Tensor:
@@ -560,7 +595,7 @@ class KronosEngine:
         elif n_paths > 1:
             caches = [c.repeat_rows(n_paths) for c in caches]
             dep_k, dep_v = per_path(dep_k), per_path(dep_v)
-        else:
+        elif copy:
             dep_k, dep_v = dep_k.clone(), dep_v.clone()
         return LoopBuffers(
             caches=caches, last_logits=per_path(state.last_logits), h_last=per_path(state.h_last),
@@ -734,6 +769,35 @@ class KronosEngine:
             h1, h2, positions=pos, caches=dec_caches or None,
             attn_mask=key_mask(pos, dec_caches[0].max_len) if dec_caches else None,
         )
+
+    @property
+    def graph_captures(self) -> int:
+        """CUDA graphs captured so far (0 without the graphed loop)."""
+        return 0 if self._graphs is None else self._graphs.captures
+
+    @torch.inference_mode()
+    def warm_up(self, horizon: int, params: SamplingParams | None = None, *, seeded: bool = True) -> int:
+        """Capture the graph of every bucket for ``horizon`` and ``params`` before real calls, so
+        that no call of any size captures later (calls with seeds when ``seeded``, as the daemon
+        makes them; a call without seeds is another graph). Runs one small generation per bucket;
+        returns the graphs captured. Nothing to do (0) without buckets."""
+        params = params or SamplingParams()
+        if self._graphs is None or horizon < 1 or horizon >= self.max_context:
+            return 0
+        before = self._graphs.captures
+        context = 2  # any length that fits: the graphs do not depend on it
+        rng = np.random.default_rng(0)
+        for bucket in self._graphs.buckets:
+            xs = [rng.standard_normal((context, 6)).astype(np.float32) for _ in range(bucket)]
+            stamps = np.zeros((context + horizon, 5), dtype=np.float32)
+            self.generate(
+                xs, [stamps[:context]] * bucket, [stamps[context:]] * bucket, horizon, params,
+                seeds=list(range(bucket)) if seeded else None,
+            )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.graph_captures_at_warm_up = self._graphs.captures
+        return self._graphs.captures - before
 
     @torch.inference_mode()
     def generate(

@@ -58,7 +58,18 @@ class FusedBlocks:
     """Inference forward of a stack of :class:`TransformerBlock` (the predictor's transformer with
     its final norm, or the tokenizer's encoder or decoder)."""
 
-    def __init__(self, blocks: torch.nn.ModuleList, final_norm: RMSNorm | None = None, *, pack: bool = True) -> None:
+    def __init__(
+        self,
+        blocks: torch.nn.ModuleList,
+        final_norm: RMSNorm | None = None,
+        *,
+        pack: bool = True,
+        residual_fp32: bool = False,
+    ) -> None:
+        """``residual_fp32``: keep the residual stream (the hidden state between blocks and the adds
+        of the attention and feed-forward outputs) in float32 while the products, attention and
+        caches run in the weights' dtype; the output is cast back to the input's dtype after the
+        final norm. Without it (or with float32 weights) every tensor is in the weights' dtype."""
         if len(blocks) == 0:
             raise ValueError("FusedBlocks needs at least one transformer block")
         self.final_norm = final_norm
@@ -92,6 +103,8 @@ class FusedBlocks:
         self._attention_inputs = _attention_inputs
         self._output_and_ffn = _output_and_ffn
         self.compiled = False
+        self.dtype = self.blocks[0].norm1.weight.dtype  # the products' dtype
+        self.residual_fp32 = residual_fp32 and self.dtype != torch.float32
 
     def forward(
         self,
@@ -137,16 +150,21 @@ class FusedBlocks:
         ``attend(block_index, q, k, v)`` ([N, H, S, D] each, rotated) stores what it keeps and returns
         the attention output. With ``store_last`` the last block only hands its keys and values
         to it, and nothing is returned."""
-        tables = _rotary_tables(self.blocks[0].inv_freq, positions, x.dtype) if self._shared_rotary else None
+        out_dtype, dtype = x.dtype, self.dtype
+        if self.residual_fp32:
+            x = x.float()
+        tables = _rotary_tables(self.blocks[0].inv_freq, positions, dtype) if self._shared_rotary else None
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
-            cos, sin_signed = tables if tables is not None else _rotary_tables(blk.inv_freq, positions, x.dtype)
+            cos, sin_signed = tables if tables is not None else _rotary_tables(blk.inv_freq, positions, dtype)
             q, k, v = self._attention_inputs(blk, x, cos, sin_signed)  # [N, H, S, D] each
             if store_last is not None and i == last:
                 store_last(k, v)
                 return None
             x = self._output_and_ffn(blk, x, attend(i, q, k, v))
-        return x if self.final_norm is None else self.final_norm(x)
+        if self.final_norm is not None:
+            return rms_norm(self.final_norm, x).to(out_dtype)
+        return x.to(out_dtype)
 
     def compile(self) -> None:
         """Compile the per-block products and their elementwise neighbours with ``torch.compile``
@@ -161,7 +179,7 @@ def _attention_inputs(blk: _FusedBlock, x: Tensor, cos: Tensor, sin_signed: Tens
     """Rotated queries and keys, and values, of rows x [N, S, d].  # [N, H, S, D] each"""
     n, s, _ = x.shape
     head_dim = blk.inv_freq.shape[0] * 2
-    qkv = blk.qkv(blk.norm1(x))  # [N, S, 3d]
+    qkv = blk.qkv(rms_norm(blk.norm1, x))  # [N, S, 3d]
     q, k, v = qkv.view(n, s, 3, -1, head_dim).permute(2, 0, 3, 1, 4)
     return _rotate(q, cos, sin_signed), _rotate(k, cos, sin_signed), v
 
@@ -169,9 +187,17 @@ def _attention_inputs(blk: _FusedBlock, x: Tensor, cos: Tensor, sin_signed: Tens
 def _output_and_ffn(blk: _FusedBlock, x: Tensor, att: Tensor) -> Tensor:
     """The attention output projection and the SwiGLU feed-forward, each with its residual.  # [N, S, d]"""
     n, s, d = x.shape
-    x = x + blk.out(att.transpose(1, 2).reshape(n, s, d))
-    gate, up = blk.w13(blk.norm2(x)).chunk(2, dim=-1)
+    x = x + blk.out(att.transpose(1, 2).reshape(n, s, d))  # a float32 x stays float32
+    gate, up = blk.w13(rms_norm(blk.norm2, x)).chunk(2, dim=-1)
     return x + blk.w2(F.silu(gate) * up)
+
+
+def rms_norm(norm: RMSNorm, x: Tensor) -> Tensor:
+    """:class:`RMSNorm` with its output in the weight's dtype, also for a float32 residual ``x``
+    under low-precision weights (the same arithmetic as ``norm(x)`` when ``x`` has that dtype)."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + norm.eps)
+    return normed.to(norm.weight.dtype) * norm.weight
 
 
 def _float32_inv_freq(inv_freq: Tensor) -> Tensor:

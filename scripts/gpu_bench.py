@@ -64,7 +64,7 @@ def _configs() -> list[tuple[str, list[str]]]:
     runs += [
         ("bfloat16_b64_s16_graphed_compiled", ["--dtype", "bfloat16", "--compile", "--batch", "64", "--sample-count", "16",
                                                "--repeats", "3", "--no-baseline"]),
-        ("bfloat16_b2048_graphed_compiled", ["--dtype", "bfloat16", "--compile", "--batch", "2048", "--repeats", "3",
+        ("bfloat16_b2048_graphed_compiled", ["--dtype", "bfloat16", "--compile", "--batch", "2048", "--graph-buckets", "2048", "--repeats", "3",
                                              "--no-baseline"]),
         ("float32_tf32_b1024_graphed_compiled", ["--dtype", "float32", "--tf32", "--compile", *b1024]),
     ]
@@ -89,23 +89,30 @@ def _dry(extra: list[str]) -> list[str]:
     return argv + small
 
 
-def demo_model_agreement(device: str) -> dict[str, Any]:
-    """Greedy bf16 vs fp32 on a trained checkpoint (the bundled demo model) over windows of the real
-    bars. Random weights give near-flat logits whose argmax flips at the smallest rounding, so this
-    is the figure that says what bf16 does to a real model's forecasts."""
+def demo_windows(context: int = 116, horizon: int = 12, step: int = 7) -> tuple[Kronos, KronosTokenizer, list[Any]]:
+    """The bundled demo model and windows of the bundled real bars (every ``step``-th bar), prepared
+    as the predictor prepares them (normalised, clipped, time features)."""
     assets = REPO / "daemon" / "assets"
     model = Kronos.from_pretrained(assets / "demo-model" / "predictor")
     tokenizer = KronosTokenizer.from_pretrained(assets / "demo-model" / "tokenizer")
     bars = pd.read_csv(assets / "bars_5min_a_share.csv", parse_dates=["timestamps"])
-    context, horizon, max_context = 116, 12, 128  # the demo model's trained window
     features = bars[["open", "high", "low", "close", "volume", "amount"]]
     series = [
         prepare_series(
             features.iloc[o - context : o], bars.timestamps.iloc[o - context : o],
             bars.timestamps.iloc[o : o + horizon], horizon,
         )
-        for o in range(context, len(bars) - horizon, 7)
+        for o in range(context, len(bars) - horizon, step)
     ]
+    return model, tokenizer, series
+
+
+def demo_model_agreement(device: str) -> dict[str, Any]:
+    """Greedy bf16 vs fp32 on a trained checkpoint (the bundled demo model) over windows of the real
+    bars. Random weights give near-flat logits whose argmax flips at the smallest rounding, so this
+    is the figure that says what bf16 does to a real model's forecasts."""
+    context, horizon, max_context = 116, 12, 128  # the demo model's trained window
+    model, tokenizer, series = demo_windows(context, horizon)
     args = argparse.Namespace(device=device, max_context=max_context, horizon=horizon)
     result = bench.greedy_agreement(
         args, model, tokenizer, torch.bfloat16,

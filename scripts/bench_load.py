@@ -946,6 +946,7 @@ async def bench_steady(
         series = metric_delta(after, before, "kronos_batch_size_sum")
         model_s = metric_delta(after, before, "kronos_model_step_seconds_sum")
         missing = len(measured) - len(arrived)
+        finished = [c for c in completions if c is not None]  # closes whose forecasts all came
         result["measured"] = {
             "symbols": n, "interval_s": interval, "spread_s": args.spread, "intervals": args.intervals,
             "bars_sent": len(measured),
@@ -961,8 +962,8 @@ async def bench_steady(
             "lag_at_end": lag_end,
             "forecasts_missing_at_end": missing_at_end,
             "forecasts_missing_after_grace": missing,
-            "worst_interval_s": None if None in completions else max(c for c in completions if c is not None),
-            "median_interval_s": None if None in completions else round(float(np.median(completions)), 3),
+            "worst_interval_s": max(finished) if len(finished) == len(completions) else None,
+            "median_interval_s": round(float(np.median(finished)), 3) if len(finished) == len(completions) else None,
             "kept_up": kept_up(completions, interval, lag_end, missing),
         }  # fmt: skip
         if served_before is not None and served_after is not None:

@@ -505,6 +505,7 @@ async def daemon_session(
         finally:
             await s.admin.close()
         result["redis_keys_deleted"] = await delete_redis_keys(redis_url, run.prefix)
+        run.probe_file.unlink(missing_ok=True)  # the probe's tallies are in the result by now
 
 
 # -- one mode -----------------------------------------------------------------------------------

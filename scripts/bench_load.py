@@ -20,13 +20,26 @@ consumer group and its own Redis key prefix, and drives it from this process:
    rate, whole rounds of all symbols) published as fast as possible; drain rate = backlog / (time
    from the first send to the last forecast read).
 
+Instead of these phases, ``--burst N,N,...`` runs bursts (after a warm-up of ``max(N)`` symbols, the
+first N symbols each send one bar at the same instant: time to the last forecast, against one batched
+engine call over the same windows) and ``--steady [N]`` a steady state (N symbols, default 1,000, one
+bar each per ``--interval``, every bar landing at a random moment within ``--spread`` seconds of the
+close; after ``--steady-warmup`` intervals, ``--intervals`` are measured: latency p50/p90/p99 from each
+bar's send to its forecast read, the daemon's mean model batch, forecasts/s, lag at the end, and
+whether every close's forecasts were out before the next). In incremental mode the daemon's model is
+wrapped by scripts/bench_probe.py, which counts how each series was served (warm session, rebuilt,
+refreshed) and the session pool's evictions; every symbol may keep a warm session
+(``--max-sessions``). ``--model stub`` runs the deterministic stub forecaster of tests/daemon instead
+of a model (~0 model time), so a burst measures the daemon's own overhead.
+
 Then the daemon gets SIGTERM, and its topics and Redis keys are deleted (also after a failure).
 The bars come from :func:`daemon.feeds.synthetic_bars` (same seed for both modes, so both see the
 same bars). Every wait is bounded; only loopback addresses are used (``KAFKA_BOOTSTRAP`` and
 ``REDIS_URL`` from ``eval "$(scripts/services env)"``).
 
-Output: a table on stdout, ``--out`` (JSON, default ``results/bench_load.json``) and the same path
-with ``.md`` (the table and the machine facts).
+Output: a table on stdout, ``--out`` (JSON, default ``results/bench_load.json``,
+``results/bench_burst.json`` or ``results/bench_steady.json``) and the same path with ``.md`` (the table
+and the machine facts).
 
 Run: ``.venv/bin/python scripts/bench_load.py`` (defaults: 20 symbols, 20 bars/s, 30 s, both modes,
 the demo model, 4 sample paths, 1 torch thread; a few minutes in all).
@@ -60,6 +73,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
@@ -108,6 +122,9 @@ class Collector:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=20,
+            # a 1,000-forecast burst is ~6.6 MB: read it in one fetch, not 1 MB per partition at a time
+            max_partition_fetch_bytes=16 << 20,
+            fetch_max_bytes=64 << 20,
         )
         await self._consumer.start()
         parts = [TopicPartition(self._topic, p) for p in range(partitions)]
@@ -122,7 +139,7 @@ class Collector:
             now = time.time()
             for records in batch.values():
                 for r in records:
-                    msg = json.loads(r.value)
+                    msg = orjson.loads(r.value)  # ~10x faster than json on a 6.6 KB forecast
                     key = (msg["symbol"], msg["as_of"])
                     if key in self.first:
                         self.duplicates += 1
@@ -161,10 +178,21 @@ def key_of(symbol: str, ts: datetime) -> Key:
     return symbol, format_ts(to_ns(ts))
 
 
+def encode_bars(bars: list[FeedBar]) -> list[tuple[bytes, bytes]]:
+    """Each bar's Kafka key and value (the JSON the daemon reads)."""
+    return [(s.encode(), bar_to_json(s, ts, v)) for s, ts, v in bars]
+
+
+async def publish_encoded(producer: AIOKafkaProducer, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """Send already-encoded records as fast as the producer takes them; returns once every send is
+    acknowledged."""
+    acks = [await producer.send(topic, key=k, value=v) for k, v in records]
+    await asyncio.gather(*acks)
+
+
 async def publish_fast(producer: AIOKafkaProducer, topic: str, bars: list[FeedBar]) -> list[Key]:
     """Send all, as fast as the producer takes them; returns once every send is acknowledged."""
-    acks = [await producer.send(topic, key=s.encode(), value=bar_to_json(s, ts, v)) for s, ts, v in bars]
-    await asyncio.gather(*acks)
+    await publish_encoded(producer, topic, encode_bars(bars))
     return [key_of(s, ts) for s, ts, _ in bars]
 
 
@@ -281,7 +309,10 @@ def daemon_env(
             env["BENCH_PROBE_INNER"] = STUB_FACTORY
         if args.max_sessions is not None:
             env["KRONOS_MODEL__MAX_SESSIONS"] = str(args.max_sessions)
+        if args.refresh_every is not None:
+            env["KRONOS_REFRESH_EVERY_BARS"] = str(args.refresh_every)
     env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
+    env.update(args.daemon_env)  # --daemon-env KEY=VALUE: last, so it overrides any of the above
     if args.max_batch is not None:
         env["KRONOS_BATCH__MAX_BATCH_SIZE"] = str(args.max_batch)
     if args.max_wait_ms is not None:
@@ -449,7 +480,7 @@ async def daemon_session(
         AIOKafkaAdminClient(bootstrap_servers=bootstrap),
         AIOKafkaConsumer(bootstrap_servers=bootstrap),
         AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                         linger_ms=producer_linger_ms),
+                         linger_ms=producer_linger_ms, max_batch_size=1 << 20),  # a burst in one batch per partition
         Collector(bootstrap, run.output),
     )
     result["daemon_log"] = str(log_path.relative_to(REPO))
@@ -757,9 +788,11 @@ async def bench_bursts(
                     history[bar[0]].append(bar)
                 before = await daemon.metrics()
                 served_before = served_counts(run)
+                records = encode_bars(burst)  # before the clock starts: the bars land at once
+                keys = [key_of(sym, ts) for sym, ts, _ in burst]
                 await asyncio.sleep(0.5)  # let the daemon's idle fetches settle
                 b0 = time.time()
-                keys = await publish_fast(producer, run.input, burst)
+                await publish_encoded(producer, run.input, records)
                 acked_s = time.time() - b0
                 complete = await collector.wait_for(keys, args.drain_timeout)
                 arrivals = [collector.first[k].at for k in keys if k in collector.first]
@@ -796,18 +829,21 @@ async def bench_bursts(
 
 
 async def settled_metrics(daemon: DaemonProcess, before: dict[str, float], forecasts: int) -> dict[str, float]:
-    """The daemon's metrics once it has stored ``forecasts`` more forecasts and finished the fetch
-    (the loop's phase times are recorded after the commit, a moment after the last forecast is out)."""
-    fetches = before.get("kronos_loop_phase_seconds_count", 0.0)
+    """The daemon's metrics once it has stored ``forecasts`` more forecasts and finished every fetch
+    they came in: the loop's phase times are recorded after a batch's commit, a moment after its last
+    forecast is out, and a burst can come in more than one batch, so the readings must also have
+    stopped changing (two readings 0.1 s apart alike; at most 10 s)."""
+    batches = 'kronos_loop_phase_seconds_count{phase="linger"}'  # one observation per processed batch
     deadline = time.monotonic() + 10
+    last: dict[str, float] | None = None
     while True:
         after = await daemon.metrics()
-        stored = after.get("kronos_forecasts_out_total", 0.0) - before.get("kronos_forecasts_out_total", 0.0)
-        if (stored >= forecasts and after.get("kronos_loop_phase_seconds_count", 0.0) > fetches) or (
-            time.monotonic() > deadline
-        ):
+        stored = metric_delta(after, before, "kronos_forecasts_out_total")
+        done = stored >= forecasts and metric_delta(after, before, batches) > 0
+        if (done and last is not None and last.get(batches) == after.get(batches)) or time.monotonic() > deadline:
             return after
-        await asyncio.sleep(0.05)
+        last = after if done else None
+        await asyncio.sleep(0.1)
 
 
 # -- steady state -----------------------------------------------------------------------------------
@@ -834,15 +870,15 @@ async def send_interval(
     sent: dict[Key, float],
 ) -> list[Any]:
     """Sends bar ``i`` at ``close + offset`` (wall clock; bars already due go together), noting each
-    bar's send time in ``sent``; returns the acknowledgement futures."""
+    bar's send time in ``sent``; returns the acknowledgement futures. Encoded before the close."""
+    records, keys = encode_bars(bars), [key_of(symbol, ts) for symbol, ts, _ in bars]
     acks = []
     for offset, i in schedule:
         delay = close + offset - time.time()
         if delay > 0.001:
             await asyncio.sleep(delay)
-        symbol, ts, values = bars[i]
-        sent[key_of(symbol, ts)] = time.time()
-        acks.append(await producer.send(topic, key=symbol.encode(), value=bar_to_json(symbol, ts, values)))
+        sent[keys[i]] = time.time()
+        acks.append(await producer.send(topic, key=records[i][0], value=records[i][1]))
     return acks
 
 
@@ -910,6 +946,7 @@ async def bench_steady(
         series = metric_delta(after, before, "kronos_batch_size_sum")
         model_s = metric_delta(after, before, "kronos_model_step_seconds_sum")
         missing = len(measured) - len(arrived)
+        finished = [c for c in completions if c is not None]  # closes whose forecasts all came
         result["measured"] = {
             "symbols": n, "interval_s": interval, "spread_s": args.spread, "intervals": args.intervals,
             "bars_sent": len(measured),
@@ -925,8 +962,8 @@ async def bench_steady(
             "lag_at_end": lag_end,
             "forecasts_missing_at_end": missing_at_end,
             "forecasts_missing_after_grace": missing,
-            "worst_interval_s": None if None in completions else max(c for c in completions if c is not None),
-            "median_interval_s": None if None in completions else round(float(np.median(completions)), 3),
+            "worst_interval_s": max(finished) if len(finished) == len(completions) else None,
+            "median_interval_s": round(float(np.median(finished)), 3) if len(finished) == len(completions) else None,
             "kept_up": kept_up(completions, interval, lag_end, missing),
         }  # fmt: skip
         if served_before is not None and served_after is not None:
@@ -1018,7 +1055,8 @@ def write_steady_markdown(path: Path, report: dict[str, Any]) -> None:
         "median and the worst of the measured closes. *lag at end*: input messages not yet committed by "
         "the daemon's group when the measured intervals ended. *kept up*: every close's forecasts out before the next close, no lag at the end, "
         "none missing.",
-        "- *warm/rebuilt/refreshed (evicted)*, incremental mode, over the measured closes: " + SERVED_NOTE,
+        "- *warm/rebuilt/refreshed (evicted)*, incremental mode, over the measured closes: " + SERVED_NOTE
+        + f" Warm sessions allowed: max_sessions {a.get('max_sessions')}; refresh_every {a.get('refresh_every')}.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -1080,7 +1118,7 @@ def write_burst_markdown(path: Path, report: dict[str, Any]) -> None:
         "acknowledged the whole burst) and the reading in this process.",
         "- Incremental mode: *one engine call* is a warm call (an untimed call over the windows one bar "
         "earlier builds the sessions first). *warm/rebuilt/refreshed (evicted)*, per burst: " + SERVED_NOTE
-        + f" Warm sessions allowed: max_sessions {a.get('max_sessions')}.",
+        + f" Warm sessions allowed: max_sessions {a.get('max_sessions')}; refresh_every {a.get('refresh_every')}.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -1165,6 +1203,17 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     path.write_text("\n".join(lines))
 
 
+def parse_env_pairs(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings (``--daemon-env``) as a dict; a later pair wins."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or key != key.strip():
+            raise ValueError(f"--daemon-env takes KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -1202,6 +1251,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=int, default=None, help="KRONOS_BATCH__MAX_WAIT_MS (default: the daemon's)")
     p.add_argument("--max-sessions", type=int, default=None,
                    help="KRONOS_MODEL__MAX_SESSIONS in incremental mode (default: every symbol gets a warm session)")
+    p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable of the daemon, applied last (repeatable), e.g.\n"
+                   "--daemon-env KRONOS_BATCH__PIPELINE=false --daemon-env KRONOS_BATCH__LINGER_IDLE_MS=0")
+    p.add_argument("--refresh-every", type=int, default=None,
+                   help="KRONOS_REFRESH_EVERY_BARS in incremental mode (default: the daemon's, 64); a refresh\n"
+                   "keeps max_context - horizon - this many bars of tokens")
     p.add_argument("--steady", type=int, nargs="?", const=1000, default=None, metavar="N",
                    help="instead of the load phases: N symbols (default 1000), one bar each per --interval")
     p.add_argument("--interval", type=float, default=10.0, help="steady: seconds between bar closes (default 10)")
@@ -1210,6 +1265,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steady-warmup", type=int, default=1, help="steady: intervals before measuring (default 1)")
     p.add_argument("--intervals", type=int, default=5, help="steady: measured intervals (default 5)")
     args = p.parse_args(argv)
+    try:
+        args.daemon_env = parse_env_pairs(args.daemon_env)
+    except ValueError as exc:
+        p.error(str(exc))
     args.burst_sizes = sorted({int(n) for n in args.burst.split(",")}) if args.burst else []
     if args.burst_sizes and min(args.burst_sizes) < 1:
         p.error("--burst sizes must be positive")
@@ -1270,7 +1329,8 @@ async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
         },
         "modes": {},
     }
-    report["settings"]["max_sessions"] = args.max_sessions
+    report["settings"].update(max_sessions=args.max_sessions, refresh_every=args.refresh_every or "default",
+                              daemon_env=args.daemon_env)
     if args.burst_sizes:
         report["settings"].update(burst_sizes=args.burst_sizes, burst_repeats=args.burst_repeats)
     if args.steady is not None:

@@ -71,6 +71,8 @@ class ProbeForecaster:
         results: list[SeriesForecast] = list(self.inner.forecast(windows, horizon))
         for w, r in zip(windows, results, strict=False):
             self.counts[classify(w, r, before.get(w.series_id), sessions is not None)] += 1
+            if r.token_state is not None and sessions is not None:  # a later bar of it in the same call
+                before[w.series_id] = r.token_state.fingerprint()  # meets the session this one left
         self.calls += 1
         self._write()
         return results

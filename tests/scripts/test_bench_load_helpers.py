@@ -95,6 +95,25 @@ def test_parse_args_steady_defaults_and_refusals(tmp_path: Path) -> None:
             bench.parse_args(bad)
 
 
+def test_daemon_env_pairs_are_parsed_and_applied_last() -> None:
+    assert bench.parse_env_pairs(["A=1", "B=x=y", "A=2", "C="]) == {"A": "2", "B": "x=y", "C": ""}
+    for bad in (["A"], ["=1"], [" A=1"]):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            bench.parse_env_pairs(bad)
+    args = bench.parse_args([
+        "--steady", "10", "--modes", "incremental", "--model", "stub",
+        "--daemon-env", "KRONOS_BATCH__PIPELINE=false", "--daemon-env", "KRONOS_MODEL__HORIZON=3",
+    ])  # fmt: skip
+    run = bench.Run("incremental", "u1", 4)
+    env = bench.daemon_env(args, run, "127.0.0.1:9092", "redis://127.0.0.1:6379/0", 8080)
+    assert env["KRONOS_BATCH__PIPELINE"] == "false" and env["KRONOS_MODEL__HORIZON"] == "3"
+    # incremental: the probe wraps the stub, and every symbol may keep a warm session
+    assert env["KRONOS_MODEL__FACTORY"] == "bench_probe:build" and env["BENCH_PROBE_INNER"] == "stub_forecaster:build"
+    assert env["KRONOS_MODEL__MAX_SESSIONS"] == "10" and env["BENCH_PROBE_FILE"] == str(run.probe_file)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--daemon-env", "NOVALUE"])
+
+
 def _window(token_state: TokenState | None) -> SeriesWindow:
     ts = np.array([0, 60], dtype="datetime64[s]").astype("datetime64[ns]")
     return SeriesWindow("AAA", np.ones((2, 6)), ts, ts + np.timedelta64(120, "s"), 1, token_state)

@@ -188,8 +188,10 @@ def plan_rounds(
     return rounds, skipped
 
 
-# While the batch before is still busy, a pipelined fetch keeps polling in slices this long.
+# While the batch before is still busy, a pipelined fetch polls every 5 ms while records come in,
+# backing off to 40 ms while none do (each poll takes the interpreter from the model thread).
 _BUSY_POLL_MS = 5
+_BUSY_POLL_MAX_MS = 40
 # Forecasts encoded before the producer is given them (it sends while the next ones are encoded).
 _PUBLISH_CHUNK = 64
 
@@ -222,10 +224,11 @@ async def linger(
     if on_records is not None and batch:
         on_records(batch)
     deadline = time.monotonic() + linger_ms / 1e3
+    poll_ms = _BUSY_POLL_MS
     while batch and len(batch) < max_records:
         waiting = busy is not None and busy()
         if waiting:
-            wait_ms = _BUSY_POLL_MS
+            wait_ms = poll_ms
         else:
             wait_ms = int((deadline - time.monotonic()) * 1e3)
             if wait_ms <= 0:
@@ -233,6 +236,7 @@ async def linger(
             if idle_ms > 0:
                 wait_ms = min(wait_ms, idle_ms)
         got = await bus.fetch(max_records - len(batch), wait_ms)
+        poll_ms = _BUSY_POLL_MS if got else min(2 * poll_ms, _BUSY_POLL_MAX_MS)
         if got:
             if on_records is not None:
                 on_records(got)

@@ -8,8 +8,9 @@ batch through views of that run (:meth:`SessionPool.views`), so no call concaten
 the sessions' caches. Placing moves rows only for series that sit outside the chosen run (the
 batch's composition changed since they were placed); moves, evictions and growth are counted.
 
-Capacity grows by doubling up to ``max_slots``; beyond that, series of other batches are evicted
-(their caches are rebuilt from the token cache when they come back).
+Capacity grows by doubling up to ``max_slots``. A series of another batch that sits in the chosen
+run swaps slots with a member coming in, so it keeps its session; one is evicted (its caches are
+rebuilt from the token cache when it comes back) only when a full pool must take a series new to it.
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ class SessionPool:
         """Put the given (distinct) series in one contiguous run of slots; return its first slot.
 
         Series already in the pool keep their caches (moved if they sit outside the run); new ones
-        get free slots (caches undefined until written). Series outside the batch may be evicted
-        when the pool is full.
+        get free slots (caches undefined until written). A series of another batch that sits in the
+        run swaps places with a member coming in (or takes a free slot), so it keeps its session;
+        one is evicted only when a full pool must make room for a series new to it.
         """
         n = len(series_ids)
         if n > self.max_slots:
@@ -150,23 +152,32 @@ class SessionPool:
         kind = np.array([0 if o is None else (1 if o in members else 2) for o in self._owner])  # free/member/other
         others = np.convolve(kind == 2, np.ones(n, dtype=int), mode="valid")  # per run start
         inside = np.convolve(kind == 1, np.ones(n, dtype=int), mode="valid")
-        start = int(np.lexsort((len(known) - inside, others))[0])  # fewest evictions, then fewest moves
+        start = int(np.lexsort((len(known) - inside, others))[0])  # fewest series in the way, then fewest moves
         run = range(start, start + n)
-        for slot in run:
-            owner = self._owner[slot]
-            if owner is not None and owner not in members:
-                self.drop([owner])
-                self.counters.evicted += 1
+        coming = [(sid, s) for sid, s in zip(series_ids, slots, strict=True) if s is not None and s not in run]
+        in_the_way = [slot for slot in run if self._owner[slot] is not None and self._owner[slot] not in members]
+        # where the series in the way go: the slots the incoming members leave, then free ones
+        homes = [s for _, s in coming] + [
+            slot for slot in range(self.capacity) if self._owner[slot] is None and slot not in run
+        ]
+        for slot in in_the_way[len(homes) :]:  # no room left: only when new series fill a full pool
+            self.drop([self._owner[slot]])  # type: ignore[list-item]
+            self.counters.evicted += 1
+        leaving = list(zip(in_the_way[: len(homes)], homes, strict=False))
+        targets = [slot for slot in run if self._owner[slot] is None] + [slot for slot, _ in leaving]
+        entering = list(zip((s for _, s in coming), targets, strict=False))
+        if leaving or entering:  # one gather, then one scatter: swaps are safe
+            self._move([src for src, _ in leaving + entering], [dst for _, dst in leaving + entering])
+        owners = {src: self._owner[src] for src, _ in leaving + entering}
+        for src, _ in leaving + entering:
+            self._owner[src] = None
+        for src, dst in leaving + entering:
+            sid = owners[src]
+            assert sid is not None
+            self._owner[dst], self._slot_of[sid] = sid, dst
         free = [slot for slot in run if self._owner[slot] is None]
-        outside = [(sid, s) for sid, s in zip(series_ids, slots, strict=True) if s is not None and s not in run]
-        if outside:
-            dst = free[: len(outside)]
-            self._move([s for _, s in outside], dst)
-            for (sid, src), d in zip(outside, dst, strict=True):
-                self._owner[src], self._owner[d], self._slot_of[sid] = None, sid, d
-            free = free[len(outside) :]
         fresh = [sid for sid, s in zip(series_ids, slots, strict=True) if s is None]
-        for sid, d in zip(fresh, free, strict=False):
+        for sid, d in zip(fresh, free, strict=True):
             self._owner[d], self._slot_of[sid] = sid, d
         return start
 

@@ -295,3 +295,21 @@ def test_calendar_features_of_many_arrays_at_once_equal_one_by_one() -> None:
             if len(ts):
                 np.testing.assert_array_equal(got, calendar_features(ts, tz))
     assert calendar_features_many([], "UTC") == []
+
+
+def test_a_full_pool_swaps_sessions_instead_of_evicting_them(engine) -> None:
+    """Every series has a warm session and the pool is full; a batch of scattered series is made
+    contiguous by swapping slots with the series in the way, which keep their sessions (nothing is
+    evicted, so nothing needs a rebuild). Only a new series in a full pool evicts one."""
+    pool = SessionPool(engine, max_slots=6)
+    pool.place(list("abcdef"))
+    for i, s in enumerate("abcdef"):
+        pool.dep_k[pool.slot(s)] = float(i)
+    for batch in (["a", "c", "e"], ["f", "b"], ["d", "a", "f", "c"], ["e", "b", "d"]):
+        start = pool.place(batch)
+        assert sorted(pool.slot(s) for s in batch) == list(range(start, start + len(batch)))
+        assert all(s in pool for s in "abcdef") and pool.counters.evicted == 0
+        for i, s in enumerate("abcdef"):
+            assert bool((pool.dep_k[pool.slot(s)] == float(i)).all()), s  # every session kept its caches
+    pool.place(["g", "a"])  # a new series in a full pool: one other series makes room
+    assert "g" in pool and "a" in pool and len(pool) == 6 and pool.counters.evicted == 1

@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError, NotCoordinatorForGroupError
 from aiokafka.structs import ConsumerRecord
 
 from daemon.app import Daemon
@@ -166,7 +167,10 @@ async def wait_committed(bootstrap: str, group: str, topic: str, timeout_s: floa
     ends = {p: o for p, o in (await end_offsets(bootstrap, topic)).items() if o > 0}
 
     async def done() -> bool:
-        committed = await committed_offsets(bootstrap, group, topic)
+        try:
+            committed = await committed_offsets(bootstrap, group, topic)
+        except (GroupCoordinatorNotAvailableError, NotCoordinatorForGroupError):
+            return False  # a fresh broker: its group coordinator is still starting; ask again
         return all(committed.get(p) == o for p, o in ends.items())
 
     await wait_until(done, timeout_s, f"group {group} to commit {ends}")

@@ -212,7 +212,7 @@ class Daemon:
                 max_batch_size=s.batch.max_batch_size,
                 max_wait_ms=s.batch.max_wait_ms,
                 linger_idle_ms=s.batch.linger_idle_ms,
-                pipeline=s.batch.pipeline,
+                pipeline=s.batch.pipeline if s.batch.pipeline is not None else _model_on_cuda(self.forecaster),
                 default_interval_s=s.default_bar_interval_s,
                 forecast_ttl_s=s.redis.forecast_ttl_s,
                 base_seed=s.model.base_seed,
@@ -347,3 +347,10 @@ def run(settings: Settings | None = None) -> int:
     # waits for this exit: objects alive now are frozen out of the final collections.
     gc.freeze()
     return code
+
+
+def _model_on_cuda(forecaster: object) -> bool:
+    """Whether the forecaster in service (through a swappable one) runs its engine on CUDA."""
+    current = getattr(forecaster, "current", forecaster)
+    device = getattr(getattr(current, "engine", None), "device", None)
+    return getattr(device, "type", None) == "cuda"

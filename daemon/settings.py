@@ -228,8 +228,10 @@ class BatchSettings(_Group):
     max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # a fetch waits this long for a first record, then lingers as long for more
     # the linger ends early once no record came for this long (the burst is over); 0: linger max_wait_ms
     linger_idle_ms: int = Field(default=5, ge=0, le=60_000)
-    # fetch (and read) the next batch while the model runs on this one; commits stay in order
-    pipeline: bool = True
+    # fetch (and read) the next batch while the model runs on this one; commits stay in order.
+    # None (auto): on when the model runs on CUDA; off on CPU, where the fetch competes with the
+    # model for the same cores (measured: README "Steady state")
+    pipeline: bool | None = None
 
 
 class ArchiveSettings(_Group):

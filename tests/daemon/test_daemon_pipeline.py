@@ -174,3 +174,28 @@ async def test_a_round_larger_than_a_publish_chunk_is_published_whole_before_it_
     assert max(map(len, forecaster.calls)) == symbols  # one round of every symbol: one model call
     # each store write came after its whole round (150 forecasts per round) was published
     assert published_when_stored[:2] == [symbols, 2 * symbols]
+
+
+async def test_pipelining_is_on_by_default_only_for_a_model_on_cuda() -> None:
+    """KRONOS_BATCH__PIPELINE unset (auto): off for a CPU model (on 2 cores the fetch competed with
+    the model, README "Steady state"), on for one on CUDA; an explicit setting wins."""
+    from types import SimpleNamespace
+
+    from daemon.app import _model_on_cuda
+
+    def on(device: str) -> SimpleNamespace:
+        return SimpleNamespace(engine=SimpleNamespace(device=SimpleNamespace(type=device)))
+
+    assert _model_on_cuda(on("cuda")) and not _model_on_cuda(on("cpu"))
+    assert _model_on_cuda(SimpleNamespace(current=on("cuda")))  # a swappable forecaster's model
+    assert not _model_on_cuda(StubForecaster())
+    settings = load_settings(
+        kafka={"input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "group_id": "g"},
+        model={"max_context": 16, "horizon": 3},
+        http_port=None,
+    )
+    assert settings.batch.pipeline is None
+    for chosen, expected in ((settings, False), (_settings(True), True)):
+        broker = _broker()
+        async with running_daemon(chosen, StubForecaster(max_context=16), **_parts(broker, MemoryInput(broker, "in", "g"))) as d:
+            assert d.loop is not None and d.loop._cfg.pipeline is expected

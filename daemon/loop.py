@@ -878,6 +878,11 @@ class ForecastLoop:
 
     def _call_model(self, forecaster: StreamForecaster, windows: list[SeriesWindow]) -> list[SeriesForecast]:
         results = list(forecaster.forecast(windows, self._cfg.horizon))
+        stats = getattr(forecaster, "last_stats", None)  # the engine's forecaster: how it served them
+        for served in ("warm", "rebuilt", "refreshed"):
+            count = getattr(stats, f"series_{served}", 0)
+            if isinstance(count, int) and count:
+                self._metrics.incremental_series.labels(served).inc(count)
         if len(results) != len(windows) or any(
             r.series_id != w.series_id for r, w in zip(results, windows, strict=False)
         ):

@@ -97,6 +97,14 @@ class Metrics:
             buckets=_PHASE_BUCKETS,
             registry=r,
         )
+        self.incremental_series = Counter(
+            "kronos_incremental_series",
+            "Incremental mode: series per model call by how they were served (warm: from a warm session, "
+            "only the new bars ran; rebuilt: from the stored token cache, no warm session matched; "
+            "refreshed: new statistics, the whole window).",
+            ["served"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "kronos_consumer_lag_messages",
             "Messages behind the end of the partition.",
@@ -135,6 +143,8 @@ class Metrics:
         for service in SERVICES:
             self.service_retries.labels(service)
         self.phases = {phase: self.loop_phase.labels(phase) for phase in LOOP_PHASES}
+        for served in ("warm", "rebuilt", "refreshed"):
+            self.incremental_series.labels(served)
         # CPU, memory, open files, start time; Python version; garbage collections
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

@@ -87,6 +87,11 @@ class GenerationStats:
     recompute_tokens: int = 0
     decode_tokens: int = 0
     sessions_moved: int = 0  # incremental: warm sessions moved inside the session pool
+    # incremental: series served from a warm session (only the new bars ran), rebuilt from their
+    # token cache (no warm session matched), or refreshed (new statistics, the whole window)
+    series_warm: int = 0
+    series_rebuilt: int = 0
+    series_refreshed: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     decode_loops: list[str] = field(default_factory=list)  # the loop of each horizon ("fixed+shared", ...)
     # Called before a stage's time is read (e.g. torch.cuda.synchronize): on a GPU, work is queued

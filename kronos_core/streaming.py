@@ -213,6 +213,9 @@ class StreamingForecaster:
             # Popped, so that a call that fails half-way leaves these sessions to be rebuilt.
             warm = pool.fingerprints.pop(p.window.series_id, None)
             p.rebuild = not p.refresh and (p.state_in is None or warm != p.state_in.fingerprint())
+        stats.series_refreshed += sum(p.refresh for p in plans)
+        stats.series_rebuilt += sum(p.rebuild for p in plans)
+        stats.series_warm += sum(not (p.refresh or p.rebuild) for p in plans)
         views = pool.views(start, len(windows))
         self._prefill([p for p in plans if p.refresh or p.rebuild], views, stats)
         self._append_new([p for p in plans if p.n_new], views, stats)

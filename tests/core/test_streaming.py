@@ -313,3 +313,22 @@ def test_a_full_pool_swaps_sessions_instead_of_evicting_them(engine) -> None:
             assert bool((pool.dep_k[pool.slot(s)] == float(i)).all()), s  # every session kept its caches
     pool.place(["g", "a"])  # a new series in a full pool: one other series makes room
     assert "g" in pool and "a" in pool and len(pool) == 6 and pool.counters.evicted == 1
+
+
+def test_generation_stats_say_how_each_incremental_series_was_served(engine, arrays) -> None:
+    """Cold start: refreshed; the next bar: warm; a token cache from another process (no warm
+    session here): rebuilt. The daemon exports these as kronos_incremental_series_total{served}."""
+    values, ts = arrays
+
+    def window(sid: str, i: int, state: TokenState | None) -> SeriesWindow:
+        return SeriesWindow(sid, values[i - 40 : i + 1], ts[i - 40 : i + 1], ts[i + 1 : i + 1 + HORIZON], seed=1,
+                            token_state=state)
+
+    first = StreamingForecaster(engine, StreamConfig(mode="incremental", sampling=GREEDY), model_version="t")
+    states = {r.series_id: r.token_state for r in first.forecast([window(s, 300, None) for s in "AB"], HORIZON)}
+    assert (first.last_stats.series_refreshed, first.last_stats.series_warm, first.last_stats.series_rebuilt) == (2, 0, 0)
+    again = first.forecast([window(s, 301, states[s]) for s in "AB"], HORIZON)
+    assert (first.last_stats.series_warm, first.last_stats.series_rebuilt) == (2, 0)
+    other = StreamingForecaster(engine, StreamConfig(mode="incremental", sampling=GREEDY), model_version="t")
+    other.forecast([window(r.series_id, 302, r.token_state) for r in again], HORIZON)
+    assert (other.last_stats.series_rebuilt, other.last_stats.series_warm) == (2, 0)

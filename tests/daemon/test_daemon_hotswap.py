@@ -160,6 +160,8 @@ async def test_v2_promoted_mid_stream_incremental_with_the_redis_hint(
         assert metric(d, "kronos_model_swaps_total", result="ok") == 1
         assert d.forecaster.model_version == "v2"
         assert metric(d, "kronos_model_info", version="v2", mode="incremental") == 1
+        served = [metric(d, "kronos_incremental_series_total", served=k) for k in ("warm", "rebuilt", "refreshed")]
+        assert sum(served) == 120  # each forecast counted once, by how its series was served
 
     assert len(out) == 120
     _one_forecast_per_bar(out, series)

@@ -152,6 +152,7 @@ class Daemon:
     async def start(self) -> None:
         # Hugging Face ids -> cached folders, then manifest.json runtime defaults and bounds
         s = self.settings = await asyncio.to_thread(prepare_model_settings, self.settings)
+        _warn_short_refreshed_context(s)
         if s.http_port is not None:
             self.ops = OpsServer(self.metrics, self.live, self.ready, s.http_host, s.http_port)
             try:
@@ -354,3 +355,21 @@ def _model_on_cuda(forecaster: object) -> bool:
     current = getattr(forecaster, "current", forecaster)
     device = getattr(getattr(current, "engine", None), "device", None)
     return getattr(device, "type", None) == "cuda"
+
+
+# Incremental mode keeps max_context - horizon - refresh_every bars after a refresh; fewer than this
+# and the frozen statistics rest on too few bars (one bar: a zero std, so every next bar is a drift
+# and refreshes again: incremental mode then runs as a costlier exact mode).
+MIN_REFRESHED_CONTEXT = 16
+
+
+def _warn_short_refreshed_context(s: Settings) -> None:
+    keep = s.model.max_context - s.model.horizon - s.refresh_every_bars
+    if s.mode == "incremental" and keep < MIN_REFRESHED_CONTEXT:
+        log.warning(
+            "incremental mode keeps too few bars after a refresh; lower KRONOS_REFRESH_EVERY_BARS to at most "
+            f"max_context - horizon - {MIN_REFRESHED_CONTEXT} = "
+            f"{s.model.max_context - s.model.horizon - MIN_REFRESHED_CONTEXT}",
+            bars_kept=max(1, keep), max_context=s.model.max_context, horizon=s.model.horizon,
+            refresh_every_bars=s.refresh_every_bars,
+        )  # fmt: skip

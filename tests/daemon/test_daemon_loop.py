@@ -201,3 +201,24 @@ async def test_a_newer_bar_from_another_writer_is_respected() -> None:
     assert [f["as_of"][11:16] for f in out] == ["01:30", "01:31", "01:36", "01:37"]
     state = (await store.load(["A"]))["A"]
     assert [parse_bar(*b).ts_ns for b in bars[:1] + bars[2:]] == list(state.timestamps)
+
+
+@pytest.mark.parametrize(("refresh_every", "warned"), [(64, True), (16, False)])
+async def test_incremental_mode_warns_when_a_refresh_would_keep_too_few_bars(refresh_every: int, warned: bool) -> None:
+    """max_context 64, horizon 3: refreshing every 64 bars would keep one bar of context (a zero std:
+    every next bar refreshes again), so the daemon says which value to set; every 16 bars is fine."""
+    import structlog
+
+    settings = load_settings(
+        kafka={"input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "group_id": "g"},
+        model={"max_context": 64, "horizon": 3}, batch={"max_wait_ms": 10}, http_port=None,
+        mode="incremental", refresh_every_bars=refresh_every,
+    )  # fmt: skip
+    broker = MemoryBroker(default_partitions=1)
+    with structlog.testing.capture_logs() as logs:
+        async with running_daemon(settings, StubForecaster(mode="incremental", max_context=64), **_parts(broker, settings)):
+            pass
+    found = [e for e in logs if e["event"].startswith("incremental mode keeps too few bars")]
+    assert bool(found) == warned
+    if warned:
+        assert "KRONOS_REFRESH_EVERY_BARS" in found[0]["event"] and found[0]["event"].endswith("= 45")

@@ -213,7 +213,7 @@ class Daemon:
                 max_batch_size=s.batch.max_batch_size,
                 max_wait_ms=s.batch.max_wait_ms,
                 linger_idle_ms=s.batch.linger_idle_ms,
-                pipeline=s.batch.pipeline if s.batch.pipeline is not None else _model_on_cuda(self.forecaster),
+                pipeline=_model_on_cuda(self.forecaster) if s.batch.pipeline == "auto" else bool(s.batch.pipeline),
                 default_interval_s=s.default_bar_interval_s,
                 forecast_ttl_s=s.redis.forecast_ttl_s,
                 base_seed=s.model.base_seed,

@@ -229,9 +229,9 @@ class BatchSettings(_Group):
     # the linger ends early once no record came for this long (the burst is over); 0: linger max_wait_ms
     linger_idle_ms: int = Field(default=5, ge=0, le=60_000)
     # fetch (and read) the next batch while the model runs on this one; commits stay in order.
-    # None (auto): on when the model runs on CUDA; off on CPU, where the fetch competes with the
-    # model for the same cores (measured: README "Steady state")
-    pipeline: bool | None = None
+    # auto: on when the model runs on CUDA; off on CPU, where the fetch competes with the model for
+    # the same cores (measured: README "Steady state")
+    pipeline: Literal["auto"] | bool = "auto"
 
 
 class ArchiveSettings(_Group):

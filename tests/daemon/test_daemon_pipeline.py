@@ -194,7 +194,8 @@ async def test_pipelining_is_on_by_default_only_for_a_model_on_cuda() -> None:
         model={"max_context": 16, "horizon": 3},
         http_port=None,
     )
-    assert settings.batch.pipeline is None
+    assert settings.batch.pipeline == "auto"
+    assert load_settings(batch={"pipeline": "true"}).batch.pipeline is True
     for chosen, expected in ((settings, False), (_settings(True), True)):
         broker = _broker()
         async with running_daemon(chosen, StubForecaster(max_context=16), **_parts(broker, MemoryInput(broker, "in", "g"))) as d:

@@ -23,7 +23,7 @@ import structlog
 from daemon.bus import DeadLetters, InputBus, OutputBus
 from daemon.calendars import build_calendar
 from daemon.errors import DaemonError, StateError
-from daemon.forecaster import build_forecaster, check_forecaster, graph_captures
+from daemon.forecaster import build_forecaster, check_forecaster, graph_captures, on_cuda
 from daemon.logging import configure_logging
 from daemon.loop import ForecastLoop, LoopConfig
 from daemon.metrics import Metrics
@@ -213,7 +213,7 @@ class Daemon:
                 max_batch_size=s.batch.max_batch_size,
                 max_wait_ms=s.batch.max_wait_ms,
                 linger_idle_ms=s.batch.linger_idle_ms,
-                pipeline=_model_on_cuda(self.forecaster) if s.batch.pipeline == "auto" else bool(s.batch.pipeline),
+                pipeline=on_cuda(self.forecaster) if s.batch.pipeline == "auto" else bool(s.batch.pipeline),
                 default_interval_s=s.default_bar_interval_s,
                 forecast_ttl_s=s.redis.forecast_ttl_s,
                 base_seed=s.model.base_seed,
@@ -348,13 +348,6 @@ def run(settings: Settings | None = None) -> int:
     # waits for this exit: objects alive now are frozen out of the final collections.
     gc.freeze()
     return code
-
-
-def _model_on_cuda(forecaster: object) -> bool:
-    """Whether the forecaster in service (through a swappable one) runs its engine on CUDA."""
-    current = getattr(forecaster, "current", forecaster)
-    device = getattr(getattr(current, "engine", None), "device", None)
-    return getattr(device, "type", None) == "cuda"
 
 
 # Incremental mode keeps max_context - horizon - refresh_every bars after a refresh; fewer than this

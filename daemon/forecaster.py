@@ -126,11 +126,20 @@ def build_engine_forecaster(settings: Settings) -> StreamForecaster:
         raise ForecasterError(f"loading the model failed: {exc}") from exc
 
 
+def serving_engine(forecaster: object) -> object | None:
+    """The engine of the model in service (through a swappable forecaster); None without one."""
+    return getattr(getattr(forecaster, "current", forecaster), "engine", None)
+
+
+def on_cuda(forecaster: object) -> bool:
+    """Whether the model in service runs on CUDA."""
+    return getattr(getattr(serving_engine(forecaster), "device", None), "type", None) == "cuda"
+
+
 def graph_captures(forecaster: StreamForecaster) -> tuple[int, int] | None:
     """(CUDA graphs captured in all, of which at warm-up) of an engine forecaster, through a
     swappable one's model in service; None for a forecaster without an engine."""
-    current = getattr(forecaster, "current", forecaster)
-    engine = getattr(current, "engine", None)
+    engine = serving_engine(forecaster)
     total = getattr(engine, "graph_captures", None)
     if not isinstance(total, int):
         return None

@@ -578,10 +578,8 @@ class ForecastLoop:
         def sink(messages: list[InMessage]) -> None:
             self._tick()  # a long read is progress, not a stuck loop (liveness)
             for m in messages:
-                try:
-                    bar = parse_bar(m.key, m.value)
-                    check_bar_time(bar, m.timestamp_ms, now, self._cfg.max_future_s)
-                except Exception:
+                bar = read_message(m, now, self._cfg.max_future_s)
+                if not isinstance(bar, Bar):
                     continue  # dead-lettered when it was first consumed
                 state = built.get(bar.symbol)
                 if state is None:

@@ -181,14 +181,14 @@ async def test_pipelining_is_on_by_default_only_for_a_model_on_cuda() -> None:
     the model, README "Steady state"), on for one on CUDA; an explicit setting wins."""
     from types import SimpleNamespace
 
-    from daemon.app import _model_on_cuda
+    from daemon.forecaster import on_cuda
 
     def on(device: str) -> SimpleNamespace:
         return SimpleNamespace(engine=SimpleNamespace(device=SimpleNamespace(type=device)))
 
-    assert _model_on_cuda(on("cuda")) and not _model_on_cuda(on("cpu"))
-    assert _model_on_cuda(SimpleNamespace(current=on("cuda")))  # a swappable forecaster's model
-    assert not _model_on_cuda(StubForecaster())
+    assert on_cuda(on("cuda")) and not on_cuda(on("cpu"))
+    assert on_cuda(SimpleNamespace(current=on("cuda")))  # a swappable forecaster's model
+    assert not on_cuda(StubForecaster())
     settings = load_settings(
         kafka={"input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "group_id": "g"},
         model={"max_context": 16, "horizon": 3},

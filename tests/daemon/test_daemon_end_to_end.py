@@ -222,6 +222,7 @@ def _slow(forecaster: StreamForecaster) -> StreamForecaster:
     return forecaster
 
 
+@pytest.mark.parametrize("pipeline", [False, True], ids=["plain", "pipelined"])
 async def test_rebalance_between_two_daemons_loses_nothing(
     kafka_bootstrap: str,
     redis_url: str,
@@ -229,11 +230,14 @@ async def test_rebalance_between_two_daemons_loses_nothing(
     group_id: str,
     topics: Topics,
     make_forecaster: MakeForecaster,
+    pipeline: bool,
 ) -> None:
+    """Pipelined, a fetch under way while the group rebalances is dropped and read again (the real
+    broker resets the positions to the committed offsets): still one forecast per bar."""
     symbols = [f"S{i}" for i in range(6)]
     series = [bar_series(s, 40, seed=2) for s in symbols]
     settings = daemon_settings(
-        kafka_bootstrap, redis_url, key_prefix, group_id, topics, batch={"max_batch_size": 8}
+        kafka_bootstrap, redis_url, key_prefix, group_id, topics, batch={"max_batch_size": 8, "pipeline": pipeline}
     )
     async with running_daemon(settings, _slow(make_forecaster(64))) as a:
         await produce(kafka_bootstrap, topics.input, interleave(*(s[:10] for s in series)))

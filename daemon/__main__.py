@@ -1,5 +1,5 @@
 """``python -m daemon ...`` is ``kronos-stream ...``."""
 
-from daemon.cli import main
+from daemon.cli.main import main
 
 raise SystemExit(main())

@@ -20,21 +20,21 @@ from typing import Any, TypeVar
 
 import structlog
 
-from daemon.bus import DeadLetters, InputBus, OutputBus
-from daemon.calendars import build_calendar
 from daemon.errors import DaemonError, StateError
-from daemon.forecaster import build_forecaster, check_forecaster, graph_captures, on_cuda
+from daemon.io.bus import DeadLetters, InputBus, OutputBus
+from daemon.io.retry import Abandoned, Outages
 from daemon.logging import configure_logging
-from daemon.loop import ForecastLoop, LoopConfig
-from daemon.metrics import Metrics
-from daemon.model_runtime import prepare_model_settings
-from daemon.models import ModelFollower, ModelMetrics
-from daemon.online_scoring import OnlineScorer, build_scorer
-from daemon.ops import OpsServer
-from daemon.retry import Abandoned, Outages
+from daemon.model.build import build_forecaster, check_forecaster, graph_captures, on_cuda
+from daemon.model.manifest import prepare_model_settings
+from daemon.model.swap import ModelFollower, ModelMetrics
+from daemon.ops.metrics import Metrics
+from daemon.ops.server import OpsServer
+from daemon.ops.startup_checks import credentials_error, ensure_topics, port_error
+from daemon.pipeline.calendars import build_calendar
+from daemon.pipeline.loop import ForecastLoop, LoopConfig
+from daemon.scoring.online import OnlineScorer, build_scorer
 from daemon.settings import Settings, load_settings, unknown_env_names
-from daemon.startup_checks import credentials_error, ensure_topics, port_error
-from daemon.state import StateStore
+from daemon.state.base import StateStore
 from kronos_core.stream_types import StreamForecaster
 
 log = structlog.get_logger("kronos.app")
@@ -160,7 +160,7 @@ class Daemon:
             except OSError as exc:
                 raise port_error(exc, s.http_host, s.http_port) from exc
         if self.store is None:
-            from daemon.state_redis import RedisStateStore
+            from daemon.state.redis import RedisStateStore
 
             password = s.redis.password.get_secret_value() if s.redis.password else None
             self.store = RedisStateStore.from_url(
@@ -184,12 +184,12 @@ class Daemon:
         self.metrics.model_info.info({"version": self.forecaster.model_version, "mode": self.forecaster.mode})
         self.metrics.watch_graph_captures(lambda: graph_captures(self.forecaster) if self.forecaster else None)
         if (self.bus_in is None or self.bus_out is None) and s.kafka.exactly_once:
-            from daemon.kafka_eos import TransactionalInput, TransactionalOutput
+            from daemon.io.kafka_eos import TransactionalInput, TransactionalOutput
 
             self.bus_out = TransactionalOutput(s.kafka)
             self.bus_in = TransactionalInput(s.kafka, self.bus_out)
         if self.bus_in is None or self.bus_out is None:
-            from daemon.kafka_io import KafkaInput, KafkaOutput
+            from daemon.io.kafka import KafkaInput, KafkaOutput
 
             # a misspelt topic stops here (or is created when asked); an unreachable broker is waited out
             await self._connect("kafka", "checking the topics", lambda: ensure_topics(s.kafka))

@@ -77,7 +77,7 @@ class KafkaSettings(_Group):
     producer_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024, le=1_000_000)
     create_topics: int | None = Field(default=None, ge=1)  # create missing topics with this many partitions
     create_topics_replication: int = Field(default=1, ge=1)  # their replication factor
-    # Exactly-once (Kafka transactions, see daemon/kafka_eos.py): forecasts, dead letters and input
+    # Exactly-once (Kafka transactions, see daemon/io/kafka_eos.py): forecasts, dead letters and input
     # offsets commit together; the transactional id defaults to <group_id>.<group_instance_id>.
     exactly_once: bool = False
     transactional_id: str | None = None
@@ -216,9 +216,9 @@ class ModelSettings(_Group):
 
 
 class ScoringSettings(_Group):
-    enabled: bool = True  # score every forecast once its horizon bars have arrived (daemon/online_scoring.py)
+    enabled: bool = True  # score every forecast once its horizon bars have arrived (daemon/scoring/online.py)
     retention_h: int = Field(default=168, ge=1, le=24 * 366)  # hourly score sums kept in Redis this long
-    calibrate: bool = False  # split-conformal calibration of the published close bands (daemon/calibration.py)
+    calibrate: bool = False  # split-conformal calibration of the published close bands (daemon/scoring/calibration.py)
     calibration_window: int = Field(default=500, ge=10, le=100_000)  # recent realised forecasts used
     calibration_min: int = Field(default=50, ge=1)  # forecasts realised before the bands are adjusted
 

@@ -1,8 +1,8 @@
 """Archive benchmark: the archiver's rate from the real Kafka broker, CSV import, and read_bars.
 
-1. **archiver**: ``--bars`` synthetic bars (:func:`daemon.feeds.synthetic_bars`, ``--symbols``
+1. **archiver**: ``--bars`` synthetic bars (:func:`daemon.io.feeds.synthetic_bars`, ``--symbols``
    symbols, one-minute grid) are published to a fresh topic of ``--partitions`` partitions; an
-   :class:`daemon.archiver.Archiver` (its own group, ``--roll-rows`` per file) archives them into a
+   :class:`daemon.archive.archiver.Archiver` (its own group, ``--roll-rows`` per file) archives them into a
    temporary folder. Rate = bars / (time from the first consumed bar to the last one rolled and
    committed). The group join before the first bar is reported apart.
 2. **import**: ``kronos-stream archive import`` of the bundled 2500 bars (validation + one file per day).
@@ -30,9 +30,9 @@ from pathlib import Path
 import pyarrow
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from daemon.archiver import Archiver, import_csv
-from daemon.feeds import publish, synthetic_bars
-from daemon.kafka_io import KafkaOutput
+from daemon.archive.archiver import Archiver, import_csv
+from daemon.io.feeds import publish, synthetic_bars
+from daemon.io.kafka import KafkaOutput
 from daemon.settings import ArchiveSettings, KafkaSettings
 from kronos_contract.archive import read_bars
 

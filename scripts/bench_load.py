@@ -33,7 +33,7 @@ refreshed) and the session pool's evictions; every symbol may keep a warm sessio
 of a model (~0 model time), so a burst measures the daemon's own overhead.
 
 Then the daemon gets SIGTERM, and its topics and Redis keys are deleted (also after a failure).
-The bars come from :func:`daemon.feeds.synthetic_bars` (same seed for both modes, so both see the
+The bars come from :func:`daemon.io.feeds.synthetic_bars` (same seed for both modes, so both see the
 same bars). Every wait is bounded; only loopback addresses are used (``KAFKA_BOOTSTRAP`` and
 ``REDIS_URL`` from ``eval "$(scripts/services env)"``).
 
@@ -78,8 +78,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.feeds import FeedBar, synthetic_bars
-from daemon.schemas import bar_to_json, format_ts, to_ns
+from daemon.io.feeds import FeedBar, synthetic_bars
+from daemon.io.messages import bar_to_json, format_ts, to_ns
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -647,7 +647,7 @@ class ReferenceModel:
     one batched call over the windows the daemon forecast in a burst (without the counting probe)."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        from daemon.forecaster import build_forecaster
+        from daemon.model.build import build_forecaster
         from daemon.settings import load_settings
 
         kronos = {k: v for k, v in env.items() if k.startswith("KRONOS_")}
@@ -674,7 +674,7 @@ class ReferenceModel:
     def windows(self, history: dict[str, list[FeedBar]], symbols: list[str], drop_last: int = 0) -> list[Any]:
         """What the daemon hands the model for each symbol's newest bar (window capped at max_context);
         ``drop_last``: as it was that many bars earlier."""
-        from daemon.schemas import horizon_ns, infer_interval_ns
+        from daemon.io.messages import horizon_ns, infer_interval_ns
         from kronos_core.stream_types import SeriesWindow, derive_seed
 
         s, out = self.settings, []

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from daemon.schemas import Bar
-from daemon.state import StateUpdate, SymbolState, bars_key, forecast_key, meta_key, tokens_key
-from daemon.state_redis import RedisStateStore
+from daemon.io.messages import Bar
+from daemon.state.base import StateUpdate, SymbolState, bars_key, forecast_key, meta_key, tokens_key
+from daemon.state.redis import RedisStateStore
 from kronos_core.stream_types import TokenState
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -106,7 +106,7 @@ def build(settings: Any) -> ProbeForecaster:
         module_name, _, attr = inner_path.partition(":")
         inner = getattr(importlib.import_module(module_name), attr)(settings)
     else:
-        from daemon.forecaster import build_engine_forecaster
+        from daemon.model.build import build_engine_forecaster
 
         inner = build_engine_forecaster(settings)
     out = os.environ.get("BENCH_PROBE_FILE")

@@ -48,8 +48,8 @@ from daemon_helpers import committed_offsets, end_offsets  # noqa: E402
 from private_services import PrivateKafka, PrivateRedis, free_port, kafka_jars  # noqa: E402
 
 from daemon.errors import InvalidBar  # noqa: E402
-from daemon.schemas import forecast_id, parse_bar  # noqa: E402
-from daemon.state import bars_key, forecast_key, meta_key, tokens_key  # noqa: E402
+from daemon.io.messages import forecast_id, parse_bar  # noqa: E402
+from daemon.state.base import bars_key, forecast_key, meta_key, tokens_key  # noqa: E402
 
 MODEL_VERSION = "stub-1"
 MAX_CONTEXT = 32

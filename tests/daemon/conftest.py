@@ -19,7 +19,7 @@ from daemon_helpers import MakeForecaster, Topics
 from private_services import PrivateKafka, PrivateRedis, kafka_jars
 from stub_forecaster import StubForecaster
 
-from daemon.forecaster import build_forecaster, checkpoint_version
+from daemon.model.build import build_forecaster, checkpoint_version
 from daemon.settings import load_settings
 from kronos_core.stream_types import StreamForecaster
 

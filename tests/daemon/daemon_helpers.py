@@ -19,7 +19,7 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError, NotCoordinatorFor
 from aiokafka.structs import ConsumerRecord
 
 from daemon.app import Daemon
-from daemon.schemas import forecast_id, parse_bar
+from daemon.io.messages import forecast_id, parse_bar
 from daemon.settings import Settings, load_settings
 from kronos_contract.messages import SCHEMA_PATH
 from kronos_core.stream_types import StreamForecaster

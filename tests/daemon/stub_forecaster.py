@@ -120,7 +120,7 @@ class SlowedForecaster:
 def build_engine(settings: Any) -> SlowedForecaster:
     """KRONOS_MODEL__FACTORY entry point: kronos_core's engine over KRONOS_MODEL__*_DIR, slowed by
     STUB_FORECASTER_DELAY_MS (0: not at all)."""
-    from daemon.forecaster import build_engine_forecaster
+    from daemon.model.build import build_engine_forecaster
 
     return SlowedForecaster(
         build_engine_forecaster(settings), float(os.environ.get("STUB_FORECASTER_DELAY_MS", "0"))

@@ -27,10 +27,10 @@ from daemon_helpers import (
     wait_until,
 )
 
-from daemon.archiver import Archiver, ArchiveStats, import_csv
-from daemon.bus import InputBus, Partition
-from daemon.cli import main as cli_main
-from daemon.schemas import parse_bar
+from daemon.archive.archiver import Archiver, ArchiveStats, import_csv
+from daemon.cli.main import main as cli_main
+from daemon.io.bus import InputBus, Partition
+from daemon.io.messages import parse_bar
 from daemon.settings import ArchiveSettings, KafkaSettings
 from kronos_contract.archive import COLUMNS, parse_offset_name, read_bars
 
@@ -283,7 +283,7 @@ async def test_storage_outage_is_waited_out_and_a_stop_during_it_commits_nothing
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import daemon.archiver as archiver_mod
+    import daemon.archive.archiver as archiver_mod
 
     topic = await topic_factory(partitions=1)
     records = bar_series("AAA", 20)

@@ -7,11 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
-from daemon.calendars import ContinuousCalendar, ExchangeCalendar, build_calendar
 from daemon.errors import ConfigError
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.pipeline.calendars import ContinuousCalendar, ExchangeCalendar, build_calendar
 from daemon.settings import load_settings
-from daemon.state_memory import MemoryStateStore
+from daemon.state.memory import MemoryStateStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from daemon_helpers import Record, read_topic
 
-from daemon.cli import main
-from daemon.schemas import parse_bar
-from daemon.schemas import to_ns as _to_ns
-from daemon.state import StateUpdate
-from daemon.state_redis import RedisStateStore
+from daemon.cli.main import main
+from daemon.io.messages import parse_bar
+from daemon.io.messages import to_ns as _to_ns
+from daemon.state.base import StateUpdate
+from daemon.state.redis import RedisStateStore
 
 pytestmark = pytest.mark.timeout(60)
 

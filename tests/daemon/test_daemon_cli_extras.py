@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from daemon.cli import main
-from daemon.config_view import mask_url
-from daemon.state import forecast_key
+from daemon.cli.main import main
+from daemon.ops.config_view import mask_url
+from daemon.state.base import forecast_key
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
@@ -77,7 +77,7 @@ async def test_forecast_wait_returns_the_forecast_once_it_appears(
 def test_progress_lines() -> None:
     import io
 
-    from daemon.progress import Progress
+    from daemon.cli.progress import Progress
 
     out = io.StringIO()
     p = Progress("replay", 20, every_s=0.0, stream=out)

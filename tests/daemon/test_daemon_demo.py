@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from daemon.cli import build_parser
-from daemon.demo import BARS_CSV, CSV_TZ, DemoConfig, load_feed, run_demo
+from daemon.cli.main import build_parser
+from daemon.demo.replay import BARS_CSV, CSV_TZ, DemoConfig, load_feed, run_demo
 from daemon.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(120)

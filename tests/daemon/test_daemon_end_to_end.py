@@ -32,9 +32,9 @@ from daemon_helpers import (
 from stub_forecaster import StubForecaster
 
 from daemon.app import Daemon
-from daemon.schemas import parse_bar
-from daemon.state import StateUpdate, bars_key
-from daemon.state_redis import RedisStateStore
+from daemon.io.messages import parse_bar
+from daemon.state.base import StateUpdate, bars_key
+from daemon.state.redis import RedisStateStore
 from kronos_core.stream_types import StreamForecaster
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(90)]

@@ -29,13 +29,13 @@ from daemon_helpers import (
 from test_daemon_process import _spawn
 
 from daemon.app import Daemon
-from daemon.bus import InMessage, Partition
 from daemon.errors import ConfigError, DaemonError, StateError
-from daemon.kafka_eos import TransactionalInput, TransactionalOutput
-from daemon.kafka_io import KafkaOutput
-from daemon.loop import eos_segments
+from daemon.io.bus import InMessage, Partition
+from daemon.io.kafka import KafkaOutput
+from daemon.io.kafka_eos import TransactionalInput, TransactionalOutput
+from daemon.pipeline.loop import eos_segments
 from daemon.settings import Settings, load_settings
-from daemon.state_redis import RedisStateStore
+from daemon.state.redis import RedisStateStore
 from kronos_core.stream_types import StreamForecaster
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,11 +14,11 @@ from daemon_helpers import T0, bar_record, bar_series, encode, interleave, metri
 from stub_forecaster import StubForecaster
 from test_daemon_loop import _settings
 
-from daemon.bus import Headers, Partition
-from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.errors import BusError, InvalidBar
-from daemon.schemas import check_bar_time, forecast_id, parse_bar
-from daemon.state_memory import MemoryStateStore
+from daemon.io.bus import Headers, Partition
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.io.messages import check_bar_time, forecast_id, parse_bar
+from daemon.state.memory import MemoryStateStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -194,7 +194,7 @@ async def test_a_dead_letter_topic_that_refuses_everything_does_not_stop_the_con
 async def test_an_unexpected_error_while_handling_one_message_dead_letters_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import daemon.loop as loop_module
+    import daemon.pipeline.loop as loop_module
 
     real = loop_module.horizon_ns
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.forecaster import build_engine_forecaster, graph_captures
-from daemon.metrics import Metrics
+from daemon.model.build import build_engine_forecaster, graph_captures
+from daemon.ops.metrics import Metrics
 from daemon.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]

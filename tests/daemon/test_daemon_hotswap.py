@@ -35,11 +35,11 @@ from daemon_helpers import (
 from hotswap_helpers import TINY, broken_copy, publish, registry_v1_v2
 
 from daemon.app import Daemon
-from daemon.cli import main as cli_main
-from daemon.models import load_version
-from daemon.schemas import horizon_ns, infer_interval_ns, parse_bar
+from daemon.cli.main import main as cli_main
+from daemon.io.messages import horizon_ns, infer_interval_ns, parse_bar
+from daemon.model.swap import load_version
 from daemon.settings import Settings
-from daemon.state import SymbolState
+from daemon.state.base import SymbolState
 from kronos_contract.registry import Registry, publish_hint
 from kronos_core.stream_types import SeriesWindow, TokenState, derive_seed
 

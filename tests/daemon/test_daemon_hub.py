@@ -18,8 +18,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SCRIPT = """
 import json
 from daemon.settings import load_settings
-from daemon.model_runtime import prepare_model_settings
-from daemon.forecaster import build_forecaster
+from daemon.model.manifest import prepare_model_settings
+from daemon.model.build import build_forecaster
 try:
     s = prepare_model_settings(load_settings())
 except Exception as exc:

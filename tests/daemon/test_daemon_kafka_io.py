@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 from daemon_helpers import committed_offsets, read_topic, wait_until
 
-from daemon.bus import DeadLetters, InMessage, Partition
 from daemon.errors import BusError
-from daemon.kafka_io import KafkaInput, KafkaOutput
+from daemon.io.bus import DeadLetters, InMessage, Partition
+from daemon.io.kafka import KafkaInput, KafkaOutput
 from daemon.settings import KafkaSettings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]
@@ -147,7 +147,7 @@ async def test_a_burst_over_partitions_lands_in_one_lingering_fetch(
     few hundred milliseconds on 4 partitions comes back as one batch."""
     import asyncio
 
-    from daemon.loop import fetch_lingering
+    from daemon.pipeline.loop import fetch_lingering
 
     topic = await topic_factory(partitions=4)
     consumer = await _started_input(kafka_bootstrap, topic, group_id)
@@ -173,7 +173,7 @@ async def test_the_linger_ends_once_the_burst_is_over(
     once no record came for that long (here a 20 s linger ends within the 10 s this test waits)."""
     import asyncio
 
-    from daemon.loop import fetch_lingering
+    from daemon.pipeline.loop import fetch_lingering
 
     topic = await topic_factory(partitions=4)
     consumer = await _started_input(kafka_bootstrap, topic, group_id)

@@ -9,13 +9,13 @@ import pytest
 from daemon_helpers import T0, bar_record, bar_series, encode, interleave, metric, running_daemon, wait_until
 from stub_forecaster import StubForecaster
 
-from daemon.bus import InMessage, Partition
-from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
-from daemon.loop import commit_offsets, next_offsets, plan_rounds
-from daemon.schemas import forecast_id, parse_bar
+from daemon.io.bus import InMessage, Partition
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.io.messages import forecast_id, parse_bar
+from daemon.pipeline.loop import commit_offsets, next_offsets, plan_rounds
 from daemon.settings import Settings, load_settings
-from daemon.state import StateUpdate
-from daemon.state_memory import MemoryStateStore
+from daemon.state.base import StateUpdate
+from daemon.state.memory import MemoryStateStore
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,9 +11,9 @@ from daemon_helpers import Topics, bar_series, produce, running_daemon, wait_unt
 from pydantic import ValidationError
 from stub_forecaster import StubForecaster
 
-from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.settings import load_settings
-from daemon.state_memory import MemoryStateStore
+from daemon.state.memory import MemoryStateStore
 from kronos_contract.messages import (
     SCHEMA_PATH,
     ForecastReader,

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from daemon.app import Daemon
-from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
-from daemon.demo import MODEL_DIR
+from daemon.demo.replay import MODEL_DIR
 from daemon.errors import ConfigError
-from daemon.model_runtime import apply_model_runtime
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.model.manifest import apply_model_runtime
 from daemon.settings import load_settings
-from daemon.state_memory import MemoryStateStore
+from daemon.state.memory import MemoryStateStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,4 +1,4 @@
-"""Loading, vetting and swapping model versions (daemon/models.py), on a real registry folder.
+"""Loading, vetting and swapping model versions (daemon/model/swap.py), on a real registry folder.
 
 No Kafka or Redis here: the follower's checks are driven by hand (the hint listener is off)."""
 
@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from stub_forecaster import StubForecaster
 
 from daemon.errors import ForecasterError
-from daemon.models import (
+from daemon.model.swap import (
     LoadRefused,
     ModelFollower,
     ModelMetrics,
@@ -26,7 +26,7 @@ from daemon.models import (
     smoke_windows,
 )
 from daemon.settings import Settings, load_settings
-from daemon.state import SymbolState
+from daemon.state.base import SymbolState
 from kronos_contract.registry import Registry
 
 
@@ -219,7 +219,7 @@ async def test_no_room_on_the_gpu_defers_the_swap_and_says_so(
     """No GPU here: the CUDA memory query is faked (pure logic); the model itself stays on the CPU."""
     import torch
 
-    import daemon.models as models
+    import daemon.model.swap as models
 
     metrics = CollectorRegistry()
     follower = ModelFollower(_settings(registry_root), ModelMetrics(metrics), states=_states)
@@ -253,7 +253,7 @@ async def test_on_cuda_a_new_version_is_built_on_the_model_thread(
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import daemon.models as models
+    import daemon.model.swap as models
 
     executor = ThreadPoolExecutor(1, thread_name_prefix="kronos-model")
     built_on: list[str] = []

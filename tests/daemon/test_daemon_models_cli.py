@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from daemon.cli import main as cli_main
+from daemon.cli.main import main as cli_main
 from kronos_contract.registry import Registry, hint_channel
 
 

@@ -12,9 +12,10 @@ import pytest
 from daemon_helpers import bar_series, interleave, metric, running_daemon, wait_until
 from stub_forecaster import StubForecaster
 
-from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
-from daemon.calibration import ConformalCalibrator, conformal_shift, map_paths
-from daemon.online_scoring import (
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.io.messages import parse_bar
+from daemon.scoring.calibration import ConformalCalibrator, conformal_shift, map_paths
+from daemon.scoring.online import (
     MemoryScoreStore,
     PendingForecast,
     ScoreMetrics,
@@ -23,9 +24,8 @@ from daemon.online_scoring import (
     realised_closes,
     shape_field,
 )
-from daemon.schemas import parse_bar
 from daemon.settings import Settings, load_settings
-from daemon.state_memory import MemoryStateStore
+from daemon.state.memory import MemoryStateStore
 from kronos_core.scoring import ScoreAccumulator
 from kronos_core.stream_types import SeriesForecast, SeriesWindow
 

@@ -10,11 +10,11 @@ from daemon_helpers import bar_series, running_daemon, wait_until
 from stub_forecaster import StubForecaster
 
 from daemon.app import Daemon
-from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
-from daemon.cli import main
-from daemon.ops import check
+from daemon.cli.main import main
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.ops.server import check
 from daemon.settings import Settings, load_settings
-from daemon.state_memory import MemoryStateStore
+from daemon.state.memory import MemoryStateStore
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -37,7 +37,7 @@ from stub_forecaster import StubForecaster
 
 from daemon.app import Daemon
 from daemon.errors import OutageTooLong
-from daemon.ops import check
+from daemon.ops.server import check
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
 

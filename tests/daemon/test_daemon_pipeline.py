@@ -11,10 +11,10 @@ import structlog
 from daemon_helpers import bar_series, interleave, metric, running_daemon, wait_until
 from stub_forecaster import StubForecaster
 
-from daemon.bus import InMessage, Partition
-from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.io.bus import InMessage, Partition
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.settings import Settings, load_settings
-from daemon.state_memory import MemoryStateStore
+from daemon.state.memory import MemoryStateStore
 from kronos_core.stream_types import SeriesForecast, SeriesWindow
 
 pytestmark = pytest.mark.timeout(60)
@@ -181,7 +181,7 @@ async def test_pipelining_is_on_by_default_only_for_a_model_on_cuda() -> None:
     the model, README "Steady state"), on for one on CUDA; an explicit setting wins."""
     from types import SimpleNamespace
 
-    from daemon.forecaster import on_cuda
+    from daemon.model.build import on_cuda
 
     def on(device: str) -> SimpleNamespace:
         return SimpleNamespace(engine=SimpleNamespace(device=SimpleNamespace(type=device)))

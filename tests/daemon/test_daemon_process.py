@@ -28,9 +28,9 @@ from daemon_helpers import (
     wait_until,
 )
 
-from daemon.schemas import forecast_id, parse_bar
+from daemon.io.messages import forecast_id, parse_bar
 from daemon.settings import Settings
-from daemon.state import bars_key, forecast_key
+from daemon.state.base import bars_key, forecast_key
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(120)]
 

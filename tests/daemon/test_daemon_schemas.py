@@ -10,7 +10,7 @@ import pytest
 from daemon_helpers import bar_record, encode
 
 from daemon.errors import InvalidBar
-from daemon.schemas import (
+from daemon.io.messages import (
     ForecastContext,
     build_forecast_message,
     encode_json,

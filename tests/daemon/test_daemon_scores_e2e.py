@@ -17,8 +17,8 @@ from daemon_helpers import (
     running_daemon,
 )
 
-from daemon.cli import main as cli_main
-from daemon.online_scoring import RedisScoreStore
+from daemon.cli.main import main as cli_main
+from daemon.scoring.online import RedisScoreStore
 from kronos_core.stream_types import StreamForecaster
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(120)]

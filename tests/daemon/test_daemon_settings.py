@@ -87,7 +87,7 @@ def test_env_name_and_typo_detection() -> None:
 
 
 def test_model_compile_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon.forecaster import build_engine_forecaster
+    from daemon.model.build import build_engine_forecaster
 
     monkeypatch.setenv("KRONOS_MODEL__PRESET", "Kronos-tiny")
     monkeypatch.setenv("KRONOS_MODEL__MAX_CONTEXT", "64")
@@ -101,7 +101,7 @@ def test_model_compile_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> No
 def test_session_budget_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     from pathlib import Path
 
-    from daemon.forecaster import build_forecaster
+    from daemon.model.build import build_forecaster
 
     tiny = Path(__file__).resolve().parents[1] / "fixtures" / "kronos-tiny-a"
     monkeypatch.setenv("KRONOS_MODEL__MAX_SESSIONS", "7")

@@ -16,10 +16,10 @@ from daemon_helpers import Topics, daemon_settings
 from stub_forecaster import StubForecaster
 
 from daemon.app import Daemon, serve_until_signalled
-from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.errors import ConfigError
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.settings import load_settings
-from daemon.state_memory import MemoryStateStore
+from daemon.state.memory import MemoryStateStore
 
 pytestmark = pytest.mark.timeout(60)
 

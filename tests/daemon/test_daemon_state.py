@@ -10,10 +10,18 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from daemon.schemas import Bar
-from daemon.state import StateStore, StateUpdate, SymbolState, bars_key, forecast_key, meta_key, tokens_key
-from daemon.state_memory import MemoryStateStore
-from daemon.state_redis import RedisStateStore
+from daemon.io.messages import Bar
+from daemon.state.base import (
+    StateStore,
+    StateUpdate,
+    SymbolState,
+    bars_key,
+    forecast_key,
+    meta_key,
+    tokens_key,
+)
+from daemon.state.memory import MemoryStateStore
+from daemon.state.redis import RedisStateStore
 from kronos_core.stream_types import TokenState
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]

@@ -22,9 +22,9 @@ from daemon_helpers import (
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from daemon.schemas import Bar, parse_bar
-from daemon.state import StateUpdate, bars_key, forecast_key, legacy_keys, meta_key, tokens_key
-from daemon.state_redis import RedisStateStore
+from daemon.io.messages import Bar, parse_bar
+from daemon.state.base import StateUpdate, bars_key, forecast_key, legacy_keys, meta_key, tokens_key
+from daemon.state.redis import RedisStateStore
 from kronos_core.stream_types import StreamForecaster
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]

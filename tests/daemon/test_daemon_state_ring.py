@@ -10,8 +10,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.schemas import Bar
-from daemon.state import SymbolState
+from daemon.io.messages import Bar
+from daemon.state.base import SymbolState
 
 
 def _bar(i: int) -> Bar:

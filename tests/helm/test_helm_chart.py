@@ -189,8 +189,8 @@ def test_custom_resources_are_well_formed(all_rendered: list[Rendered]) -> None:
             ports = {p["name"] for s in services for p in s["spec"]["ports"]}
             for endpoint in sm["spec"]["endpoints"]:
                 assert endpoint["port"] in ports
-                from daemon.metrics import Metrics
-                from daemon.ops import OpsServer
+                from daemon.ops.metrics import Metrics
+                from daemon.ops.server import OpsServer
 
                 server = OpsServer(Metrics(), live=lambda: (True, {}), ready=lambda: (True, {}))
                 status, ctype, _ = server.respond("GET", endpoint["path"])
@@ -308,7 +308,7 @@ def test_secrets_only_by_reference(rendered: Rendered) -> None:
 
 
 def test_container_commands_are_cli_subcommands(rendered: Rendered) -> None:
-    from daemon.cli import build_parser
+    from daemon.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     commands = set(typing.cast(dict[str, Any], sub.choices))
@@ -325,8 +325,8 @@ def test_container_commands_are_cli_subcommands(rendered: Rendered) -> None:
 
 
 def test_probes_match_the_daemon(rendered: Rendered) -> None:
-    from daemon.metrics import Metrics
-    from daemon.ops import OpsServer
+    from daemon.ops.metrics import Metrics
+    from daemon.ops.server import OpsServer
 
     obj = daemon_workload(rendered)
     container, env = containers_env(rendered, obj)[0]

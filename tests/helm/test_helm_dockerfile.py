@@ -168,7 +168,7 @@ def ignore_patterns() -> list[str]:
 
 def test_dockerignore_keeps_the_context_to_the_sources() -> None:
     patterns = ignore_patterns()
-    for needed in ("pyproject.toml", "README.md", "daemon/cli.py", "kronos_core/model.py"):
+    for needed in ("pyproject.toml", "README.md", "daemon/cli/main.py", "kronos_core/model.py"):
         assert dockerignore_includes(patterns, needed), needed
     # Every package pyproject installs must be in the context.
     include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]

@@ -38,7 +38,7 @@ from trainer.demo_model import (
 from trainer.loop import lr_factor
 
 VERSION = re.compile(r"^demo-\d{8}-[0-9a-f]{8}$")
-DEMO_REPLAY_BARS, DEMO_WARMUP_BARS = 240, 128  # what `kronos-stream demo` replays (daemon/demo.py)
+DEMO_REPLAY_BARS, DEMO_WARMUP_BARS = 240, 128  # what `kronos-stream demo` replays (daemon/demo/replay.py)
 
 TINY = DemoConfig(
     tokenizer=TokenizerConfig(

@@ -192,9 +192,9 @@ def _csv_rows(path: Path) -> int:
 async def _publish(args: argparse.Namespace) -> int:
     from itertools import islice
 
-    from daemon.feeds import csv_bars, publish, synthetic_bars
-    from daemon.kafka_io import KafkaOutput
-    from daemon.progress import Progress
+    from daemon.cli.progress import Progress
+    from daemon.io.feeds import csv_bars, publish, synthetic_bars
+    from daemon.io.kafka import KafkaOutput
 
     settings = _settings(args)
     topic = args.topic or settings.kafka.input_topic
@@ -224,7 +224,7 @@ async def _publish(args: argparse.Namespace) -> int:
 
 
 async def _forecast(args: argparse.Namespace) -> int:
-    from daemon.state_redis import RedisStateStore
+    from daemon.state.redis import RedisStateStore
 
     settings = _settings(args)
     r = settings.redis
@@ -260,9 +260,9 @@ async def _latest_forecast(store: Any, symbol: str, wait_s: float) -> dict[str, 
 
 
 def _print_config(settings: Settings) -> int:
-    from daemon.config_view import config_lines
     from daemon.logging import configure_logging
-    from daemon.model_runtime import apply_model_runtime
+    from daemon.model.manifest import apply_model_runtime
+    from daemon.ops.config_view import config_lines
 
     configure_logging("WARNING", settings.log_format)  # stdout holds the settings only
     print("\n".join(config_lines(apply_model_runtime(settings))))  # no hub download
@@ -289,7 +289,7 @@ def _add_scores_parser(sub: Any) -> None:
 async def _scores(args: argparse.Namespace) -> int:
     import time
 
-    from daemon.online_scoring import RedisScoreStore, format_report, report_dict
+    from daemon.scoring.online import RedisScoreStore, format_report, report_dict
 
     settings = _settings(args)
     r = settings.redis
@@ -317,7 +317,7 @@ async def _scores(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from daemon.ops import check
+    from daemon.ops.server import check
 
     url = args.url
     if not url:
@@ -334,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            from daemon.demo import DemoConfig
-            from daemon.demo import main as demo_main
+            from daemon.demo.replay import DemoConfig
+            from daemon.demo.replay import main as demo_main
 
             return demo_main(
                 DemoConfig(
@@ -421,12 +421,12 @@ def _archive(args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     if args.archive_command == "import":
-        from daemon.archiver import import_csv
+        from daemon.archive.archiver import import_csv
 
         summary = import_csv(args.csv, args.symbol, args.tz, archive.root, archive.storage_options)
         print(json.dumps(summary))
         return 0 if summary["bars"] else 1
-    from daemon.archiver import run_archiver
+    from daemon.archive.archiver import run_archiver
 
     stats = asyncio.run(run_archiver(settings.kafka, archive, max_future_s=settings.max_future_s))
     print(json.dumps(stats.as_dict()))

@@ -3,9 +3,9 @@
 The bars of ``daemon/assets/bars_5min_a_share.csv`` (five-minute bars of one Shanghai-listed stock;
 naive timestamps are Asia/Shanghai local time, sent as UTC like ``kronos-stream replay --tz
 Asia/Shanghai``) go through the daemon's own code path: :class:`~daemon.app.Daemon` with the
-in-memory bus (:class:`~daemon.bus_memory.MemoryBroker`) and state store in place of Kafka and Redis,
-the real :class:`~daemon.loop.ForecastLoop`, and kronos_core's ``StreamingForecaster`` built by
-:func:`~daemon.forecaster.build_forecaster` over the project's demo model
+in-memory bus (:class:`~daemon.io.memory.MemoryBroker`) and state store in place of Kafka and Redis,
+the real :class:`~daemon.pipeline.loop.ForecastLoop`, and kronos_core's ``StreamingForecaster`` built by
+:func:`~daemon.model.build.build_forecaster` over the project's demo model
 (``daemon/assets/demo-model``, trained by ``python -m trainer.demo_model`` through the trainer on
 128-bar windows of the first 2,000 bars).
 
@@ -36,13 +36,14 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from daemon.app import Daemon
-from daemon.bus import Partition
-from daemon.bus_memory import MemoryBroker, MemoryInput, MemoryOutput
-from daemon.calibration import ConformalCalibrator
 from daemon.errors import ConfigError, DaemonError
-from daemon.feeds import FeedBar, csv_bars, publish
+from daemon.io.bus import Partition
+from daemon.io.feeds import FeedBar, csv_bars, publish
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.io.messages import format_ts, quantile_key, to_ns
 from daemon.logging import configure_logging
-from daemon.online_scoring import (
+from daemon.scoring.calibration import ConformalCalibrator
+from daemon.scoring.online import (
     MODEL_BANDS_SUFFIX,
     MemoryScoreStore,
     OnlineScorer,
@@ -50,12 +51,11 @@ from daemon.online_scoring import (
     ScoreMetrics,
     report_dict,
 )
-from daemon.schemas import format_ts, quantile_key, to_ns
 from daemon.settings import Settings, load_settings
-from daemon.state_memory import MemoryStateStore
+from daemon.state.memory import MemoryStateStore
 from kronos_core.scoring import ScoreAccumulator
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 BARS_CSV = ASSETS / "bars_5min_a_share.csv"
 MODEL_DIR = ASSETS / "demo-model"
 CSV_TZ = "Asia/Shanghai"  # the CSV's naive timestamps are local time there
@@ -79,7 +79,7 @@ class DemoConfig:
     symbol: str = "DEMO"
     sample_count: int = 16
     calibrate: bool = True  # split-conformal bands (scored both ways either way)
-    retrain: bool = True  # halfway: archive, fine-tune, gate, publish, hot-swap (daemon/demo_retrain.py)
+    retrain: bool = True  # halfway: archive, fine-tune, gate, publish, hot-swap (daemon/demo/retrain.py)
     retrain_steps: int = 30  # predictor steps of that fine-tune
 
     @property
@@ -235,7 +235,7 @@ async def replay(
     s = settings
     work_dir = Path(tempfile.mkdtemp(prefix="kronos-demo-")) if config.retrain else None
     if work_dir is not None:
-        from daemon.demo_retrain import publish_demo_model
+        from daemon.demo.retrain import publish_demo_model
 
         registry = str(work_dir / "registry")
         publish_demo_model(registry, MODEL_DIR)
@@ -344,7 +344,7 @@ async def _retrain_act(
     daemon: Daemon, seen: Sequence[FeedBar], work_dir: Path, steps: int, echo: TextIO
 ) -> dict[str, Any]:
     """Archive, fine-tune, gate, publish; then wake the daemon's follower and wait for the new version."""
-    from daemon.demo_retrain import RetrainConfig, describe, retrain
+    from daemon.demo.retrain import RetrainConfig, describe, retrain
 
     assert daemon.models is not None and daemon.models.forecaster is not None
     print(f"--- halfway: archiving {len(seen)} bars and fine-tuning the champion ...", file=echo, flush=True)
@@ -619,7 +619,7 @@ def _online(sums: dict[str, ScoreAccumulator], settings: Settings) -> dict[str, 
     published = _merged([sums[v] for v in versions])
     model = _merged([sums.get(v + MODEL_BANDS_SUFFIX, sums[v]) for v in versions])
     return {
-        "note": "the daemon's online scores (daemon/online_scoring.py) of the forecasts made on the replayed "
+        "note": "the daemon's online scores (daemon/scoring/online.py) of the forecasts made on the replayed "
         "bars, all steps, every model version together; model_bands: the bands the model made; "
         "published_bands: as published (split-conformal calibrated when calibrated is true, per model "
         "version, learning from every earlier realised forecast of that version, warm-up included); the "

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from daemon.errors import StateError
-from daemon.schemas import Bar
+from daemon.io.messages import Bar
 from kronos_core.stream_types import TokenState
 
 

@@ -2,7 +2,7 @@
 
 The consumer never auto-commits: the loop commits a fetch's offsets only after every forecast of that
 fetch is acknowledged by Kafka and written to the state store. Rebalances go to the loop's
-:class:`~daemon.bus.RebalanceHandler`: ``on_revoked`` runs before the group re-forms, while this
+:class:`~daemon.io.bus.RebalanceHandler`: ``on_revoked`` runs before the group re-forms, while this
 member's generation is still valid, so the loop can finish the batch in flight and commit it there.
 """
 
@@ -24,8 +24,8 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from daemon.bus import Headers, InMessage, InputBus, OutputBus, Partition, RebalanceHandler
 from daemon.errors import BusError, BusUnavailable, CommitRefused
+from daemon.io.bus import Headers, InMessage, InputBus, OutputBus, Partition, RebalanceHandler
 from daemon.settings import KafkaSettings
 
 

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from daemon.bus import Partition
+from daemon.io.bus import Partition
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -31,7 +31,7 @@ INVALID_KINDS = (
 SERVICES = ("kafka", "redis")
 SKIP_REASONS = ("replayed", "duplicate", "out_of_order")
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
-# Where a fetch's time goes, in the order the loop spends it (daemon/loop.py); "model" is the batched
+# Where a fetch's time goes, in the order the loop spends it (daemon/pipeline/loop.py); "model" is the batched
 # call itself, everything else is the daemon's own overhead.
 LOOP_PHASES = (
     "linger", "check_state", "validate", "load_state", "windows", "model", "encode", "publish", "store",

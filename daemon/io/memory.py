@@ -10,8 +10,8 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 
-from daemon.bus import Headers, InMessage, InputBus, OutputBus, Partition, RebalanceHandler
 from daemon.errors import BusError
+from daemon.io.bus import Headers, InMessage, InputBus, OutputBus, Partition, RebalanceHandler
 
 
 class MemoryBroker:

@@ -29,7 +29,7 @@ async def ensure_topics(k: KafkaSettings) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-    from daemon.kafka_io import connection_config
+    from daemon.io.kafka import connection_config
 
     wanted = {
         "KRONOS_KAFKA__INPUT_TOPIC": k.input_topic,

@@ -1,7 +1,7 @@
 """``kronos-stream archive``: the input topic's validated bars, kept as Parquet (the durable history).
 
 A Kafka consumer in its own group (``KRONOS_ARCHIVE__GROUP_ID``, default ``kronos-archive``) reads the
-input topic, validates each message with the daemon's :func:`~daemon.schemas.parse_bar` and buffers the
+input topic, validates each message with the daemon's :func:`~daemon.io.messages.parse_bar` and buffers the
 bars per partition. A partition's buffer is *rolled* when it holds ``roll_max_rows`` bars or its first
 bar is ``roll_max_age_s`` old: the bars go to :func:`kronos_contract.archive.write_bars` as
 ``<root>/date=D/<topic>-p<partition>-o<first>-<last>.parquet`` (one file per UTC date, written whole
@@ -32,11 +32,11 @@ from typing import Any
 import pandas as pd
 import structlog
 
-from daemon.bus import InputBus, Partition
 from daemon.errors import BusError, CommitRefused, InvalidBar
-from daemon.feeds import csv_bars
-from daemon.kafka_io import KafkaInput
-from daemon.schemas import Bar, bar_to_json, check_bar_time, format_ts, parse_bar
+from daemon.io.bus import InputBus, Partition
+from daemon.io.feeds import csv_bars
+from daemon.io.kafka import KafkaInput
+from daemon.io.messages import Bar, bar_to_json, check_bar_time, format_ts, parse_bar
 from daemon.settings import ArchiveSettings, KafkaSettings
 from kronos_contract.archive import COLUMNS, offset_file_name, parse_offset_name, safe_name, write_bars
 from kronos_contract.storage import open_fs

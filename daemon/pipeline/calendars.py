@@ -26,7 +26,7 @@ import pandas as pd
 import structlog
 
 from daemon.errors import ConfigError
-from daemon.schemas import horizon_ns
+from daemon.io.messages import horizon_ns
 
 log = structlog.get_logger("kronos.calendars")
 

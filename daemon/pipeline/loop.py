@@ -23,7 +23,7 @@ Delivery is at-least-once. For each fetch:
 4. each round's forecasts are published and acknowledged by Kafka, *then* written to the state store;
 5. only when all of that succeeded are the partitions' watermarks written and the offsets committed.
 
-Every Kafka and Redis call is retried through an outage (:mod:`daemon.retry`), so an outage delays
+Every Kafka and Redis call is retried through an outage (:mod:`daemon.io.retry`), so an outage delays
 the batch and never skips a step.
 
 A crash anywhere before 5 replays the fetch; replayed bars get the same window, seed and model, hence
@@ -46,14 +46,9 @@ from typing import TypeVar
 import numpy as np
 import structlog
 
-from daemon.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
-from daemon.calendars import HorizonCalendar
 from daemon.errors import CommitRefused, CorruptState, ForecasterError, InvalidBar
-from daemon.metrics import LOOP_PHASES, Metrics
-from daemon.models import pin_forecaster
-from daemon.online_scoring import OnlineScorer
-from daemon.retry import Abandoned, Outages
-from daemon.schemas import (
+from daemon.io.bus import DeadLetters, InMessage, InputBus, OutputBus, Partition
+from daemon.io.messages import (
     Bar,
     ForecastContext,
     build_forecast_message,
@@ -64,7 +59,12 @@ from daemon.schemas import (
     infer_interval_ns,
     parse_bar,
 )
-from daemon.state import StateStore, StateUpdate, SymbolState, merge_restored
+from daemon.io.retry import Abandoned, Outages
+from daemon.model.swap import pin_forecaster
+from daemon.ops.metrics import LOOP_PHASES, Metrics
+from daemon.pipeline.calendars import HorizonCalendar
+from daemon.scoring.online import OnlineScorer
+from daemon.state.base import StateStore, StateUpdate, SymbolState, merge_restored
 from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecaster, derive_seed
 
 log = structlog.get_logger("kronos.loop")
@@ -94,7 +94,7 @@ class LoopConfig:
     max_context: int = 512
     restore_lookback_s: float | None = None  # history read to restore lost state (None: all retained)
     calendar: HorizonCalendar | None = None  # horizon timestamps; None: continuous (24/7)
-    scorer: OnlineScorer | None = None  # online scoring and band calibration (daemon/online_scoring.py)
+    scorer: OnlineScorer | None = None  # online scoring and band calibration (daemon/scoring/online.py)
     exactly_once: bool = False  # Kafka transactions: a fetch runs as segments, one transaction each
 
 

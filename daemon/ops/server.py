@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from daemon.metrics import Metrics
+from daemon.ops.metrics import Metrics
 
 log = structlog.get_logger("kronos.ops")
 

@@ -43,9 +43,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from daemon.errors import ConfigError, DaemonError, ForecasterError
-from daemon.schemas import horizon_ns, infer_interval_ns
+from daemon.io.messages import horizon_ns, infer_interval_ns
 from daemon.settings import Settings
-from daemon.state import SymbolState
+from daemon.state.base import SymbolState
 from kronos_core.stream_types import FEATURES, SeriesForecast, SeriesWindow, StreamForecaster, StreamMode
 
 log = structlog.get_logger("kronos.models")
@@ -385,7 +385,7 @@ def prepare_version(registry: Any, version: str, settings: Settings, cache_root:
 def build_version(prepared: Prepared, settings: Settings, states: Mapping[str, SymbolState]) -> LoadedModel:
     """Build a prepared version and smoke-test it on ``states``' bars. Blocking; on CUDA it must run on
     the thread that runs the model calls (see :func:`uses_cuda`)."""
-    from daemon.forecaster import build_engine_forecaster, check_forecaster
+    from daemon.model.build import build_engine_forecaster, check_forecaster
 
     version, m = prepared.version, settings.model
     t0 = time.perf_counter()

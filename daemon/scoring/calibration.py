@@ -72,7 +72,7 @@ class ConformalCalibrator:
         self._shifts: dict[str, np.ndarray | None] = {}  # cache, dropped when residuals change
 
     def observe(self, pending: Any, realised: np.ndarray) -> None:
-        """A realised forecast (a :class:`~daemon.online_scoring.PendingForecast`) joins the set."""
+        """A realised forecast (a :class:`~daemon.scoring.online.PendingForecast`) joins the set."""
         if not (math.isfinite(pending.last_close) and pending.last_close > 0):
             return
         r = (np.asarray(realised, dtype=np.float64)[None, :] - pending.model_quantiles) / pending.last_close

@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from daemon.bus import OutputBus
 from daemon.errors import DaemonError
-from daemon.schemas import bar_to_json
+from daemon.io.bus import OutputBus
+from daemon.io.messages import bar_to_json
 
 FeedBar = tuple[str, datetime, tuple[float, ...]]
 CSV_COLUMNS = ("timestamps", "open", "high", "low", "close", "volume", "amount")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daemon.errors import CorruptState, StateError
-from daemon.state import (
+from daemon.state.base import (
     StateStore,
     StateUpdate,
     SymbolState,

@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from daemon.errors import ConfigError, ForecasterError
-from daemon.model_runtime import find_manifest
+from daemon.model.manifest import find_manifest
 from daemon.settings import Settings
 from kronos_core.stream_types import StreamForecaster
 

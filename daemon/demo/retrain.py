@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.feeds import FeedBar
+from daemon.io.feeds import FeedBar
 
 RETRAIN_STEPS = 30  # predictor steps of the fine-tune (about 15 s on one CPU thread)
 RETRAIN_LR = 1e-3

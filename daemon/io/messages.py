@@ -33,7 +33,7 @@ bar), so it differs from the id of any forecast made from another context.
 Latencies: ``queue`` = fetched until the model call began, ``model`` = the batched model call,
 ``end_to_end`` = Kafka timestamp of the input message until the forecast is handed to the producer,
 ``from_bar`` = bar ``ts`` until then. Horizon timestamps continue the bar grid (24/7), or follow the exchange calendar
-``KRONOS_MODEL__EXCHANGE_CALENDAR`` names (:mod:`daemon.calendars`).
+``KRONOS_MODEL__EXCHANGE_CALENDAR`` names (:mod:`daemon.pipeline.calendars`).
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ class ForecastContext:
         self.model_ms = 0.0
         self.context_complete = True  # False: restored after a data loss, older bars may be missing
         self.context_first_ns = ts_ns  # ts of the window's first bar
-        self.bands = "model"  # "calibrated" when the close bands were calibrated (daemon/calibration.py)
+        self.bands = "model"  # "calibrated" when the close bands were calibrated (daemon/scoring/calibration.py)
 
 
 def build_forecast_message(

@@ -35,9 +35,9 @@ import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
-from daemon.bus import Headers, InMessage, Partition
 from daemon.errors import BusError, CommitRefused, DaemonError
-from daemon.kafka_io import KafkaInput, KafkaOutput
+from daemon.io.bus import Headers, InMessage, Partition
+from daemon.io.kafka import KafkaInput, KafkaOutput
 from daemon.settings import KafkaSettings
 
 log = structlog.get_logger("kronos.eos")

@@ -28,7 +28,7 @@ Redis keys (``{prefix}`` = ``KRONOS_REDIS__KEY_PREFIX``):
 =========================================  ======  ===========================================================
 
 The hourly sums merge into rolling aggregates over any window (``kronos-stream scores --hours 24``).
-A version's bands with and without calibration (:mod:`daemon.calibration`) are both kept: the
+A version's bands with and without calibration (:mod:`daemon.scoring.calibration`) are both kept: the
 published ones under ``{version}``, the model's own under ``{version}@model`` (only when calibration
 is on). Prometheus gets the same sums, labelled by model version and horizon step only (no symbol).
 """
@@ -649,7 +649,7 @@ def build_scorer(settings: Any, state_store: Any, registry: CollectorRegistry) -
     s = settings.scoring
     if not s.enabled:
         return None
-    from daemon.state_memory import MemoryStateStore
+    from daemon.state.memory import MemoryStateStore
 
     store: ScoreStore
     if isinstance(state_store, MemoryStateStore):
@@ -658,7 +658,7 @@ def build_scorer(settings: Any, state_store: Any, registry: CollectorRegistry) -
         store = RedisScoreStore.from_settings(settings)
     calibrator = None
     if s.calibrate:
-        from daemon.calibration import ConformalCalibrator
+        from daemon.scoring.calibration import ConformalCalibrator
 
         calibrator = ConformalCalibrator(s.calibration_window, s.calibration_min)
     return OnlineScorer(store, ScoreMetrics(registry), settings.model.horizon, calibrator)

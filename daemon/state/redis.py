@@ -1,4 +1,4 @@
-"""The Redis state store (redis.asyncio), on one server or a Redis Cluster; key schema in :mod:`daemon.state`.
+"""The Redis state store (redis.asyncio), on one server or a Redis Cluster; key schema in :mod:`daemon.state.base`.
 
 On one server, a batch of updates is one Lua call. On a cluster (``KRONOS_REDIS__CLUSTER=true``) a
 script may only name keys of one slot, so the same script runs once per symbol (all of a symbol's
@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from daemon.errors import CorruptState, StateError, StateUnavailable
-from daemon.state import (
+from daemon.state.base import (
     StateStore,
     StateUpdate,
     SymbolState,

@@ -1,0 +1,1 @@
+"""Kafka I/O: the bus interface and its drivers, message schemas, feeds, retry."""

@@ -1,0 +1,1 @@
+"""Building, vetting and hot-swapping the served model."""

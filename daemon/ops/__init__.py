@@ -1,0 +1,1 @@
+"""Operations: the health/metrics server, Prometheus metrics, start-up checks, config view."""

@@ -1,0 +1,1 @@
+"""The forecasting loop and the horizon calendars."""

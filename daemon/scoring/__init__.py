@@ -1,0 +1,1 @@
+"""Online scoring of realised forecasts and calibration."""

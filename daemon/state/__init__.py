@@ -1,0 +1,1 @@
+"""Per-symbol state: the store interface and its Redis and in-memory drivers."""

@@ -218,9 +218,11 @@ class ModelSettings(_Group):
 class ScoringSettings(_Group):
     enabled: bool = True  # score every forecast once its horizon bars have arrived (daemon/scoring/online.py)
     retention_h: int = Field(default=168, ge=1, le=24 * 366)  # hourly score sums kept in Redis this long
-    calibrate: bool = False  # split-conformal calibration of the published close bands (daemon/scoring/calibration.py)
-    calibration_window: int = Field(default=500, ge=10, le=100_000)  # recent realised forecasts used
-    calibration_min: int = Field(default=50, ge=1)  # forecasts realised before the bands are adjusted
+    # publish the calibrated distribution, guarded by the rolling-volatility walk, with P(up) and the
+    # return quantiles (daemon/scoring/calibration.py); false: the model's own bands
+    calibrate: bool = True
+    calibration_min: int = Field(default=50, ge=0)  # realised forecasts of a symbol before its own calibration is used
+    vol_window: int = Field(default=100, ge=2, le=10_000)  # returns in the rolling-volatility walk
 
 
 class BatchSettings(_Group):

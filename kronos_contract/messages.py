@@ -44,6 +44,23 @@ class Source(BaseModel):
     offset: int = Field(ge=0)
 
 
+class Guard(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model_weight: list[float] = Field(description="per step, the model's weight against the walk (0..1)")
+    scope: Literal["symbol", "pooled"] = Field(
+        description="whose calibration was used: the symbol's own, or all symbols' while it is young"
+    )
+
+
+class Probabilities(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    p_up: list[float] = Field(description="per step, P(close > the last close), calibrated online (Brier)")
+    expected_return: list[float] = Field(description="per step, E[close] / last close - 1")
+    return_quantiles: dict[str, list[float]] = Field(description='"p10" -> per step, close quantile / last close - 1')
+
+
 class ForecastMessage(BaseModel):
     """One forecast: made at bar ``as_of`` for the ``horizon`` bars at ``timestamps``."""
 
@@ -66,9 +83,19 @@ class ForecastMessage(BaseModel):
         description='"p10" -> feature -> values, one per step (close bands may be calibrated)'
     )
     quantile_levels: list[float]
-    bands: Literal["model", "calibrated"] = Field(
+    bands: Literal["model", "calibrated", "guarded"] = Field(
         default="model",
-        description="calibrated: the close quantiles were calibrated on realised residuals (split-conformal)",
+        description=(
+            "guarded: the close mean and quantiles are the published distribution's (calibrated per symbol, "
+            "combined with the rolling-volatility walk); model: as the model sampled them"
+        ),
+    )
+    guard: Guard | None = Field(default=None, description="with bands=guarded: the combination's weights")
+    probabilities: Probabilities | None = Field(
+        default=None, description="with bands=guarded: probabilities of the published close distribution"
+    )
+    model_quantiles: dict[str, list[float]] | None = Field(
+        default=None, description='with bands=guarded: the model\'s own close quantiles, "p10" -> one per step'
     )
     sample_count: int | None = Field(ge=1)
     model_version: str = Field(min_length=1)

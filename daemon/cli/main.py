@@ -29,6 +29,7 @@ from importlib.metadata import version as _dist_version
 from pathlib import Path
 from typing import Any
 
+from daemon.cli import backtest as backtest_cli
 from daemon.errors import ConfigError, DaemonError, StateError
 from daemon.settings import Settings, load_settings
 
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_scores_parser(sub)
+    backtest_cli.add_parser(sub)
 
     check = sub.add_parser("check", help="exit 0 if the daemon's /healthz answers 200, else 1")
     check.add_argument("--url", help="default: http://127.0.0.1:$KRONOS_HTTP_PORT/healthz")
@@ -276,7 +278,7 @@ def _add_scores_parser(sub: Any) -> None:
         description=(
             "Close MAE, persistence MAE and skill, CRPS, pinball loss and p10-p90 coverage of the forecasts "
             "the daemon scored in the last --hours hours, per model version (VERSION@model: the model's own "
-            "bands when calibration is on)."
+            "bands when the published ones are the guarded distribution)."
         ),
     )
     scores.add_argument("--version", dest="model_version", help="one model version (default: all)")
@@ -363,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_forecast(args))
         if args.command == "scores":
             return asyncio.run(_scores(args))
+        if args.command == "backtest":
+            return backtest_cli.run(args)
         if args.command == "check":
             return _check(args)
         if args.command == "bench":

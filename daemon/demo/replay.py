@@ -42,7 +42,7 @@ from daemon.io.feeds import FeedBar, csv_bars, publish
 from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.io.messages import format_ts, quantile_key, to_ns
 from daemon.logging import configure_logging
-from daemon.scoring.calibration import ConformalCalibrator
+from daemon.scoring.calibration import GuardedCalibrator, publisher_config
 from daemon.scoring.online import (
     MODEL_BANDS_SUFFIX,
     MemoryScoreStore,
@@ -78,7 +78,7 @@ class DemoConfig:
     out: Path = Path("results/demo.png")
     symbol: str = "DEMO"
     sample_count: int = 16
-    calibrate: bool = True  # split-conformal bands (scored both ways either way)
+    calibrate: bool = True  # the guarded distribution (scored both ways either way)
     retrain: bool = True  # halfway: archive, fine-tune, gate, publish, hot-swap (daemon/demo/retrain.py)
     retrain_steps: int = 30  # predictor steps of that fine-tune
 
@@ -253,9 +253,7 @@ async def replay(
         MemoryScoreStore(),
         ScoreMetrics(daemon.metrics.registry),
         s.model.horizon,
-        ConformalCalibrator(s.scoring.calibration_window, s.scoring.calibration_min)
-        if s.scoring.calibrate
-        else None,
+        GuardedCalibrator(publisher_config(s)) if s.scoring.calibrate else None,
     )
     producer = MemoryOutput(broker)  # what `kronos-stream replay` does with a Kafka producer
     reader = _OutputReader(broker, s.kafka.output_topic)
@@ -334,10 +332,7 @@ class HeldOutScorer(OnlineScorer):
         self, sums: dict[str, ScoreAccumulator], done: Sequence[tuple[PendingForecast, np.ndarray]]
     ) -> None:
         super()._score_all(sums, [(p, realised) for p, realised in done if p.as_of >= self.first_ns])
-        if self.calibrator is not None:
-            for p, realised in done:
-                if p.as_of < self.first_ns:
-                    self.calibrator.observe(p, realised)
+        self.learn([(p, realised) for p, realised in done if p.as_of < self.first_ns])
 
 
 async def _retrain_act(
@@ -621,12 +616,11 @@ def _online(sums: dict[str, ScoreAccumulator], settings: Settings) -> dict[str, 
     return {
         "note": "the daemon's online scores (daemon/scoring/online.py) of the forecasts made on the replayed "
         "bars, all steps, every model version together; model_bands: the bands the model made; "
-        "published_bands: as published (split-conformal calibrated when calibrated is true, per model "
-        "version, learning from every earlier realised forecast of that version, warm-up included); the "
-        "mean path is the same in both",
+        "published_bands: as published (when calibrated is true: the calibrated distribution guarded by the "
+        "rolling-volatility walk, learning per symbol from every earlier realised forecast, warm-up and "
+        "model versions included, daemon/scoring/calibration.py)",
         "calibrated": settings.scoring.calibrate,
         "calibration_min": settings.scoring.calibration_min,
-        "calibration_window": settings.scoring.calibration_window,
         "model_bands": report_dict(model) if model is not None else None,
         "published_bands": report_dict(published) if published is not None else None,
         "by_version": {v: {"published_bands": report_dict(sums[v])} for v in versions},
@@ -643,7 +637,7 @@ def _online_lines(online: dict[str, Any]) -> list[str]:
     ]
     rows = [("model", online["model_bands"])]
     if online["calibrated"]:
-        rows.append(("calibrated (conformal)", online["published_bands"]))
+        rows.append(("published (guarded)", online["published_bands"]))
     for label, rep in rows:
         if not rep or rep["mae"] is None:
             lines.append(f"    {label:<22} (nothing realised yet)")

@@ -227,7 +227,7 @@ class ForecastContext:
     __slots__ = (
         "symbol", "ts_ns", "interval_ns", "future_ns", "seed", "context_bars", "topic", "partition",
         "offset", "kafka_ts_ms", "fetched_at", "model_started_at", "model_ms", "context_complete",
-        "context_first_ns", "bands",
+        "context_first_ns", "bands", "distribution",
     )  # fmt: skip
 
     def __init__(
@@ -259,7 +259,8 @@ class ForecastContext:
         self.model_ms = 0.0
         self.context_complete = True  # False: restored after a data loss, older bars may be missing
         self.context_first_ns = ts_ns  # ts of the window's first bar
-        self.bands = "model"  # "calibrated" when the close bands were calibrated (daemon/scoring/calibration.py)
+        self.bands = "model"  # "guarded" when the close bands are the published distribution's (daemon/scoring/calibration.py)
+        self.distribution: dict[str, Any] | None = None  # its guard, probabilities and the model's own close bands
 
 
 def build_forecast_message(
@@ -277,7 +278,7 @@ def build_forecast_message(
     if not (np.isfinite(result.mean).all() and np.isfinite(result.quantiles).all()):
         raise ValueError("the forecast holds NaN or infinite values")
     context = None if ctx.context_complete else f"{ctx.context_bars}@{ctx.context_first_ns}"
-    return {
+    record = {
         "id": forecast_id(ctx.symbol, ctx.ts_ns, model_version, context),
         "symbol": ctx.symbol,
         "as_of": format_ts(ctx.ts_ns),
@@ -304,6 +305,9 @@ def build_forecast_message(
         "source": {"topic": ctx.topic, "partition": ctx.partition, "offset": ctx.offset},
         "created_at": format_ts(int(now * 1e6) * 1000),
     }
+    if ctx.distribution is not None:
+        record.update(ctx.distribution)
+    return record
 
 
 def encode_json(record: dict[str, Any]) -> bytes:

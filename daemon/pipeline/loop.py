@@ -726,7 +726,7 @@ class ForecastLoop:
         try:
             with clock("encode"):
                 if scorer is not None:
-                    scorer.adjust(windows, results, version, contexts)
+                    await scorer.adjust(windows, results, version, contexts)
                 publish: list[tuple[Item, SeriesForecast, bytes, ForecastContext]] = []
                 chunk: list[tuple[bytes | None, bytes | None]] = []
                 for item, ctx, result in zip(items, contexts, results, strict=True):

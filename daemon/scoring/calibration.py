@@ -1,122 +1,116 @@
-"""Split-conformal calibration of the published close quantiles (``KRONOS_SCORING__CALIBRATE=true``).
+"""The published distribution in the daemon: calibrated per symbol, guarded by the rolling-volatility
+walk (``KRONOS_SCORING__CALIBRATE``, on by default).
 
-For each model version, horizon step k and quantile level q, the calibration set is the last
-``KRONOS_SCORING__CALIBRATION_WINDOW`` forecasts whose horizon has been realised (online scoring feeds
-them in as they complete, so only the past is used). Their residuals are taken relative to the last
-close, ``r = (realised close - model quantile) / last close``, which pools symbols of any price. A new
-forecast's q-quantile is then published as ``model quantile + c_q * last close``, with ``c_q`` the
-conformal q-quantile of the residuals: the ``ceil((n + 1) q)``-th smallest for ``q > 0.5`` and the
-``floor((n + 1) q)``-th for ``q < 0.5`` (the finite-sample rule of split-conformal prediction). Each
-such quantile is then marginally calibrated on exchangeable data, so the p10-p90 band's coverage
-approaches 80%; levels stay ordered. The median (``q = 0.5``) is left as the model made it: on the
-demo's bars shifting it too worsened the p50 pinball loss and the CRPS in both modes
-(``results/calibration.md``).
+The state machine is :class:`kronos_core.evaluation.Publisher`, the same one ``kronos-stream backtest``
+runs, so a backtest's figures are what the daemon publishes on the same bars. This module is its
+daemon side:
 
-Until ``KRONOS_SCORING__CALIBRATION_MIN`` forecasts of a version are realised, its bands are published
-as the model made them. The sample paths are mapped onto the calibrated quantiles (piecewise linear
-between the levels, the outer slopes beyond) so that the CRPS of the published distribution can be
-scored; the mean path is left alone. Only the close is calibrated. The calibration set lives in the
-process (it is rebuilt from the next realised forecasts after a restart).
+- **Before publication** (:meth:`GuardedCalibrator.apply`): the model's close paths and the window's
+  closes go through the publisher; the forecast's close quantiles and close mean become the published
+  (guarded) ones, and the message gets the guard's weights and the probabilities
+  (:func:`distribution_fields`). The model's own close quantiles stay in the message
+  (``model_quantiles``) and are scored too (``{version}@model``).
+- **Once realised** (:meth:`GuardedCalibrator.observe`): the forecast's ticket (a few numbers per step,
+  kept in its pending record) and the realised closes update the symbol's state and the pooled one.
+- **Storage**: the states live beside the pending forecasts in the score store (Redis:
+  ``{prefix}:calibration:{symbol}`` and ``{prefix}:calibration-pooled``), written in the same step as
+  the pending list that drops the realised forecasts, so a restart or another replica resumes them and
+  no realised forecast is learnt twice. The state is per symbol, not per model version: a new version
+  starts from the state the previous one left, and the adaptive update moves it to the new version's
+  residuals. The pooled state is shared by replicas; the last writer wins.
 """
 
 from __future__ import annotations
 
-import math
-from collections import deque
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from daemon.io.messages import quantile_key
+from kronos_core.evaluation.distribution import GRID, quantiles_at
+from kronos_core.evaluation.publisher import POOLED, Published, Publisher, PublisherConfig, Ticket
 from kronos_core.stream_types import SeriesForecast, SeriesWindow
 
 CLOSE = 3
 
 
-def conformal_shift(residuals: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
-    """``residuals`` [n, Q, H] -> the conformal q-quantile per level and step, [Q, H]."""
-    n = residuals.shape[0]
-    ordered = np.sort(residuals, axis=0)
-    out = np.empty(residuals.shape[1:], dtype=np.float64)
-    for i, q in enumerate(levels):
-        k = math.ceil((n + 1) * q) if q >= 0.5 else math.floor((n + 1) * q)
-        k = min(max(k, 1), n)
-        out[i] = ordered[k - 1, i]
-    return out
+def publisher_config(settings: Any) -> PublisherConfig:
+    """The publisher of ``KRONOS_SCORING__*`` and the model's horizon."""
+    s = settings.scoring
+    return PublisherConfig(settings.model.horizon, min_symbol=s.calibration_min, vol_window=s.vol_window)
 
 
-def map_paths(paths: np.ndarray, model_q: np.ndarray, calibrated_q: np.ndarray) -> np.ndarray:
-    """Per step, the monotone piecewise-linear map taking ``model_q`` [Q, H] to ``calibrated_q`` applied
-    to ``paths`` [S, H]; beyond the outer levels a path moves as far as its nearest outer level did."""
-    out = np.empty_like(paths, dtype=np.float64)
-    for k in range(paths.shape[1]):
-        xs, ys = model_q[:, k], calibrated_q[:, k]
-        x = paths[:, k]
-        if len(xs) == 1:
-            out[:, k] = x + (ys[0] - xs[0])
-            continue
-        y = np.interp(x, xs, ys)
-        low, high = x < xs[0], x > xs[-1]
-        y[low] = x[low] + (ys[0] - xs[0])
-        y[high] = x[high] + (ys[-1] - xs[-1])
-        out[:, k] = y
-    return out
+def distribution_fields(p: Published, levels: Sequence[float], model_q: np.ndarray) -> dict[str, Any]:
+    """The message's fields beside the bands: the guard, the probabilities and the model's own close."""
+    expected, rq = p.returns(levels)
+    return {
+        "guard": {"model_weight": np.round(p.weights, 4).tolist(), "scope": p.scope},
+        "probabilities": {
+            "p_up": np.round(p.p_up, 4).tolist(),
+            "expected_return": expected.tolist(),
+            "return_quantiles": {quantile_key(q): rq[i].tolist() for i, q in enumerate(levels)},
+        },
+        "model_quantiles": {quantile_key(q): model_q[i].tolist() for i, q in enumerate(levels)},
+    }
 
 
-class ConformalCalibrator:
-    """Per model version: the recent relative residuals and the shifts they give."""
+class GuardedCalibrator:
+    """The daemon's :class:`Publisher`, with the states of the symbols it has seen."""
 
-    def __init__(self, window: int = 500, min_count: int = 50) -> None:
-        self.window = window
-        self.min_count = min_count
-        self._residuals: dict[str, deque[np.ndarray]] = {}
-        self._shifts: dict[str, np.ndarray | None] = {}  # cache, dropped when residuals change
+    def __init__(self, config: PublisherConfig) -> None:
+        self.publisher = Publisher(config)
+        self._held: set[str] = set()  # symbols whose stored state has been read (or found missing)
+        self._dirty: set[str] = set()
 
-    def observe(self, pending: Any, realised: np.ndarray) -> None:
-        """A realised forecast (a :class:`~daemon.scoring.online.PendingForecast`) joins the set."""
-        if not (math.isfinite(pending.last_close) and pending.last_close > 0):
-            return
-        r = (np.asarray(realised, dtype=np.float64)[None, :] - pending.model_quantiles) / pending.last_close
-        if not np.isfinite(r).all():
-            return
-        held = self._residuals.setdefault(pending.version, deque(maxlen=self.window))
-        if held and held[-1].shape != r.shape:
-            held.clear()  # the horizon or the levels changed
-        held.append(r)
-        self._shifts.pop(pending.version, None)
+    @property
+    def horizon(self) -> int:
+        return self.publisher.config.horizon
 
-    def count(self, version: str) -> int:
-        return len(self._residuals.get(version, ()))
+    def missing(self, symbols: Iterable[str]) -> list[str]:
+        """Symbols (and the pooled state) whose stored state has not been read yet."""
+        wanted = [POOLED, *symbols]
+        return [s for s in dict.fromkeys(wanted) if s not in self._held]
 
-    def shift(self, version: str, levels: tuple[float, ...], horizon: int) -> np.ndarray | None:
-        """[Q, H] relative shifts, or None while fewer than ``min_count`` forecasts are realised."""
-        if version not in self._shifts:
-            held = self._residuals.get(version)
-            if not held or len(held) < self.min_count:
-                return None
-            self._shifts[version] = conformal_shift(np.stack(held), levels)
-        shift = self._shifts[version]
-        if shift is None or shift.shape != (len(levels), horizon):
-            return None
-        return shift
+    def take(self, keys: Sequence[str], states: dict[str, dict[str, Any]]) -> None:
+        """Stored states of ``keys`` (absent: none stored yet) join the publisher."""
+        self.publisher.take(states)
+        self._held.update(keys)
 
-    def apply(
-        self, window: SeriesWindow, result: SeriesForecast, version: str
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Calibrate ``result``'s close quantiles in place. Returns the model's own close quantiles
-        [Q, H] and the sample paths mapped onto the calibrated ones [S, H] (None when unchanged)."""
-        model_q = np.array(result.quantiles[:, :, CLOSE], dtype=np.float64)
-        levels = tuple(result.quantile_levels)
-        shift = self.shift(version, levels, model_q.shape[1])
-        if shift is None:
-            return model_q, None
-        shift = shift * np.asarray([q != 0.5 for q in levels], dtype=np.float64)[:, None]  # median kept
-        last = float(window.values[-1, CLOSE])
-        calibrated = np.maximum.accumulate(model_q + shift * last, axis=0)  # levels stay ordered
-        quantiles = np.array(result.quantiles, dtype=np.float64)
-        quantiles[:, :, CLOSE] = calibrated
-        result.quantiles = quantiles
+    def forget(self, symbols: Iterable[str]) -> None:
+        """Symbols this replica no longer owns: their state is read again if they come back."""
+        gone = [s for s in symbols if s != POOLED]
+        self.publisher.forget(gone)
+        self._held.difference_update(gone)
+        self._dirty.difference_update(gone)
+
+    def apply(self, window: SeriesWindow, result: SeriesForecast) -> tuple[np.ndarray, np.ndarray, Published] | None:
+        """Publish ``result`` through the guard, in place: returns (the model's close quantiles [Q, H],
+        the published grid [J, H] (scored as the published paths), the publisher's record); None when
+        the forecast has no close sample paths or its horizon differs (published as the model made it)."""
         samples = result.samples
-        paths = None
-        if samples.ndim == 3 and len(samples):
-            paths = map_paths(np.asarray(samples[:, :, CLOSE], dtype=np.float64), model_q, calibrated)
-        return model_q, paths
+        if samples.ndim != 3 or not len(samples) or samples.shape[1] != self.horizon:
+            return None
+        closes = np.asarray(window.values[:, CLOSE], dtype=np.float64)
+        published = self.publisher.publish(window.series_id, closes, np.asarray(samples[:, :, CLOSE], dtype=np.float64))
+        levels = tuple(result.quantile_levels)
+        model_q = np.array(result.quantiles[:, :, CLOSE], dtype=np.float64)
+        quantiles = np.array(result.quantiles, dtype=np.float64)
+        quantiles[:, :, CLOSE] = quantiles_at(published.quantiles, levels)
+        mean = np.array(result.mean, dtype=np.float64)
+        mean[:, CLOSE] = published.quantiles.mean(axis=0)
+        result.quantiles, result.mean = quantiles, mean
+        return model_q, published.quantiles, published
+
+    def observe(self, ticket: Ticket, realised: np.ndarray) -> None:
+        self.publisher.realise(ticket, realised)
+        self._dirty.update((POOLED, ticket.symbol))
+
+    def changed(self) -> dict[str, dict[str, Any]]:
+        """The states changed since the last call (to be stored), and forgets that they changed."""
+        out = self.publisher.export(sorted(self._dirty))
+        self._dirty.clear()
+        return out
+
+
+__all__ = ["GRID", "GuardedCalibrator", "distribution_fields", "publisher_config"]

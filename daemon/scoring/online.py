@@ -48,6 +48,8 @@ import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from daemon.scoring.calibration import GuardedCalibrator, distribution_fields, publisher_config
+from kronos_core.evaluation.publisher import POOLED, Ticket
 from kronos_core.scoring import ScoreAccumulator, level_key
 from kronos_core.stream_types import SeriesForecast, SeriesWindow
 
@@ -78,7 +80,8 @@ class PendingForecast:
     quantiles: np.ndarray  # [Q, H] as published (calibrated when calibration is on)
     model_quantiles: np.ndarray  # [Q, H] the model's own
     paths: np.ndarray | None  # [S, H] the model's sample paths
-    calibrated_paths: np.ndarray | None = None  # [S, H] the paths mapped onto the published bands
+    calibrated_paths: np.ndarray | None = None  # [J, H] the published distribution's grid (guarded)
+    ticket: dict[str, Any] | None = None  # what the publisher needs back once realised
 
     @property
     def horizon(self) -> int:
@@ -99,8 +102,11 @@ class PendingForecast:
         if self.paths is not None:
             record["s"] = int(self.paths.shape[0])
             record["p"] = _b64(self.paths)
-            if self.calibrated_paths is not None:
-                record["cp"] = _b64(self.calibrated_paths)
+        if self.calibrated_paths is not None:
+            record["j"] = int(self.calibrated_paths.shape[0])
+            record["cp"] = _b64(self.calibrated_paths)
+        if self.ticket is not None:
+            record["g"] = self.ticket
         return json.dumps(record, separators=(",", ":")).encode()
 
     @classmethod
@@ -117,7 +123,8 @@ class PendingForecast:
             quantiles=_unb64(d["q"], (q, h)),
             model_quantiles=_unb64(d["mq"], (q, h)),
             paths=None if s is None else _unb64(d["p"], (int(s), h)),
-            calibrated_paths=None if "cp" not in d else _unb64(d["cp"], (int(s), h)),
+            calibrated_paths=None if "cp" not in d else _unb64(d["cp"], (int(d.get("j", s)), h)),
+            ticket=d.get("g"),
         )
 
 
@@ -127,6 +134,7 @@ def pending_from(
     version: str,
     model_quantiles: np.ndarray | None = None,
     calibrated_paths: np.ndarray | None = None,
+    ticket: dict[str, Any] | None = None,
 ) -> PendingForecast:
     """The pending record of a forecast as published (``result``), with the model's own close
     quantiles when calibration changed the published ones."""
@@ -145,6 +153,7 @@ def pending_from(
         else np.asarray(model_quantiles, dtype=np.float64),
         paths=paths,
         calibrated_paths=calibrated_paths,
+        ticket=ticket,
     )
 
 
@@ -224,9 +233,15 @@ class ScoreStore(ABC):
         *,
         cap: int,
         now: float,
+        calibration: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """Per symbol drop the first ``n`` pending forecasts and append the new one (at most ``cap``
-        kept); add ``sums`` (per version) to the hour of ``now``; all in one step."""
+        kept); add ``sums`` (per version) to the hour of ``now``; replace the ``calibration`` states
+        (per symbol, or POOLED); all in one step."""
+
+    @abstractmethod
+    async def calibration(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored publisher states of ``keys`` (symbols, or POOLED); absent keys are left out."""
 
     @abstractmethod
     async def read(
@@ -244,6 +259,10 @@ class MemoryScoreStore(ScoreStore):
     def __init__(self) -> None:
         self._pending: dict[str, list[bytes]] = {}
         self._sums: dict[tuple[str, str], ScoreAccumulator] = {}
+        self._calibration: dict[str, bytes] = {}
+
+    async def calibration(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {k: json.loads(self._calibration[k]) for k in keys if k in self._calibration}
 
     async def pending(self, symbols: Sequence[str]) -> dict[str, list[bytes]]:
         return {s: list(self._pending.get(s, [])) for s in symbols}
@@ -255,10 +274,13 @@ class MemoryScoreStore(ScoreStore):
         *,
         cap: int,
         now: float,
+        calibration: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         for symbol, (drop, new) in changes.items():
             kept = self._pending.get(symbol, [])[drop:] + [new]
             self._pending[symbol] = kept[-cap:]
+        for name, state in (calibration or {}).items():
+            self._calibration[name] = json.dumps(state).encode()
         bucket = hour_bucket(now)
         for version, acc in sums.items():
             key = (version, bucket)
@@ -345,6 +367,16 @@ class RedisScoreStore(ScoreStore):
     def versions_key(self) -> str:
         return f"{self._prefix}:scores:versions"
 
+    def calibration_key(self, key: str) -> str:
+        return f"{self._prefix}:calibration-pooled" if key == POOLED else f"{self._prefix}:calibration:{key}"
+
+    async def calibration(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        async with self._pipeline() as pipe:
+            for k in keys:
+                pipe.get(self.calibration_key(k))
+            replies = await pipe.execute()
+        return {k: json.loads(raw) for k, raw in zip(keys, replies, strict=True) if raw}
+
     async def pending(self, symbols: Sequence[str]) -> dict[str, list[bytes]]:
         async with self._pipeline() as pipe:
             for s in symbols:
@@ -359,9 +391,13 @@ class RedisScoreStore(ScoreStore):
         *,
         cap: int,
         now: float,
+        calibration: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         bucket = hour_bucket(now)
         async with self._pipeline(transaction=True) as pipe:
+            for key, state in (calibration or {}).items():
+                # kept as long as the scores: a symbol that stops trading leaves no key behind
+                pipe.set(self.calibration_key(key), json.dumps(state, separators=(",", ":")), ex=self._retention_s)
             for symbol, (drop, new) in changes.items():
                 key = self.pending_key(symbol)
                 if drop:
@@ -496,44 +532,62 @@ class ScoreMetrics:
 
 
 class OnlineScorer:
-    """Scores forecasts as their horizons complete; ``calibrator`` (optional) adjusts the published
-    bands before publication and learns from the realised residuals."""
+    """Scores forecasts as their horizons complete; ``calibrator`` (optional, a
+    :class:`~daemon.scoring.calibration.GuardedCalibrator`) publishes the calibrated, guarded
+    distribution before publication and learns from each forecast once it is realised."""
 
     def __init__(
         self,
         store: ScoreStore,
         metrics: ScoreMetrics,
         horizon: int,
-        calibrator: Any | None = None,
+        calibrator: GuardedCalibrator | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.cap = horizon + 2
         self.calibrator = calibrator
-        self._extra: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # id(result) -> model bands, paths
+        # id(result) -> (the model's close quantiles, the published grid, the ticket) of this round
+        self._extra: dict[int, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
 
-    def adjust(
+    async def adjust(
         self,
         windows: Sequence[SeriesWindow],
         results: Sequence[SeriesForecast | Exception],
         version: str,
         contexts: Sequence[Any] | None = None,
     ) -> None:
-        """Before publication: calibrate the bands (when a calibrator is set); keep the model's own.
-        A context (``ForecastContext``) of a calibrated forecast gets ``bands = "calibrated"``."""
+        """Before publication: the published distribution replaces the model's close bands (when a
+        calibrator is set); the model's own are kept. A context (``ForecastContext``) of such a
+        forecast gets ``bands = "guarded"`` and the message's extra fields (``distribution``)."""
         self._extra.clear()  # leftovers of a round that failed before it was stored
-        if self.calibrator is None:
+        cal = self.calibrator
+        if cal is None:
             return
+        missing = cal.missing(w.series_id for w in windows)
+        if missing:
+            try:
+                cal.take(missing, await self.store.calibration(missing))
+            except Exception as exc:  # the store is out: publish the model's bands this round
+                self.metrics.errors.inc()
+                log.warning("reading the calibration state failed; publishing the model's bands", error=repr(exc))
+                return
         for i, (window, result) in enumerate(zip(windows, results, strict=True)):
             if isinstance(result, Exception):
                 continue
             try:
-                model_q, _ = self._extra[id(result)] = self.calibrator.apply(window, result, version)
-                if contexts is not None and not np.array_equal(model_q, result.quantiles[:, :, CLOSE]):
-                    contexts[i].bands = "calibrated"
+                done = cal.apply(window, result)
             except Exception as exc:  # calibration must never cost a forecast
                 self.metrics.errors.inc()
                 log.warning("calibrating a forecast failed; publishing the model's bands", error=repr(exc))
+                continue
+            if done is None:
+                continue
+            model_q, grid, published = done
+            self._extra[id(result)] = (model_q, grid, published.ticket.to_dict())
+            if contexts is not None:
+                contexts[i].bands = "guarded"
+                contexts[i].distribution = distribution_fields(published, tuple(result.quantile_levels), model_q)
 
     async def stored(
         self,
@@ -551,12 +605,14 @@ class OnlineScorer:
             await self._stored(items, extras, version, now)
         except Exception as exc:
             self.metrics.errors.inc()
+            if self.calibrator is not None:  # what it learnt this round was not stored: read it again
+                self.calibrator.forget(state.symbol for state, _, _ in items)
             log.warning("scoring failed for this round; its forecasts stay unscored", error=repr(exc))
 
     async def _stored(
         self,
         items: Sequence[tuple[Any, SeriesWindow, SeriesForecast]],
-        extras: Sequence[tuple[np.ndarray, np.ndarray | None] | None],
+        extras: Sequence[tuple[np.ndarray, np.ndarray, dict[str, Any]] | None],
         version: str,
         now: float,
     ) -> None:
@@ -577,15 +633,25 @@ class OnlineScorer:
                     self.metrics.expired.inc()
                     continue
                 complete.append((p, realised))
-            model_q, cal_paths = extra if extra is not None else (None, None)
-            changes[state.symbol] = (drop, pending_from(window, result, version, model_q, cal_paths).encode())
+            model_q, grid, ticket = extra if extra is not None else (None, None, None)
+            record = pending_from(window, result, version, model_q, grid, ticket)
+            changes[state.symbol] = (drop, record.encode())
         self._score_all(sums, complete)
-        await self.store.commit(changes, sums, cap=self.cap, now=now)
+        calibration = self.calibrator.changed() if self.calibrator is not None else None
+        await self.store.commit(changes, sums, cap=self.cap, now=now, calibration=calibration)
         for name, acc in sums.items():
             if name.endswith(MODEL_BANDS_SUFFIX):
                 self.metrics.add(name[: -len(MODEL_BANDS_SUFFIX)], acc, bands="model")
             else:
                 self.metrics.add(name, acc)
+
+    def learn(self, done: Sequence[tuple[PendingForecast, np.ndarray]]) -> None:
+        """The calibration learns from realised forecasts (those published through it)."""
+        if self.calibrator is None:
+            return
+        for p, realised in done:
+            if p.ticket is not None:
+                self.calibrator.observe(Ticket.from_dict(p.ticket), realised)
 
     def _score_all(self, sums: dict[str, ScoreAccumulator], done: Sequence[tuple[PendingForecast, np.ndarray]]) -> None:
         """Score forecasts whose horizon came true: the published bands under the version's name, the
@@ -596,18 +662,18 @@ class OnlineScorer:
         Row = tuple[np.ndarray, float, np.ndarray | None, np.ndarray, np.ndarray]  # realised, last, paths, mean, q
         groups: dict[tuple[Any, ...], list[Row]] = {}
 
-        def add(name: str, p: PendingForecast, realised: np.ndarray, paths: np.ndarray | None, q: np.ndarray) -> None:
+        def add(name: str, p: PendingForecast, realised: np.ndarray, paths: np.ndarray | None, q: np.ndarray,
+                mean: np.ndarray) -> None:  # fmt: skip
             key = (name, p.horizon, p.levels, None if paths is None else paths.shape)
-            groups.setdefault(key, []).append((realised, p.last_close, paths, p.mean, q))
+            groups.setdefault(key, []).append((realised, p.last_close, paths, mean, q))
 
         for p, realised in done:
-            calibrated = not np.array_equal(p.quantiles, p.model_quantiles)
-            published = p.calibrated_paths if p.calibrated_paths is not None else p.paths
-            add(p.version, p, realised, published, p.quantiles)
-            if self.calibrator is not None or calibrated:
-                add(p.version + MODEL_BANDS_SUFFIX, p, realised, p.paths, p.model_quantiles)
-            if self.calibrator is not None:
-                self.calibrator.observe(p, realised)
+            guarded = p.calibrated_paths is not None
+            add(p.version, p, realised, p.calibrated_paths if guarded else p.paths, p.quantiles, p.mean)
+            if self.calibrator is not None or guarded:
+                own = p.paths.mean(axis=0) if guarded and p.paths is not None else p.mean  # the model's mean
+                add(p.version + MODEL_BANDS_SUFFIX, p, realised, p.paths, p.model_quantiles, own)
+        self.learn(done)
         for (name, horizon, levels, paths_shape), rows in groups.items():
             held = sums.get(name)
             if held is None or (held.horizon, held.levels) != (horizon, levels):
@@ -656,11 +722,7 @@ def build_scorer(settings: Any, state_store: Any, registry: CollectorRegistry) -
         store = MemoryScoreStore()
     else:
         store = RedisScoreStore.from_settings(settings)
-    calibrator = None
-    if s.calibrate:
-        from daemon.scoring.calibration import ConformalCalibrator
-
-        calibrator = ConformalCalibrator(s.calibration_window, s.calibration_min)
+    calibrator = GuardedCalibrator(publisher_config(settings)) if s.calibrate else None
     return OnlineScorer(store, ScoreMetrics(registry), settings.model.horizon, calibrator)
 
 

@@ -21,6 +21,9 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def _settings(**over: object) -> Settings:
+    """In-memory daemons compare exact numbers across runs: the guarded distribution, whose state would
+    start afresh in each run's memory score store, is off unless a test turns it on."""
+    over.setdefault("scoring", {"calibrate": False})
     return load_settings(
         kafka={"input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "group_id": "g"},
         model={"max_context": 16, "horizon": 3},

@@ -1,5 +1,5 @@
 """Online scoring: forecasts scored once their horizon bars arrive, sums in Prometheus and the store,
-and the split-conformal calibration of the published bands."""
+and the published (calibrated, guarded) distribution."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from stub_forecaster import StubForecaster
 
 from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.io.messages import parse_bar
-from daemon.scoring.calibration import ConformalCalibrator, conformal_shift, map_paths
+from daemon.scoring.calibration import GuardedCalibrator
 from daemon.scoring.online import (
     MemoryScoreStore,
     PendingForecast,
@@ -26,6 +26,7 @@ from daemon.scoring.online import (
 )
 from daemon.settings import Settings, load_settings
 from daemon.state.memory import MemoryStateStore
+from kronos_core.evaluation.publisher import POOLED, PublisherConfig, Ticket
 from kronos_core.scoring import ScoreAccumulator
 from kronos_core.stream_types import SeriesForecast, SeriesWindow
 
@@ -75,7 +76,7 @@ def _expected(stub: RecordingStub, records: Sequence[tuple[bytes | None, bytes |
 
 
 async def test_each_forecast_is_scored_once_its_horizon_is_realised() -> None:
-    settings = _settings()
+    settings = _settings(calibrate=False)
     broker = MemoryBroker(default_partitions=2)
     records = interleave(bar_series("A", 20), bar_series("B", 12, seed=3))
     for key, value in records:
@@ -122,9 +123,10 @@ def test_realised_closes_by_bar_count() -> None:
 def test_pending_and_sums_round_trip() -> None:
     rng = np.random.default_rng(0)
     p = PendingForecast("v1", 123, 9.5, (0.1, 0.5, 0.9), rng.random(4), rng.random((3, 4)), rng.random((3, 4)),
-                        rng.random((5, 4)), rng.random((5, 4)))  # fmt: skip
+                        rng.random((5, 4)), rng.random((40, 4)), {"symbol": "A", "sigma": 0.01})  # fmt: skip
     q = PendingForecast.decode(p.encode())
     assert (q.version, q.as_of, q.last_close, q.levels) == ("v1", 123, 9.5, (0.1, 0.5, 0.9))
+    assert q.ticket == {"symbol": "A", "sigma": 0.01}
     for name in ("mean", "quantiles", "model_quantiles", "paths", "calibrated_paths"):
         np.testing.assert_array_equal(getattr(q, name), getattr(p, name))
     acc = ScoreAccumulator(4).add(rng.random(4), 0.5, paths=rng.random((5, 4)))
@@ -132,49 +134,53 @@ def test_pending_and_sums_round_trip() -> None:
     assert back.to_dict() == acc.to_dict()
 
 
-def test_conformal_shift_uses_the_finite_sample_rank() -> None:
-    residuals = np.arange(1.0, 10.0).reshape(9, 1, 1)  # 1..9, n = 9
-    shift = conformal_shift(np.repeat(residuals, 3, axis=1), (0.1, 0.5, 0.9))
-    # q=0.1: floor(10 * 0.1) = 1st smallest; q=0.5: ceil(5) = 5th; q=0.9: ceil(9) = 9th
-    assert shift[:, 0].tolist() == [1.0, 5.0, 9.0]
+def _window(symbol: str, closes: np.ndarray, i: int, horizon: int) -> SeriesWindow:
+    values = np.repeat(closes[:, None], 6, axis=1)
+    ts = np.arange(i - len(closes) + 1, i + 1).astype("datetime64[ns]")
+    future = np.arange(i + 1, i + 1 + horizon).astype("datetime64[ns]")
+    return SeriesWindow(symbol, values, ts, future, 0)
 
 
-def test_map_paths_takes_the_model_quantiles_onto_the_calibrated_ones() -> None:
-    model_q = np.array([[9.0], [10.0], [11.0]])
-    calibrated = np.array([[8.0], [10.0], [12.0]])  # twice as wide
-    paths = np.array([[9.0], [10.5], [11.0], [13.0], [7.0]])
-    # inside: piecewise linear through the knots; beyond: moved as far as the outer knot moved
-    assert map_paths(paths, model_q, calibrated)[:, 0].tolist() == [8.0, 11.0, 12.0, 14.0, 6.0]
+def _forecast(last: float, offsets: np.ndarray, levels: tuple[float, ...]) -> SeriesForecast:
+    samples = np.repeat((last + offsets)[:, :, None], 6, axis=2)  # [S, H, 6]
+    return SeriesForecast("S", samples.mean(axis=0), samples, np.quantile(samples, levels, axis=0), levels)
 
 
-def test_calibration_widens_a_too_narrow_band_to_nominal_coverage() -> None:
+def test_guarded_calibrator_brings_a_too_narrow_model_to_nominal_coverage() -> None:
+    """A model whose band is far too narrow: the published p10-p90 holds about 80%, the model's own
+    far less; the message's bands move, the model's stay available, and the state survives JSON."""
     rng = np.random.default_rng(1)
-    cal = ConformalCalibrator(window=400, min_count=50)
-    levels = (0.1, 0.5, 0.9)
-    inside_before, inside_after = [], []
-    for i in range(1500):
-        last = 100.0
-        y = last + rng.normal(0, 1.0, size=2)  # the truth: N(last, 1)
-        model_q = last + np.array([[-0.3] * 2, [0.0] * 2, [0.3] * 2])  # a band far too narrow
-        window = SeriesWindow("S", np.full((1, 6), last), np.array([i], dtype="datetime64[ns]"),
-                              np.array([i + 1, i + 2], dtype="datetime64[ns]"), 0)  # fmt: skip
-        q6 = np.repeat(model_q[:, :, None], 6, axis=2)
-        result = SeriesForecast("S", q6[1], np.repeat(q6[1][None], 4, axis=0), q6.copy(), levels)
-        model_back, _ = cal.apply(window, result, "v")
-        published = result.quantiles[:, :, 3]
-        np.testing.assert_array_equal(model_back, model_q)
-        np.testing.assert_array_equal(published[1], model_q[1])  # the median is kept
+    h, levels, n = 2, (0.1, 0.5, 0.9), 1400
+    cal = GuardedCalibrator(PublisherConfig(h, min_symbol=20, vol_window=50))
+    closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    tickets: dict[int, Ticket] = {}
+    inside_model, inside_pub = [], []
+    for i in range(100, n - h):
+        last = closes[i]
+        result = _forecast(last, rng.normal(0, 0.002 * last, size=(32, h)), levels)  # ~5x too narrow
+        done = cal.apply(_window("S", closes[i - 59 : i + 1], i, h), result)
+        assert done is not None
+        model_q, grid, published = done
+        assert grid.shape == (40, h) and np.all(np.diff(grid, axis=0) >= 0)
+        np.testing.assert_allclose(result.quantiles[:, :, 3], published.quantiles[[3, 19, 35]], rtol=0.02)
+        tickets[i] = Ticket.from_dict(published.ticket.to_dict())  # as it waits in Redis
+        if i - h in tickets:  # the forecast made h bars ago is realised by this bar
+            cal.observe(tickets.pop(i - h), closes[i - h + 1 : i + 1])
         if i >= 500:
-            inside_before.append((model_q[0] <= y) & (y <= model_q[-1]))
-            inside_after.append((published[0] <= y) & (y <= published[-1]))
-        p = PendingForecast("v", i, last, levels, model_q[1], published, model_q, None)
-        cal.observe(p, y)
-    before, after = float(np.mean(inside_before)), float(np.mean(inside_after))
-    assert before < 0.3
-    assert 0.75 < after < 0.85
+            y = closes[i + 1 : i + 1 + h]
+            inside_model.append((model_q[0] <= y) & (y <= model_q[-1]))
+            q = result.quantiles[:, :, 3]
+            inside_pub.append((q[0] <= y) & (y <= q[-1]))
+    assert float(np.mean(inside_model)) < 0.4
+    assert 0.74 < float(np.mean(inside_pub)) < 0.86
+    changed = cal.changed()
+    assert set(changed) == {POOLED, "S"} and cal.changed() == {}
+    again = GuardedCalibrator(PublisherConfig(h, min_symbol=20, vol_window=50))
+    again.take(["S", POOLED], json.loads(json.dumps(changed)))
+    assert again.publisher.count("S") == cal.publisher.count("S") > 1000
 
 
-async def test_calibrated_daemon_keeps_both_scores() -> None:
+async def test_guarded_daemon_keeps_both_scores() -> None:
     settings = _settings(calibrate=True, calibration_min=5)
     broker = MemoryBroker(default_partitions=1)
     for key, value in bar_series("A", 40):
@@ -190,11 +196,14 @@ async def test_calibrated_daemon_keeps_both_scores() -> None:
     out = [json.loads(m.value or b"") for m in broker.messages("out")]
     assert set(sums) == {"stub-1", "stub-1@model"}
     assert sums["stub-1"].forecasts == sums["stub-1@model"].forecasts == 40 - H
-    # the first forecasts are published as the model made them; later ones are calibrated
-    assert out[0]["quantiles"]["p10"]["close"] != out[-1]["quantiles"]["p10"]["close"]
-    assert out[0]["bands"] == "model" and out[-1]["bands"] == "calibrated"  # said in the message
-    first = next(i for i, f in enumerate(out) if f["bands"] == "calibrated")
-    assert first == 5 + H  # the 5th forecast (bar 4) is realised at bar 4 + H, after that bar's own went out
+    # every forecast is published through the guard (the pooled state until the symbol's own has 5)
+    assert all(f["bands"] == "guarded" for f in out)
+    assert [f["guard"]["scope"] for f in out[: 5 + H]] == ["pooled"] * (5 + H)
+    assert out[-1]["guard"]["scope"] == "symbol"
+    for f in out:
+        assert len(f["probabilities"]["p_up"]) == H and all(0 <= p <= 1 for p in f["probabilities"]["p_up"])
+        assert set(f["model_quantiles"]) == {"p10", "p50", "p90"}
+        assert f["quantiles"]["p10"]["close"] != f["model_quantiles"]["p10"]
     assert model_cov == pytest.approx(sums["stub-1@model"].report().coverage)
 
 

@@ -94,6 +94,9 @@ class ForecastMessage(BaseModel):
     probabilities: Probabilities | None = Field(
         default=None, description="with bands=guarded: probabilities of the published close distribution"
     )
+    model_mean: list[float] | None = Field(
+        default=None, description="with bands=guarded: the model's own close mean, one per step"
+    )
     model_quantiles: dict[str, list[float]] | None = Field(
         default=None, description='with bands=guarded: the model\'s own close quantiles, "p10" -> one per step'
     )

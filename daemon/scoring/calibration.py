@@ -23,7 +23,7 @@ daemon side:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,7 +41,9 @@ def publisher_config(settings: Any) -> PublisherConfig:
     return PublisherConfig(settings.model.horizon, min_symbol=s.calibration_min, vol_window=s.vol_window)
 
 
-def distribution_fields(p: Published, levels: Sequence[float], model_q: np.ndarray) -> dict[str, Any]:
+def distribution_fields(
+    p: Published, levels: Sequence[float], model_q: np.ndarray, model_mean: np.ndarray
+) -> dict[str, Any]:
     """The message's fields beside the bands: the guard, the probabilities and the model's own close."""
     expected, rq = p.returns(levels)
     return {
@@ -52,7 +54,15 @@ def distribution_fields(p: Published, levels: Sequence[float], model_q: np.ndarr
             "return_quantiles": {quantile_key(q): rq[i].tolist() for i, q in enumerate(levels)},
         },
         "model_quantiles": {quantile_key(q): model_q[i].tolist() for i, q in enumerate(levels)},
+        "model_mean": model_mean.tolist(),
     }
+
+
+class Applied(NamedTuple):
+    model_quantiles: np.ndarray  # [Q, H] the model's own close quantiles
+    model_mean: np.ndarray  # [H] the model's own close mean
+    grid: np.ndarray  # [J, H] the published distribution (scored as an ensemble of J paths)
+    published: Published
 
 
 class GuardedCalibrator:
@@ -84,10 +94,9 @@ class GuardedCalibrator:
         self._held.difference_update(gone)
         self._dirty.difference_update(gone)
 
-    def apply(self, window: SeriesWindow, result: SeriesForecast) -> tuple[np.ndarray, np.ndarray, Published] | None:
-        """Publish ``result`` through the guard, in place: returns (the model's close quantiles [Q, H],
-        the published grid [J, H] (scored as the published paths), the publisher's record); None when
-        the forecast has no close sample paths or its horizon differs (published as the model made it)."""
+    def apply(self, window: SeriesWindow, result: SeriesForecast) -> Applied | None:
+        """Publish ``result`` through the guard, in place (its close mean and quantiles); None when the
+        forecast has no close sample paths or its horizon differs (published as the model made it)."""
         samples = result.samples
         if samples.ndim != 3 or not len(samples) or samples.shape[1] != self.horizon:
             return None
@@ -98,9 +107,10 @@ class GuardedCalibrator:
         quantiles = np.array(result.quantiles, dtype=np.float64)
         quantiles[:, :, CLOSE] = quantiles_at(published.quantiles, levels)
         mean = np.array(result.mean, dtype=np.float64)
+        model_mean = mean[:, CLOSE].copy()
         mean[:, CLOSE] = published.quantiles.mean(axis=0)
         result.quantiles, result.mean = quantiles, mean
-        return model_q, published.quantiles, published
+        return Applied(model_q, model_mean, published.quantiles, published)
 
     def observe(self, ticket: Ticket, realised: np.ndarray) -> None:
         self.publisher.realise(ticket, realised)
@@ -113,4 +123,4 @@ class GuardedCalibrator:
         return out
 
 
-__all__ = ["GRID", "GuardedCalibrator", "distribution_fields", "publisher_config"]
+__all__ = ["GRID", "Applied", "GuardedCalibrator", "distribution_fields", "publisher_config"]

@@ -583,11 +583,12 @@ class OnlineScorer:
                 continue
             if done is None:
                 continue
-            model_q, grid, published = done
-            self._extra[id(result)] = (model_q, grid, published.ticket.to_dict())
+            self._extra[id(result)] = (done.model_quantiles, done.grid, done.published.ticket.to_dict())
             if contexts is not None:
                 contexts[i].bands = "guarded"
-                contexts[i].distribution = distribution_fields(published, tuple(result.quantile_levels), model_q)
+                contexts[i].distribution = distribution_fields(
+                    done.published, tuple(result.quantile_levels), done.model_quantiles, done.model_mean
+                )
 
     async def stored(
         self,

@@ -39,7 +39,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,6 +72,9 @@ class PublisherConfig:
     scale_floor: float = 0.05  # a base's spread is at least this share of the walk's
     calibrate_walk: bool = False  # the walk enters the guard as it is
     final_stage: bool = True
+    # what residuals are scaled by: the rolling volatility ("walk", comparable across symbols, so the
+    # pooled state fits a symbol of any volatility) or each distribution's own spread ("spread")
+    residual_scale: Literal["walk", "spread"] = "walk"
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -184,9 +187,14 @@ class Published:
         return expected, quantiles_at(self.quantiles, levels) / self.last_close - 1.0
 
 
-def _calibrate(q: np.ndarray, floor: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(calibrated grid [J, H], location [H], scale [H]) of base ``q`` with residual quantiles ``theta``."""
+def _calibrate(
+    q: np.ndarray, floor: np.ndarray, theta: np.ndarray, scale: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibrated grid [J, H], location [H], scale [H]) of base ``q`` with residual quantiles ``theta``;
+    the residuals are scaled by ``scale`` when given (the walk's), else by the base's own spread."""
     m, s = location_scale(q, floor)
+    if scale is not None:
+        s = scale
     return m[None, :] + s[None, :] * np.sort(theta, axis=0), m, s
 
 
@@ -219,13 +227,14 @@ class Publisher:
         walk_scale = last * sigma * np.sqrt(np.arange(1, cfg.horizon + 1))
         floor = cfg.scale_floor * walk_scale
         state, scope = self.scope(symbol)
-        cal_m, m0, s0 = _calibrate(model, floor, state.theta[0])
+        by_walk = walk_scale if cfg.residual_scale == "walk" else None
+        cal_m, m0, s0 = _calibrate(model, floor, state.theta[0], by_walk)
         cal_r, m1, s1 = _calibrate(walk, floor, state.theta[1])
         if not cfg.calibrate_walk:
             cal_r = walk
         w = state.weights(cfg.guard_lr)
         mix = w[None, :] * cal_m + (1.0 - w[None, :]) * cal_r
-        published, m2, s2 = _calibrate(mix, floor, state.theta[2])
+        published, m2, s2 = _calibrate(mix, floor, state.theta[2], by_walk)
         if not cfg.final_stage:
             published = mix
         p_dist = prob_up(published, last)

@@ -160,7 +160,7 @@ def test_guarded_calibrator_brings_a_too_narrow_model_to_nominal_coverage() -> N
         result = _forecast(last, rng.normal(0, 0.002 * last, size=(32, h)), levels)  # ~5x too narrow
         done = cal.apply(_window("S", closes[i - 59 : i + 1], i, h), result)
         assert done is not None
-        model_q, grid, published = done
+        model_q, _, grid, published = done
         assert grid.shape == (40, h) and np.all(np.diff(grid, axis=0) >= 0)
         np.testing.assert_allclose(result.quantiles[:, :, 3], published.quantiles[[3, 19, 35]], rtol=0.02)
         tickets[i] = Ticket.from_dict(published.ticket.to_dict())  # as it waits in Redis

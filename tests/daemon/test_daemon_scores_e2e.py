@@ -75,7 +75,7 @@ async def test_scores_appear_in_metrics_and_redis_after_a_replay(
         pending = await store.pending(symbols)
     finally:
         await store.close()
-    assert set(sums) == {version}
+    assert set(sums) == {version, version + "@model"}  # the guarded bands, and the model's own
     report = sums[version].report()
     assert report.count == 2 * (30 - horizon) and report.all_finite
     assert report.mae is not None and report.crps is not None and report.coverage is not None

@@ -9,7 +9,17 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from daemon_helpers import T0, Topics, bar_record, daemon_settings, encode, forecasts, produce, read_topic, running_daemon
+from daemon_helpers import (
+    T0,
+    Topics,
+    bar_record,
+    daemon_settings,
+    encode,
+    forecasts,
+    produce,
+    read_topic,
+    running_daemon,
+)
 
 from kronos_core.stream_types import StreamForecaster
 

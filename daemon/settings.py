@@ -406,7 +406,9 @@ class Settings(BaseSettings):
         default=60.0, gt=0, allow_inf_nan=False, description="bar interval until a symbol has two bars"
     )
     http_host: str = Field(default="0.0.0.0", description="address of `/healthz`, `/readyz`, `/metrics`")
-    http_port: int | None = Field(default=8080, ge=0, le=65535, description="their port; 0: any free port; unset: no HTTP")
+    http_port: int | None = Field(
+        default=8080, ge=0, le=65535, description="port of `/healthz`, `/readyz`, `/metrics`; 0: any free port; unset: no HTTP"
+    )
     health_stale_s: float = Field(
         default=60.0, gt=0, description="`/healthz` fails when the loop has not ticked for this long"
     )

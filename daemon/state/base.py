@@ -1,8 +1,7 @@
-"""Per-symbol state: the record types, their encoding and the :class:`StateStore` interface.
+"""Per-symbol state in Redis: the key schema, the record types, their encoding, the StateStore interface.
 
-This docstring is the Redis key schema's one description; the docs site renders it
-(docs/contracts/redis.md). ``{prefix}`` is ``KRONOS_REDIS__KEY_PREFIX`` (default ``kronos``), and
-``{SYMBOL}`` is the symbol in braces, e.g. ``kronos:{600977.SH}:bars``. One set of keys per symbol:
+``{prefix}`` is ``KRONOS_REDIS__KEY_PREFIX`` (default ``kronos``), and ``{SYMBOL}`` is the symbol in
+braces, e.g. ``kronos:{600977.SH}:bars``. One set of keys per symbol:
 
 | key | type | content |
 |---|---|---|
@@ -22,6 +21,8 @@ and trim, token cache, meta and latest forecast. The step is idempotent: it skip
 not after the stored ``last_ts``, so a retried write or a stale writer cannot append a bar twice.
 Reading the latest forecast: ``GET {prefix}:{SYMBOL}:forecast`` (or ``kronos-stream forecast SYMBOL``).
 """
+# The docstring above is the key schema's only description: docs/contracts/redis.md renders it
+# (mkdocstrings), so it stays Markdown.
 
 from __future__ import annotations
 

@@ -345,7 +345,7 @@ class BatchSettings(_Group):
         ge=0,
         le=60_000,
         description="the linger ends early once no record came for this long (the burst is over); 0: always "
-        "linger `max_wait_ms`",
+        "linger `KRONOS_BATCH__MAX_WAIT_MS`",
     )
     # auto: on when the model runs on CUDA; off on CPU, where the fetch competes with the model for
     # the same cores (measured: docs/benchmarks/daemon.md)
@@ -426,7 +426,7 @@ class Settings(BaseSettings):
         default=0.1,
         gt=0,
         allow_inf_nan=False,
-        description="Kafka or Redis unreachable: first retry delay, doubling up to `retry_max_s`, each scaled "
+        description="Kafka or Redis unreachable: first retry delay, doubling up to `KRONOS_RETRY_MAX_S`, each scaled "
         "by a random 0.5-1",
     )
     retry_max_s: float = Field(default=5.0, gt=0, allow_inf_nan=False, description="cap of the retry delay")

@@ -426,8 +426,8 @@ class Settings(BaseSettings):
         default=0.1,
         gt=0,
         allow_inf_nan=False,
-        description="Kafka or Redis unreachable: first retry delay, doubling up to `KRONOS_RETRY_MAX_S`, each scaled "
-        "by a random 0.5-1",
+        description="Kafka or Redis unreachable: first retry delay, doubling up to `KRONOS_RETRY_MAX_S`, "
+        "each scaled by a random 0.5-1",
     )
     retry_max_s: float = Field(default=5.0, gt=0, allow_inf_nan=False, description="cap of the retry delay")
     outage_give_up_s: float | None = Field(

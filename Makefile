@@ -1,4 +1,4 @@
-# Entry points for developers and CI (see README.md). `make test` is what CI runs (.ci/run).
+# Entry points for developers and CI (see docs/development.md). `make test` is what CI runs (.ci/run).
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
@@ -10,9 +10,10 @@ BIN := $(VENV)/bin
 # pip runs again only when pyproject.toml changes (or .venv is gone): the stamp's name holds its hash.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: demo test venv helm lint typecheck pytest services-up services-down services-status
+.PHONY: demo test venv helm lint typecheck pytest docs services-up services-down services-status
 
-# ruff, mypy, then the whole pytest suite against a real Kafka broker and Redis server.
+# ruff, mypy, then the whole pytest suite against a real Kafka broker and Redis server
+# (the suite includes `mkdocs build --strict` of the docs: tests/docs).
 test: lint typecheck pytest
 
 # The main job: the daemon on the bundled real bars with the demo model, no services needed.
@@ -43,6 +44,10 @@ typecheck: venv
 # Starts Kafka and Redis if they are not running, and stops what it started. PYTEST_ARGS go to pytest.
 pytest: venv
 	scripts/run-tests $(PYTEST_ARGS)
+
+# The docs site into site/ (ignored); `.venv/bin/mkdocs serve` previews it.
+docs: venv
+	$(BIN)/mkdocs build --strict
 
 services-up: venv
 	scripts/services up

@@ -55,33 +55,64 @@ class _Group(BaseModel):
 
 
 class KafkaSettings(_Group):
-    bootstrap_servers: str = "localhost:9092"
-    input_topic: str = "bars"
-    output_topic: str = "forecasts"
-    dead_letter_topic: str = "bars.dlq"
-    group_id: str = "kronos-stream"
-    group_instance_id: str | None = None  # static membership: no rebalance on a quick pod restart
-    client_id: str = "kronos-stream"
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    session_timeout_ms: int = Field(default=10_000, ge=1_000)
-    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
-    max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
-    request_timeout_ms: int = Field(default=40_000, ge=1_000)
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    # the producer's record batches (per partition and request): a burst of forecasts (about 3.5 KB
-    # each at horizon 12) goes out in a few requests instead of one per 16 KB (aiokafka's default)
-    producer_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024, le=1_000_000)
-    create_topics: int | None = Field(default=None, ge=1)  # create missing topics with this many partitions
-    create_topics_replication: int = Field(default=1, ge=1)  # their replication factor
-    # Exactly-once (Kafka transactions, see daemon/io/kafka_eos.py): forecasts, dead letters and input
-    # offsets commit together; the transactional id defaults to <group_id>.<group_instance_id>.
-    exactly_once: bool = False
-    transactional_id: str | None = None
-    transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
+    bootstrap_servers: str = Field(default="localhost:9092", description="Kafka brokers, comma-separated")
+    input_topic: str = Field(default="bars", description="the input bars")
+    output_topic: str = Field(default="forecasts", description="the forecasts")
+    dead_letter_topic: str = Field(default="bars.dlq", description="invalid messages and failed forecasts")
+    group_id: str = Field(default="kronos-stream", description="the consumer group the replicas share")
+    group_instance_id: str | None = Field(
+        default=None,
+        description="static membership: a name stable across restarts and unique per replica (e.g. the "
+        "StatefulSet pod name); a restart within the session timeout keeps the partitions, no rebalance",
+    )
+    client_id: str = Field(default="kronos-stream", description="client id in the broker's logs and quotas")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="where a new consumer group starts"
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1_000, description="consumer-group liveness: a member silent this long is dropped"
+    )
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100, description="consumer heartbeats this often")
+    max_poll_interval_ms: int = Field(
+        default=300_000, ge=1_000, description="longest gap between fetches before the group evicts the member"
+    )
+    request_timeout_ms: int = Field(default=40_000, ge=1_000, description="bound of one Kafka request")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="how to reach the brokers; `SASL_*` needs the three SASL settings"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism"
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password (masked in logs)")
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle of the brokers' certificates")
+    producer_batch_bytes: int = Field(
+        default=512 * 1024,
+        ge=16 * 1024,
+        le=1_000_000,
+        description="the producer's record batch per partition and request: a burst of forecasts (about "
+        "3.5 KB each at horizon 12) goes out in a few requests; at most the broker's `message.max.bytes`",
+    )
+    create_topics: int | None = Field(
+        default=None,
+        ge=1,
+        description="unset: start-up stops with a message when one of the three topics is missing; a "
+        "number: create the missing ones with that many partitions",
+    )
+    create_topics_replication: int = Field(default=1, ge=1, description="replication factor of created topics")
+    exactly_once: bool = Field(
+        default=False,
+        description="Kafka transactions: forecasts, dead letters and input offsets commit together "
+        "(daemon/io/kafka_eos.py)",
+    )
+    transactional_id: str | None = Field(
+        default=None,
+        description="exactly-once: stable per replica; default `<group_id>.<group_instance_id>` (one of "
+        "the two must be set)",
+    )
+    transaction_timeout_ms: int = Field(
+        default=60_000, ge=1_000, description="exactly-once: the broker aborts a transaction left open this long"
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -106,53 +137,119 @@ class KafkaSettings(_Group):
 
 
 class RedisSettings(_Group):
-    url: str = "redis://localhost:6379/0"
-    key_prefix: str = Field(default="kronos", min_length=1, pattern=r"^[^\s{}]+$")
-    password: SecretStr | None = None
-    forecast_ttl_s: int | None = Field(default=None, ge=1)
-    socket_timeout_s: float = Field(default=5.0, gt=0)
-    cluster: bool = False  # a Redis Cluster (the URL names any node); keys of a symbol share a hash tag
+    url: str = Field(default="redis://localhost:6379/0", description="Redis (with `cluster`: any node)")
+    key_prefix: str = Field(
+        default="kronos", min_length=1, pattern=r"^[^\s{}]+$", description="prefix of every key"
+    )
+    password: SecretStr | None = Field(default=None, description="Redis password (masked in logs)")
+    forecast_ttl_s: int | None = Field(
+        default=None, ge=1, description="expiry of the latest-forecast key; unset: it never expires"
+    )
+    socket_timeout_s: float = Field(default=5.0, gt=0, description="bound of one Redis call and of connecting")
+    cluster: bool = Field(
+        default=False, description="a Redis Cluster (the URL names any node); a symbol's keys share a hash tag"
+    )
 
 
 class ModelSettings(_Group):
-    tokenizer_dir: Path | None = None
-    predictor_dir: Path | None = None
-    hf_tokenizer: str | None = None  # Hugging Face id of the tokenizer, e.g. NeoQuasar/Kronos-Tokenizer-base
-    hf_predictor: str | None = None  # ... and of the predictor, e.g. NeoQuasar/Kronos-small
-    hf_revision: str | None = None  # branch, tag or commit of both (default: main)
-    preset: str | None = None  # random weights of a published shape: benchmarks only
-    factory: str | None = None  # "module:callable" taking Settings, returning a StreamForecaster
-    version: str | None = None  # overrides the checkpoint's content hash as the model version
-    calendar_tz: str = "UTC"  # zone the time features (minute, hour, weekday...) are read in
-    exchange_calendar: str | None = None  # exchange_calendars code (XSHG, XNYS...) of the horizon; None: 24/7
-    calendar_bar_label: Literal["end", "start"] = "end"  # bars stamped with their end (or start) time
-    device: str = "auto"
-    threads: int | None = Field(default=None, ge=1, le=1024)  # torch CPU threads (None: torch's default)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    compile: bool = False  # torch.compile the transformer blocks (pays on CUDA at large batches)
-    # CUDA: batch sizes the decode step's CUDA graphs are captured for at start-up (calls pad up to one)
-    graph_buckets: GraphBuckets = (1, 8, 32, 64, 128, 256, 512, 1024)
-    residual_fp32: bool = False  # bfloat16/float16: keep the residual stream in float32 (see README, GPU)
-    tokenizer_fp32: bool = False  # bfloat16/float16: run the tokenizer in float32, the predictor in dtype
-    max_context: int = Field(default=512, ge=2, le=8192)
-    horizon: int = Field(default=12, ge=1, le=4096)
-    sample_count: int = Field(default=8, ge=1, le=1024)
-    temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    top_p: float = Field(default=0.9, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0)
-    base_seed: int = Field(default=0, ge=0)
-    quantile_levels: QuantileLevels = (0.1, 0.5, 0.9)
-    max_sessions: int = Field(default=256, ge=1)  # incremental: warm symbols kept in memory ...
-    max_session_bytes: int | None = Field(default=None, ge=1)  # ... and at most this many bytes of caches
-    # A model registry (fsspec URL) instead of fixed folders: the daemon serves its champion and
-    # hot-swaps when the pointer moves (polled every registry_poll_s; a Redis hint wakes it at once).
-    registry: str | None = None
-    registry_poll_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
-    registry_hint: bool = True  # listen to the registry's Redis channel ({key_prefix}:models)
-    # a refused version is retried after registry_retry_s, doubling up to registry_retry_max_s
-    registry_retry_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
-    registry_retry_max_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
-    cache_dir: Path | None = None  # where fetched versions are unpacked (default: a temporary folder)
+    tokenizer_dir: Path | None = Field(
+        default=None, description="tokenizer checkpoint folder (`config.json` + `model.safetensors`)"
+    )
+    predictor_dir: Path | None = Field(default=None, description="predictor checkpoint folder")
+    hf_tokenizer: str | None = Field(
+        default=None,
+        description="Hugging Face id of the tokenizer instead of the folder, e.g. "
+        "`NeoQuasar/Kronos-Tokenizer-base` (fetched into the hub cache; `HF_HUB_OFFLINE=1`, `HF_TOKEN` honoured)",
+    )
+    hf_predictor: str | None = Field(
+        default=None, description="Hugging Face id of the predictor, e.g. `NeoQuasar/Kronos-small`"
+    )
+    hf_revision: str | None = Field(default=None, description="branch, tag or commit of both (default: main)")
+    preset: str | None = Field(
+        default=None, description="random weights of a published shape (`Kronos-tiny`, ...): benchmarks only"
+    )
+    factory: str | None = Field(
+        default=None, description="`module:callable` taking Settings and returning your own forecaster"
+    )
+    version: str | None = Field(
+        default=None,
+        description="model version in forecasts; default: the `version` of `manifest.json` beside the "
+        "folders, else a content hash",
+    )
+    calendar_tz: str = Field(
+        default="UTC",
+        description="zone the time features (minute, hour, weekday...) are read in; default: the model "
+        "manifest's `runtime.calendar_tz`, else UTC",
+    )
+    exchange_calendar: str | None = Field(
+        default=None,
+        description="`exchange_calendars` code (`XSHG`, `XNYS`, `XLON`...): horizon timestamps skip nights, "
+        "weekends, holidays and breaks; default: the manifest's `runtime.exchange_calendar`, else 24/7",
+    )
+    calendar_bar_label: Literal["end", "start"] = Field(
+        default="end", description="bars are stamped with their end (or start) time"
+    )
+    device: str = Field(default="auto", description="`auto`, `cpu`, `cuda` or `cuda:N`")
+    threads: int | None = Field(
+        default=None, ge=1, le=1024, description="torch CPU threads; unset: torch's default"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="model dtype")
+    compile: bool = Field(
+        default=False,
+        description="`torch.compile` the transformer blocks: pays on CUDA at large batches, slower at batch "
+        "1; the first batches compile (tens of seconds)",
+    )
+    graph_buckets: GraphBuckets = Field(
+        default=(1, 8, 32, 64, 128, 256, 512, 1024),
+        description="CUDA: batch sizes whose decode-step CUDA graphs are captured at start-up; a call pads "
+        "up to the next bucket, above the largest it runs in chunks; ignored on CPU",
+    )
+    residual_fp32: bool = Field(
+        default=False, description="with bfloat16/float16: keep the transformers' residual stream in float32"
+    )
+    tokenizer_fp32: bool = Field(
+        default=False, description="with bfloat16/float16: run the tokenizer in float32, the predictor in dtype"
+    )
+    max_context: int = Field(
+        default=512,
+        ge=2,
+        le=8192,
+        description="bars of context; default: the manifest's `runtime.max_context`, else 512; above the "
+        "manifest's value the daemon refuses to start",
+    )
+    horizon: int = Field(default=12, ge=1, le=4096, description="bars forecast")
+    sample_count: int = Field(default=8, ge=1, le=1024, description="sample paths per forecast")
+    temperature: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="sampling temperature")
+    top_p: float = Field(default=0.9, gt=0, le=1, description="nucleus sampling")
+    top_k: int = Field(default=0, ge=0, description="top-k sampling; 0: off")
+    base_seed: int = Field(default=0, ge=0, description="base of the per-bar seeds")
+    quantile_levels: QuantileLevels = Field(
+        default=(0.1, 0.5, 0.9), description="quantile bands published (a comma list or JSON)"
+    )
+    max_sessions: int = Field(default=256, ge=1, description="incremental: warm symbols kept in memory")
+    max_session_bytes: int | None = Field(
+        default=None, ge=1, description="incremental: a bound in bytes on the warm sessions' caches"
+    )
+    registry: str | None = Field(
+        default=None,
+        description="a model registry (local path or fsspec URL) instead of fixed folders: the daemon serves "
+        "its champion and hot-swaps when the pointer moves",
+    )
+    registry_poll_s: float = Field(
+        default=10.0, gt=0, allow_inf_nan=False, description="how often the registry's pointer is read"
+    )
+    registry_hint: bool = Field(
+        default=True, description="listen to the registry's Redis channel `{key_prefix}:models` (wakes the reader)"
+    )
+    registry_retry_s: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="a refused version is tried again after this ..."
+    )
+    registry_retry_max_s: float = Field(
+        default=600.0, gt=0, allow_inf_nan=False, description="... doubling up to this"
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="where a fetched version is unpacked (deleted once loaded); default: a temporary folder"
+    )
 
     @model_validator(mode="after")
     def _horizon_fits(self) -> ModelSettings:
@@ -216,39 +313,70 @@ class ModelSettings(_Group):
 
 
 class ScoringSettings(_Group):
-    enabled: bool = True  # score every forecast once its horizon bars have arrived (daemon/scoring/online.py)
-    retention_h: int = Field(default=168, ge=1, le=24 * 366)  # hourly score sums kept in Redis this long
-    # publish the calibrated distribution, guarded by the rolling-volatility walk, with P(up) and the
-    # return quantiles (daemon/scoring/calibration.py); false: the model's own bands
-    calibrate: bool = True
-    calibration_min: int = Field(default=50, ge=0)  # realised forecasts of a symbol before its own calibration is used
-    vol_window: int = Field(default=100, ge=2, le=10_000)  # returns in the rolling-volatility walk
+    enabled: bool = Field(
+        default=True, description="score every forecast once its horizon bars have arrived (daemon/scoring/online.py)"
+    )
+    retention_h: int = Field(
+        default=168, ge=1, le=24 * 366, description="hours the hourly score sums (and calibration states) are kept in Redis"
+    )
+    calibrate: bool = Field(
+        default=True,
+        description=(
+            "publish the calibrated distribution, guarded by the rolling-volatility walk, with P(up) and return "
+            "quantiles (daemon/scoring/calibration.py); false: the model's own bands"
+        ),
+    )
+    calibration_min: int = Field(
+        default=50, ge=0, description="realised forecasts of a symbol before its own calibration is used (pooled before)"
+    )
+    vol_window: int = Field(default=100, ge=2, le=10_000, description="returns in the rolling-volatility walk")
 
 
 class BatchSettings(_Group):
-    max_batch_size: int = Field(default=256, ge=1, le=100_000)  # records per fetch (getmany max_records)
-    max_wait_ms: int = Field(default=20, ge=0, le=60_000)  # a fetch waits this long for a first record, then lingers as long for more
-    # the linger ends early once no record came for this long (the burst is over); 0: linger max_wait_ms
-    linger_idle_ms: int = Field(default=5, ge=0, le=60_000)
-    # fetch (and read) the next batch while the model runs on this one; commits stay in order.
+    max_batch_size: int = Field(default=256, ge=1, le=100_000, description="records per fetch")
+    max_wait_ms: int = Field(
+        default=20,
+        ge=0,
+        le=60_000,
+        description="a fetch waits this long for a first record, then lingers as long for more (drawing from "
+        "every partition fairly)",
+    )
+    linger_idle_ms: int = Field(
+        default=5,
+        ge=0,
+        le=60_000,
+        description="the linger ends early once no record came for this long (the burst is over); 0: always "
+        "linger `KRONOS_BATCH__MAX_WAIT_MS`",
+    )
     # auto: on when the model runs on CUDA; off on CPU, where the fetch competes with the model for
-    # the same cores (measured: README "Steady state")
-    pipeline: Literal["auto"] | bool = "auto"
+    # the same cores (measured: docs/benchmarks/daemon.md)
+    pipeline: Literal["auto"] | bool = Field(
+        default="auto",
+        description="fetch and read the next batch while the model runs on this one (commits stay in order); "
+        "auto: on when the model runs on CUDA, off on CPU",
+    )
 
 
 class ArchiveSettings(_Group):
     """``kronos-stream archive``: the input topic's validated bars as Parquet (KRONOS_ARCHIVE__*)."""
 
-    root: str = "archive"  # a local folder or an fsspec URL (s3://bucket/bars needs s3fs installed)
-    storage_options: dict[str, Any] = Field(default_factory=dict)  # JSON, passed to fsspec
-    topic: str | None = None  # default: KRONOS_KAFKA__INPUT_TOPIC
-    group_id: str = "kronos-archive"  # its own consumer group: it never takes bars from the daemon
-    roll_max_rows: int = Field(default=200_000, ge=1)  # a partition's file is written at this many bars
-    # ... or when its first bar was buffered this long ago
-    roll_max_age_s: float = Field(default=900.0, gt=0, allow_inf_nan=False)
-    fetch_max_records: int = Field(default=5_000, ge=1)
-    fetch_timeout_ms: int = Field(default=1_000, ge=1)
-    progress_every_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)  # progress log line period
+    root: str = Field(
+        default="archive", description="a local folder or an fsspec URL (`s3://bucket/bars` needs s3fs installed)"
+    )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="JSON, passed to fsspec")
+    topic: str | None = Field(default=None, description="topic archived; default: `KRONOS_KAFKA__INPUT_TOPIC`")
+    group_id: str = Field(
+        default="kronos-archive", description="its own consumer group: it never takes bars from the daemon"
+    )
+    roll_max_rows: int = Field(default=200_000, ge=1, description="a partition's file is written at this many bars ...")
+    roll_max_age_s: float = Field(
+        default=900.0, gt=0, allow_inf_nan=False, description="... or when its first bar was buffered this long ago"
+    )
+    fetch_max_records: int = Field(default=5_000, ge=1, description="records per fetch")
+    fetch_timeout_ms: int = Field(default=1_000, ge=1, description="how long a fetch waits")
+    progress_every_s: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="period of the `archive.progress` log line"
+    )
 
 
 class Settings(BaseSettings):
@@ -262,33 +390,68 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
-    kafka: KafkaSettings = KafkaSettings()
-    redis: RedisSettings = RedisSettings()
-    model: ModelSettings = ModelSettings()
-    batch: BatchSettings = BatchSettings()
-    scoring: ScoringSettings = ScoringSettings()
-    archive: ArchiveSettings = ArchiveSettings()
-    mode: Literal["exact", "incremental"] = "exact"
-    refresh_every_bars: int = Field(default=64, ge=1)  # incremental: refreeze mean/std this often
-    drift_sigma: float = Field(default=4.0, gt=0, allow_inf_nan=False)  # ... or when a bar is this far out
-    default_bar_interval_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
-    http_host: str = "0.0.0.0"
-    http_port: int | None = Field(default=8080, ge=0, le=65535)  # 0: any free port; unset: no HTTP
-    health_stale_s: float = Field(default=60.0, gt=0)
-    # A bar more than this ahead of its message's broker timestamp (or the wall clock) is dead-lettered.
-    max_future_s: float | None = Field(default=300.0, ge=0, allow_inf_nan=False)
-    dead_letter_skipped: bool = False  # also dead-letter bars skipped as duplicate or out_of_order
-    # Kafka or Redis unreachable: retried after retry_initial_s, doubling up to retry_max_s (jittered);
-    # after outage_give_up_s of one outage the process ends (unset: wait as long as it takes).
-    retry_initial_s: float = Field(default=0.1, gt=0, allow_inf_nan=False)
-    retry_max_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
-    outage_give_up_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    # State lost in Redis is restored from the input topic's bars of this many seconds back (unset: all).
-    restore_lookback_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    health_probe_interval_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)  # readiness probes
-    graceful_shutdown_s: float = Field(default=25.0, gt=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    kafka: KafkaSettings = Field(default=KafkaSettings(), description="Kafka")
+    redis: RedisSettings = Field(default=RedisSettings(), description="Redis")
+    model: ModelSettings = Field(default=ModelSettings(), description="the model")
+    batch: BatchSettings = Field(default=BatchSettings(), description="batching")
+    scoring: ScoringSettings = Field(default=ScoringSettings(), description="online scoring")
+    archive: ArchiveSettings = Field(default=ArchiveSettings(), description="the archiver")
+    mode: Literal["exact", "incremental"] = Field(default="exact", description="forecasting mode")
+    refresh_every_bars: int = Field(
+        default=64, ge=1, description="incremental: refreeze a symbol's statistics this often ..."
+    )
+    drift_sigma: float = Field(
+        default=4.0, gt=0, allow_inf_nan=False, description="... or when a bar is this many sigmas out"
+    )
+    default_bar_interval_s: float = Field(
+        default=60.0, gt=0, allow_inf_nan=False, description="bar interval until a symbol has two bars"
+    )
+    http_host: str = Field(default="0.0.0.0", description="address of `/healthz`, `/readyz`, `/metrics`")
+    http_port: int | None = Field(
+        default=8080, ge=0, le=65535, description="port of `/healthz`, `/readyz`, `/metrics`; 0: any free port; unset: no HTTP"
+    )
+    health_stale_s: float = Field(
+        default=60.0, gt=0, description="`/healthz` fails when the loop has not ticked for this long"
+    )
+    max_future_s: float | None = Field(
+        default=300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="a bar more than this ahead of its message's broker timestamp (or the wall clock) is "
+        "dead-lettered; unset: no bound",
+    )
+    dead_letter_skipped: bool = Field(
+        default=False, description="also dead-letter bars skipped as `duplicate` or `out_of_order`"
+    )
+    retry_initial_s: float = Field(
+        default=0.1,
+        gt=0,
+        allow_inf_nan=False,
+        description="Kafka or Redis unreachable: first retry delay, doubling up to `KRONOS_RETRY_MAX_S`, "
+        "each scaled by a random 0.5-1",
+    )
+    retry_max_s: float = Field(default=5.0, gt=0, allow_inf_nan=False, description="cap of the retry delay")
+    outage_give_up_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="end the process (exit 1) when one outage lasts longer; unset: wait as long as it takes",
+    )
+    restore_lookback_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="state lost in Redis is restored from the input topic's bars of this many seconds back; "
+        "unset: every retained bar",
+    )
+    health_probe_interval_s: float = Field(
+        default=2.0, gt=0, allow_inf_nan=False, description="how often readiness pings Redis and a broker"
+    )
+    graceful_shutdown_s: float = Field(default=25.0, gt=0, description="bound of the shutdown on SIGTERM")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="structlog on stderr: `json`, or `console` for people"
+    )
 
 
 def env_name(loc: tuple[int | str, ...]) -> str:

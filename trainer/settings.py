@@ -54,11 +54,12 @@ class TrainSettings(BaseSettings):
     predictor_dir: Path | None = Field(default=None, description="start from this predictor folder")
 
     # -- data
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
+    start: dt.datetime | None = Field(default=None, description="first bar time trained on (naive: UTC)")
+    end: dt.datetime | None = Field(default=None, description="end of the data range (exclusive); default: "
+                                    "when the run first started (kept in the work folder)")
     last_days: float | None = Field(default=None, gt=0, description="train on the last N days before end "
                                     "(a rolling window for the periodic job; instead of start)")
-    symbols: StrList = None
+    symbols: StrList = Field(default=None, description="symbols trained on (a comma list or JSON); default: all")
     lookback: int = Field(default=116, ge=2, description="context bars per window (statistics come from these)")
     horizon: int = Field(default=12, ge=1, description="bars after the context a window predicts (the loss)")
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="most recent share of the time range held out")
@@ -68,33 +69,36 @@ class TrainSettings(BaseSettings):
     eval_samples: int = Field(default=8, ge=2, description="sample paths per window for CRPS and coverage")
 
     # -- optimisation
-    steps: int = Field(default=200, ge=1)
+    steps: int = Field(default=200, ge=1, description="predictor optimisation steps")
     batch_size: int = Field(default=16, ge=1, description="windows per step and per process")
     lr: float = Field(default=4e-5, gt=0.0, le=1e-2, description="predictor peak learning rate (upstream 4e-5)")
-    weight_decay: float = Field(default=0.1, ge=0.0)
-    warmup_steps: int = Field(default=20, ge=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
-    grad_clip: float = Field(default=3.0, gt=0.0)
+    weight_decay: float = Field(default=0.1, ge=0.0, description="AdamW weight decay")
+    warmup_steps: int = Field(default=20, ge=0, description="linear warm-up steps, then cosine decay")
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0, description="end of the cosine decay, as a share of lr")
+    grad_clip: float = Field(default=3.0, gt=0.0, description="predictor gradient-norm clipping")
     tokenizer_steps: int = Field(default=0, ge=0, description="0: tokenizer frozen; N: fine-tune it first")
-    tokenizer_lr: float = Field(default=2e-4, gt=0.0, le=1e-2)
-    tokenizer_grad_clip: float = Field(default=2.0, gt=0.0)
-    seed: int = 0
+    tokenizer_lr: float = Field(default=2e-4, gt=0.0, le=1e-2, description="tokenizer peak learning rate")
+    tokenizer_grad_clip: float = Field(default=2.0, gt=0.0, description="tokenizer gradient-norm clipping")
+    seed: int = Field(default=0, description="seed of the data order, dropout and draws")
     num_workers: int = Field(default=0, ge=0, description="data-loader worker processes per rank")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="where to train")
     bf16: bool = Field(default=True, description="bf16 autocast on CUDA (ignored on CPU)")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads per process")
 
     # -- checkpointing and output
     save_every: int = Field(default=50, ge=1, description="steps between saved training states")
-    log_every: int = Field(default=10, ge=1)
-    progress: Literal["auto", "bar", "log"] = "auto"
+    log_every: int = Field(default=10, ge=1, description="steps between progress lines")
+    progress: Literal["auto", "bar", "log"] = Field(default="auto", description="a bar on a terminal, JSON "
+                                                    "lines otherwise (auto)")
     gate_margin: float = Field(default=0.0, ge=0.0, lt=1.0, description="required relative CRPS gain over the champion")
     keep_versions: int = Field(default=0, ge=0, description="after publishing, keep this many versions "
                                "(never the champion or the previous one); 0 keeps all")
     promote: bool = Field(default=True, description="move the champion pointer when the gate passes")
-    version_prefix: str = Field(default="v", pattern=r"^[A-Za-z0-9_-]*$")
+    version_prefix: str = Field(default="v", pattern=r"^[A-Za-z0-9_-]*$", description="prefix of published "
+                                "version names")
     redis_url: str | None = Field(default=None, description="publish a hint on <key_prefix>:models")
-    key_prefix: str = Field(default="kronos", min_length=1, pattern=r"^[^\s{}]+$")
+    key_prefix: str = Field(default="kronos", min_length=1, pattern=r"^[^\s{}]+$", description="the daemons' "
+                            "KRONOS_REDIS__KEY_PREFIX (the hint's channel)")
 
     @field_validator("registry", "redis_url", "calendar_tz", "tokenizer_dir", "predictor_dir", "start", "end",
                      mode="before")

@@ -48,7 +48,7 @@ class Metrics:
         )
         self.invalid = Counter(
             "kronos_invalid_messages",
-            "Messages sent to the dead-letter topic, by kind (see the README's dead-letter kinds).",
+            "Messages sent to the dead-letter topic, by kind (the kinds: docs/contracts/kafka.md, Dead letters).",
             ["kind"],
             registry=r,
         )

@@ -1,40 +1,28 @@
-"""Per-symbol state: the record types, their encoding and the :class:`StateStore` interface.
+"""Per-symbol state in Redis: the key schema, the record types, their encoding, the StateStore interface.
 
-Redis key schema (``{prefix}`` is ``KRONOS_REDIS__KEY_PREFIX``, default ``kronos``; one set per symbol):
+``{prefix}`` is ``KRONOS_REDIS__KEY_PREFIX`` (default ``kronos``), and ``{SYMBOL}`` is the symbol in
+braces, e.g. ``kronos:{600977.SH}:bars``. One set of keys per symbol:
 
-======================================  ======  ============================================================
-key                                     type    content
-======================================  ======  ============================================================
-``{prefix}:{{symbol}}:bars``            list    the raw-bar ring, oldest first, at most ``max_context``
-                                                entries; each entry JSON ``[ts_ns, open, high, low, close,
-                                                volume, amount]``
-``{prefix}:{{symbol}}:tokens``          string  the token cache, JSON ``{"model_version": ..., "state":
-                                                TokenState.to_dict()}`` (s1/s2 ids as base64 int32, mean/std,
-                                                anchor_ts, last_ts, refreshed_ts); absent in exact mode
-``{prefix}:{{symbol}}:meta``            hash    ``last_ts`` (epoch ns of the last processed bar),
-                                                ``model_version``, ``updated_ms`` (wall clock), ``source``
-                                                (topic/partition/offset)
-``{prefix}:{{symbol}}:forecast``        string  the latest forecast, the JSON published on the output topic;
-                                                expires after ``KRONOS_REDIS__FORECAST_TTL_S`` when set
-``{prefix}:generation``                 string  a random token written once into an empty Redis: when it
-                                                changes or vanishes, Redis lost its data (restart, failover)
-``{prefix}:watermarks``                 hash    ``topic/partition`` -> offset of the last input message whose
-                                                state is written (set before each commit)
-======================================  ======  ============================================================
+| key | type | content |
+|---|---|---|
+| ``{prefix}:{SYMBOL}:bars`` | list | the raw-bar ring, oldest first, at most ``max_context`` entries; each entry JSON ``[ts_ns, open, high, low, close, volume, amount]`` |
+| ``{prefix}:{SYMBOL}:tokens`` | string | the token cache, JSON ``{"model_version": ..., "state": TokenState.to_dict()}`` (s1/s2 ids as base64 int32, mean/std, anchor_ts, last_ts, refreshed_ts); absent in exact mode |
+| ``{prefix}:{SYMBOL}:meta`` | hash | ``last_ts`` (epoch ns of the last processed bar), ``model_version``, ``updated_ms`` (wall clock), ``source`` (topic/partition/offset); ``context_complete`` = ``0`` for a symbol whose context was restored after a data loss but may miss older bars |
+| ``{prefix}:{SYMBOL}:forecast`` | string | the latest forecast, the JSON published on the output topic; expires after ``KRONOS_REDIS__FORECAST_TTL_S`` when set |
+| ``{prefix}:generation`` | string | a random token written once into an empty Redis: when it changes or vanishes, Redis lost its data (restart, failover) |
+| ``{prefix}:watermarks`` | hash | ``topic/partition`` -> offset of the last input message whose state is written (set before each commit) |
 
-``{{symbol}}`` is the symbol in braces, e.g. ``kronos:{600977.SH}:bars``: the Redis Cluster hash tag, so
-all keys of a symbol live in one slot (``KRONOS_REDIS__CLUSTER=true`` runs against a cluster). Keys of
-the older schema (``{prefix}:bars:{symbol}``...) are moved to the new names the first time a symbol is
-loaded (:func:`legacy_keys`).
-
-``meta`` also holds ``context_complete`` = ``0`` for a symbol whose context was restored after a data
-loss but may miss older bars (the input topic no longer held them).
+The braces make ``{SYMBOL}`` the Redis Cluster hash tag, so all keys of a symbol live in one slot.
+Keys of the older schema (``{prefix}:bars:{symbol}``...) are moved to the new names the first time a
+symbol is loaded (``legacy_keys``).
 
 All four keys of a processed bar are written in one atomic step (a Lua script on Redis): ring append
 and trim, token cache, meta and latest forecast. The step is idempotent: it skips a bar whose ``ts`` is
 not after the stored ``last_ts``, so a retried write or a stale writer cannot append a bar twice.
-Reading the latest forecast: ``GET {prefix}:{{symbol}}:forecast`` (or ``kronos-stream forecast SYMBOL``).
+Reading the latest forecast: ``GET {prefix}:{SYMBOL}:forecast`` (or ``kronos-stream forecast SYMBOL``).
 """
+# The docstring above is the key schema's only description: docs/contracts/redis.md renders it
+# (mkdocstrings), so it stays Markdown.
 
 from __future__ import annotations
 

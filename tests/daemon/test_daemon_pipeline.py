@@ -178,7 +178,7 @@ async def test_a_round_larger_than_a_publish_chunk_is_published_whole_before_it_
 
 async def test_pipelining_is_on_by_default_only_for_a_model_on_cuda() -> None:
     """KRONOS_BATCH__PIPELINE unset (auto): off for a CPU model (on 2 cores the fetch competed with
-    the model, README "Steady state"), on for one on CUDA; an explicit setting wins."""
+    the model, docs/benchmarks/daemon.md "Steady state"), on for one on CUDA; an explicit setting wins."""
     from types import SimpleNamespace
 
     from daemon.model.build import on_cuda

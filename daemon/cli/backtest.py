@@ -69,6 +69,9 @@ def _model_settings(args: argparse.Namespace) -> dict[str, Any]:
     from daemon.demo.replay import MAX_CONTEXT, MODEL_DIR
 
     model: dict[str, Any] = {"horizon": args.horizon, "sample_count": args.samples, "device": args.device}
+    max_context = args.max_context or (MAX_CONTEXT if args.model == DEMO and not args.registry else None)
+    if max_context is not None and not 1 <= args.horizon < max_context:
+        raise ConfigError(f"--horizon {args.horizon} exceeds the model's max_context {max_context}: lower --horizon")
     if args.threads:
         model["threads"] = args.threads
     if args.registry:

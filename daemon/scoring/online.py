@@ -35,7 +35,6 @@ is on). Prometheus gets the same sums, labelled by model version and horizon ste
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from abc import ABC, abstractmethod
@@ -49,7 +48,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daemon.scoring.calibration import GuardedCalibrator, distribution_fields, publisher_config
-from kronos_core.evaluation.publisher import POOLED, Ticket
+from kronos_core.evaluation.publisher import POOLED, Ticket, b64_floats, floats_from_b64
 from kronos_core.scoring import ScoreAccumulator, level_key
 from kronos_core.stream_types import SeriesForecast, SeriesWindow
 
@@ -58,14 +57,6 @@ log = structlog.get_logger("kronos.scoring")
 CLOSE = 3  # index of the close among the six features
 MODEL_BANDS_SUFFIX = "@model"  # scores of the model's own bands, when calibration changes the published ones
 _ARRAYS = ("n", "abs_err", "persist_err", "inside", "crps_n", "crps")
-
-
-def _b64(array: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(array, dtype="<f8").tobytes()).decode("ascii")
-
-
-def _unb64(text: str, shape: tuple[int, ...]) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype="<f8").reshape(shape).astype(np.float64)
 
 
 @dataclass
@@ -95,16 +86,16 @@ class PendingForecast:
             "c": self.last_close,
             "l": list(self.levels),
             "h": h,
-            "m": _b64(self.mean),
-            "q": _b64(self.quantiles),
-            "mq": _b64(self.model_quantiles),
+            "m": b64_floats(self.mean),
+            "q": b64_floats(self.quantiles),
+            "mq": b64_floats(self.model_quantiles),
         }
         if self.paths is not None:
             record["s"] = int(self.paths.shape[0])
-            record["p"] = _b64(self.paths)
+            record["p"] = b64_floats(self.paths)
         if self.calibrated_paths is not None:
             record["j"] = int(self.calibrated_paths.shape[0])
-            record["cp"] = _b64(self.calibrated_paths)
+            record["cp"] = b64_floats(self.calibrated_paths)
         if self.ticket is not None:
             record["g"] = self.ticket
         return json.dumps(record, separators=(",", ":")).encode()
@@ -119,11 +110,11 @@ class PendingForecast:
             as_of=int(d["t"]),
             last_close=float(d["c"]),
             levels=tuple(float(x) for x in d["l"]),
-            mean=_unb64(d["m"], (h,)),
-            quantiles=_unb64(d["q"], (q, h)),
-            model_quantiles=_unb64(d["mq"], (q, h)),
-            paths=None if s is None else _unb64(d["p"], (int(s), h)),
-            calibrated_paths=None if "cp" not in d else _unb64(d["cp"], (int(d.get("j", s)), h)),
+            mean=floats_from_b64(d["m"], (h,)),
+            quantiles=floats_from_b64(d["q"], (q, h)),
+            model_quantiles=floats_from_b64(d["mq"], (q, h)),
+            paths=None if s is None else floats_from_b64(d["p"], (int(s), h)),
+            calibrated_paths=None if "cp" not in d else floats_from_b64(d["cp"], (int(d.get("j", s)), h)),
             ticket=d.get("g"),
         )
 

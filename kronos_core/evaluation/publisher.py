@@ -116,24 +116,25 @@ class _Scope:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON; arrays as base64 of little-endian float64 (a symbol's state is ~12 KB at horizon 12)."""
         return {
-            "theta": _b64(self.theta), "losses": _b64(self.losses), "up_weight": _b64(self.up_weight),
-            "ups": _b64(self.ups), "count": self.count, "shape": list(self.theta.shape),
+            "theta": b64_floats(self.theta), "losses": b64_floats(self.losses), "up_weight": b64_floats(self.up_weight),
+            "ups": b64_floats(self.ups), "count": self.count, "shape": list(self.theta.shape),
         }  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> _Scope:
         stages, j, h = (int(x) for x in data["shape"])
         return cls(
-            _unb64(data["theta"], (stages, j, h)), _unb64(data["losses"], (2, h)),
-            _unb64(data["up_weight"], (h,)), _unb64(data["ups"], (h,)), int(data["count"]),
+            floats_from_b64(data["theta"], (stages, j, h)), floats_from_b64(data["losses"], (2, h)),
+            floats_from_b64(data["up_weight"], (h,)), floats_from_b64(data["ups"], (h,)), int(data["count"]),
         )  # fmt: skip
 
 
-def _b64(a: np.ndarray) -> str:
+def b64_floats(a: np.ndarray) -> str:
+    """An array as base64 of little-endian float64 (compact JSON)."""
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f8").tobytes()).decode("ascii")
 
 
-def _unb64(text: str, shape: tuple[int, ...]) -> np.ndarray:
+def floats_from_b64(text: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f8").reshape(shape).astype(np.float64)
 
 

@@ -330,6 +330,10 @@ class ScoringSettings(_Group):
         default=50, ge=0, description="realised forecasts of a symbol before its own calibration is used (pooled before)"
     )
     vol_window: int = Field(default=100, ge=2, le=10_000, description="returns in the rolling-volatility walk")
+    publish_paths: int = Field(
+        default=0, ge=0, le=256,
+        description="with calibrate: this many of the model's close sample paths go in the message (model_paths); 0: none",
+    )  # fmt: skip
 
 
 class BatchSettings(_Group):

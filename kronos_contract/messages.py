@@ -97,6 +97,9 @@ class ForecastMessage(BaseModel):
     model_mean: list[float] | None = Field(
         default=None, description="with bands=guarded: the model's own close mean, one per step"
     )
+    model_paths: list[list[float]] | None = Field(
+        default=None, description="KRONOS_SCORING__PUBLISH_PATHS of the model's close sample paths, one list per path"
+    )
     model_quantiles: dict[str, list[float]] | None = Field(
         default=None, description='with bands=guarded: the model\'s own close quantiles, "p10" -> one per step'
     )

@@ -42,7 +42,7 @@ from daemon.io.feeds import FeedBar, csv_bars, publish
 from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.io.messages import format_ts, quantile_key, to_ns
 from daemon.logging import configure_logging
-from daemon.scoring.calibration import GuardedCalibrator, publisher_config
+from daemon.scoring.calibration import build_calibrator
 from daemon.scoring.online import (
     MODEL_BANDS_SUFFIX,
     MemoryScoreStore,
@@ -253,7 +253,7 @@ async def replay(
         MemoryScoreStore(),
         ScoreMetrics(daemon.metrics.registry),
         s.model.horizon,
-        GuardedCalibrator(publisher_config(s)) if s.scoring.calibrate else None,
+        build_calibrator(s),
     )
     producer = MemoryOutput(broker)  # what `kronos-stream replay` does with a Kafka producer
     reader = _OutputReader(broker, s.kafka.output_topic)

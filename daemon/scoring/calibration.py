@@ -41,12 +41,17 @@ def publisher_config(settings: Any) -> PublisherConfig:
     return PublisherConfig(settings.model.horizon, min_symbol=s.calibration_min, vol_window=s.vol_window)
 
 
-def distribution_fields(
-    p: Published, levels: Sequence[float], model_q: np.ndarray, model_mean: np.ndarray
-) -> dict[str, Any]:
+def build_calibrator(settings: Any) -> GuardedCalibrator | None:
+    """The daemon's calibrator of ``KRONOS_SCORING__*``; None when calibration is off."""
+    s = settings.scoring
+    return GuardedCalibrator(publisher_config(settings), s.publish_paths) if s.calibrate else None
+
+
+def distribution_fields(applied: Applied, levels: Sequence[float]) -> dict[str, Any]:
     """The message's fields beside the bands: the guard, the probabilities and the model's own close."""
+    p, model_q, model_mean = applied.published, applied.model_quantiles, applied.model_mean
     expected, rq = p.returns(levels)
-    return {
+    fields = {
         "guard": {"model_weight": np.round(p.weights, 4).tolist(), "scope": p.scope},
         "probabilities": {
             "p_up": np.round(p.p_up, 4).tolist(),
@@ -56,6 +61,9 @@ def distribution_fields(
         "model_quantiles": {quantile_key(q): model_q[i].tolist() for i, q in enumerate(levels)},
         "model_mean": model_mean.tolist(),
     }
+    if applied.paths is not None:
+        fields["model_paths"] = applied.paths.tolist()
+    return fields
 
 
 class Applied(NamedTuple):
@@ -63,13 +71,15 @@ class Applied(NamedTuple):
     model_mean: np.ndarray  # [H] the model's own close mean
     grid: np.ndarray  # [J, H] the published distribution (scored as an ensemble of J paths)
     published: Published
+    paths: np.ndarray | None  # [P, H] the model's close paths for the message, or None
 
 
 class GuardedCalibrator:
     """The daemon's :class:`Publisher`, with the states of the symbols it has seen."""
 
-    def __init__(self, config: PublisherConfig) -> None:
+    def __init__(self, config: PublisherConfig, publish_paths: int = 0) -> None:
         self.publisher = Publisher(config)
+        self.publish_paths = publish_paths  # the model's close paths put in the message (0: none)
         self._held: set[str] = set()  # symbols whose stored state has been read (or found missing)
         self._dirty: set[str] = set()
 
@@ -110,7 +120,8 @@ class GuardedCalibrator:
         model_mean = mean[:, CLOSE].copy()
         mean[:, CLOSE] = published.quantiles.mean(axis=0)
         result.quantiles, result.mean = quantiles, mean
-        return Applied(model_q, model_mean, published.quantiles, published)
+        paths = np.asarray(samples[: self.publish_paths, :, CLOSE], dtype=np.float64) if self.publish_paths else None
+        return Applied(model_q, model_mean, published.quantiles, published, paths)
 
     def observe(self, ticket: Ticket, realised: np.ndarray) -> None:
         self.publisher.realise(ticket, realised)
@@ -123,4 +134,4 @@ class GuardedCalibrator:
         return out
 
 
-__all__ = ["GRID", "Applied", "GuardedCalibrator", "distribution_fields", "publisher_config"]
+__all__ = ["GRID", "Applied", "GuardedCalibrator", "build_calibrator", "distribution_fields", "publisher_config"]

@@ -47,7 +47,7 @@ import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from daemon.scoring.calibration import GuardedCalibrator, distribution_fields, publisher_config
+from daemon.scoring.calibration import GuardedCalibrator, build_calibrator, distribution_fields
 from kronos_core.evaluation.publisher import POOLED, Ticket, b64_floats, floats_from_b64
 from kronos_core.scoring import ScoreAccumulator, level_key
 from kronos_core.stream_types import SeriesForecast, SeriesWindow
@@ -577,9 +577,7 @@ class OnlineScorer:
             self._extra[id(result)] = (done.model_quantiles, done.grid, done.published.ticket.to_dict())
             if contexts is not None:
                 contexts[i].bands = "guarded"
-                contexts[i].distribution = distribution_fields(
-                    done.published, tuple(result.quantile_levels), done.model_quantiles, done.model_mean
-                )
+                contexts[i].distribution = distribution_fields(done, tuple(result.quantile_levels))
 
     async def stored(
         self,
@@ -714,7 +712,7 @@ def build_scorer(settings: Any, state_store: Any, registry: CollectorRegistry) -
         store = MemoryScoreStore()
     else:
         store = RedisScoreStore.from_settings(settings)
-    calibrator = GuardedCalibrator(publisher_config(settings)) if s.calibrate else None
+    calibrator = build_calibrator(settings)
     return OnlineScorer(store, ScoreMetrics(registry), settings.model.horizon, calibrator)
 
 

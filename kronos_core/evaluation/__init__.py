@@ -14,7 +14,7 @@ from kronos_core.evaluation.data import Bars, load_bars_csv
 from kronos_core.evaluation.distribution import GRID, prob_up, quantiles_at
 from kronos_core.evaluation.publisher import Published, Publisher, PublisherConfig
 from kronos_core.evaluation.stats import diebold_mariano
-from kronos_core.evaluation.walk import BacktestConfig, BacktestResult, run_backtest
+from kronos_core.evaluation.walk import BacktestConfig, BacktestResult, predict_distribution, run_backtest
 
 __all__ = [
     "GRID",
@@ -28,6 +28,7 @@ __all__ = [
     "ewma_vol_quantiles",
     "load_bars_csv",
     "persistence_quantiles",
+    "predict_distribution",
     "prob_up",
     "quantiles_at",
     "run_backtest",

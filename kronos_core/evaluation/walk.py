@@ -30,7 +30,7 @@ import numpy as np
 from kronos_core.evaluation.baselines import ewma_vol_quantiles, persistence_quantiles
 from kronos_core.evaluation.data import Bars
 from kronos_core.evaluation.distribution import quantiles_at
-from kronos_core.evaluation.publisher import Publisher, PublisherConfig
+from kronos_core.evaluation.publisher import Published, Publisher, PublisherConfig
 from kronos_core.evaluation.scores import LEVELS, Scores
 from kronos_core.exceptions import InputError
 from kronos_core.scoring import ScoreAccumulator
@@ -227,3 +227,37 @@ def run_backtest(
         "model_forecasts_per_s": round(n_forecasts / max(model_s, 1e-9), 2),
     }  # fmt: skip
     return BacktestResult(summary=summary, fans=fans, publisher=pub)
+
+
+def predict_distribution(
+    forecaster: StreamForecaster,
+    bars: Bars,
+    horizon: int = 12,
+    publisher: Publisher | None = None,
+    future_timestamps: np.ndarray | None = None,
+) -> Published:
+    """The published distribution of the next ``horizon`` closes after ``bars``: calibrated quantiles,
+    P(up) per step, expected return and return quantiles (:meth:`Published.returns`), the guard's weights.
+
+    ``publisher``: a trained state, e.g. ``run_backtest(...).publisher`` on the same symbol's past, so
+    that the calibration and the guard have learnt from realised forecasts (a fresh one starts from the
+    prior: the model's median with the walk's spread, and equal weights). ``future_timestamps``: the
+    horizon bars' times (default: the last bar interval repeated)."""
+    pub = publisher or Publisher(PublisherConfig(horizon))
+    if pub.config.horizon != horizon:
+        raise InputError(f"the publisher's horizon {pub.config.horizon} differs from {horizon}")
+    context = forecaster.max_context - horizon
+    if len(bars) < 2:
+        raise InputError(f"{bars.symbol}: at least 2 bars are needed, got {len(bars)}")
+    ts = bars.timestamps[-context:]
+    if future_timestamps is None:
+        step = np.diff(bars.timestamps[-2:])[0]
+        future_timestamps = bars.timestamps[-1] + step * np.arange(1, horizon + 1)
+    last_ns = int(np.asarray(ts[-1:]).astype("datetime64[ns]").astype("int64")[0])
+    window = SeriesWindow(
+        series_id=bars.symbol, values=bars.values[-context:], timestamps=ts,
+        future_timestamps=np.asarray(future_timestamps, dtype="datetime64[ns]"),
+        seed=derive_seed(bars.symbol, last_ns, forecaster.model_version),
+    )  # fmt: skip
+    paths = forecast_all(forecaster, [window], horizon, 1)[0]
+    return pub.publish(bars.symbol, window.values[:, CLOSE], paths)

@@ -243,3 +243,17 @@ def test_backtest_refuses_bars_too_short_for_an_origin() -> None:
     bars = frame_to_bars(_frame(_gbm(60, 0.01, 1)), "A")
     with pytest.raises(InputError, match="hold no origin"):
         run_backtest(NoisyPersistence(), bars, BacktestConfig(horizon=4))
+
+
+def test_predict_distribution_with_a_trained_publisher() -> None:
+    from kronos_core.evaluation import predict_distribution
+    from kronos_core.evaluation.data import frame_to_bars
+
+    bars = frame_to_bars(_frame(_gbm(400, 0.01, 3)), "A")["A"]
+    model = NoisyPersistence()
+    trained = run_backtest(model, {"A": bars}, BacktestConfig(horizon=4, origins=100, warmup=50)).publisher
+    p = predict_distribution(model, bars, horizon=4, publisher=trained)
+    assert p.scope == "symbol" and p.quantiles.shape == (len(GRID), 4)
+    assert np.all((p.p_up >= 0) & (p.p_up <= 1))
+    with pytest.raises(InputError, match="horizon"):
+        predict_distribution(model, bars, horizon=3, publisher=trained)

@@ -26,13 +26,13 @@ from daemon_helpers import (
 from hotswap_helpers import registry_v1_v2
 
 from kronos_contract.registry import Registry
-from kronos_core.stream_types import StreamForecaster
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(600)]
 
 SYMBOLS = 20
-BARS = 360
-RESTART_AT = 300
+BARS = 480
+RESTART_AT = 300  # the daemon is stopped and started again here
+SWAP_AT = 400  # v2 is promoted here
 SIGMAS = np.geomspace(0.001, 0.02, SYMBOLS)
 
 
@@ -54,66 +54,55 @@ def _hits(f: dict, closes: np.ndarray, t: int) -> list[bool]:
     return [lo[k] <= closes[t + 1 + k] <= hi[k] for k in range(len(lo)) if t + 1 + k < len(closes)]
 
 
-async def test_per_symbol_coverage_and_after_a_restart(
-    kafka_bootstrap: str, redis_url: str, key_prefix: str, group_id: str, topics: Topics, forecaster: StreamForecaster
-) -> None:
-    closes = {f"V{i:02d}": _closes(i) for i in range(SYMBOLS)}
-    settings = daemon_settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics)
-    h = settings.model.horizon
-    await produce(kafka_bootstrap, topics.input, _records(closes, 0, RESTART_AT))
-    async with running_daemon(settings, forecaster):
-        await read_topic(kafka_bootstrap, topics.output, SYMBOLS * RESTART_AT, timeout_s=400)
-    await produce(kafka_bootstrap, topics.input, _records(closes, RESTART_AT, BARS))
-    async with running_daemon(settings, forecaster):
-        out = forecasts(await read_topic(kafka_bootstrap, topics.output, SYMBOLS * BARS, timeout_s=200))
-    _check(out, closes, h, lambda f: index_of(f) >= RESTART_AT)
-
-
-def index_of(f: dict) -> int:
-    return int((np.datetime64(f["as_of"].rstrip("Z")) - np.datetime64(T0.replace(tzinfo=None))) // np.timedelta64(1, "m"))
-
-
-def _check(out: list[dict], closes: dict[str, np.ndarray], h: int, after: object) -> None:
-    """Per-symbol coverage once a symbol's own calibration has had its 50 realised forecasts, and the
-    coverage of the first 100 realised forecasts that ``after(forecast)`` selects."""
-    assert all(f["bands"] == "guarded" for f in out)
-    by_symbol: dict[str, list[bool]] = {s: [] for s in closes}
-    chosen: list[tuple[int, list[bool]]] = []
-    for f in out:
-        t = index_of(f)
-        if t + h >= BARS:
-            continue
-        hits = _hits(f, closes[f["symbol"]], t)
-        if t >= 50:
-            by_symbol[f["symbol"]] += hits
-        if after(f):  # type: ignore[operator]
-            chosen.append((t, hits))
-    coverage = {s: float(np.mean(v)) for s, v in by_symbol.items()}
-    within = [s for s, c in coverage.items() if 0.7 <= c <= 0.9]
-    assert len(within) >= math.ceil(0.9 * SYMBOLS), " ".join(f"{s}={c:.3f}" for s, c in coverage.items())
-    first = [hit for _, hits in sorted(chosen, key=lambda x: x[0])[:100] for hit in hits]
-    assert len(first) == 100 * h and 0.7 <= float(np.mean(first)) <= 0.9, float(np.mean(first))
-
-
-async def test_per_symbol_coverage_across_a_hot_swap(
+async def test_per_symbol_coverage_after_a_restart_and_across_a_hot_swap(
     kafka_bootstrap: str, redis_url: str, key_prefix: str, group_id: str, topics: Topics, tmp_path: Path
 ) -> None:
-    """v1 serves, v2 (perturbed weights) is promoted: the calibration carries over, nothing starts cold."""
+    """v1 serves, the daemon restarts, then v2 (perturbed weights) is promoted: the calibration lives in
+    Redis and is per symbol, so neither the restart nor the new version starts cold."""
     root = registry_v1_v2(tmp_path)
     closes = {f"V{i:02d}": _closes(i) for i in range(SYMBOLS)}
     model = {"registry": str(root), "registry_poll_s": 0.2, "device": "cpu", "threads": 1,
              "cache_dir": str(tmp_path / "cache")}  # fmt: skip
     settings = daemon_settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics, model=model)
     h = settings.model.horizon
-    async with running_daemon(settings, None) as d:
-        await produce(kafka_bootstrap, topics.input, _records(closes, 0, RESTART_AT))
+    await produce(kafka_bootstrap, topics.input, _records(closes, 0, RESTART_AT))
+    async with running_daemon(settings, None):
         await read_topic(kafka_bootstrap, topics.output, SYMBOLS * RESTART_AT, timeout_s=400)
+    await produce(kafka_bootstrap, topics.input, _records(closes, RESTART_AT, SWAP_AT))
+    async with running_daemon(settings, None) as d:
+        await read_topic(kafka_bootstrap, topics.output, SYMBOLS * SWAP_AT, timeout_s=300)
         Registry(str(root)).promote("v2")
         for _ in range(300):
             if d.forecaster is not None and d.forecaster.model_version == "v2":
                 break
             await asyncio.sleep(0.1)
-        await produce(kafka_bootstrap, topics.input, _records(closes, RESTART_AT, BARS))
-        out = forecasts(await read_topic(kafka_bootstrap, topics.output, SYMBOLS * BARS, timeout_s=200))
+        await produce(kafka_bootstrap, topics.input, _records(closes, SWAP_AT, BARS))
+        out = forecasts(await read_topic(kafka_bootstrap, topics.output, SYMBOLS * BARS, timeout_s=300))
     assert {f["model_version"] for f in out[-SYMBOLS:]} == {"v2"}
-    _check(out, closes, h, lambda f: f["model_version"] == "v2")
+    assert all(f["bands"] == "guarded" for f in out)
+    _per_symbol(out, closes, h)
+    _first_hundred(out, closes, h, lambda f: RESTART_AT <= index_of(f) < SWAP_AT)  # after the restart
+    _first_hundred(out, closes, h, lambda f: f["model_version"] == "v2")  # of the new version
+
+
+def index_of(f: dict) -> int:
+    return int((np.datetime64(f["as_of"].rstrip("Z")) - np.datetime64(T0.replace(tzinfo=None))) // np.timedelta64(1, "m"))
+
+
+def _per_symbol(out: list[dict], closes: dict[str, np.ndarray], h: int) -> None:
+    """Per-symbol coverage, once a symbol's own calibration has had its 50 realised forecasts."""
+    by_symbol: dict[str, list[bool]] = {s: [] for s in closes}
+    for f in out:
+        t = index_of(f)
+        if t >= 50 and t + h < BARS:
+            by_symbol[f["symbol"]] += _hits(f, closes[f["symbol"]], t)
+    coverage = {s: float(np.mean(v)) for s, v in by_symbol.items()}
+    within = [s for s, c in coverage.items() if 0.7 <= c <= 0.9]
+    assert len(within) >= math.ceil(0.9 * SYMBOLS), " ".join(f"{s}={c:.3f}" for s, c in coverage.items())
+
+
+def _first_hundred(out: list[dict], closes: dict[str, np.ndarray], h: int, chosen: object) -> None:
+    """The coverage of the first 100 realised forecasts that ``chosen(forecast)`` selects."""
+    picked = sorted(((index_of(f), f) for f in out if chosen(f) and index_of(f) + h < BARS), key=lambda x: x[0])  # type: ignore[operator]
+    hits = [hit for t, f in picked[:100] for hit in _hits(f, closes[f["symbol"]], t)]
+    assert len(hits) == 100 * h and 0.7 <= float(np.mean(hits)) <= 0.9, float(np.mean(hits))

@@ -160,7 +160,7 @@ def test_guarded_calibrator_brings_a_too_narrow_model_to_nominal_coverage() -> N
         result = _forecast(last, rng.normal(0, 0.002 * last, size=(32, h)), levels)  # ~5x too narrow
         done = cal.apply(_window("S", closes[i - 59 : i + 1], i, h), result)
         assert done is not None
-        model_q, _, grid, published = done
+        model_q, _, grid, published, _ = done
         assert grid.shape == (40, h) and np.all(np.diff(grid, axis=0) >= 0)
         np.testing.assert_allclose(result.quantiles[:, :, 3], published.quantiles[[3, 19, 35]], rtol=0.02)
         tickets[i] = Ticket.from_dict(published.ticket.to_dict())  # as it waits in Redis
@@ -181,7 +181,7 @@ def test_guarded_calibrator_brings_a_too_narrow_model_to_nominal_coverage() -> N
 
 
 async def test_guarded_daemon_keeps_both_scores() -> None:
-    settings = _settings(calibrate=True, calibration_min=5)
+    settings = _settings(calibrate=True, calibration_min=5, publish_paths=2)
     broker = MemoryBroker(default_partitions=1)
     for key, value in bar_series("A", 40):
         broker.append("in", key, value)
@@ -204,6 +204,7 @@ async def test_guarded_daemon_keeps_both_scores() -> None:
         assert len(f["probabilities"]["p_up"]) == H and all(0 <= p <= 1 for p in f["probabilities"]["p_up"])
         assert set(f["model_quantiles"]) == {"p10", "p50", "p90"}
         assert f["quantiles"]["p10"]["close"] != f["model_quantiles"]["p10"]
+        assert len(f["model_paths"]) == 2 and all(len(p) == H for p in f["model_paths"])  # capped
     assert model_cov == pytest.approx(sums["stub-1@model"].report().coverage)
 
 

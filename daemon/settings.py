@@ -75,6 +75,9 @@ class KafkaSettings(_Group):
     # the producer's record batches (per partition and request): a burst of forecasts (about 3.5 KB
     # each at horizon 12) goes out in a few requests instead of one per 16 KB (aiokafka's default)
     producer_batch_bytes: int = Field(default=512 * 1024, ge=16 * 1024, le=1_000_000)
+    # codec of the record batches the daemon produces (forecasts and dead letters); reading, every
+    # codec is decoded whatever this says
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     create_topics: int | None = Field(default=None, ge=1)  # create missing topics with this many partitions
     create_topics_replication: int = Field(default=1, ge=1)  # their replication factor
     # Exactly-once (Kafka transactions, see daemon/io/kafka_eos.py): forecasts, dead letters and input
@@ -94,6 +97,18 @@ class KafkaSettings(_Group):
                 "KRONOS_KAFKA__SASL_PASSWORD)"
             )
         return self
+
+    @field_validator("compression_type")
+    @classmethod
+    def _codec_installed(cls, codec: str) -> str:
+        from aiokafka import codec as codecs
+
+        if codec != "none" and not getattr(codecs, f"has_{codec}")():
+            raise ValueError(
+                f"compression {codec!r} needs a library this installation lacks: install aiokafka's "
+                f"codec extras (pip install 'aiokafka[lz4,snappy,zstd]', i.e. cramjam), or choose none or gzip"
+            )
+        return codec
 
     @model_validator(mode="after")
     def _transactional_id_stable(self) -> KafkaSettings:
@@ -284,6 +299,8 @@ class Settings(BaseSettings):
     # State lost in Redis is restored from the input topic's bars of this many seconds back (unset: all).
     restore_lookback_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     health_probe_interval_s: float = Field(default=2.0, gt=0, allow_inf_nan=False)  # readiness probes
+    # A partition with lag whose position has not moved for this long: readiness 503, kronos_partition_stalled 1.
+    partition_stall_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     graceful_shutdown_s: float = Field(default=25.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

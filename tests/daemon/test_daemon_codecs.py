@@ -1,7 +1,8 @@
 """Every codec on the wire, against the session's real Kafka broker and Redis server.
 
 Bars written by the Java client of the Kafka distribution the services run (scripts/kafka/BarProducer.java,
-kafka-clients with compression.type gzip, snappy, lz4 or zstd) are forecast. A record batch the daemon
+kafka-clients with compression.type gzip, snappy, lz4 or zstd) are forecast, and the daemon's own
+forecasts and dead letters go out in the codec KRONOS_KAFKA__COMPRESSION_TYPE names. A record batch the daemon
 cannot decode (a daemon process whose codec library is hidden) is skipped past, counted and
 dead-lettered, and the partition goes on. A partition held by a hanging transaction upstream, lagging
 without advancing, fails readiness and sets kronos_partition_stalled.
@@ -22,11 +23,14 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from daemon_helpers import (
+    T0,
     Record,
     Topics,
+    bar_record,
     bar_series,
     committed_offsets,
     daemon_settings,
+    encode,
     end_offsets,
     expected_ids,
     forecasts,
@@ -98,17 +102,26 @@ async def test_bars_from_the_java_client_are_forecast_whatever_the_codec(
     forecaster: StreamForecaster,
 ) -> None:
     series = {s: bar_series(s, 6, seed=i) for i, s in enumerate(["JA", "JB", "JC"])}
-    await asyncio.to_thread(java_produce, kafka_bootstrap, topics.input, interleave(*series.values()), codec)
+    bad = encode(bar_record("JD", T0, 10.0, high=1.0))  # low > high: a dead letter
+    records = interleave(*series.values()) + [bad]
+    await asyncio.to_thread(java_produce, kafka_bootstrap, topics.input, records, codec)
     assert await codecs_on(kafka_bootstrap, topics.input) == {codec}  # the broker kept the client's codec
-    settings = daemon_settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics)
+    # the daemon's own producer writes the same codec (KRONOS_KAFKA__COMPRESSION_TYPE)
+    settings = daemon_settings(
+        kafka_bootstrap, redis_url, key_prefix, group_id, topics, kafka={"compression_type": codec}
+    )
 
     async with running_daemon(settings, forecaster) as d:
         out = forecasts(await read_topic(kafka_bootstrap, topics.output, 18))
+        dead = await read_topic(kafka_bootstrap, topics.dead, 1)
         await wait_committed(kafka_bootstrap, group_id, topics.input)
         assert metric(d, "kronos_forecasts_out_total") == 18
 
     assert {f["id"] for f in out} == expected_ids(series, forecaster.model_version)
-    assert not await read_topic(kafka_bootstrap, topics.dead, 0, timeout_s=1)
+    assert [(r.key, r.value) for r in dead] == [bad]
+    assert dict(dead[0].headers)["reason_kind"] == b"schema"
+    assert await codecs_on(kafka_bootstrap, topics.output) == {codec}
+    assert await codecs_on(kafka_bootstrap, topics.dead) == {codec}
 
 
 async def _produce_one_batch(bootstrap: str, topic: str, records: list[Record], codec: str) -> None:

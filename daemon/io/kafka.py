@@ -27,7 +27,7 @@ from aiokafka.helpers import create_ssl_context
 
 from daemon.errors import BusError, BusUnavailable, CommitRefused
 from daemon.io.bus import Headers, InMessage, InputBus, OutputBus, Partition, RebalanceHandler
-from daemon.io.undecodable import UndecodableRecord, is_decode_error, locate
+from daemon.io.undecodable import is_decode_error, locate
 from daemon.settings import KafkaSettings
 
 log = structlog.get_logger("kronos.kafka")
@@ -57,8 +57,10 @@ def _partition(tp: TopicPartition) -> Partition:
 
 
 def _message(r: Any) -> InMessage:
-    error = r.error if type(r) is UndecodableRecord else None
-    return InMessage(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, list(r.headers or ()), error)
+    """A consumed record as an InMessage (a stand-in for an undecodable batch is one already)."""
+    if type(r) is InMessage:
+        return r
+    return InMessage(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, list(r.headers or ()))
 
 
 def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
@@ -82,9 +84,8 @@ async def getmany_decodable(
 
     When records do not decode, each candidate partition (those of ``tps``, or all assigned, with
     records left to read) is fetched raw at its position and cut at its first undecodable batch
-    (:mod:`daemon.io.undecodable`): what precedes the batch is returned with an
-    :class:`~daemon.io.undecodable.UndecodableRecord` standing in for the batch, and the consumer
-    seeks past it. A failure no batch explains raises :class:`BusError` (the caller retries).
+    (:mod:`daemon.io.undecodable`): what precedes the batch is returned with an :class:`InMessage`
+    standing in for the batch (its ``error`` says why), and the consumer seeks past it. A failure no batch explains raises :class:`BusError` (the caller retries).
 
     Keep ``max_records`` at 1 when ``tps`` holds several partitions: aiokafka drains partitions in
     turn and, when one of them fails, the records already drained from the others in that call are

@@ -6,17 +6,16 @@ raises from ``getmany`` with nothing to tell which partition or offset, and the 
 partition meets the same batch again: the partition would never advance. So on such an error the
 partitions with records pending are fetched once more, raw (:func:`fetch_raw`), and cut at the
 first batch that does not decode (:func:`split_at_undecodable`): the records before it are handed
-out as usual, the batch itself becomes an :class:`UndecodableRecord` (the loop dead-letters it with
-the reason and its offsets), and the consumer seeks past it.
+out as usual, the batch itself becomes a message whose ``error`` says why (the loop dead-letters it
+with the reason and its offsets), and the consumer seeks past it.
 
-When the batch itself is sound but for its CRC, its records can still be read: each then becomes an
-:class:`UndecodableRecord` of its own (original key, value and headers), so every record is
-dead-lettered alone. Otherwise the whole batch, raw bytes as fetched, is one dead letter.
+When the batch itself is sound but for its CRC, its records can still be read: each then becomes a
+message of its own (original key, value and headers), so every record is dead-lettered alone.
+Otherwise the whole batch, raw bytes as fetched, is one dead letter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,8 @@ from aiokafka.consumer.fetcher import READ_COMMITTED, PartitionRecords
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError, for_code
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
+
+from daemon.io.bus import InMessage
 
 # aiokafka's default max_partition_fetch_bytes: the raw fetch sees the batches the consumer saw
 RAW_FETCH_BYTES = 1024 * 1024
@@ -38,34 +39,6 @@ def is_decode_error(exc: BaseException) -> bool:
     return isinstance(exc, UnsupportedCodecError | CorruptRecordException) or (
         isinstance(exc, Exception) and not isinstance(exc, KafkaError)
     )
-
-
-class UndecodableRecord:
-    """Stands in, among a partition's records, for what could not be decoded: an isolated record of a
-    batch whose CRC failed (its own key, value, headers), or a whole batch (key None, value = the raw
-    batch). ``offset`` is its last offset, so committing past it steps over it; ``error`` is why."""
-
-    __slots__ = ("topic", "partition", "offset", "key", "value", "timestamp", "headers", "error")
-
-    def __init__(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp: int,
-        headers: Sequence[tuple[str, bytes]],
-        error: str,
-    ) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self.key = key
-        self.value = value
-        self.timestamp = timestamp
-        self.headers = list(headers)
-        self.error = error
 
 
 @dataclass(frozen=True)
@@ -82,13 +55,15 @@ class Undecodable:
     timestamp_ms: int
     records: tuple[Any, ...] = ()  # ConsumerRecords read with the CRC check off
 
-    def stand_ins(self) -> list[UndecodableRecord]:
-        """What the consumer hands out instead: one per record when they could be isolated, else one."""
+    def stand_ins(self) -> list[InMessage]:
+        """What the consumer hands out instead, as messages whose ``error`` says why (the loop
+        dead-letters them): one per record when they could be isolated, else one for the batch, with
+        the raw batch as its value and its last offset as its own (committing past it steps over it)."""
         t, p = self.tp.topic, self.tp.partition
         if self.records:
             why = f"{self.reason}; the record is not used"
             return [
-                UndecodableRecord(t, p, r.offset, r.key, r.value, r.timestamp, list(r.headers or ()), why)
+                InMessage(t, p, r.offset, r.key, r.value, r.timestamp, list(r.headers or ()), why)
                 for r in self.records
             ]
         headers = [
@@ -97,7 +72,7 @@ class Undecodable:
             ("codec", self.codec.encode()),
         ]
         why = f"{self.reason}; the value is the raw record batch, none of its records is used"
-        return [UndecodableRecord(t, p, self.next_offset - 1, None, self.raw, self.timestamp_ms, headers, why)]
+        return [InMessage(t, p, self.next_offset - 1, None, self.raw, self.timestamp_ms, headers, why)]
 
 
 def _header(chunk: bytes) -> tuple[int, int, str, int]:

@@ -9,19 +9,26 @@ member's generation is still valid, so the loop can finish the batch in flight a
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
     CommitFailedError,
+    GroupAuthorizationFailedError,
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     RequestTimedOutError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
 )
 from aiokafka.helpers import create_ssl_context
 
@@ -129,26 +136,73 @@ async def getmany_decodable(
     return found
 
 
+_NOT_AUTHORISED = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+
+
 def bus_error(message: str, exc: BaseException) -> BusError:
     """:class:`BusUnavailable` for what waiting can cure (no connection, a timeout, a retriable broker
     error such as no leader), else :class:`BusError` (a refusal: too large, not authorised...)."""
     unavailable = isinstance(
         exc, KafkaConnectionError | KafkaTimeoutError | RequestTimedOutError | TimeoutError | OSError
     ) or bool(getattr(exc, "retriable", False))
+    if isinstance(exc, _NOT_AUTHORISED):
+        message += (
+            "; the broker's authorizer refused this client's principal (KRONOS_KAFKA__SASL_USERNAME): "
+            "grant it the ACL the operation needs (READ on the input topic and on KRONOS_KAFKA__GROUP_ID "
+            "to consume, WRITE on the output and dead-letter topics to publish); retried until granted"
+        )
     return (BusUnavailable if unavailable else BusError)(message)
 
 
-async def _start_client(client: AIOKafkaConsumer | AIOKafkaProducer, what: str, bootstrap: str) -> None:
+async def diagnose_connection(settings: KafkaSettings) -> str | None:
+    """Why a secured connection to the first bootstrap server fails, naming the setting to fix; None
+    when it succeeds or the cause is not a credential or certificate (aiokafka's bootstrap error only
+    says it could not bootstrap, the cause is in its log)."""
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    host, _, port = settings.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    config = connection_config(settings)
+    config.pop("bootstrap_servers")
+    config["request_timeout_ms"] = min(settings.request_timeout_ms, 10_000)
+    try:
+        conn = await create_conn(host.strip("[]"), int(port), **config)
+    except SaslAuthenticationFailed as exc:
+        return (
+            f"SASL authentication as {settings.sasl_username!r} ({settings.sasl_mechanism}) failed: {exc}; check "
+            "KRONOS_KAFKA__SASL_USERNAME, KRONOS_KAFKA__SASL_PASSWORD and KRONOS_KAFKA__SASL_MECHANISM"
+        )
+    except ssl.SSLCertVerificationError as exc:
+        ca = settings.ssl_cafile or "the system's CAs"
+        return (
+            f"the broker's TLS certificate is not trusted ({exc.verify_message}) by {ca}: set "
+            "KRONOS_KAFKA__SSL_CAFILE to the CA that signed the brokers' certificates"
+        )
+    except ssl.SSLError as exc:
+        return (
+            f"the TLS handshake failed ({exc}); check that KRONOS_KAFKA__SECURITY_PROTOCOL matches the "
+            "listener at KRONOS_KAFKA__BOOTSTRAP_SERVERS"
+        )
+    except (KafkaError, OSError, ValueError):
+        return None
+    conn.close()
+    return None
+
+
+async def _start_client(client: AIOKafkaConsumer | AIOKafkaProducer, what: str, settings: KafkaSettings) -> None:
     """Start an aiokafka client; a failure closes it and says which settings to check."""
     try:
         await client.start()
     except (KafkaError, OSError) as exc:
         await client.stop()
-        raise bus_error(
-            f"cannot start the Kafka {what} at {bootstrap}: {exc!r}; check "
-            "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings",
-            exc,
-        ) from exc
+        hint = await diagnose_connection(settings) or (
+            "check KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
+        )
+        raise bus_error(f"cannot start the Kafka {what} at {settings.bootstrap_servers}: {exc!r}; {hint}", exc) from exc
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, handler: RebalanceHandler, owner: KafkaInput) -> None:
@@ -186,7 +240,7 @@ class KafkaInput(InputBus):
             isolation_level="read_committed",
         )
         self._consumer.subscribe([self._topic], listener=_Listener(handler, self))
-        await _start_client(self._consumer, "consumer", s.bootstrap_servers)
+        await _start_client(self._consumer, "consumer", s)
 
     def _require(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -304,7 +358,7 @@ class KafkaInput(InputBus):
         reader = AIOKafkaConsumer(
             **connection_config(s), enable_auto_commit=False, isolation_level="read_committed"
         )
-        await _start_client(reader, "history reader", s.bootstrap_servers)
+        await _start_client(reader, "history reader", s)
         try:
             reader.assign([tp])
             first = (await reader.beginning_offsets([tp]))[tp]
@@ -388,7 +442,7 @@ class KafkaOutput(OutputBus):
             compression_type=None if s.compression_type == "none" else s.compression_type,
             **extra,
         )
-        await _start_client(self._producer, what, s.bootstrap_servers)
+        await _start_client(self._producer, what, s)
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None

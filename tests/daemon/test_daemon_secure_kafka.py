@@ -22,6 +22,7 @@ from daemon_helpers import (
     bar_series,
     committed_offsets,
     daemon_settings,
+    end_offsets,
     expected_ids,
     forecasts,
     produce,
@@ -201,3 +202,35 @@ async def test_a_missing_acl_on_the_output_topic_commits_nothing_and_recovers_on
         await wait_until(lambda: d.ready()[0], 30, "readiness once the ACL is granted")
 
     assert {f["id"] for f in out} == expected_ids(series, forecaster.model_version)
+
+
+async def test_the_archiver_runs_with_its_own_principal_and_only_its_acls(
+    secure: Secure, secure_topics: Topics, tmp_path: Path
+) -> None:
+    """kronos-archiver may read the input topic and commit its own group, nothing else: it archives
+    every bar; the daemon's principal and ACLs are not involved."""
+    from daemon.archive.archiver import Archiver
+    from daemon.settings import ArchiveSettings, KafkaSettings
+
+    topics = secure_topics
+    group = f"archive-{uuid.uuid4().hex[:8]}"
+    await secure.grant(TOPIC, topics.input, READ, user="kronos-archiver")
+    await secure.grant(GROUP, group, READ, user="kronos-archiver")
+    bars = bar_series("AR", 12, seed=1)
+    await produce(secure.admin, topics.input, bars)
+    kafka = KafkaSettings(
+        **secure.kafka(sasl_username="kronos-archiver", sasl_password=secure.passwords["kronos-archiver"]),
+        session_timeout_ms=6000, heartbeat_interval_ms=500,
+    )  # fmt: skip
+    archive = ArchiveSettings(root=str(tmp_path), topic=topics.input, group_id=group, fetch_timeout_ms=100)
+    archiver = Archiver(kafka, archive)
+    stop = asyncio.Event()
+    task = asyncio.create_task(archiver.run(stop))
+    try:
+        await wait_until(lambda: archiver.stats.consumed >= 12 or task.done(), 60, "the archiver to read the bars")
+    finally:
+        stop.set()
+    stats = await task
+    assert (stats.consumed, stats.archived) == (12, 12)
+    ends = {p: o for p, o in (await end_offsets(secure.admin, topics.input)).items() if o > 0}
+    assert await committed_offsets(secure.admin, group, topics.input) == ends  # its own group

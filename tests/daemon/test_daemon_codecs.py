@@ -149,7 +149,9 @@ def _scrape(port: int) -> str:
         return str(response.read().decode())
 
 
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
 async def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the_partition_goes_on(
+    exactly_once: bool,
     kafka_bootstrap: str,
     redis_url: str,
     key_prefix: str,
@@ -162,7 +164,8 @@ async def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the
 ) -> None:
     """A daemon process without the zstd library (cramjam hidden) meets a zstd batch between plain
     and gzip ones: the batch is dead-lettered whole (raw bytes, its offsets, the reason), counted in
-    kronos_undecodable_batches_total, the offsets are committed past it and the later bars forecast."""
+    kronos_undecodable_batches_total, the offsets are committed past it and the later bars forecast.
+    Exactly-once: the dead letter and the offsets past the batch commit in one transaction."""
     topics = Topics(*[await topic_factory(partitions=1) for _ in range(3)])
     bars = bar_series("UD", 11, seed=5)
     before, unreadable, after = bars[:4], bars[4:7], bars[7:]
@@ -175,7 +178,8 @@ async def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the
     (hidden / "cramjam").mkdir(parents=True)
     (hidden / "cramjam" / "__init__.py").write_text('raise ImportError("cramjam is hidden by the test")\n')
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")])))
-    settings = daemon_settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics, http_port=0)
+    eos = {"exactly_once": True, "group_instance_id": "codec-0"} if exactly_once else {}
+    settings = daemon_settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics, http_port=0, kafka=eos)
     log = tmp_path / "daemon.log"
     proc = _spawn(settings, forecaster_env, log, delay_ms=0)
     try:

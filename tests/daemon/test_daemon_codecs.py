@@ -124,15 +124,17 @@ async def test_bars_from_the_java_client_are_forecast_whatever_the_codec(
     assert await codecs_on(kafka_bootstrap, topics.dead) == {codec}
 
 
-async def _produce_one_batch(bootstrap: str, topic: str, records: list[Record], codec: str) -> None:
-    """``records`` as exactly one record batch of partition 0, compressed with ``codec``."""
+async def _produce_one_batch(
+    bootstrap: str, topic: str, records: list[Record], codec: str | None, partition: int = 0
+) -> None:
+    """``records`` as exactly one record batch of ``partition``, compressed with ``codec``."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, compression_type=codec, acks="all")
     await producer.start()
     try:
         batch = producer.create_batch()
         for key, value in records:
             assert batch.append(key=key, value=value, timestamp=None) is not None
-        await (await producer.send_batch(batch, topic, partition=0))
+        await (await producer.send_batch(batch, topic, partition=partition))
     finally:
         await producer.stop()
 
@@ -163,16 +165,20 @@ async def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A daemon process without the zstd library (cramjam hidden) meets a zstd batch between plain
-    and gzip ones: the batch is dead-lettered whole (raw bytes, its offsets, the reason), counted in
-    kronos_undecodable_batches_total, the offsets are committed past it and the later bars forecast.
-    Exactly-once: the dead letter and the offsets past the batch commit in one transaction."""
-    topics = Topics(*[await topic_factory(partitions=1) for _ in range(3)])
+    and gzip ones on partition 0: the batch is dead-lettered whole (raw bytes, its offsets, the
+    reason), counted in kronos_undecodable_batches_total, the offsets are committed past it and the
+    later bars forecast; partition 1 is not disturbed. Exactly-once: the dead letter and the offsets
+    past the batch commit in one transaction."""
+    topics = Topics(await topic_factory(partitions=2), await topic_factory(partitions=1), await topic_factory(partitions=1))
     bars = bar_series("UD", 11, seed=5)
     before, unreadable, after = bars[:4], bars[4:7], bars[7:]
-    await produce(kafka_bootstrap, topics.input, before)  # offsets 0..3
+    other = bar_series("UE", 6, seed=6)
+    await _produce_one_batch(kafka_bootstrap, topics.input, before, None)  # offsets 0..3
+    await _produce_one_batch(kafka_bootstrap, topics.input, other[:3], None, partition=1)
     await _produce_one_batch(kafka_bootstrap, topics.input, unreadable, "zstd")  # 4..6
+    await _produce_one_batch(kafka_bootstrap, topics.input, other[3:], "gzip", partition=1)
     await _produce_one_batch(kafka_bootstrap, topics.input, after, "gzip")  # 7..10
-    assert (await end_offsets(kafka_bootstrap, topics.input)) == {0: 11}
+    assert (await end_offsets(kafka_bootstrap, topics.input)) == {0: 11, 1: 6}
 
     hidden = tmp_path / "hide"
     (hidden / "cramjam").mkdir(parents=True)
@@ -183,7 +189,7 @@ async def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the
     log = tmp_path / "daemon.log"
     proc = _spawn(settings, forecaster_env, log, delay_ms=0)
     try:
-        out = forecasts(await read_topic(kafka_bootstrap, topics.output, 8, timeout_s=60))
+        out = forecasts(await read_topic(kafka_bootstrap, topics.output, 14, timeout_s=60))
         dead = await read_topic(kafka_bootstrap, topics.dead, 1, timeout_s=30)
         await wait_committed(kafka_bootstrap, group_id, topics.input, timeout_s=30)
         port = _ops_port(log)
@@ -192,9 +198,9 @@ async def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the
     finally:
         assert await _stop(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
 
-    assert {f["id"] for f in out} == expected_ids({"UD": before + after}, model_version)
-    assert len(out) == 8
-    assert await committed_offsets(kafka_bootstrap, group_id, topics.input) == {0: 11}
+    assert {f["id"] for f in out} == expected_ids({"UD": before + after, "UE": other}, model_version)
+    assert len(out) == 14
+    assert await committed_offsets(kafka_bootstrap, group_id, topics.input) == {0: 11, 1: 6}
     (letter,) = dead
     headers = {k: v.decode() for k, v in letter.headers}
     assert headers["reason_kind"] == "undecodable"
@@ -205,6 +211,7 @@ async def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the
     assert int.from_bytes(letter.value[:8], "big") == 4  # the raw record batch, base offset 4
     sample = f'kronos_undecodable_batches_total{{partition="0",topic="{topics.input}"}} 1.0'
     assert sample in text, [line for line in text.splitlines() if "undecodable" in line]
+    assert f'kronos_undecodable_batches_total{{partition="1",topic="{topics.input}"}}' not in text
     assert 'kronos_invalid_messages_total{kind="undecodable"} 1.0' in text
     events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     (skipped,) = [e for e in events if e["event"].startswith("record batch cannot be decoded")]

@@ -92,7 +92,8 @@ async def getmany_decodable(
     When records do not decode, each candidate partition (those of ``tps``, or all assigned, with
     records left to read) is fetched raw at its position and cut at its first undecodable batch
     (:mod:`daemon.io.undecodable`): what precedes the batch is returned with an :class:`InMessage`
-    standing in for the batch (its ``error`` says why), and the consumer seeks past it. A failure no batch explains raises :class:`BusError` (the caller retries).
+    standing in for the batch (its ``error`` says why), and the consumer seeks past it. A failure no
+    batch explains raises :class:`BusError` (the caller retries).
 
     Keep ``max_records`` at 1 when ``tps`` holds several partitions: aiokafka drains partitions in
     turn and, when one of them fails, the records already drained from the others in that call are
@@ -173,8 +174,8 @@ async def diagnose_connection(settings: KafkaSettings) -> str | None:
         conn = await create_conn(host.strip("[]"), int(port), **config)
     except SaslAuthenticationFailed as exc:
         return (
-            f"SASL authentication as {settings.sasl_username!r} ({settings.sasl_mechanism}) failed: {exc}; check "
-            "KRONOS_KAFKA__SASL_USERNAME, KRONOS_KAFKA__SASL_PASSWORD and KRONOS_KAFKA__SASL_MECHANISM"
+            f"SASL authentication as {settings.sasl_username!r} ({settings.sasl_mechanism}) failed: {exc}; "
+            "check KRONOS_KAFKA__SASL_USERNAME, KRONOS_KAFKA__SASL_PASSWORD and KRONOS_KAFKA__SASL_MECHANISM"
         )
     except ssl.SSLCertVerificationError as exc:
         ca = settings.ssl_cafile or "the system's CAs"
@@ -193,7 +194,9 @@ async def diagnose_connection(settings: KafkaSettings) -> str | None:
     return None
 
 
-async def _start_client(client: AIOKafkaConsumer | AIOKafkaProducer, what: str, settings: KafkaSettings) -> None:
+async def _start_client(
+    client: AIOKafkaConsumer | AIOKafkaProducer, what: str, settings: KafkaSettings
+) -> None:
     """Start an aiokafka client; a failure closes it and says which settings to check."""
     try:
         await client.start()
@@ -202,7 +205,8 @@ async def _start_client(client: AIOKafkaConsumer | AIOKafkaProducer, what: str, 
         hint = await diagnose_connection(settings) or (
             "check KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
         )
-        raise bus_error(f"cannot start the Kafka {what} at {settings.bootstrap_servers}: {exc!r}; {hint}", exc) from exc
+        message = f"cannot start the Kafka {what} at {settings.bootstrap_servers}: {exc!r}; {hint}"
+        raise bus_error(message, exc) from exc
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, handler: RebalanceHandler, owner: KafkaInput) -> None:
@@ -276,10 +280,12 @@ class KafkaInput(InputBus):
 
         aiokafka's ``getmany(max_records=n)`` empties the first buffered partitions before it looks at
         the next, so a backlog on a few partitions crowds the others out of the batch. Here the first
-        call waits (up to ``timeout_ms``) for a fair share; then each pass fills every partition up to
-        an equal level from its buffered records (offset order kept per partition), the emptiest
+        call waits (up to ``timeout_ms``) for a first record; then each pass fills every partition up
+        to an equal level from its buffered records (offset order kept per partition), the emptiest
         first, until the batch is full or nothing more is buffered; partitions that run dry leave
-        their room to the others. Ties start one partition later each fetch.
+        their room to the others. Ties start one partition later each fetch. Every call drains one
+        partition, so a batch that fails to decode loses no other partition's records
+        (:func:`getmany_decodable`).
         """
         parts = sorted(consumer.assignment(), key=lambda tp: tp.partition)
         drawn: dict[TopicPartition, list[Any]] = {}

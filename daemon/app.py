@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import structlog
 
 from daemon.errors import DaemonError, StateError
-from daemon.io.bus import DeadLetters, InputBus, OutputBus
+from daemon.io.bus import DeadLetters, InputBus, OutputBus, Partition
 from daemon.io.retry import Abandoned, Outages
 from daemon.logging import configure_logging
 from daemon.model.build import build_forecaster, check_forecaster, graph_captures, on_cuda
@@ -29,6 +29,7 @@ from daemon.model.manifest import prepare_model_settings
 from daemon.model.swap import ModelFollower, ModelMetrics
 from daemon.ops.metrics import Metrics
 from daemon.ops.server import OpsServer
+from daemon.ops.stall import StallWatch
 from daemon.ops.startup_checks import credentials_error, ensure_topics, port_error
 from daemon.pipeline.calendars import build_calendar
 from daemon.pipeline.loop import ForecastLoop, LoopConfig
@@ -75,6 +76,7 @@ class Daemon:
             on_retry=lambda service: self.metrics.service_retries.labels(service).inc(),
         )
         self.probes: dict[str, str | None] = {"kafka": "not probed yet", "redis": "not probed yet"}
+        self.stalls = StallWatch(settings.partition_stall_s)
 
     # -- probes ---------------------------------------------------------------------------------
 
@@ -87,7 +89,8 @@ class Daemon:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Ready when the model is loaded, the consumer owns partitions, Kafka and Redis answer (the
-        periodic probe, and no call to them is waiting out an outage) and no stop was requested."""
+        periodic probe, and no call to them is waiting out an outage), no partition is stalled (lag,
+        and no progress for ``partition_stall_s``) and no stop was requested."""
         model = self.forecaster is not None
         assigned = self.loop is not None and self.loop.assignment_received
         parts = sorted(f"{p.topic}/{p.partition}" for p in self.bus_in.assignment()) if self.bus_in else []
@@ -100,10 +103,34 @@ class Daemon:
             "services_down": down,
             "stopping": self._stop_requested.is_set(),
         }
+        stalled = {f"{p.topic}/{p.partition}": info for p, info in sorted(self.stalls.stalled.items())}
+        if stalled:
+            details["stalled_partitions"] = stalled
+            details["reason"] = (
+                f"{len(stalled)} partition(s) have lag and have not advanced for "
+                f"KRONOS_PARTITION_STALL_S={self.settings.partition_stall_s:g} s or more"
+            )
         if self.forecaster is not None:
             details["model_version"] = self.forecaster.model_version
-        ok = model and assigned and bool(parts) and not down and not self._stop_requested.is_set()
+        ok = model and assigned and bool(parts) and not down and not stalled and not self._stop_requested.is_set()
         return ok, details
+
+    def _watch_stalls(self) -> None:
+        """Partitions with lag that do not advance (kronos_partition_stalled, readiness)."""
+        if self.bus_in is None:
+            return
+        before = set(self.stalls.stalled)
+        progress = self.bus_in.progress()
+        stalled = self.stalls.observe(progress, time.monotonic())
+        for p in progress:
+            self.metrics.partition_stalled.labels(p.topic, str(p.partition)).set(1 if p in stalled else 0)
+        for p in set(stalled) - before:
+            log.error(
+                "partition stalled: it has lag and its position has not moved", topic=p.topic,
+                partition=p.partition, **stalled[p], stall_s=self.stalls.stall_s,
+            )  # fmt: skip
+        for p in before - set(stalled):
+            log.info("partition advancing again", topic=p.topic, partition=p.partition)
 
     async def _probe_services(self) -> None:
         """Every ``health_probe_interval_s``: can Redis and the Kafka broker be reached? (readiness)"""
@@ -122,6 +149,7 @@ class Daemon:
                     self.probes[service] = None
                     if service not in self.outages.down_since:
                         self.metrics.service_up.labels(service).set(1)
+            self._watch_stalls()
             await asyncio.sleep(interval)
 
     async def _probe_redis(self) -> None:
@@ -195,6 +223,7 @@ class Daemon:
             await self._connect("kafka", "checking the topics", lambda: ensure_topics(s.kafka))
             self.bus_in = self.bus_in or KafkaInput(s.kafka)
             self.bus_out = self.bus_out or KafkaOutput(s.kafka)
+        self.bus_in.on_undecodable = self._count_undecodable
         await self._connect("kafka", "starting the producer", self.bus_out.start)
         dead = DeadLetters(
             self.bus_out, s.kafka.dead_letter_topic, self._count_dead_letter, self._count_dead_letter_trouble
@@ -257,6 +286,9 @@ class Daemon:
 
     def _count_dead_letter(self, kind: str) -> None:
         self.metrics.invalid.labels(kind).inc()
+
+    def _count_undecodable(self, partition: Partition) -> None:
+        self.metrics.undecodable_batches.labels(partition.topic, str(partition.partition)).inc()
 
     def _count_dead_letter_trouble(self, outcome: str) -> None:
         counter = self.metrics.dead_letters_truncated if outcome == "truncated" else self.metrics.dead_letters_failed

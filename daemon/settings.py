@@ -93,6 +93,11 @@ class KafkaSettings(_Group):
         description="the producer's record batch per partition and request: a burst of forecasts (about "
         "3.5 KB each at horizon 12) goes out in a few requests; at most the broker's `message.max.bytes`",
     )
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="none",
+        description="codec of the record batches the daemon produces (forecasts, dead letters); every codec "
+        "is decoded on reading whatever this says",
+    )
     create_topics: int | None = Field(
         default=None,
         ge=1,
@@ -125,6 +130,18 @@ class KafkaSettings(_Group):
                 "KRONOS_KAFKA__SASL_PASSWORD)"
             )
         return self
+
+    @field_validator("compression_type")
+    @classmethod
+    def _codec_installed(cls, codec: str) -> str:
+        from aiokafka import codec as codecs
+
+        if codec != "none" and not getattr(codecs, f"has_{codec}")():
+            raise ValueError(
+                f"compression {codec!r} needs a library this installation lacks: install aiokafka's "
+                f"codec extras (pip install 'aiokafka[lz4,snappy,zstd]', i.e. cramjam), or choose none or gzip"
+            )
+        return codec
 
     @model_validator(mode="after")
     def _transactional_id_stable(self) -> KafkaSettings:
@@ -451,6 +468,11 @@ class Settings(BaseSettings):
     health_probe_interval_s: float = Field(
         default=2.0, gt=0, allow_inf_nan=False, description="how often readiness pings Redis and a broker"
     )
+    partition_stall_s: float = Field(
+        default=120.0, gt=0, allow_inf_nan=False,
+        description="a partition with lag whose position has not moved for this long: readiness 503, "
+        "kronos_partition_stalled 1",
+    )  # fmt: skip
     graceful_shutdown_s: float = Field(default=25.0, gt=0, description="bound of the shutdown on SIGTERM")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
     log_format: Literal["json", "console"] = Field(

@@ -188,7 +188,7 @@ class Archiver:
                 continue
             async with self._lock:
                 for msg in messages:
-                    await self._add(msg.tp, msg.offset, msg.key, msg.value, msg.timestamp_ms)
+                    await self._add(msg.tp, msg.offset, msg.key, msg.value, msg.timestamp_ms, msg.error)
                 await self._roll_due()
             if time.monotonic() >= next_progress:
                 next_progress = time.monotonic() + s.progress_every_s
@@ -202,7 +202,13 @@ class Archiver:
     # -- buffering and rolling -----------------------------------------------------------------------
 
     async def _add(
-        self, tp: Partition, offset: int, key: bytes | None, value: bytes | None, broker_ts_ms: int = 0
+        self,
+        tp: Partition,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        broker_ts_ms: int = 0,
+        error: str | None = None,  # the record (batch) could not be decoded: daemon/io/undecodable.py
     ) -> None:
         if tp in self._fresh:
             self._fresh.discard(tp)
@@ -216,6 +222,8 @@ class Archiver:
         buf.last = offset
         self.stats.consumed += 1
         try:
+            if error is not None:
+                raise InvalidBar(error, "undecodable")
             bar = parse_bar(key, value)
             check_bar_time(bar, broker_ts_ms, time.time(), self.max_future_s)
             buf.bars.append(bar)

@@ -22,9 +22,10 @@ class Partition(NamedTuple):
 
 
 class InMessage:
-    """One consumed record, bytes as they arrived."""
+    """One consumed record, bytes as they arrived. ``error``: why it could not be decoded (it stands in
+    for an undecodable record or record batch, see :mod:`daemon.io.undecodable`): it is dead-lettered."""
 
-    __slots__ = ("topic", "partition", "offset", "key", "value", "timestamp_ms", "headers")
+    __slots__ = ("topic", "partition", "offset", "key", "value", "timestamp_ms", "headers", "error")
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class InMessage:
         value: bytes | None,
         timestamp_ms: int,
         headers: Headers,
+        error: str | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -43,6 +45,7 @@ class InMessage:
         self.value = value
         self.timestamp_ms = timestamp_ms
         self.headers = headers
+        self.error = error
 
     @property
     def tp(self) -> Partition:
@@ -64,6 +67,10 @@ class RebalanceHandler(Protocol):
 class InputBus(ABC):
     """A consumer-group member: fetch micro-batches, commit what is done."""
 
+    # told each time a record batch that cannot be decoded is skipped (the batch is handed out as a
+    # message whose ``error`` says why, and dead-lettered by the loop)
+    on_undecodable: Callable[[Partition], None] | None = None
+
     @abstractmethod
     async def start(self, handler: RebalanceHandler) -> None: ...
 
@@ -81,6 +88,11 @@ class InputBus(ABC):
     @abstractmethod
     def lag(self) -> dict[Partition, int]:
         """Messages behind the end of each assigned partition (where known)."""
+
+    def progress(self) -> dict[Partition, tuple[int, int]]:
+        """Per assigned partition (where known): the position (next offset to read) and the lag behind
+        the partition's end; readiness tells a partition that does not advance while it lags."""
+        return {}
 
     async def probe(self, timeout_s: float = 3.0) -> None:
         """Raise :class:`BusUnavailable` when the broker cannot be reached (readiness)."""

@@ -9,24 +9,35 @@ member's generation is still valid, so the loop can finish the batch in flight a
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
     CommitFailedError,
+    GroupAuthorizationFailedError,
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     RequestTimedOutError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
 )
 from aiokafka.helpers import create_ssl_context
 
 from daemon.errors import BusError, BusUnavailable, CommitRefused
 from daemon.io.bus import Headers, InMessage, InputBus, OutputBus, Partition, RebalanceHandler
+from daemon.io.undecodable import is_decode_error, locate
 from daemon.settings import KafkaSettings
+
+log = structlog.get_logger("kronos.kafka")
 
 
 def connection_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -52,26 +63,150 @@ def _partition(tp: TopicPartition) -> Partition:
     return Partition(tp.topic, tp.partition)
 
 
+def _message(r: Any) -> InMessage:
+    """A consumed record as an InMessage (a stand-in for an undecodable batch is one already)."""
+    if type(r) is InMessage:
+        return r
+    return InMessage(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, list(r.headers or ()))
+
+
+def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The consumer's position in ``tp`` (next offset to fetch) without waiting; None when unknown.
+    (``position()`` is a coroutine that waits for a valid position; readiness must not wait.)"""
+    try:
+        state = consumer._subscription.subscription.assignment.state_value(tp)  # noqa: SLF001
+        return int(state.position) if state is not None and state.has_valid_position else None
+    except (AttributeError, TypeError):
+        return None
+
+
+async def getmany_decodable(
+    consumer: AIOKafkaConsumer,
+    tps: Sequence[TopicPartition],
+    timeout_ms: int,
+    max_records: int,
+    on_skip: Callable[[TopicPartition], None] | None = None,
+) -> dict[TopicPartition, list[Any]]:
+    """``consumer.getmany(*tps, ...)``, stepping over record batches that cannot be decoded.
+
+    When records do not decode, each candidate partition (those of ``tps``, or all assigned, with
+    records left to read) is fetched raw at its position and cut at its first undecodable batch
+    (:mod:`daemon.io.undecodable`): what precedes the batch is returned with an :class:`InMessage`
+    standing in for the batch (its ``error`` says why), and the consumer seeks past it. A failure no
+    batch explains raises :class:`BusError` (the caller retries).
+
+    Keep ``max_records`` at 1 when ``tps`` holds several partitions: aiokafka drains partitions in
+    turn and, when one of them fails, the records already drained from the others in that call are
+    lost while their positions have moved past them. One record per call drains a single partition.
+    """
+    try:
+        return await consumer.getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
+    except Exception as exc:
+        if not is_decode_error(exc):
+            raise
+        error = exc
+    found: dict[TopicPartition, list[Any]] = {}
+    for tp in sorted(tps or consumer.assignment(), key=lambda t: (t.topic, t.partition)):
+        position = _position(consumer, tp)
+        high = consumer.highwater(tp)
+        if position is None or (high is not None and high <= position):
+            continue  # nothing left to read there: not the partition that failed
+        try:
+            located = await locate(consumer, tp, position)
+        except (KafkaError, OSError) as exc:
+            log.warning("could not fetch a partition raw to find an undecodable batch", topic=tp.topic,
+                        partition=tp.partition, offset=position, error=repr(exc))  # fmt: skip
+            continue
+        if located is None:
+            continue
+        good, bad = located
+        consumer.seek(tp, bad.next_offset)
+        log.error(
+            "record batch cannot be decoded: skipped past it and dead-lettered", topic=tp.topic,
+            partition=tp.partition, first_offset=bad.first_offset, last_offset=bad.next_offset - 1,
+            codec=bad.codec, records_isolated=len(bad.records), reason=bad.reason,
+        )  # fmt: skip
+        if on_skip is not None:
+            on_skip(tp)
+        found[tp] = good + bad.stand_ins()
+    if not found:
+        raise BusError(
+            f"fetched records could not be decoded ({error!r}), and no partition's raw fetch shows an "
+            "undecodable batch at its position; retrying"
+        ) from error
+    return found
+
+
+_NOT_AUTHORISED = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+
+
 def bus_error(message: str, exc: BaseException) -> BusError:
     """:class:`BusUnavailable` for what waiting can cure (no connection, a timeout, a retriable broker
     error such as no leader), else :class:`BusError` (a refusal: too large, not authorised...)."""
     unavailable = isinstance(
         exc, KafkaConnectionError | KafkaTimeoutError | RequestTimedOutError | TimeoutError | OSError
     ) or bool(getattr(exc, "retriable", False))
+    if isinstance(exc, _NOT_AUTHORISED):
+        message += (
+            "; the broker's authorizer refused this client's principal (KRONOS_KAFKA__SASL_USERNAME): "
+            "grant it the ACL the operation needs (READ on the input topic and on KRONOS_KAFKA__GROUP_ID "
+            "to consume, WRITE on the output and dead-letter topics to publish); retried until granted"
+        )
     return (BusUnavailable if unavailable else BusError)(message)
 
 
-async def _start_client(client: AIOKafkaConsumer | AIOKafkaProducer, what: str, bootstrap: str) -> None:
+async def diagnose_connection(settings: KafkaSettings) -> str | None:
+    """Why a secured connection to the first bootstrap server fails, naming the setting to fix; None
+    when it succeeds or the cause is not a credential or certificate (aiokafka's bootstrap error only
+    says it could not bootstrap, the cause is in its log)."""
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    host, _, port = settings.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    config = connection_config(settings)
+    config.pop("bootstrap_servers")
+    config["request_timeout_ms"] = min(settings.request_timeout_ms, 10_000)
+    try:
+        conn = await create_conn(host.strip("[]"), int(port), **config)
+    except SaslAuthenticationFailed as exc:
+        return (
+            f"SASL authentication as {settings.sasl_username!r} ({settings.sasl_mechanism}) failed: {exc}; "
+            "check KRONOS_KAFKA__SASL_USERNAME, KRONOS_KAFKA__SASL_PASSWORD and KRONOS_KAFKA__SASL_MECHANISM"
+        )
+    except ssl.SSLCertVerificationError as exc:
+        ca = settings.ssl_cafile or "the system's CAs"
+        return (
+            f"the broker's TLS certificate is not trusted ({exc.verify_message}) by {ca}: set "
+            "KRONOS_KAFKA__SSL_CAFILE to the CA that signed the brokers' certificates"
+        )
+    except ssl.SSLError as exc:
+        return (
+            f"the TLS handshake failed ({exc}); check that KRONOS_KAFKA__SECURITY_PROTOCOL matches the "
+            "listener at KRONOS_KAFKA__BOOTSTRAP_SERVERS"
+        )
+    except (KafkaError, OSError, ValueError):
+        return None
+    conn.close()
+    return None
+
+
+async def _start_client(
+    client: AIOKafkaConsumer | AIOKafkaProducer, what: str, settings: KafkaSettings
+) -> None:
     """Start an aiokafka client; a failure closes it and says which settings to check."""
     try:
         await client.start()
     except (KafkaError, OSError) as exc:
         await client.stop()
-        raise bus_error(
-            f"cannot start the Kafka {what} at {bootstrap}: {exc!r}; check "
-            "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings",
-            exc,
-        ) from exc
+        hint = await diagnose_connection(settings) or (
+            "check KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
+        )
+        message = f"cannot start the Kafka {what} at {settings.bootstrap_servers}: {exc!r}; {hint}"
+        raise bus_error(message, exc) from exc
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, handler: RebalanceHandler, owner: KafkaInput) -> None:
@@ -109,7 +244,7 @@ class KafkaInput(InputBus):
             isolation_level="read_committed",
         )
         self._consumer.subscribe([self._topic], listener=_Listener(handler, self))
-        await _start_client(self._consumer, "consumer", s.bootstrap_servers)
+        await _start_client(self._consumer, "consumer", s)
 
     def _require(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -124,15 +259,19 @@ class KafkaInput(InputBus):
             raise bus_error(f"fetching from {self._topic!r} failed: {exc!r}", exc) from exc
         out: list[InMessage] = []
         for tp, records in batches.items():
-            for r in records:
-                out.append(
-                    InMessage(
-                        tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp, list(r.headers or ())
-                    )
-                )
+            out += map(_message, records)
             if records:
                 self._positions[_partition(tp)] = records[-1].offset + 1
         return out
+
+    def _skipped(self, tp: TopicPartition) -> None:
+        if self.on_undecodable is not None:
+            self.on_undecodable(_partition(tp))
+
+    async def _take(
+        self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[Any]]:
+        return await getmany_decodable(consumer, tps, timeout_ms, max_records, self._skipped)
 
     async def _draw_fairly(
         self, consumer: AIOKafkaConsumer, max_records: int, timeout_ms: int
@@ -141,13 +280,14 @@ class KafkaInput(InputBus):
 
         aiokafka's ``getmany(max_records=n)`` empties the first buffered partitions before it looks at
         the next, so a backlog on a few partitions crowds the others out of the batch. Here the first
-        call waits (up to ``timeout_ms``) for a fair share; then each pass fills every partition up to
-        an equal level from its buffered records (offset order kept per partition), the emptiest
+        call waits (up to ``timeout_ms``) for a first record; then each pass fills every partition up
+        to an equal level from its buffered records (offset order kept per partition), the emptiest
         first, until the batch is full or nothing more is buffered; partitions that run dry leave
-        their room to the others. Ties start one partition later each fetch.
+        their room to the others. Ties start one partition later each fetch. Every call drains one
+        partition, so a batch that fails to decode loses no other partition's records
+        (:func:`getmany_decodable`).
         """
         parts = sorted(consumer.assignment(), key=lambda tp: tp.partition)
-        share = max(1, max_records // max(1, len(parts)))
         drawn: dict[TopicPartition, list[Any]] = {}
 
         def take(got: dict[TopicPartition, list[Any]]) -> int:
@@ -155,7 +295,9 @@ class KafkaInput(InputBus):
                 drawn.setdefault(tp, []).extend(records)
             return sum(len(r) for r in got.values())
 
-        room = max_records - take(await consumer.getmany(timeout_ms=timeout_ms, max_records=share))
+        # The wait for a first record drains one record (see getmany_decodable); the fair draw below
+        # fills every partition from there.
+        room = max_records - take(await self._take(consumer, (), timeout_ms, 1))
         if not drawn or not parts:
             return drawn
         self._turn = (self._turn + 1) % len(parts)
@@ -163,13 +305,23 @@ class KafkaInput(InputBus):
         active = list(parts)  # partitions that may still have buffered records
         while room > 0 and active:
             dry_total = sum(len(drawn.get(tp, ())) for tp in parts if tp not in active)
-            level = -(-(max_records - dry_total) // len(active))  # ceil: each active partition's fair total
+            # each active partition's fair total: the even share, then one more each (emptiest first)
+            # for the remainder, once every active partition holds its share
+            level = (max_records - dry_total) // len(active)
+            if all(len(drawn.get(tp, ())) >= level for tp in active):
+                level += 1
             for tp in sorted(active, key=lambda tp: len(drawn.get(tp, ()))):  # stable: ties keep the turn
                 want = min(room, level - len(drawn.get(tp, ())))
                 if want > 0:
                     try:
-                        got = take(await consumer.getmany(tp, timeout_ms=0, max_records=want))
+                        got = take(await self._take(consumer, (tp,), 0, want))
                     except IllegalStateError:  # revoked meanwhile: the loop drops its records anyway
+                        return drawn
+                    except (KafkaError, BusError) as exc:
+                        # The records drawn so far have moved their partitions' positions on: hand
+                        # them out; the failing partition fails again at the next fetch.
+                        log.warning("drawing from a partition failed; returning what was drawn",
+                                    topic=tp.topic, partition=tp.partition, error=repr(exc))  # fmt: skip
                         return drawn
                     room -= got
                     if got < want:
@@ -212,7 +364,7 @@ class KafkaInput(InputBus):
         reader = AIOKafkaConsumer(
             **connection_config(s), enable_auto_commit=False, isolation_level="read_committed"
         )
-        await _start_client(reader, "history reader", s.bootstrap_servers)
+        await _start_client(reader, "history reader", s)
         try:
             reader.assign([tp])
             first = (await reader.beginning_offsets([tp]))[tp]
@@ -227,14 +379,11 @@ class KafkaInput(InputBus):
             while (position := await reader.position(tp)) < end_offset:
                 if time.monotonic() - stalled_since > s.request_timeout_ms / 1e3:
                     raise BusUnavailable(f"reading the history of {partition} stalled at offset {position}")
-                batch = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
+                # an undecodable batch was dead-lettered when first consumed: here it is only skipped
+                batch = await getmany_decodable(reader, (tp,), 1000, 5000)
                 if batch.get(tp):
                     stalled_since = time.monotonic()
-                records = [r for r in batch.get(tp, []) if r.offset < end_offset]
-                sink([
-                    InMessage(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp, list(r.headers or ()))
-                    for r in records
-                ])  # fmt: skip
+                sink([_message(r) for r in batch.get(tp, []) if r.offset < end_offset])
             return start
         except KafkaError as exc:
             raise bus_error(f"reading the history of {partition} failed: {exc!r}", exc) from exc
@@ -251,16 +400,22 @@ class KafkaInput(InputBus):
             self._positions.pop(p, None)
 
     def lag(self) -> dict[Partition, int]:
+        return {p: lag for p, (_, lag) in self.progress().items()}
+
+    def progress(self) -> dict[Partition, tuple[int, int]]:
+        """Position and lag per partition: the position is past the last record handed out, or the
+        consumer's own when further (a transaction's commit marker after the last record)."""
         if self._consumer is None:
             return {}
-        lags = {}
+        out = {}
         for tp in self._consumer.assignment():
             part = _partition(tp)
             high = self._consumer.highwater(tp)
-            pos = self._positions.get(part)
-            if high is not None and pos is not None:
-                lags[part] = max(0, high - pos)
-        return lags
+            known = [p for p in (self._positions.get(part), _position(self._consumer, tp)) if p is not None]
+            if high is not None and known:
+                pos = max(known)
+                out[part] = (pos, max(0, high - pos))
+        return out
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -290,9 +445,10 @@ class KafkaOutput(OutputBus):
             acks="all",
             linger_ms=0,
             max_batch_size=s.producer_batch_bytes,
+            compression_type=None if s.compression_type == "none" else s.compression_type,
             **extra,
         )
-        await _start_client(self._producer, what, s.bootstrap_servers)
+        await _start_client(self._producer, what, s)
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None

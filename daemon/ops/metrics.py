@@ -24,9 +24,11 @@ from daemon.io.bus import Partition
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # dead-letter kinds: validation (InvalidBar.kind), a failed forecast, any other error for one message, an
-# unreadable stored state, and the skipped bars when KRONOS_DEAD_LETTER_SKIPPED is set
+# unreadable stored state, the skipped bars when KRONOS_DEAD_LETTER_SKIPPED is set, and records or record
+# batches the consumer could not decode (daemon/io/undecodable.py)
 INVALID_KINDS = (
     "empty", "json", "schema", "key", "ts", "future", "forecast", "error", "state", "duplicate", "out_of_order",
+    "undecodable",
 )  # fmt: skip
 SERVICES = ("kafka", "redis")
 SKIP_REASONS = ("replayed", "duplicate", "out_of_order")
@@ -111,6 +113,20 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.undecodable_batches = Counter(
+            "kronos_undecodable_batches",
+            "Record batches the consumer could not decode (a codec library missing or unknown, a CRC "
+            "mismatch, a malformed record): skipped past and dead-lettered (kind undecodable).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.partition_stalled = Gauge(
+            "kronos_partition_stalled",
+            "1 while the partition has lag but its position has not moved for KRONOS_PARTITION_STALL_S "
+            "(readiness is then 503), else 0.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.assigned_partitions = Gauge("kronos_assigned_partitions", "Input partitions owned.", registry=r)
         self.symbols_cached = Gauge(
             "kronos_symbols_cached", "Symbols whose state is held in memory.", registry=r
@@ -163,8 +179,9 @@ class Metrics:
 
     def forget_partitions(self, partitions: set[Partition]) -> None:
         for p in partitions:
-            with contextlib.suppress(KeyError):
-                self.consumer_lag.remove(p.topic, str(p.partition))
+            for gauge in (self.consumer_lag, self.partition_stalled):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(p.topic, str(p.partition))
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition in the format the ``Accept`` header asks for (OpenMetrics or Prometheus text)

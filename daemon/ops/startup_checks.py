@@ -44,10 +44,17 @@ async def ensure_topics(k: KafkaSettings) -> list[str]:
             return []
         if k.create_topics is None:
             listed = ", ".join(f"{var}={name}" for var, name in missing.items())
+            hidden = (
+                " With an authorizer, a topic this principal may not DESCRIBE is hidden from it: grant "
+                f"{k.sasl_username or 'the principal'} its ACLs (READ on the input topic, WRITE on the others)."
+                if k.security_protocol != "PLAINTEXT"
+                else ""
+            )
             raise ConfigError(
                 f"Kafka at {k.bootstrap_servers} has no topic {listed}. Check the name (a typo would "
                 "otherwise be consumed forever in silence), create the topic, or set "
                 "KRONOS_KAFKA__CREATE_TOPICS=<partitions> to let the daemon create the missing topics."
+                + hidden
             )
         names = sorted(set(missing.values()))
         with contextlib.suppress(TopicAlreadyExistsError):  # another replica created them first
@@ -61,10 +68,10 @@ async def ensure_topics(k: KafkaSettings) -> list[str]:
                 raise BusError(f"creating the Kafka topics {names} failed: {failed}")
         return names
     except KafkaError as exc:
-        raise BusError(
-            f"checking the Kafka topics at {k.bootstrap_servers} failed: {exc}; check "
-            "KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
-        ) from exc
+        from daemon.io.kafka import diagnose_connection
+
+        hint = await diagnose_connection(k) or "check KRONOS_KAFKA__BOOTSTRAP_SERVERS and the security settings"
+        raise BusError(f"checking the Kafka topics at {k.bootstrap_servers} failed: {exc}; {hint}") from exc
     finally:
         await admin.close()
 

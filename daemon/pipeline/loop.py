@@ -251,6 +251,8 @@ Reading = Bar | tuple[str, str]  # a valid bar, or why the message is dead-lette
 
 def read_message(msg: InMessage, now: float, max_future_s: float | None) -> Reading:
     """One message as a bar, or the reason and kind its dead letter gets (never raises)."""
+    if msg.error is not None:  # stands in for a record or record batch that could not be decoded
+        return msg.error, "undecodable"
     try:
         bar = parse_bar(msg.key, msg.value)
         check_bar_time(bar, msg.timestamp_ms, now, max_future_s)
@@ -523,7 +525,7 @@ class ForecastLoop:
                 items.append((msg, reading))
                 continue
             reason, kind = reading
-            if kind == "error":
+            if kind in ("error", "undecodable"):
                 log.error("message failed; dead-lettering it", source=msg.source, error=reason)
             else:
                 log.warning("invalid message", reason=reason, kind=kind, source=msg.source)

@@ -60,6 +60,8 @@ def test_json_list_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
         ("KRONOS_BATCH__MAX_BATCH_SIZE", "0"),
         ("KRONOS_REDIS__FORECAST_TTL_S", "-3"),
         ("KRONOS_HTTP_PORT", "70000"),
+        ("KRONOS_KAFKA__COMPRESSION_TYPE", "brotli"),
+        ("KRONOS_PARTITION_STALL_S", "0"),
     ],
 )
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -67,6 +69,18 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert name in str(info.value)
+
+
+def test_producer_codec_defaults_to_none_and_needs_its_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiokafka import codec
+
+    assert load_settings().kafka.compression_type == "none"
+    monkeypatch.setenv("KRONOS_KAFKA__COMPRESSION_TYPE", "zstd")
+    assert load_settings().kafka.compression_type == "zstd"
+    monkeypatch.setattr(codec, "has_zstd", lambda: False)  # as without cramjam
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "KRONOS_KAFKA__COMPRESSION_TYPE" in str(info.value) and "cramjam" in str(info.value)
 
 
 def test_sasl_needs_credentials_and_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:

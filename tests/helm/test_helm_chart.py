@@ -243,6 +243,7 @@ def test_environment_loads_into_the_daemon_settings(
     assert settings.kafka.security_protocol == values["kafka"]["securityProtocol"]
     if comp == "daemon":
         assert settings.http_port == int(env["KRONOS_HTTP_PORT"])
+        assert settings.kafka.compression_type == values["kafka"]["compressionType"]
         levels = values["daemon"]["config"].get("model", {}).get("quantile_levels")
         if levels is not None:  # a list travels as JSON
             assert list(settings.model.quantile_levels) == levels
@@ -499,6 +500,7 @@ BAD_VALUES = {
     "writable root filesystem": {"securityContext": {"readOnlyRootFilesystem": False}},
     "no partitions": {"kafka": {"partitions": 0}},
     "unknown key": {"daemon": {"replica": 2}},
+    "unknown producer codec": {"kafka": {"compressionType": "brotli"}},
 }
 
 
@@ -541,6 +543,8 @@ def test_schema_enums_follow_the_settings() -> None:
     assert protocols == literal_values(KafkaSettings.model_fields["security_protocol"].annotation)
     mechanisms = set(kafka["sasl"]["properties"]["mechanism"]["enum"]) - {""}
     assert mechanisms == literal_values(KafkaSettings.model_fields["sasl_mechanism"].annotation)
+    codecs = set(kafka["compressionType"]["enum"])
+    assert codecs == literal_values(KafkaSettings.model_fields["compression_type"].annotation)
 
 
 RENDER_FAILURES = {

@@ -25,6 +25,7 @@ the rest. Secrets never appear here: they are secretKeyRef entries of the pods (
 {{- $env := include "kronos-stream.kafkaEnv" . | fromYaml }}
 {{- $_ := set $env "KRONOS_KAFKA__OUTPUT_TOPIC" $v.kafka.outputTopic }}
 {{- $_ := set $env "KRONOS_KAFKA__DEAD_LETTER_TOPIC" $v.kafka.deadLetterTopic }}
+{{- $_ := set $env "KRONOS_KAFKA__COMPRESSION_TYPE" $v.kafka.compressionType }}
 {{- $_ := set $env "KRONOS_KAFKA__GROUP_ID" $v.kafka.groupId }}
 {{- $_ := set $env "KRONOS_REDIS__URL" $v.redis.url }}
 {{- $_ := set $env "KRONOS_REDIS__KEY_PREFIX" $v.redis.keyPrefix }}

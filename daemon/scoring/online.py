@@ -491,7 +491,28 @@ class ScoreMetrics:
             ["model_version", "bands"],
             registry=r,
         )
+        self.brier_up = Counter(
+            "kronos_score_brier_up", "Sum of (published P(up) - outcome)^2 by horizon step; / kronos_score_up_forecasts "
+            "gives the Brier score.", vs, registry=r,
+        )  # fmt: skip
+        self.up_forecasts = Counter(
+            "kronos_score_up_forecasts", "Published P(up) forecasts scored, by model version and P(up) bin (reliability).",
+            ["model_version", "bin"], registry=r,
+        )  # fmt: skip
+        self.up_outcomes = Counter(
+            "kronos_score_up_outcomes", "Of those, the ones whose close went up (observed frequency per bin).",
+            ["model_version", "bin"], registry=r,
+        )  # fmt: skip
         self._totals: dict[str, ScoreAccumulator] = {}
+
+    def add_up(self, version: str, p_up: np.ndarray, up: np.ndarray) -> None:
+        """Published P(up) [H] against what happened [H]: the Brier sums and the reliability bins."""
+        for k, (p, o) in enumerate(zip(p_up, up, strict=True)):
+            self.brier_up.labels(version, str(k + 1)).inc(float((p - o) ** 2))
+            b = f"{min(int(p * 10), 9) / 10:.1f}"
+            self.up_forecasts.labels(version, b).inc()
+            if o:
+                self.up_outcomes.labels(version, b).inc()
 
     def add(self, version: str, acc: ScoreAccumulator, bands: str = "published") -> None:
         key = f"{version}|{bands}"
@@ -574,7 +595,8 @@ class OnlineScorer:
                 continue
             if done is None:
                 continue
-            self._extra[id(result)] = (done.model_quantiles, done.grid, done.published.ticket.to_dict())
+            ticket = {**done.published.ticket.to_dict(), "p_up": done.published.p_up.tolist()}  # P(up) as published
+            self._extra[id(result)] = (done.model_quantiles, done.grid, ticket)
             if contexts is not None:
                 contexts[i].bands = "guarded"
                 contexts[i].distribution = distribution_fields(done, tuple(result.quantile_levels))
@@ -663,6 +685,8 @@ class OnlineScorer:
             if self.calibrator is not None or guarded:
                 own = p.paths.mean(axis=0) if guarded and p.paths is not None else p.mean  # the model's mean
                 add(p.version + MODEL_BANDS_SUFFIX, p, realised, p.paths, p.model_quantiles, own)
+            if p.ticket is not None and "p_up" in p.ticket:  # P(up): its Brier score and reliability
+                self.metrics.add_up(p.version, np.asarray(p.ticket["p_up"]), realised > p.last_close)
         self.learn(done)
         for (name, horizon, levels, paths_shape), rows in groups.items():
             held = sums.get(name)

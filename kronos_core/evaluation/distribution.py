@@ -27,11 +27,12 @@ def from_samples(samples: np.ndarray) -> np.ndarray:
 
 def quantiles_at(q: np.ndarray, levels: Sequence[float]) -> np.ndarray:
     """Grid quantiles [J, H] -> quantiles at ``levels`` [L, H] (linear between grid points, the
-    outer grid points beyond them)."""
-    out = np.empty((len(levels), q.shape[1]), dtype=np.float64)
-    for k in range(q.shape[1]):
-        out[:, k] = np.interp(levels, GRID, q[:, k])
-    return out
+    outer grid points beyond them). Every step shares the grid, so this is two rows' blend per level."""
+    lv = np.clip(np.asarray(levels, dtype=np.float64), GRID[0], GRID[-1])
+    hi = np.clip(np.searchsorted(GRID, lv, side="right"), 1, len(GRID) - 1)
+    lo = hi - 1
+    w = ((lv - GRID[lo]) / (GRID[hi] - GRID[lo]))[:, None]
+    return np.asarray(q[lo] * (1.0 - w) + q[hi] * w, dtype=np.float64)
 
 
 def cdf_at(q: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -41,22 +42,18 @@ def cdf_at(q: np.ndarray, values: np.ndarray) -> np.ndarray:
     half the lowest level, above the highest as half-way from the highest level to 1; on a flat
     stretch (several levels at one value) it is the middle of the stretch.
     """
-    out = np.empty(q.shape[1], dtype=np.float64)
-    for k in range(q.shape[1]):
-        col = np.maximum.accumulate(q[:, k])
-        x = float(values[k])
-        lo = int(np.searchsorted(col, x, side="left"))
-        hi = int(np.searchsorted(col, x, side="right"))
-        if hi > lo:
-            out[k] = (GRID[lo] + GRID[hi - 1]) / 2
-        elif lo == 0:
-            out[k] = GRID[0] / 2
-        elif lo == len(col):
-            out[k] = (1 + GRID[-1]) / 2
-        else:
-            t = (x - col[lo - 1]) / (col[lo] - col[lo - 1])
-            out[k] = GRID[lo - 1] + t * (GRID[lo] - GRID[lo - 1])
-    return out
+    col = np.maximum.accumulate(np.asarray(q, dtype=np.float64), axis=0)  # [J, H]
+    x = np.asarray(values, dtype=np.float64)[None, :]
+    lo = (col < x).sum(axis=0)  # searchsorted left, per step
+    hi = (col <= x).sum(axis=0)  # searchsorted right
+    steps = np.arange(col.shape[1])
+    flat = (GRID[np.clip(lo, 0, len(GRID) - 1)] + GRID[np.clip(hi - 1, 0, len(GRID) - 1)]) / 2
+    a, b = np.clip(lo - 1, 0, len(GRID) - 1), np.clip(lo, 0, len(GRID) - 1)
+    span = col[b, steps] - col[a, steps]
+    t = np.divide(x[0] - col[a, steps], span, out=np.zeros_like(span), where=span > 0)
+    inner = GRID[a] + t * (GRID[b] - GRID[a])
+    out = np.where(lo == 0, GRID[0] / 2, np.where(lo == len(GRID), (1 + GRID[-1]) / 2, inner))
+    return np.asarray(np.where(hi > lo, flat, out), dtype=np.float64)
 
 
 def prob_up(q: np.ndarray, last_close: float) -> np.ndarray:

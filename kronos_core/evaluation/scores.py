@@ -43,18 +43,17 @@ class Scores:
         y = np.asarray(realised, dtype=np.float64)
         last = p.last_close
         grids = {"published": p.quantiles, "model": p.model, "model_calibrated": p.model_calibrated, "rw_vol": p.rw_vol, **extra}
+        lvl = np.asarray(LEVELS)[:, None]
+        at = {lv: i for i, lv in enumerate(LEVELS)}  # every band edge is one of LEVELS
         for name, q in grids.items():
             self._put(symbol, f"{name}.crps", crps(q, y) / last)
             self._put(symbol, f"{name}.mae", np.abs(q.mean(axis=0) - y) / last)
-            lv = quantiles_at(q, LEVELS)
+            lv = quantiles_at(q, LEVELS)  # [L, H]
             diff = y[None, :] - lv
-            lvl = np.asarray(LEVELS)[:, None]
             self._put(symbol, f"{name}.pinball", np.maximum(lvl * diff, (lvl - 1) * diff) / last)
             for band, (lo, hi) in BANDS.items():
-                a, b = quantiles_at(q, (lo, hi))
-                self._put(symbol, f"{name}.cover_{band}", (a <= y) & (y <= b))
-            a, b = quantiles_at(q, (0.1, 0.9))
-            self._put(symbol, f"{name}.width", (b - a) / last)
+                self._put(symbol, f"{name}.cover_{band}", (lv[at[lo]] <= y) & (y <= lv[at[hi]]))
+            self._put(symbol, f"{name}.width", (lv[at[0.9]] - lv[at[0.1]]) / last)
             self._put(symbol, f"{name}.pit", cdf_at(q, y))
             up = p.p_up if name == "published" else prob_up(q, last)
             self._put(symbol, f"{name}.p_up", up)

@@ -56,7 +56,9 @@ def test_demo_replays_bars_through_the_daemon(tmp_path: Path) -> None:
     online = summary["online_scores"]  # the daemon's own scorer, replayed bars only
     assert online["calibrated"] is True
     assert online["model_bands"]["count"] == online["published_bands"]["count"] == 20 - 12
-    assert online["model_bands"]["mae"] == pytest.approx(summary["accuracy"]["all_steps"]["model_mae"], abs=1e-5)
+    # the accuracy section scores the published mean (the guarded distribution's), as the scorer does
+    assert online["published_bands"]["mae"] == pytest.approx(summary["accuracy"]["all_steps"]["model_mae"], abs=1e-5)
+    assert all(r["bands"] == "guarded" and len(r["probabilities"]["p_up"]) == 12 for r in outcome.forecasts)
     # horizon timestamps follow XSHG: a forecast made at 11:30 continues at 13:05
     noon = [r for r in outcome.forecasts if r["as_of"].endswith("03:30:00Z")]
     assert noon and all(r["timestamps"][0].endswith("05:05:00Z") for r in noon)

@@ -206,6 +206,10 @@ async def test_guarded_daemon_keeps_both_scores() -> None:
         assert f["quantiles"]["p10"]["close"] != f["model_quantiles"]["p10"]
         assert len(f["model_paths"]) == 2 and all(len(p) == H for p in f["model_paths"])  # capped
     assert model_cov == pytest.approx(sums["stub-1@model"].report().coverage)
+    # P(up) scored online: every step of every realised forecast in one reliability bin, and its Brier sum
+    bins = [metric(d, "kronos_score_up_forecasts_total", model_version="stub-1", bin=f"{b / 10:.1f}") for b in range(10)]
+    assert sum(bins) == (40 - H) * H
+    assert 0 < metric(d, "kronos_score_brier_up_total", model_version="stub-1", step="1") < 40 - H
 
 
 def test_memory_store_caps_pending_and_merges_sums() -> None:

@@ -35,16 +35,29 @@ HEADER = f"""\
 
 
 def find_helm() -> str:
-    for candidate in (os.environ.get("HELM"), str(ROOT / ".cache" / "helm" / "bin" / "helm"), shutil.which("helm")):
+    for candidate in (
+        os.environ.get("HELM"),
+        str(ROOT / ".cache" / "helm" / "bin" / "helm"),
+        shutil.which("helm"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise SystemExit("no helm: run scripts/ensure-helm (builds .cache/helm/bin/helm) or set HELM")
 
 
-def rendered_groups(helm: str, *sets: str) -> list[dict[str, Any]]:
+def rendered_groups(helm: str, *sets: str, namespace: str = "default") -> list[dict[str, Any]]:
     """``spec.groups`` of the chart's PrometheusRule, rendered with its defaults and ``sets``
-    (``--set-string KEY=VALUE`` items)."""
-    args = [helm, "template", "kronos-stream", str(CHART), "--kube-version", "1.31.0"]
+    (``--set-string KEY=VALUE`` items) as the release ``kronos-stream`` in ``namespace``."""
+    args = [
+        helm,
+        "template",
+        "kronos-stream",
+        str(CHART),
+        "--kube-version",
+        "1.31.0",
+        "--namespace",
+        namespace,
+    ]
     args += ["--show-only", "templates/prometheusrule.yaml", "--set", "metrics.prometheusRule.enabled=true"]
     for item in sets:
         args += ["--set-string", item]
@@ -78,13 +91,18 @@ def dump(groups: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when the file is not the rendering")
     args = parser.parse_args(argv)
     text = dump(plain_groups(find_helm()))
     if args.check:
         if not RULES_FILE.exists() or RULES_FILE.read_text() != text:
-            print(f"{RULES_FILE} is not the chart's rendering: run python scripts/render_alert_rules.py", file=sys.stderr)
+            print(
+                f"{RULES_FILE} is not the chart's rendering: run python scripts/render_alert_rules.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     RULES_FILE.write_text(text)

@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # pip runs again only when pyproject.toml changes (or .venv is gone): the stamp's name holds its hash.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: demo test venv helm lint typecheck pytest docs services-up services-down services-status
+.PHONY: demo test venv helm promtool lint typecheck pytest docs services-up services-down services-status
 
 # ruff, mypy, then the whole pytest suite against a real Kafka broker and Redis server
 # (the suite includes `mkdocs build --strict` of the docs: tests/docs).
@@ -34,6 +34,11 @@ $(STAMP):
 # helm for the chart tests, built once into .cache/helm (scripts/run-tests calls it too).
 helm:
 	scripts/ensure-helm
+
+# promtool for the alert-rule tests, from Debian's prometheus package into .cache/promtool
+# (scripts/run-tests calls it too).
+promtool:
+	scripts/ensure-promtool
 
 lint: venv
 	$(BIN)/ruff check .

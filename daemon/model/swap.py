@@ -51,6 +51,8 @@ from kronos_core.stream_types import FEATURES, SeriesForecast, SeriesWindow, Str
 log = structlog.get_logger("kronos.models")
 
 _SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# The results of kronos_model_swaps_total: ok, a refusal (LoadRefused.result) or deferred (LoadDeferred).
+SWAP_RESULTS = ("ok", "checksum", "incompatible", "load_failed", "smoke_failed", "fetch_failed", "deferred")
 SMOKE_SERIES = 4  # cached windows the smoke forecast runs on
 SMOKE_PREFIX = "__smoke__:"  # series ids of smoke forecasts (their warm sessions are dropped after)
 
@@ -79,6 +81,9 @@ class ModelMetrics:
             ["result"],
             registry=registry,
         )
+        # every result exported from the start (0), so increase() and the alert see the first refusal
+        for result in SWAP_RESULTS:
+            self.swaps.labels(result)
         self.load_seconds = Histogram(
             "kronos_model_load_seconds", "Fetching, verifying and building a model version.",
             buckets=_SECONDS_BUCKETS, registry=registry,

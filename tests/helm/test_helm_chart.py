@@ -48,7 +48,7 @@ COMPONENT_SETTINGS: dict[str, tuple[type[BaseSettings], ...]] = {
     "retrain": (TrainSettings,),
 }
 KUBE_VERSIONS = ("1.27.0", "latest")  # the chart's kubeVersion floor, and the newest schemas
-CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
+CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "CronJob", "Pod"}
 
 
@@ -195,6 +195,15 @@ def test_custom_resources_are_well_formed(all_rendered: list[Rendered]) -> None:
                 server = OpsServer(Metrics(), live=lambda: (True, {}), ready=lambda: (True, {}))
                 status, ctype, _ = server.respond("GET", endpoint["path"])
                 assert status == 200 and ctype.startswith("text/plain"), "the path serves Prometheus text"
+        for rule in r.of_kind("PrometheusRule"):
+            seen.add("PrometheusRule")
+            assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+            assert rule["metadata"]["labels"].items() >= r.values["metrics"]["prometheusRule"]["labels"].items()
+            for group in rule["spec"]["groups"]:
+                assert group["name"] and group["rules"], "a group with rules"
+                for item in group["rules"]:
+                    assert set(item) == {"alert", "expr", "for", "labels", "annotations"}, item
+                    assert isinstance(item["expr"], str) and item["labels"]["severity"]
     assert seen == CRD_KINDS, "some values file renders each custom resource"
 
 
@@ -501,6 +510,10 @@ BAD_VALUES = {
     "no partitions": {"kafka": {"partitions": 0}},
     "unknown key": {"daemon": {"replica": 2}},
     "unknown producer codec": {"kafka": {"compressionType": "brotli"}},
+    "unknown alert rule": {"metrics": {"prometheusRule": {"rules": {"lagg": {"enabled": True}}}}},
+    "bad alert duration": {"metrics": {"prometheusRule": {"rules": {"consumerLag": {"for": "15 minutes"}}}}},
+    "coverage nominal above 1": {"metrics": {"prometheusRule": {"rules": {"coverage": {"nominal": 80}}}}},
+    "dashboard label not a string": {"metrics": {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}},
 }
 
 

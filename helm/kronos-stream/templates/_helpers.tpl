@@ -286,3 +286,9 @@ topologySpreadConstraints:
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* The labels of an alert: its severity and metrics.prometheusRule.alertLabels;
+(dict "severity" .severity "extra" $alertLabels). */}}
+{{- define "kronos-stream.alertLabels" -}}
+{{- toYaml (merge (dict "severity" .severity) (.extra | default dict)) }}
+{{- end }}

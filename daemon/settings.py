@@ -159,6 +159,16 @@ class RedisSettings(_Group):
         default="kronos", min_length=1, pattern=r"^[^\s{}]+$", description="prefix of every key"
     )
     password: SecretStr | None = Field(default=None, description="Redis password (masked in logs)")
+    username: str | None = Field(
+        default=None,
+        description="Redis ACL user (with `password`); unset: the `default` user. The rules it needs: "
+        "`kronos-stream redis-acl`",
+    )
+    ssl_ca_certs: Path | None = Field(
+        default=None,
+        description="CA certificate (PEM) that signed the Redis server's TLS certificate, for a `rediss://` "
+        "URL; unset: the system's CAs",
+    )
     forecast_ttl_s: int | None = Field(
         default=None, ge=1, description="expiry of the latest-forecast key; unset: it never expires"
     )

@@ -436,14 +436,16 @@ def hint_channel(key_prefix: str) -> str:
     return f"{key_prefix}{HINT_CHANNEL_SUFFIX}"
 
 
-async def publish_hint(redis_url: str, key_prefix: str, version: str) -> int:
+async def publish_hint(redis_url: str, key_prefix: str, version: str, **options: Any) -> int:
     """Publish {"version": ...} on ``<key_prefix>:models``; returns how many subscribers got it.
+    ``options`` go to ``redis.asyncio.from_url`` (``username``, ``password``, ``ssl_ca_certs``...; a URL
+    such as ``rediss://user:secret@host:6379/0?ssl_ca_certs=/etc/ca.crt`` carries them too).
 
     A hint only: subscribers must read the pointer (the truth) before acting."""
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    client = aioredis.from_url(redis_url)
+    client = aioredis.from_url(redis_url, **options)
     try:
         receivers = await client.publish(hint_channel(key_prefix), json.dumps({"version": version}))
     except RedisError as exc:

@@ -7,6 +7,7 @@
     kronos-stream forecast SYMBOL [--wait S]           the latest forecast from Redis, as JSON
     kronos-stream scores [--version V] [--hours N]     online scores per model version, from Redis
     kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
+    kronos-stream redis-acl [--user U] [--prefix P]    the daemon's least-privilege Redis ACL user
     kronos-stream train [...]                          fine-tune, gate, publish (see `train --help`)
     kronos-stream archive [--root URL]                 the input topic's bars into Parquet (KRONOS_ARCHIVE__*)
     kronos-stream archive import CSV --symbol S [--tz Z]   backfill the archive from a CSV file
@@ -144,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scores_parser(sub)
     backtest_cli.add_parser(sub)
 
+    acl = sub.add_parser(
+        "redis-acl", help="print the ACL SETUSER line of the daemon's least-privilege Redis user"
+    )
+    acl.add_argument("--user", default="kronos-daemon", help="ACL user name (default kronos-daemon)")
+    acl.add_argument("--prefix", help="key prefix (default: KRONOS_REDIS__KEY_PREFIX)")
+    acl.add_argument("--cluster", action="store_true", help="add what a Redis Cluster client needs")
+    acl.add_argument(
+        "--publisher", action="store_true", help="the hint publisher's (trainer, models promote) instead"
+    )
+
     check = sub.add_parser("check", help="exit 0 if the daemon's /healthz answers 200, else 1")
     check.add_argument("--url", help="default: http://127.0.0.1:$KRONOS_HTTP_PORT/healthz")
 
@@ -230,10 +241,7 @@ async def _forecast(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     r = settings.redis
-    password = r.password.get_secret_value() if r.password else None
-    store = RedisStateStore.from_url(
-        r.url, r.key_prefix, settings.model.max_context, password, r.socket_timeout_s, cluster=r.cluster
-    )
+    store = RedisStateStore.from_settings(r, settings.model.max_context)
     try:
         record = await _latest_forecast(store, args.symbol, args.wait)
     finally:
@@ -367,6 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_scores(args))
         if args.command == "backtest":
             return backtest_cli.run(args)
+        if args.command == "redis-acl":
+            from daemon.state.redis_access import setuser_line
+
+            prefix = args.prefix or load_settings().redis.key_prefix
+            print(setuser_line(args.user, prefix, cluster=args.cluster, publisher=args.publisher))
+            return 0
         if args.command == "check":
             return _check(args)
         if args.command == "bench":
@@ -535,11 +549,12 @@ def _models_hint(args: argparse.Namespace, version: str) -> None:
 
     if not (args.redis_url or os.environ.get("KRONOS_REDIS__URL")):
         return
+    from daemon.state.redis_access import client_options
     from kronos_contract.registry import RegistryError, publish_hint
 
     redis = _settings(args).redis
     try:
-        asyncio.run(publish_hint(redis.url, redis.key_prefix, version))
+        asyncio.run(publish_hint(redis.url, redis.key_prefix, version, **client_options(redis)))
     except RegistryError as exc:
         print(f"kronos-stream models: {exc}", file=sys.stderr)
 

@@ -607,16 +607,16 @@ class ModelFollower:
         """Wake the poll on every message on the registry's hint channel; reconnect with backoff."""
         import redis.asyncio as aioredis
 
+        from daemon.state.redis_access import client_options, explain
         from kronos_contract.registry import hint_channel
 
         r = self.settings.redis
         channel = hint_channel(r.key_prefix)
-        password = r.password.get_secret_value() if r.password else None
+        options = client_options(r)
+        options.pop("socket_timeout")  # a subscriber waits for messages as long as it takes
         delay = 0.5
         while True:
-            client = aioredis.Redis.from_url(
-                r.url, password=password, socket_connect_timeout=r.socket_timeout_s
-            )
+            client = aioredis.Redis.from_url(r.url, **options)
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(channel)
@@ -628,7 +628,11 @@ class ModelFollower:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("model hint channel lost; polling continues", error=repr(exc), retry_in_s=delay)
+                log.warning(
+                    "model hint channel lost; polling continues",
+                    error=explain(exc, r.username),
+                    retry_in_s=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
             finally:

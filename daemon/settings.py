@@ -262,6 +262,12 @@ class ModelSettings(_Group):
         description="a model registry (local path or fsspec URL) instead of fixed folders: the daemon serves "
         "its champion and hot-swaps when the pointer moves",
     )
+    registry_public_key: Path | None = Field(
+        default=None,
+        description="Ed25519 public key (PEM) of the registry's signer: versions whose `manifest.sig` is missing "
+        "or not this key's signature of the manifest are refused (the current model keeps serving); unset: "
+        "signatures are not checked",
+    )
     registry_poll_s: float = Field(
         default=10.0, gt=0, allow_inf_nan=False, description="how often the registry's pointer is read"
     )

@@ -33,8 +33,9 @@ DAEMON_COMMANDS: tuple[str, ...] = (
     "subscribe", "unsubscribe",
 )  # fmt: skip
 
-# A Redis Cluster client also asks for the slot map and follows ASK redirections.
-CLUSTER_COMMANDS: tuple[str, ...] = ("cluster|slots", "cluster|shards", "asking")
+# A Redis Cluster client also reads the command table (to find each command's keys), asks for the
+# slot map and follows ASK redirections.
+CLUSTER_COMMANDS: tuple[str, ...] = ("command", "cluster|slots", "cluster|shards", "asking")
 
 # Who publishes the hint (the trainer, `kronos-stream models promote`): PUBLISH on the channel, no key.
 PUBLISHER_COMMANDS: tuple[str, ...] = ("ping", "select", "publish")

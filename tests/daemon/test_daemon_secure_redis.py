@@ -3,7 +3,8 @@ and an ACL user per test holding exactly the daemon's rules (daemon/state/redis_
 the test's key prefix. The daemon works end to end over rediss:// as that user, and the server logs no
 refusal; a user lacking a command gets an error naming the user, the command and the grant, readiness
 is 503, nothing is committed, and the daemon goes on once the command is granted; an unknown CA names
-KRONOS_REDIS__SSL_CA_CERTS.
+KRONOS_REDIS__SSL_CA_CERTS. The same on a Redis Cluster of TLS masters (scripts/services
+redis-cluster-secure: the bus over TLS too, the user on every node, the cluster client's rules).
 
 Users and keys are set up and removed through the default user (the admin of users.env)."""
 
@@ -68,11 +69,12 @@ def secure_redis() -> SecureRedis:
 class AclUser:
     """A test's own ACL user with the daemon's rules for the test's prefix."""
 
-    def __init__(self, server: SecureRedis, name: str, prefix: str) -> None:
+    def __init__(self, server: SecureRedis | SecureCluster, name: str, prefix: str) -> None:
         self.server, self.name, self.prefix = server, name, prefix
         self.password = secrets.token_urlsafe(12)
 
     async def set(self, *rules: str) -> None:
+        assert isinstance(self.server, SecureRedis)
         admin = self.server.admin()
         try:
             await admin.execute_command("ACL", "SETUSER", self.name, *rules)
@@ -92,6 +94,7 @@ class AclUser:
 
     async def refusals(self) -> list[dict[Any, Any]]:
         """The server's ACL LOG entries of this user (each refused command, key or channel)."""
+        assert isinstance(self.server, SecureRedis)
         admin = self.server.admin()
         try:
             entries = await admin.acl_log()
@@ -232,6 +235,85 @@ async def test_an_unknown_ca_names_the_setting_and_is_waited_out(
         with pytest.raises(Abandoned):
             await starting
         await daemon.close()
+
+
+class SecureCluster:
+    """scripts/services redis-cluster-secure: three TLS masters (the bus over TLS too), the same ACL users."""
+
+    def __init__(self) -> None:
+        self.url = os.environ["REDIS_CLUSTER_SECURE_URL"]
+        self.nodes = os.environ["REDIS_CLUSTER_SECURE_NODES"].split(",")
+        self.ca = Path(os.environ["REDIS_CLUSTER_SECURE_CA"])
+        lines = Path(os.environ["REDIS_CLUSTER_SECURE_USERS"]).read_text().split()
+        self.passwords = dict(line.split("=", 1) for line in lines)
+
+    def node_admins(self) -> list[aioredis.Redis]:
+        """The admin on each node: ACL users are per node in a cluster."""
+        return [
+            aioredis.Redis.from_url(f"rediss://{n}/0", password=self.passwords["admin"], ssl_ca_certs=str(self.ca))
+            for n in self.nodes
+        ]
+
+
+@pytest.fixture
+async def cluster_user(unique_id: str) -> AsyncIterator[tuple[SecureCluster, AclUser]]:
+    """An ACL user with the daemon's cluster rules, on every node of the TLS cluster."""
+    if "REDIS_CLUSTER_SECURE_URL" not in os.environ:
+        reason = "no secured Redis Cluster: scripts/services up redis-cluster-secure (scripts/run-tests starts it)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
+        pytest.skip(reason)
+    cluster = SecureCluster()
+    prefix = f"csec:{unique_id}"
+    user = AclUser(cluster, f"test-{unique_id}", prefix)
+    admins = cluster.node_admins()
+    try:
+        for admin in admins:
+            await admin.execute_command(
+                "ACL", "SETUSER", user.name, "reset", "on", f">{user.password}", *acl_rules(prefix, cluster=True)
+            )
+        yield cluster, user
+        for admin in admins:
+            keys = [k async for k in admin.scan_iter(match=f"{prefix}:*")]
+            for key in keys:  # one by one: the keys of a node lie in different slots
+                await admin.delete(key)
+            await admin.execute_command("ACL", "DELUSER", user.name)
+    finally:
+        for admin in admins:
+            await admin.aclose()
+
+
+async def test_the_daemon_runs_end_to_end_on_a_tls_cluster_as_an_acl_user_with_only_its_rules(
+    cluster_user: tuple[SecureCluster, AclUser],
+    kafka_bootstrap: str,
+    topics: Topics,
+    group_id: str,
+    forecaster: StreamForecaster,
+) -> None:
+    cluster, user = cluster_user
+    series = {s: bar_series(s, 8, seed=i) for i, s in enumerate(["CA", "CB", "CC"])}
+    await produce(kafka_bootstrap, topics.input, [r for recs in series.values() for r in recs])
+    settings = daemon_settings(
+        kafka_bootstrap, cluster.url, user.prefix, group_id, topics, redis=user.redis(cluster=True)
+    )
+
+    async with running_daemon(settings, forecaster) as d:
+        out = forecasts(await read_topic(kafka_bootstrap, topics.output, 24))
+        await wait_committed(kafka_bootstrap, group_id, topics.input)
+        await wait_until(lambda: not d.outages.down(), 10, "no outage")
+        assert metric(d, "kronos_scoring_errors_total") == 0
+
+    assert {f["id"] for f in out} == expected_ids(series, forecaster.model_version)
+    refused = []
+    for admin in cluster.node_admins():
+        try:
+            entries = await admin.acl_log()
+            refused += [e for e in entries if e.get("username") in (user.name, user.name.encode())]
+            stored = await admin.keys(f"{user.prefix}:*")
+        finally:
+            await admin.aclose()
+        assert stored, "every node holds some of the state (three symbols, three masters)"
+    assert refused == []  # on no node was a command, key or channel refused
 
 
 def test_a_ca_without_rediss_is_a_configuration_error() -> None:

@@ -237,6 +237,58 @@ async def test_an_unknown_ca_names_the_setting_and_is_waited_out(
         await daemon.close()
 
 
+async def test_the_hint_publisher_user_publishes_with_credentials_in_the_url_and_the_daemon_user_hears_it(
+    secure_redis: SecureRedis, acl_user: AclUser, unique_id: str
+) -> None:
+    """The trainer's form: user, password and CA in KRONOS_TRAIN__REDIS_URL; PUBLISH only, no key."""
+    from urllib.parse import quote
+
+    from kronos_contract.registry import publish_hint
+
+    publisher = AclUser(secure_redis, f"pub-{unique_id}", acl_user.prefix)
+    await publisher.set("reset", "on", f">{publisher.password}", *acl_rules(acl_user.prefix, publisher=True))
+    listener = aioredis.Redis.from_url(
+        secure_redis.url, username=acl_user.name, password=acl_user.password, ssl_ca_certs=str(secure_redis.ca)
+    )
+    try:
+        async with listener.pubsub() as pubsub:
+            await pubsub.subscribe(f"{acl_user.prefix}:models")
+            assert (await pubsub.get_message(timeout=5.0) or {}).get("type") == "subscribe"
+            host = secure_redis.url.split("://", 1)[1]
+            url = (
+                f"rediss://{publisher.name}:{quote(publisher.password, safe='')}@{host}"
+                f"?ssl_ca_certs={secure_redis.ca}"
+            )
+            assert await publish_hint(url, acl_user.prefix, "v9") == 1
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            assert message is not None and b"v9" in message["data"]
+        as_publisher = aioredis.Redis.from_url(url)
+        try:
+            with pytest.raises(NoPermissionError):
+                await as_publisher.get(f"{acl_user.prefix}:generation")  # no key at all
+        finally:
+            await as_publisher.aclose()
+    finally:
+        await listener.aclose()
+        admin = secure_redis.admin()
+        try:
+            await admin.execute_command("ACL", "DELUSER", publisher.name)
+        finally:
+            await admin.aclose()
+
+
+def test_redis_acl_prints_the_setuser_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.cli.main import main as cli_main
+
+    assert cli_main(["redis-acl", "--user", "kd", "--prefix", "fx"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line == "ACL SETUSER kd reset on >PASSWORD " + " ".join(acl_rules("fx"))
+    assert "~fx:*" in line and "&fx:models" in line and "+publish" not in line and "+keys" not in line
+    assert cli_main(["redis-acl", "--prefix", "fx", "--publisher"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "+publish" in line and "~" not in line.replace("resetkeys", "")
+
+
 class SecureCluster:
     """scripts/services redis-cluster-secure: three TLS masters (the bus over TLS too), the same ACL users."""
 

@@ -190,11 +190,7 @@ class Daemon:
         if self.store is None:
             from daemon.state.redis import RedisStateStore
 
-            password = s.redis.password.get_secret_value() if s.redis.password else None
-            self.store = RedisStateStore.from_url(
-                s.redis.url, s.redis.key_prefix, s.model.max_context, password, s.redis.socket_timeout_s,
-                cluster=s.redis.cluster,
-            )
+            self.store = RedisStateStore.from_settings(s.redis, s.model.max_context)
         await self._connect("redis", "connecting to Redis", self._ping_store)
         if self.forecaster is None and s.model.registry:
             self.models = ModelFollower(

@@ -159,6 +159,16 @@ class RedisSettings(_Group):
         default="kronos", min_length=1, pattern=r"^[^\s{}]+$", description="prefix of every key"
     )
     password: SecretStr | None = Field(default=None, description="Redis password (masked in logs)")
+    username: str | None = Field(
+        default=None,
+        description="Redis ACL user (with `password`); unset: the `default` user. The rules it needs: "
+        "`kronos-stream redis-acl`",
+    )
+    ssl_ca_certs: Path | None = Field(
+        default=None,
+        description="CA certificate (PEM) that signed the Redis server's TLS certificate, for a `rediss://` "
+        "URL; unset: the system's CAs",
+    )
     forecast_ttl_s: int | None = Field(
         default=None, ge=1, description="expiry of the latest-forecast key; unset: it never expires"
     )
@@ -251,6 +261,12 @@ class ModelSettings(_Group):
         default=None,
         description="a model registry (local path or fsspec URL) instead of fixed folders: the daemon serves "
         "its champion and hot-swaps when the pointer moves",
+    )
+    registry_public_key: Path | None = Field(
+        default=None,
+        description="Ed25519 public key (PEM) of the registry's signer: versions whose `manifest.sig` is missing "
+        "or not this key's signature of the manifest are refused (the current model keeps serving); unset: "
+        "signatures are not checked",
     )
     registry_poll_s: float = Field(
         default=10.0, gt=0, allow_inf_nan=False, description="how often the registry's pointer is read"

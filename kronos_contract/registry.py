@@ -5,6 +5,8 @@ Layout under the root (a local folder or any fsspec URL such as ``s3://bucket/mo
     versions/<version>/tokenizer/...        the tokenizer's save_pretrained folder
     versions/<version>/predictor/...        the predictor's save_pretrained folder
     versions/<version>/manifest.json        written LAST: a version exists once this file does
+    versions/<version>/manifest.sig         optional: an Ed25519 signature of manifest.json's bytes
+                                            (kronos_contract.signing), written before it
     champion.json                           {"version", "previous", "updated_at", "history"}
     refused/<version>/manifest.json         a candidate the gate refused (figures only, no weights)
 
@@ -171,6 +173,28 @@ class Registry:
 
     def manifest(self, version: str) -> dict[str, Any]:
         """The manifest of a complete version; RegistryError if there is none."""
+        return self._manifest_raw(version)[1]
+
+    def signature(self, version: str) -> bytes | None:
+        """The content of ``versions/<version>/manifest.sig``, None when the version is not signed."""
+        from kronos_contract.signing import SIGNATURE
+
+        try:
+            return read_bytes(self._fs, self._version_path(version, SIGNATURE))
+        except FileNotFoundError:
+            return None
+
+    def _signed_manifest(self, version: str, public_key: Any | None) -> dict[str, Any]:
+        """The manifest, read once; with ``public_key``, its signature checked over those very bytes
+        (:class:`~kronos_contract.signing.SignatureError` when missing or wrong)."""
+        raw, manifest = self._manifest_raw(version)
+        if public_key is not None:
+            from kronos_contract.signing import verify
+
+            verify(public_key, raw, self.signature(version), version)
+        return manifest
+
+    def _manifest_raw(self, version: str) -> tuple[bytes, dict[str, Any]]:
         path = self._version_path(version, MANIFEST)
         try:
             raw = read_bytes(self._fs, path)
@@ -190,7 +214,7 @@ class Registry:
                 f"the manifest in versions/{version} names version {manifest.get('version')!r}; "
                 "the folder was renamed or copied by hand"
             )
-        return manifest
+        return raw, manifest
 
     def refused_manifest(self, version: str) -> dict[str, Any]:
         path = self._path("refused", version, MANIFEST)
@@ -214,11 +238,12 @@ class Registry:
             if rel.startswith("/") or ".." in rel.split("/"):
                 raise RegistryError(f"version {version!r} lists a file outside its folder: {rel!r}")
 
-    def verify(self, version: str) -> dict[str, Any]:
-        """Re-read every file of ``version`` in the registry and check its sha256 and size.
+    def verify(self, version: str, public_key: Any | None = None) -> dict[str, Any]:
+        """Re-read every file of ``version`` in the registry and check its sha256 and size; with
+        ``public_key`` (Ed25519, :mod:`kronos_contract.signing`) the manifest's signature first.
 
         Returns the manifest; raises RegistryError naming the first file that does not verify."""
-        manifest = self.manifest(version)
+        manifest = self._signed_manifest(version, public_key)
         self._check_files(version, manifest)
         for rel in sorted(manifest["files"]):
             sha, size = self._expected(manifest, rel)
@@ -241,14 +266,18 @@ class Registry:
                 f"{got_size} bytes, expected {sha[:12]}.. {size} bytes); refusing it"
             )
 
-    def fetch(self, version: str, dest_dir: str | os.PathLike[str]) -> LocalVersion:
+    def fetch(
+        self, version: str, dest_dir: str | os.PathLike[str], public_key: Any | None = None
+    ) -> LocalVersion:
         """Copy ``version`` into ``dest_dir`` (created; must not hold another version) and verify it.
 
         The copy goes to a temporary sibling folder, is verified file by file, then renamed onto
         ``dest_dir``: a failed or interrupted fetch leaves nothing there. A ``dest_dir`` that already
-        holds this version is verified again and reused."""
+        holds this version is verified again and reused. With ``public_key`` the manifest must carry
+        that key's signature (checked before any file is copied; the files are then checked against
+        the signed manifest)."""
         dest = Path(dest_dir)
-        manifest = self.manifest(version)
+        manifest = self._signed_manifest(version, public_key)
         self._check_files(version, manifest)
         if dest.exists() and any(dest.iterdir()):
             return self._reuse(version, dest, manifest)
@@ -318,9 +347,12 @@ class Registry:
         manifest: dict[str, Any],
         *,
         promote: bool,
+        signing_key: Any | None = None,
     ) -> dict[str, Any]:
         """Store a new version: copy both folders, write the manifest (with every file's sha256)
         last, then move the champion pointer to it if ``promote``. Returns the stored manifest.
+        With ``signing_key`` (an Ed25519 private key, :mod:`kronos_contract.signing`) the manifest's
+        signature is written beside it, before it.
 
         A version id can be published once; an unfinished earlier attempt (no manifest) is overwritten."""
         _check_version_name(version)
@@ -345,11 +377,23 @@ class Registry:
         except (TypeError, ValueError) as exc:
             raise RegistryError(f"the manifest of {version!r} is not plain JSON: {exc}") from exc
         self._before_manifest(version)
+        if signing_key is not None:
+            from kronos_contract.signing import SIGNATURE, sign
+
+            write_bytes(self._fs, self._version_path(version, SIGNATURE), sign(signing_key, body))
         write_bytes(self._fs, self._version_path(version, MANIFEST), body)
         if promote:
             self._before_pointer(version)
             self.promote(version)
         return stored
+
+    def sign(self, version: str, signing_key: Any) -> None:
+        """Write ``versions/<version>/manifest.sig``: ``signing_key``'s signature of the stored manifest
+        (for a version published before signing was turned on). Check the version first."""
+        from kronos_contract.signing import SIGNATURE, sign
+
+        raw, _ = self._manifest_raw(version)
+        write_bytes(self._fs, self._version_path(version, SIGNATURE), sign(signing_key, raw))
 
     def _before_manifest(self, version: str) -> None:
         """A seam for fault tests: runs after the files, before the manifest is written."""
@@ -436,14 +480,16 @@ def hint_channel(key_prefix: str) -> str:
     return f"{key_prefix}{HINT_CHANNEL_SUFFIX}"
 
 
-async def publish_hint(redis_url: str, key_prefix: str, version: str) -> int:
+async def publish_hint(redis_url: str, key_prefix: str, version: str, **options: Any) -> int:
     """Publish {"version": ...} on ``<key_prefix>:models``; returns how many subscribers got it.
+    ``options`` go to ``redis.asyncio.from_url`` (``username``, ``password``, ``ssl_ca_certs``...; a URL
+    such as ``rediss://user:secret@host:6379/0?ssl_ca_certs=/etc/ca.crt`` carries them too).
 
     A hint only: subscribers must read the pointer (the truth) before acting."""
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    client = aioredis.from_url(redis_url)
+    client = aioredis.from_url(redis_url, **options)
     try:
         receivers = await client.publish(hint_channel(key_prefix), json.dumps({"version": version}))
     except RedisError as exc:

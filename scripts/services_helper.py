@@ -4,8 +4,10 @@
     cluster-id                          print a fresh Kafka cluster id
     spawn PIDFILE LOG -- CMD...         start CMD in its own session (so its own process group),
                                         output to LOG, and write its pid to PIDFILE
-    wait kafka|redis ADDRESS PIDFILE T  exit 0 once the service at ADDRESS answers a real request,
+    wait kafka|redis|redis-secure ADDRESS PIDFILE T
+                                        exit 0 once the service at ADDRESS answers a real request,
                                         1 after T seconds, 2 as soon as the process in PIDFILE is gone
+                                        (redis-secure: over TLS, as the admin of users.env beside PIDFILE)
 
 Run with the project's .venv python (aiokafka and redis come from there).
 """
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 POLL_INTERVAL_S = 0.2
@@ -83,6 +86,25 @@ async def _probe_redis(address: str) -> None:
         await client.aclose()
 
 
+def _probe_redis_secure(state: Path) -> Callable[[str], Awaitable[None]]:
+    async def probe(address: str) -> None:
+        import redis.asyncio as redis
+
+        host, port = address.rsplit(":", 1)
+        users = dict(line.split("=", 1) for line in (state / "users.env").read_text().split())
+        client = redis.Redis(
+            host=host, port=int(port), ssl=True, ssl_ca_certs=str(state / "ca.crt"), password=users["admin"],
+            socket_timeout=3, socket_connect_timeout=3,
+        )  # fmt: skip
+        try:
+            if await client.ping() is not True:
+                raise RuntimeError("PING did not answer PONG")
+        finally:
+            await client.aclose()
+
+    return probe
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -93,7 +115,11 @@ def _alive(pid: int) -> bool:
 
 def wait(service: str, address: str, pidfile: Path, timeout_s: float) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # refused connections are expected here
-    probe = {"kafka": _probe_kafka, "redis": _probe_redis}[service]
+    probe = {
+        "kafka": _probe_kafka,
+        "redis": _probe_redis,
+        "redis-secure": _probe_redis_secure(pidfile.parent),
+    }[service]
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + timeout_s
     last_error = "no attempt made"
@@ -123,7 +149,7 @@ def main(argv: list[str]) -> int:
             print(cluster_id())
         case ["spawn", pidfile, log, "--", *cmd] if cmd:
             spawn(Path(pidfile), Path(log), cmd)
-        case ["wait", ("kafka" | "redis") as service, address, pidfile, timeout_s]:
+        case ["wait", ("kafka" | "redis" | "redis-secure") as service, address, pidfile, timeout_s]:
             return wait(service, address, Path(pidfile), float(timeout_s))
         case _:
             print(__doc__, file=sys.stderr)

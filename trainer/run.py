@@ -245,6 +245,10 @@ def _mark_published(settings: TrainSettings, version: str | None) -> None:
 
 
 def _run(settings: TrainSettings, runtime: Runtime) -> dict[str, Any]:
+    if settings.signing_key is not None and runtime.is_main:  # an unusable key fails now, not after training
+        from kronos_contract.signing import load_private_key
+
+        load_private_key(settings.signing_key)
     settings = pin_end(settings, runtime)
     start = resolve_start(settings, runtime)
     split = load_split(settings, settings.calendar_tz or start.calendar_tz)
@@ -301,8 +305,13 @@ def publish(settings: TrainSettings, folder: Path, manifest: dict[str, Any], pas
         log.warning("candidate_refused", version=version, reason=manifest["gate"]["reason"],
                     champion=registry.champion())
         return {**manifest, "version": version}
+    signing_key = None
+    if settings.signing_key is not None:
+        from kronos_contract.signing import load_private_key
+
+        signing_key = load_private_key(settings.signing_key)
     stored = registry.publish(version, folder / "tokenizer", folder / "predictor", manifest,
-                              promote=settings.promote)
+                              promote=settings.promote, signing_key=signing_key)
     if settings.keep_versions:
         deleted = registry.gc(settings.keep_versions)
         if deleted:

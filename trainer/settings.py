@@ -49,6 +49,8 @@ class TrainSettings(BaseSettings):
     # -- where things are
     archive: str = Field(default="archive", description="archive root (local path or fsspec URL)")
     registry: str | None = Field(default=None, description="model registry root (local path or fsspec URL)")
+    signing_key: Path | None = Field(default=None, description="Ed25519 private key (PEM, mounted from a Secret) "
+                                     "that signs each published version's manifest; unset: versions are unsigned")
     work_dir: Path = Field(default=Path("train-work"), description="resumable training state lives here")
     tokenizer_dir: Path | None = Field(default=None, description="start from this tokenizer folder")
     predictor_dir: Path | None = Field(default=None, description="start from this predictor folder")
@@ -100,7 +102,7 @@ class TrainSettings(BaseSettings):
     key_prefix: str = Field(default="kronos", min_length=1, pattern=r"^[^\s{}]+$", description="the daemons' "
                             "KRONOS_REDIS__KEY_PREFIX (the hint's channel)")
 
-    @field_validator("registry", "redis_url", "calendar_tz", "tokenizer_dir", "predictor_dir", "start", "end",
+    @field_validator("registry", "redis_url", "signing_key", "calendar_tz", "tokenizer_dir", "predictor_dir", "start", "end",
                      mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:

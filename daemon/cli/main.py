@@ -7,10 +7,11 @@
     kronos-stream forecast SYMBOL [--wait S]           the latest forecast from Redis, as JSON
     kronos-stream scores [--version V] [--hours N]     online scores per model version, from Redis
     kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
+    kronos-stream redis-acl [--user U] [--prefix P]    the daemon's least-privilege Redis ACL user
     kronos-stream train [...]                          fine-tune, gate, publish (see `train --help`)
     kronos-stream archive [--root URL]                 the input topic's bars into Parquet (KRONOS_ARCHIVE__*)
     kronos-stream archive import CSV --symbol S [--tz Z]   backfill the archive from a CSV file
-    kronos-stream models list|show|verify|promote|rollback|gc   the model registry (--registry URL)
+    kronos-stream models list|show|verify|sign|promote|rollback|gc   the model registry (--registry URL)
 
 Kafka and Redis addresses come from the same settings as the daemon's (``--bootstrap``/``--redis-url``
 override them).
@@ -144,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scores_parser(sub)
     backtest_cli.add_parser(sub)
 
+    acl = sub.add_parser(
+        "redis-acl", help="print the ACL SETUSER line of the daemon's least-privilege Redis user"
+    )
+    acl.add_argument("--user", default="kronos-daemon", help="ACL user name (default kronos-daemon)")
+    acl.add_argument("--prefix", help="key prefix (default: KRONOS_REDIS__KEY_PREFIX)")
+    acl.add_argument("--cluster", action="store_true", help="add what a Redis Cluster client needs")
+    acl.add_argument(
+        "--publisher", action="store_true", help="the hint publisher's (trainer, models promote) instead"
+    )
+
     check = sub.add_parser("check", help="exit 0 if the daemon's /healthz answers 200, else 1")
     check.add_argument("--url", help="default: http://127.0.0.1:$KRONOS_HTTP_PORT/healthz")
 
@@ -230,10 +241,7 @@ async def _forecast(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     r = settings.redis
-    password = r.password.get_secret_value() if r.password else None
-    store = RedisStateStore.from_url(
-        r.url, r.key_prefix, settings.model.max_context, password, r.socket_timeout_s, cluster=r.cluster
-    )
+    store = RedisStateStore.from_settings(r, settings.model.max_context)
     try:
         record = await _latest_forecast(store, args.symbol, args.wait)
     finally:
@@ -367,6 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_scores(args))
         if args.command == "backtest":
             return backtest_cli.run(args)
+        if args.command == "redis-acl":
+            from daemon.state.redis_access import setuser_line
+
+            prefix = args.prefix or load_settings().redis.key_prefix
+            print(setuser_line(args.user, prefix, cluster=args.cluster, publisher=args.publisher))
+            return 0
         if args.command == "check":
             return _check(args)
         if args.command == "bench":
@@ -438,7 +452,7 @@ def _archive(args: argparse.Namespace) -> int:
 
 
 def _add_models_parser(sub: Any) -> None:
-    models = sub.add_parser("models", help="the model registry: list, show, verify, promote, rollback, gc")
+    models = sub.add_parser("models", help="the model registry: list, show, verify, sign, promote, rollback, gc")
     models.add_argument(
         "--registry",
         help="registry folder or fsspec URL (default: KRONOS_MODEL__REGISTRY, KRONOS_TRAIN__REGISTRY)",
@@ -447,6 +461,11 @@ def _add_models_parser(sub: Any) -> None:
         "--redis-url", help="where promote/rollback send the hint (default: KRONOS_REDIS__URL)"
     )
     models.add_argument("--prefix", help="key prefix of the hint channel (default: KRONOS_REDIS__KEY_PREFIX)")
+    models.add_argument(
+        "--public-key", type=Path,
+        help="Ed25519 public key (PEM): verify and promote also check the manifest's signature "
+        "(default: KRONOS_MODEL__REGISTRY_PUBLIC_KEY)",
+    )  # fmt: skip
     what = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     listing = what.add_parser("list", help="versions, newest last, with the champion and previous marked")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -454,9 +473,13 @@ def _add_models_parser(sub: Any) -> None:
     show = what.add_parser("show", help="a version's manifest (default: the champion's)")
     show.add_argument("version", nargs="?")
     verify = what.add_parser(
-        "verify", help="re-read a version's files and check every sha256 (exit 1 if not)"
+        "verify",
+        help="re-read a version's files and check every sha256, and with a public key its signature (exit 1 if not)",
     )
     verify.add_argument("version", nargs="?")
+    sign = what.add_parser("sign", help="sign a published version's manifest (writes manifest.sig beside it)")
+    sign.add_argument("version")
+    sign.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
     promote = what.add_parser("promote", help="verify a version and make it the champion")
     promote.add_argument("version")
     what.add_parser("rollback", help="point back at the previous champion")
@@ -474,8 +497,13 @@ def _models(args: argparse.Namespace) -> int:
     )
     if not url:
         raise DaemonError("no registry given: pass --registry URL or set KRONOS_MODEL__REGISTRY")
+    key_path = args.public_key or os.environ.get("KRONOS_MODEL__REGISTRY_PUBLIC_KEY") or None
     try:
         registry = Registry(url)
+        if key_path is not None:
+            from kronos_contract.signing import load_public_key
+
+            args.key_object = load_public_key(key_path)
         return _models_action(args, registry)
     except RegistryError as exc:
         raise DaemonError(str(exc)) from exc
@@ -513,16 +541,29 @@ def _models_action(args: argparse.Namespace, registry: Any) -> int:
             raise DaemonError(
                 f"{registry.url} has no champion; name a version (see 'kronos-stream models list')"
             )
-        manifest = registry.verify(version) if action == "verify" else registry.manifest(version)
-        print(
-            json.dumps(manifest, indent=2)
-            if action == "show"
-            else f"{version}: {len(manifest['files'])} files verify"
-        )
+        public_key = getattr(args, "key_object", None)
+        if action == "show":
+            print(json.dumps(registry.manifest(version), indent=2))
+            return 0
+        manifest = registry.verify(version, public_key)
+        if public_key is not None:
+            signed = "signature by the given key verifies"
+        else:
+            signed = "signed" if registry.signature(version) is not None else "unsigned"
+            signed += ", signature not checked (no --public-key)"
+        print(f"{version}: {len(manifest['files'])} files verify; {signed}")
+        return 0
+    if action == "sign":
+        from kronos_contract.signing import load_private_key
+
+        registry.sign(args.version, load_private_key(args.key))
+        print(json.dumps({"signed": args.version}))
         return 0
     if action == "gc":
         print(json.dumps({"deleted": registry.gc(args.keep)}))
         return 0
+    if action == "promote" and getattr(args, "key_object", None) is not None:
+        registry.verify(args.version, args.key_object)  # daemons holding the key would refuse it
     version = registry.promote(args.version)["version"] if action == "promote" else registry.rollback()
     print(json.dumps({"champion": version, "previous": registry.previous()}))
     _models_hint(args, version)
@@ -535,11 +576,12 @@ def _models_hint(args: argparse.Namespace, version: str) -> None:
 
     if not (args.redis_url or os.environ.get("KRONOS_REDIS__URL")):
         return
+    from daemon.state.redis_access import client_options
     from kronos_contract.registry import RegistryError, publish_hint
 
     redis = _settings(args).redis
     try:
-        asyncio.run(publish_hint(redis.url, redis.key_prefix, version))
+        asyncio.run(publish_hint(redis.url, redis.key_prefix, version, **client_options(redis)))
     except RegistryError as exc:
         print(f"kronos-stream models: {exc}", file=sys.stderr)
 

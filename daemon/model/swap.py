@@ -14,6 +14,9 @@ daemon serves the version the champion pointer names and follows the pointer:
 * A loaded version is handed to :class:`SwappableForecaster`, which puts it in service at the start of
   the next model call (:meth:`SwappableForecaster.pin`): every round of the loop runs one version from
   its first window to its last forecast, and the old model is dropped once no call holds it.
+* With ``KRONOS_MODEL__REGISTRY_PUBLIC_KEY`` a version must carry that key's Ed25519 signature of its
+  manifest (``manifest.sig``, :mod:`kronos_contract.signing`); an unsigned or wrongly signed one is
+  refused (``result="signature"``).
 * A version that fails any step is refused: the current model keeps serving, the reason is logged and
   counted (``kronos_model_swaps_total{result}``), and the version is retried later with backoff.
 
@@ -52,7 +55,7 @@ log = structlog.get_logger("kronos.models")
 
 _SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # The results of kronos_model_swaps_total: ok, a refusal (LoadRefused.result) or deferred (LoadDeferred).
-SWAP_RESULTS = ("ok", "checksum", "incompatible", "load_failed", "smoke_failed", "fetch_failed", "deferred")
+SWAP_RESULTS = ("ok", "checksum", "signature", "incompatible", "load_failed", "smoke_failed", "fetch_failed", "deferred")
 SMOKE_SERIES = 4  # cached windows the smoke forecast runs on
 SMOKE_PREFIX = "__smoke__:"  # series ids of smoke forecasts (their warm sessions are dropped after)
 
@@ -76,8 +79,8 @@ class ModelMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.swaps = Counter(
             "kronos_model_swaps",
-            "Model versions the daemon tried to put in service, by result (ok, checksum, incompatible, "
-            "load_failed, smoke_failed, fetch_failed, deferred).",
+            "Model versions the daemon tried to put in service, by result (ok, checksum, signature, "
+            "incompatible, load_failed, smoke_failed, fetch_failed, deferred).",
             ["result"],
             registry=registry,
         )
@@ -341,15 +344,23 @@ class Prepared:
     fetch_s: float
 
 
-def prepare_version(registry: Any, version: str, settings: Settings, cache_root: Path) -> Prepared:
-    """Fetch with every sha256 verified, check configs, runtime settings and (on CUDA) room. Blocking,
-    and no CUDA work: any worker thread."""
+def prepare_version(
+    registry: Any, version: str, settings: Settings, cache_root: Path, public_key: Any | None = None
+) -> Prepared:
+    """Fetch with every sha256 verified (and with ``public_key`` the manifest's signature), check configs,
+    runtime settings and (on CUDA) room. Blocking, and no CUDA work: any worker thread."""
+    from kronos_contract.signing import SignatureError
+
     t0 = time.perf_counter()
     dest = cache_root / version
     shutil.rmtree(dest, ignore_errors=True)
     try:
         try:
-            local = registry.fetch(version, dest)
+            # (a registry without signatures in use is called as before: test doubles take two arguments)
+            extra = () if public_key is None else (public_key,)
+            local = registry.fetch(version, dest, *extra)
+        except SignatureError as exc:
+            raise LoadRefused("signature", f"{exc} (KRONOS_MODEL__REGISTRY_PUBLIC_KEY)") from exc
         except Exception as exc:  # RegistryError (checksum, missing file) or the storage's own errors
             text = str(exc)
             result = "checksum" if ("sha256" in text or "checksum" in text) else "fetch_failed"
@@ -423,7 +434,22 @@ def load_version(
     registry: Any, version: str, settings: Settings, cache_root: Path, states: Mapping[str, SymbolState]
 ) -> LoadedModel:
     """Fetch, verify, check, build and smoke-test one version (blocking: run it in a worker thread)."""
-    return build_version(prepare_version(registry, version, settings, cache_root), settings, states)
+    return build_version(
+        prepare_version(registry, version, settings, cache_root, public_key_of(settings)), settings, states
+    )
+
+
+def public_key_of(settings: Settings) -> Any | None:
+    """The signer's public key of ``KRONOS_MODEL__REGISTRY_PUBLIC_KEY`` (None: signatures not checked)."""
+    path = settings.model.registry_public_key
+    if path is None:
+        return None
+    from kronos_contract.signing import SignatureError, load_public_key
+
+    try:
+        return load_public_key(path)
+    except SignatureError as exc:
+        raise ConfigError(f"KRONOS_MODEL__REGISTRY_PUBLIC_KEY: {exc}") from exc
 
 
 def uses_cuda(settings: Settings) -> bool:
@@ -471,6 +497,7 @@ class ModelFollower:
             except RegistryError as exc:
                 raise ConfigError(f"KRONOS_MODEL__REGISTRY={m.registry!r} cannot be used: {exc}") from exc
         self.registry = registry
+        self.public_key = public_key_of(settings)  # None: versions need no signature
         self._own_cache = m.cache_dir is None
         self.cache_root = (
             Path(m.cache_dir) if m.cache_dir else Path(tempfile.mkdtemp(prefix="kronos-models-"))
@@ -569,7 +596,7 @@ class ModelFollower:
     async def _load(self, version: str) -> LoadedModel:
         states = dict(self._states())  # snapshot on the event loop; the thread reads it only
         prepared = await asyncio.to_thread(
-            prepare_version, self.registry, version, self.settings, self.cache_root
+            prepare_version, self.registry, version, self.settings, self.cache_root, self.public_key
         )
         build = functools.partial(build_version, prepared, self.settings, states)
         if self._model_thread is not None and uses_cuda(self.settings):
@@ -612,16 +639,16 @@ class ModelFollower:
         """Wake the poll on every message on the registry's hint channel; reconnect with backoff."""
         import redis.asyncio as aioredis
 
+        from daemon.state.redis_access import client_options, explain
         from kronos_contract.registry import hint_channel
 
         r = self.settings.redis
         channel = hint_channel(r.key_prefix)
-        password = r.password.get_secret_value() if r.password else None
+        options = client_options(r)
+        options.pop("socket_timeout")  # a subscriber waits for messages as long as it takes
         delay = 0.5
         while True:
-            client = aioredis.Redis.from_url(
-                r.url, password=password, socket_connect_timeout=r.socket_timeout_s
-            )
+            client = aioredis.Redis.from_url(r.url, **options)
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(channel)
@@ -633,7 +660,11 @@ class ModelFollower:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("model hint channel lost; polling continues", error=repr(exc), retry_in_s=delay)
+                log.warning(
+                    "model hint channel lost; polling continues",
+                    error=explain(exc, r.username),
+                    retry_in_s=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
             finally:

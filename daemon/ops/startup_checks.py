@@ -110,5 +110,6 @@ def credentials_error(exc: StateError) -> ConfigError | None:
         return None
     return ConfigError(
         f"Redis refused the credentials ({text}). Set KRONOS_REDIS__PASSWORD to the server's password "
-        "(or remove it if the server has none); a password in KRONOS_REDIS__URL is overridden by it."
+        "(or remove it if the server has none), and KRONOS_REDIS__USERNAME to the ACL user it belongs to "
+        "(unset: the default user); a password in KRONOS_REDIS__URL is overridden by it."
     )

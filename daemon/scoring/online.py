@@ -48,6 +48,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daemon.scoring.calibration import GuardedCalibrator, build_calibrator, distribution_fields
+from daemon.state.redis_access import explain
 from kronos_core.evaluation.publisher import POOLED, Ticket, b64_floats, floats_from_b64
 from kronos_core.scoring import ScoreAccumulator, level_key
 from kronos_core.stream_types import SeriesForecast, SeriesWindow
@@ -307,10 +308,11 @@ def _merge_into(out: dict[str, ScoreAccumulator], version: str, acc: ScoreAccumu
 class RedisScoreStore(ScoreStore):
     """In Redis, beside the daemon's state (its own connection)."""
 
-    def __init__(self, client: Any, key_prefix: str, retention_h: int) -> None:
+    def __init__(self, client: Any, key_prefix: str, retention_h: int, acl_user: str | None = None) -> None:
         from redis.asyncio.cluster import RedisCluster
 
         self._client = client
+        self.acl_user = acl_user  # named in a NOPERM refusal (None: the default user)
         self._prefix = key_prefix
         self._retention_s = retention_h * 3600
         self.cluster = isinstance(client, RedisCluster)
@@ -324,24 +326,34 @@ class RedisScoreStore(ScoreStore):
         password: str | None = None,
         timeout_s: float = 5.0,
         cluster: bool = False,
+        username: str | None = None,
+        ssl_ca_certs: str | None = None,
     ) -> RedisScoreStore:
-        """``cluster``: a Redis Cluster (``KRONOS_REDIS__CLUSTER``; ``url`` names any node)."""
+        """``cluster``: a Redis Cluster (``KRONOS_REDIS__CLUSTER``; ``url`` names any node); ``username``: an
+        ACL user; ``ssl_ca_certs``: the CA of a ``rediss://`` server."""
         import redis.asyncio as aioredis
         from redis.asyncio.cluster import RedisCluster
 
         extra: dict[str, Any] = {} if password is None else {"password": password}
         extra.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        if username:
+            extra["username"] = username
+        if ssl_ca_certs:
+            extra["ssl_ca_certs"] = ssl_ca_certs
         client = RedisCluster.from_url(url, **extra) if cluster else aioredis.Redis.from_url(url, **extra)
-        return cls(client, key_prefix, retention_h)
+        return cls(client, key_prefix, retention_h, acl_user=username)
 
     @classmethod
     def from_settings(cls, settings: Any) -> RedisScoreStore:
         """The store of ``KRONOS_REDIS__*`` and ``KRONOS_SCORING__RETENTION_H``."""
+        from daemon.state.redis_access import client_options
+
         r = settings.redis
-        password = r.password.get_secret_value() if r.password else None
+        options = client_options(r)
         return cls.from_url(
-            r.url, r.key_prefix, settings.scoring.retention_h, password, r.socket_timeout_s, cluster=r.cluster
-        )
+            r.url, r.key_prefix, settings.scoring.retention_h, options.get("password"), r.socket_timeout_s,
+            cluster=r.cluster, username=options.get("username"), ssl_ca_certs=options.get("ssl_ca_certs"),
+        )  # fmt: skip
 
     def _pipeline(self, transaction: bool = False) -> Any:
         # On a cluster the commands are split by node: every command names one key, none is multi-key,
@@ -582,7 +594,10 @@ class OnlineScorer:
                 cal.take(missing, await self.store.calibration(missing))
             except Exception as exc:  # the store is out: publish the model's bands this round
                 self.metrics.errors.inc()
-                log.warning("reading the calibration state failed; publishing the model's bands", error=repr(exc))
+                log.warning(
+                    "reading the calibration state failed; publishing the model's bands",
+                    error=explain(exc, getattr(self.store, "acl_user", None)),
+                )
                 return
         for i, (window, result) in enumerate(zip(windows, results, strict=True)):
             if isinstance(result, Exception):
@@ -619,7 +634,10 @@ class OnlineScorer:
             self.metrics.errors.inc()
             if self.calibrator is not None:  # what it learnt this round was not stored: read it again
                 self.calibrator.forget(state.symbol for state, _, _ in items)
-            log.warning("scoring failed for this round; its forecasts stay unscored", error=repr(exc))
+            log.warning(
+                "scoring failed for this round; its forecasts stay unscored",
+                error=explain(exc, getattr(self.store, "acl_user", None)),
+            )
 
     async def _stored(
         self,

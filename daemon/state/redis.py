@@ -37,6 +37,7 @@ from daemon.state.base import (
     tokens_key,
     watermarks_key,
 )
+from daemon.state.redis_access import client_options, refusal
 
 RedisClient = aioredis.Redis | RedisCluster
 
@@ -110,9 +111,12 @@ class RedisStateStore(StateStore):
     """Per-symbol state in Redis. ``client`` is a ``redis.asyncio.Redis`` (or ``RedisCluster``) with
     ``decode_responses=False``."""
 
-    def __init__(self, client: RedisClient, key_prefix: str, max_context: int) -> None:
+    def __init__(
+        self, client: RedisClient, key_prefix: str, max_context: int, acl_user: str | None = None
+    ) -> None:
         super().__init__(key_prefix, max_context)
         self._client = client
+        self.acl_user = acl_user  # named in a NOPERM refusal (None: the default user)
         self.cluster = isinstance(client, RedisCluster)
         self._apply = client.register_script(_APPLY_LUA)
         self._migrate = client.register_script(_MIGRATE_LUA)
@@ -129,10 +133,17 @@ class RedisStateStore(StateStore):
         password: str | None = None,
         socket_timeout_s: float = 5.0,
         cluster: bool = False,
+        username: str | None = None,
+        ssl_ca_certs: str | None = None,
     ) -> RedisStateStore:
-        """A store on ``url``; ``cluster``: a Redis Cluster (``url`` names any of its nodes)."""
+        """A store on ``url``; ``cluster``: a Redis Cluster (``url`` names any of its nodes); ``username``:
+        an ACL user; ``ssl_ca_certs``: the CA of a ``rediss://`` server."""
         extra: dict[str, Any] = {} if password is None else {"password": password}
         extra.update(socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+        if username:
+            extra["username"] = username
+        if ssl_ca_certs:
+            extra["ssl_ca_certs"] = ssl_ca_certs
         try:
             client: RedisClient
             if cluster:
@@ -143,7 +154,20 @@ class RedisStateStore(StateStore):
             raise StateError(
                 f"cannot use Redis URL {url!r}: {exc}; check KRONOS_REDIS__URL (and KRONOS_REDIS__CLUSTER)"
             ) from exc
-        return cls(client, key_prefix, max_context)
+        return cls(client, key_prefix, max_context, acl_user=username)
+
+    @classmethod
+    def from_settings(cls, r: Any, max_context: int) -> RedisStateStore:
+        """The store of ``KRONOS_REDIS__*`` (``r``: RedisSettings)."""
+        options = client_options(r)
+        return cls.from_url(
+            r.url, r.key_prefix, max_context, options.get("password"), r.socket_timeout_s, cluster=r.cluster,
+            username=options.get("username"), ssl_ca_certs=options.get("ssl_ca_certs"),
+        )  # fmt: skip
+
+    def _unavailable(self, what: str, exc: BaseException) -> StateUnavailable:
+        """``what`` failed: an outage, or (NOPERM) the ACL user lacking a grant, said so."""
+        return StateUnavailable(f"{what} failed: {refusal(exc, self.acl_user) or exc}")
 
     def _pipeline(self) -> Any:
         # A cluster pipeline splits the commands by node; neither kind is a MULTI transaction.
@@ -163,7 +187,7 @@ class RedisStateStore(StateStore):
             unseen = [s for i, s in enumerate(symbols) if not replies[3 * i] and replies[3 * i + 2][0] is None]
             moved = await self._migrate_legacy(unseen) if unseen else {}
         except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"reading state of {len(symbols)} symbols from Redis failed: {exc}") from exc
+            raise self._unavailable(f"reading state of {len(symbols)} symbols from Redis", exc) from exc
         states = {}
         for i, s in enumerate(symbols):
             raw_bars, raw_tokens, (raw_last, raw_source, raw_complete) = moved.get(s) or replies[3 * i : 3 * i + 3]
@@ -224,7 +248,7 @@ class RedisStateStore(StateStore):
                 keys, args = self._call_args(updates, head)
                 skipped = [int(i) for i in await self._apply(keys=keys, args=args)]
         except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"writing state of {len(updates)} bars to Redis failed: {exc}") from exc
+            raise self._unavailable(f"writing state of {len(updates)} bars to Redis", exc) from exc
         return [updates[i].symbol for i in skipped]
 
     async def _apply_per_symbol(self, updates: Sequence[StateUpdate], head: list[Any]) -> list[int]:
@@ -276,14 +300,14 @@ class RedisStateStore(StateStore):
                 pipe.get(key)
                 _, raw = await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"reading the state generation from Redis failed: {exc}") from exc
+            raise self._unavailable("reading the state generation from Redis", exc) from exc
         return "" if raw is None else _text(raw)
 
     async def watermarks(self) -> dict[str, int]:
         try:
             raw = await self._client.hgetall(watermarks_key(self.key_prefix))
         except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"reading the watermarks from Redis failed: {exc}") from exc
+            raise self._unavailable("reading the watermarks from Redis", exc) from exc
         return {_text(k): int(v) for k, v in raw.items()}
 
     async def set_watermarks(self, marks: dict[str, int]) -> None:
@@ -292,7 +316,7 @@ class RedisStateStore(StateStore):
         try:
             await self._client.hset(watermarks_key(self.key_prefix), mapping=marks)  # type: ignore[arg-type]
         except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"writing the watermarks to Redis failed: {exc}") from exc
+            raise self._unavailable("writing the watermarks to Redis", exc) from exc
 
     async def restore(self, states: Sequence[tuple[SymbolState, int | None]]) -> list[str]:
         p = self.key_prefix
@@ -310,7 +334,7 @@ class RedisStateStore(StateStore):
                 if await self._restore(keys=keys, args=args):
                     written.append(state.symbol)
         except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"restoring state of {len(states)} symbols in Redis failed: {exc}") from exc
+            raise self._unavailable(f"restoring state of {len(states)} symbols in Redis", exc) from exc
         return written
 
     async def latest_forecast(self, symbol: str) -> dict[str, Any] | None:
@@ -319,7 +343,7 @@ class RedisStateStore(StateStore):
             if raw is None:  # not moved from the legacy schema yet (the daemon moves it on first load)
                 raw = await self._client.get(legacy_keys(self.key_prefix, symbol)[3])
         except RedisError as exc:
-            raise StateUnavailable(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
+            raise self._unavailable(f"reading the forecast of {symbol!r} from Redis", exc) from exc
         return None if raw is None else dict(json.loads(raw))
 
     async def forecast_from(self, symbol: str, source: str) -> bytes | None:
@@ -330,7 +354,7 @@ class RedisStateStore(StateStore):
                 pipe.get(forecast_key(p, symbol))
                 stored_source, forecast = await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"reading the forecast of {symbol!r} from Redis failed: {exc}") from exc
+            raise self._unavailable(f"reading the forecast of {symbol!r} from Redis", exc) from exc
         if stored_source is None or stored_source.decode() != source:
             return None
         return bytes(forecast) if forecast is not None else None
@@ -339,7 +363,13 @@ class RedisStateStore(StateStore):
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            raise StateUnavailable(f"Redis is not reachable: {exc}; check KRONOS_REDIS__URL") from exc
+            hint = refusal(exc, self.acl_user)
+            if hint is None and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                hint = (
+                    f"Redis's TLS certificate is not trusted ({exc}): set KRONOS_REDIS__SSL_CA_CERTS to the CA "
+                    "that signed it"
+                )
+            raise StateUnavailable(hint or f"Redis is not reachable: {exc}; check KRONOS_REDIS__URL") from exc
 
     async def close(self) -> None:
         try:

@@ -257,6 +257,9 @@ def test_environment_loads_into_the_daemon_settings(
         if levels is not None:  # a list travels as JSON
             assert list(settings.model.quantile_levels) == levels
         assert settings.mode == values["daemon"]["config"].get("mode", Settings.model_fields["mode"].default)
+        assert settings.redis.username == (values["redis"]["username"] or None)
+        assert (settings.redis.ssl_ca_certs is not None) == bool(values["redis"]["tls"]["caSecret"])
+        assert (settings.model.registry_public_key is not None) == bool(values["signing"]["publicKeySecret"])
 
 
 def test_retrain_environment_loads_into_the_trainer_settings(
@@ -514,6 +517,9 @@ BAD_VALUES = {
     "bad alert duration": {"metrics": {"prometheusRule": {"rules": {"consumerLag": {"for": "15 minutes"}}}}},
     "coverage nominal above 1": {"metrics": {"prometheusRule": {"rules": {"coverage": {"nominal": 80}}}}},
     "dashboard label not a string": {"metrics": {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}},
+    "a network peer that is no peer": {"networkPolicy": {"kafka": {"to": [{"cidr": "10.0.0.0/8"}]}}},
+    "a port out of range": {"networkPolicy": {"redis": {"ports": [70000]}}},
+    "unknown signing key": {"signing": {"key": "x"}},
 }
 
 
@@ -588,6 +594,15 @@ RENDER_FAILURES = {
         ("storage.type=objectStore",),
         "is required with storage.type objectStore",
     ),
+    "network policy without the brokers": (None, ("networkPolicy.enabled=true",), "networkPolicy.kafka.to is required"),
+    "network policy without Redis": (
+        None,
+        ("networkPolicy.enabled=true", "networkPolicy.kafka.to[0].ipBlock.cidr=10.1.0.0/24"),
+        "networkPolicy.redis.to is required",
+    ),
+    "network policy without the object store": (
+        "secure-values", ("networkPolicy.objectStore.to=null",), "networkPolicy.objectStore.to is required"
+    ),
 }
 
 
@@ -630,3 +645,102 @@ def test_fixed_model_folders_instead_of_the_registry(helm: str) -> None:
     assert env["KRONOS_MODEL__PREDICTOR_DIR"] == "/data/models/predictor"
     proc = run_helm(helm, *template_args(None, ("daemon.modelSource=dirs",)))
     assert proc.returncode != 0 and "daemon.model.tokenizerDir is required" in proc.stderr
+
+
+# --- locked down: NetworkPolicy, TLS, ACL user, signing keys -------------------------------------
+
+
+def test_no_network_policy_unless_enabled(all_rendered: list[Rendered]) -> None:
+    for r in all_rendered:
+        policies = r.of_kind("NetworkPolicy")
+        assert bool(policies) == r.values["networkPolicy"]["enabled"], r.case
+    assert any(r.of_kind("NetworkPolicy") for r in all_rendered), "some values file enables it"
+
+
+def _policy_ports(rule: dict[str, Any]) -> set[int]:
+    return {p["port"] for p in rule.get("ports") or []}
+
+
+def test_network_policies_allow_only_what_each_pod_needs(all_rendered: list[Rendered]) -> None:
+    for r in (r for r in all_rendered if r.values["networkPolicy"]["enabled"]):
+        np_values = r.values["networkPolicy"]
+        policies = {component(p): p for p in r.of_kind("NetworkPolicy")}
+        assert set(policies) == {"daemon", "archiver", "retrain"}
+        for comp, policy in policies.items():
+            spec = policy["spec"]
+            assert spec["policyTypes"] == ["Ingress", "Egress"]
+            # the policy selects exactly that component's pods
+            pods = [o for o in workloads(r) if component(o) == comp]
+            assert pods and all(
+                set(spec["podSelector"]["matchLabels"].items()) <= set(pod_labels(o).items()) for o in pods
+            )
+            # egress: the named services' peers and ports, then DNS, nothing else
+            wanted = {"daemon": ["kafka", "redis"], "archiver": ["kafka"], "retrain": ["redis"]}[comp]
+            if r.values["storage"]["type"] == "objectStore":
+                wanted.append("objectStore")
+            egress = spec["egress"]
+            assert len(egress) == len(wanted) + 1 + len(np_values["extraEgress"])
+            for rule, name in zip(egress, wanted, strict=False):
+                assert rule["to"] == np_values[name]["to"] and rule.get("to"), (comp, name)
+                assert _policy_ports(rule) == set(np_values[name]["ports"])
+            assert _policy_ports(egress[len(wanted)]) == {53}
+            # ingress: the daemons' ops port only; the others none
+            if comp == "daemon":
+                (rule,) = spec["ingress"]
+                assert _policy_ports(rule) == {r.values["daemon"]["port"]}
+                peers = rule.get("from", [])
+                assert peers[: len(np_values["metricsFrom"])] == np_values["metricsFrom"]
+                tests = [p for p in peers if p.get("podSelector", {}).get("matchLabels", {}).get(
+                    "app.kubernetes.io/component") == "test"]  # fmt: skip
+                test_pod = r.one("Pod", "test-check")
+                assert tests and set(tests[0]["podSelector"]["matchLabels"].items()) <= set(pod_labels(test_pod).items())
+            else:
+                assert spec["ingress"] == []
+
+
+def _mounted_file(r: Rendered, obj: dict[str, Any], path: str) -> str:
+    """The Secret a file path of a pod's container lies on."""
+    for spec in pod_specs(obj):
+        secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+        for container in spec["containers"]:
+            for m in container.get("volumeMounts") or []:
+                if path.startswith(m["mountPath"] + "/") and m["name"] in secrets:
+                    assert m.get("readOnly") is True
+                    return secrets[m["name"]]
+    raise AssertionError(f"{r.case}: {path} is on no Secret volume")
+
+
+def test_redis_tls_acl_user_and_signing_keys_come_by_secret_reference(all_rendered: list[Rendered]) -> None:
+    secure = [r for r in all_rendered if r.case == "secure-values"]
+    assert secure, "the ci/secure-values.yaml case"
+    for r in all_rendered:
+        v = r.values
+        daemon = daemon_workload(r)
+        env = containers_env(r, daemon)[0][1]
+        retrain = next(o for o in workloads(r) if component(o) == "retrain")
+        train = containers_env(r, retrain)[0][1]
+        if v["redis"]["tls"]["caSecret"]:
+            assert _mounted_file(r, daemon, env["KRONOS_REDIS__SSL_CA_CERTS"]) == v["redis"]["tls"]["caSecret"]
+            assert "ssl_ca_certs=/etc/kronos/redis-ca/" in train["KRONOS_TRAIN__REDIS_URL"]
+        else:
+            assert "KRONOS_REDIS__SSL_CA_CERTS" not in env
+        assert env.get("KRONOS_REDIS__USERNAME") == (v["redis"]["username"] or None)
+        public, private = v["signing"]["publicKeySecret"], v["signing"]["privateKeySecret"]
+        if public:
+            assert _mounted_file(r, daemon, env["KRONOS_MODEL__REGISTRY_PUBLIC_KEY"]) == public
+        else:
+            assert "KRONOS_MODEL__REGISTRY_PUBLIC_KEY" not in env
+        if private:
+            assert _mounted_file(r, retrain, train["KRONOS_TRAIN__SIGNING_KEY"]) == private
+        # the private key is the retrain job's alone
+        for obj in workloads(r):
+            if component(obj) != "retrain":
+                for spec in pod_specs(obj):
+                    names = {v2["secret"]["secretName"] for v2 in spec.get("volumes", []) if "secret" in v2}
+                    assert not private or private not in names, (r.case, component(obj))
+    r = secure[0]
+    train = containers_env(r, next(o for o in workloads(r) if component(o) == "retrain"))[0][1]
+    publisher = r.values["redis"]["publisher"]
+    assert train["KRONOS_TRAIN__REDIS_URL"].startswith(f"rediss://{publisher['username']}:$(REDIS_PASSWORD)@")
+    assert train["REDIS_PASSWORD"]["secretKeyRef"]["name"] == publisher["existingSecret"]
+

@@ -29,6 +29,15 @@ the rest. Secrets never appear here: they are secretKeyRef entries of the pods (
 {{- $_ := set $env "KRONOS_KAFKA__GROUP_ID" $v.kafka.groupId }}
 {{- $_ := set $env "KRONOS_REDIS__URL" $v.redis.url }}
 {{- $_ := set $env "KRONOS_REDIS__KEY_PREFIX" $v.redis.keyPrefix }}
+{{- if $v.redis.username }}
+{{- $_ := set $env "KRONOS_REDIS__USERNAME" $v.redis.username }}
+{{- end }}
+{{- if $v.redis.tls.caSecret }}
+{{- $_ := set $env "KRONOS_REDIS__SSL_CA_CERTS" (printf "/etc/kronos/redis-ca/%s" $v.redis.tls.caKey) }}
+{{- end }}
+{{- if $v.signing.publicKeySecret }}
+{{- $_ := set $env "KRONOS_MODEL__REGISTRY_PUBLIC_KEY" (printf "/etc/kronos/signing-public/%s" $v.signing.publicKeyKey) }}
+{{- end }}
 {{- $_ := set $env "KRONOS_HTTP_PORT" (toString (int $v.daemon.port)) }}
 {{- $_ := set $env "KRONOS_GRACEFUL_SHUTDOWN_S" (toJson $v.daemon.gracefulShutdownSeconds) }}
 {{- if eq $v.daemon.modelSource "registry" }}
@@ -66,14 +75,17 @@ the rest. Secrets never appear here: they are secretKeyRef entries of the pods (
 {{- /* /tmp is an emptyDir: it survives the container restarts of restartPolicy OnFailure */}}
 {{- $_ := set $env "KRONOS_TRAIN__WORK_DIR" "/tmp/train-work" }}
 {{- end }}
-{{- if not $v.redis.existingSecret }}
-{{- $_ := set $env "KRONOS_TRAIN__REDIS_URL" $v.redis.url }}
+{{- if $v.signing.privateKeySecret }}
+{{- $_ := set $env "KRONOS_TRAIN__SIGNING_KEY" (printf "/etc/kronos/signing-private/%s" $v.signing.privateKeyKey) }}
+{{- end }}
+{{- if not (include "kronos-stream.publisherSecret" .) }}
+{{- $_ := set $env "KRONOS_TRAIN__REDIS_URL" (include "kronos-stream.hintRedisUrl" .) }}
 {{- else }}
 {{- /* reserved: built in the pod from the password Secret (see retrain-cronjob.yaml) */}}
 {{- $_ := set $env "KRONOS_TRAIN__REDIS_URL" "" }}
 {{- end }}
 {{- include "kronos-stream.flattenConfig" (dict "prefix" "KRONOS_TRAIN__" "config" $v.retrain.config "out" $env "nested" false "what" "retrain.config") }}
-{{- if $v.redis.existingSecret }}
+{{- if include "kronos-stream.publisherSecret" . }}
 {{- $_ := unset $env "KRONOS_TRAIN__REDIS_URL" }}
 {{- end }}
 {{- toYaml $env }}

@@ -126,6 +126,28 @@ A name already in .out (set by the chart itself) is refused.
   secret:
     secretName: {{ .root.Values.kafka.tls.caSecret }}
 {{- end }}
+{{- if and .redis .root.Values.redis.tls.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ .root.Values.redis.tls.caSecret }}
+{{- end }}
+{{- if and (eq (default "" .signing) "public") .root.Values.signing.publicKeySecret }}
+- name: signing-public
+  secret:
+    secretName: {{ .root.Values.signing.publicKeySecret }}
+    items:
+      - key: {{ .root.Values.signing.publicKeyKey }}
+        path: {{ .root.Values.signing.publicKeyKey }}
+{{- end }}
+{{- if and (eq (default "" .signing) "private") .root.Values.signing.privateKeySecret }}
+- name: signing-private
+  secret:
+    secretName: {{ .root.Values.signing.privateKeySecret }}
+    defaultMode: 0400
+    items:
+      - key: {{ .root.Values.signing.privateKeyKey }}
+        path: {{ .root.Values.signing.privateKeyKey }}
+{{- end }}
 {{- if eq .root.Values.storage.type "pvc" }}
 - name: data
   persistentVolumeClaim:
@@ -142,6 +164,21 @@ A name already in .out (set by the chart itself) is refused.
 {{- if and .kafka .root.Values.kafka.tls.caSecret }}
 - name: kafka-ca
   mountPath: /etc/kronos/kafka-ca
+  readOnly: true
+{{- end }}
+{{- if and .redis .root.Values.redis.tls.caSecret }}
+- name: redis-ca
+  mountPath: /etc/kronos/redis-ca
+  readOnly: true
+{{- end }}
+{{- if and (eq (default "" .signing) "public") .root.Values.signing.publicKeySecret }}
+- name: signing-public
+  mountPath: /etc/kronos/signing-public
+  readOnly: true
+{{- end }}
+{{- if and (eq (default "" .signing) "private") .root.Values.signing.privateKeySecret }}
+- name: signing-private
+  mountPath: /etc/kronos/signing-private
   readOnly: true
 {{- end }}
 {{- if eq .root.Values.storage.type "pvc" }}
@@ -238,13 +275,29 @@ topologySpreadConstraints:
 {{- end }}
 {{- end }}
 
-{{/* redis.url with the password variable of the pod spliced in: redis://:$(REDIS_PASSWORD)@host... */}}
-{{- define "kronos-stream.redisUrlWithPassword" -}}
-{{- $parts := regexSplit "://" .Values.redis.url 2 }}
+{{/* The retrain job's hint URL: redis.url with the publisher's user and the password variable of the
+pod spliced in (rediss://user:$(REDIS_PASSWORD)@host...), and the mounted CA as ssl_ca_certs. */}}
+{{- define "kronos-stream.hintRedisUrl" -}}
+{{- $r := .Values.redis }}
+{{- $parts := regexSplit "://" $r.url 2 }}
 {{- if ne (len $parts) 2 }}
-{{- fail (printf "redis.url %q has no scheme (e.g. redis://redis:6379/0)" .Values.redis.url) }}
+{{- fail (printf "redis.url %q has no scheme (e.g. redis://redis:6379/0)" $r.url) }}
 {{- end }}
-{{- printf "%s://:$(REDIS_PASSWORD)@%s" (index $parts 0) (index $parts 1) }}
+{{- $user := default $r.username $r.publisher.username }}
+{{- $url := index $parts 1 }}
+{{- if include "kronos-stream.publisherSecret" . }}
+{{- $url = printf "%s:$(REDIS_PASSWORD)@%s" $user $url }}
+{{- else if $user }}
+{{- $url = printf "%s@%s" $user $url }}
+{{- end }}
+{{- if $r.tls.caSecret }}
+{{- $url = printf "%s%sssl_ca_certs=/etc/kronos/redis-ca/%s" $url (ternary "&" "?" (contains "?" $url)) $r.tls.caKey }}
+{{- end }}
+{{- printf "%s://%s" (index $parts 0) $url }}
+{{- end }}
+
+{{- define "kronos-stream.publisherSecret" -}}
+{{- default .Values.redis.existingSecret .Values.redis.publisher.existingSecret }}
 {{- end }}
 
 {{/* Pod-level env of the daemon: downward API and Secret references (never in the ConfigMap). */}}
@@ -272,15 +325,16 @@ topologySpreadConstraints:
 {{- end }}
 
 {{- define "kronos-stream.retrainPodEnv" -}}
-{{- if .Values.redis.existingSecret }}
+{{- $secret := include "kronos-stream.publisherSecret" . }}
+{{- if $secret }}
 # The registry hint goes to Redis; its password is spliced into the URL here.
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.redis.existingSecret }}
-      key: {{ .Values.redis.passwordKey }}
+      name: {{ $secret }}
+      key: {{ ternary .Values.redis.publisher.passwordKey .Values.redis.passwordKey (ne .Values.redis.publisher.existingSecret "") }}
 - name: KRONOS_TRAIN__REDIS_URL
-  value: {{ include "kronos-stream.redisUrlWithPassword" . | quote }}
+  value: {{ include "kronos-stream.hintRedisUrl" . | quote }}
 {{- end }}
 {{- with .Values.retrain.extraEnv }}
 {{ toYaml . }}

@@ -66,3 +66,12 @@ class PackedLinear:
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+    def plus(self, x: Tensor, other: Tensor) -> Tensor:
+        """``other + self(x)``: the residual add fused into the packed product (a oneDNN post-op; the
+        same sum, bit for bit) when both are float32 and the product runs packed."""
+        if self.packed and other.dtype == torch.float32:
+            return torch.ops.mkldnn._linear_pointwise.binary(
+                x.contiguous(), other.contiguous(), self.weight, self.bias, "add"
+            )
+        return other + self(x)

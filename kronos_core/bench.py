@@ -64,6 +64,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--graph-buckets", default=None,
         help="batch sizes the graphed loop pads to, comma list (default: the engine's; larger batches run in chunks)",
     )
+    p.add_argument(
+        "--quantize", default=None, choices=["int8"],
+        help="opt-in int8 dynamic quantization of the blocks' products (CPU, not exact)",
+    )
+    p.add_argument(
+        "--compare-int8", action="store_true",
+        help="greedy token agreement and forecast difference of int8 quantization vs fp32",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (see KronosEngine)")
     p.add_argument("--tf32", action="store_true", help="let CUDA fp32 matrix products use TF32 tensor cores")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -99,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer, model = build_pair(args.preset, seed=args.seed)
     engine = KronosEngine(
         model, tokenizer, device=args.device, max_context=args.max_context, dtype=DTYPES[args.dtype],
-        packed=not args.no_packed, decode_loop=args.decode_loop, compile_blocks=args.compile,
+        packed=not args.no_packed, decode_loop=args.decode_loop, compile_blocks=args.compile, quantize=args.quantize,
         graph_buckets=[int(b) for b in args.graph_buckets.split(",")] if args.graph_buckets else None,
     )
     device = engine.device
@@ -152,6 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": args.dtype,
         "packed_weights": engine.packed,
+        "quantize": args.quantize,
         "decode_loop": engine.decode_loop,
         "compiled": engine.compiled,
         "graph_buckets": list(engine.graph_buckets) if engine.graph_buckets else None,
@@ -175,6 +184,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.compare_dtype:
         result["dtype_agreement"] = greedy_agreement(args, model, tokenizer, DTYPES[args.compare_dtype], xs, x_st, y_st)
+    if args.compare_int8:
+        result["int8_agreement"] = greedy_agreements(
+            args, model, tokenizer, {"int8": {"quantize": "int8"}}, xs, x_st, y_st
+        )["int8"]
     batches = [int(b) for b in args.efficiency_batches.split(",") if b.strip()]
     if batches:
         result["efficiency"] = efficiency(args, engine, batches)
@@ -440,7 +453,7 @@ def print_report(result: dict[str, Any]) -> None:
     print(
         f"preset={result['preset']} context={result['context']} horizon={result['horizon']} batch={result['batch']} "
         f"samples={result['sample_count']} device={result['device']} ({result['device_name']}) dtype={result['dtype']} "
-        f"packed={result['packed_weights']} loop={result['decode_loop']} "
+        f"packed={result['packed_weights']} quantize={result['quantize']} loop={result['decode_loop']} "
         f"threads={result['threads']}"
     )
     print(
@@ -456,6 +469,8 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"speedup:    {result['speedup']:.1f}x (median of interleaved rounds)")
     if "dtype_agreement" in result:
         print(f"dtype fidelity vs fp32: {result['dtype_agreement']}")
+    if "int8_agreement" in result:
+        print(f"int8 fidelity vs fp32: {result['int8_agreement']}")
     if "efficiency" in result:
         eff = result["efficiency"]
         print(f"matrix-multiply peak and achieved rate (loadavg {eff['loadavg_before']} -> {eff['loadavg_after']}):")

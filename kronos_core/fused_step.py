@@ -24,7 +24,7 @@ from torch import Tensor
 
 from kronos_core.kv_cache import KVCache
 from kronos_core.layers import RMSNorm, SelfAttention, TransformerBlock, rotary_cos_sin, rotary_inv_freq
-from kronos_core.packed_linear import PackedLinear
+from kronos_core.packed_linear import PackedLinear, Quantize
 
 
 def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -91,8 +91,11 @@ class FusedBlocks:
         *,
         pack: bool = True,
         residual_fp32: bool = False,
+        quantize: Quantize | None = None,
     ) -> None:
-        """``residual_fp32``: keep the residual stream (the hidden state between blocks and the adds
+        """``quantize="int8"``: the blocks' products in int8 (see :class:`PackedLinear`; opt-in).
+
+        ``residual_fp32``: keep the residual stream (the hidden state between blocks and the adds
         of the attention and feed-forward outputs) in float32 while the products, attention and
         caches run in the weights' dtype; the output is cast back to the input's dtype after the
         final norm. Without it (or with float32 weights) every tensor is in the weights' dtype."""
@@ -112,11 +115,13 @@ class FusedBlocks:
                         qkv=PackedLinear(
                             torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
                             torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
-                            pack=pack,
+                            pack=pack, quantize=quantize,
                         ),
-                        out=PackedLinear(attn.out_proj.weight, attn.out_proj.bias, pack=pack),
-                        w13=PackedLinear(torch.cat([block.ffn.w1.weight, block.ffn.w3.weight]), pack=pack),
-                        w2=PackedLinear(block.ffn.w2.weight, pack=pack),
+                        out=PackedLinear(attn.out_proj.weight, attn.out_proj.bias, pack=pack, quantize=quantize),
+                        w13=PackedLinear(
+                            torch.cat([block.ffn.w1.weight, block.ffn.w3.weight]), pack=pack, quantize=quantize
+                        ),
+                        w2=PackedLinear(block.ffn.w2.weight, pack=pack, quantize=quantize),
                         inv_freq=_float32_inv_freq(attn.rotary.inv_freq),
                     )
                 )

@@ -47,3 +47,39 @@ def test_fused_residual_add_is_the_plain_sum(monkeypatch, rows: int) -> None:
         assert torch.equal(lin.plus(x, other), other + lin(x))
         plain = PackedLinear(w, b, pack=False)
         torch.testing.assert_close(plain.plus(x, other), other + F.linear(x, w, b))
+
+
+def test_int8_products_stay_within_the_quantization_error() -> None:
+    gen = torch.Generator().manual_seed(2)
+    w, b = torch.randn(32, 64, generator=gen), torch.randn(32, generator=gen)
+    x = torch.randn(5, 7, 64, generator=gen)
+    lin = PackedLinear(w, b, quantize="int8")
+    assert lin.int8 is not None and not lin.packed
+    with torch.no_grad():
+        got, want = lin(x), F.linear(x, w, b)
+    rel = float((got - want).norm() / want.norm())
+    assert 0 < rel < 0.05  # int8: moved, but only by the rounding of 8-bit weights and inputs
+    with pytest.raises(ValueError, match="int8"):
+        PackedLinear(w.bfloat16(), quantize="int8")
+
+
+def test_int8_engine_is_opt_in_and_close_to_fp32() -> None:
+    import numpy as np
+
+    from kronos_core.engine import KronosEngine, SamplingParams
+    from kronos_core.presets import build_pair
+
+    tok, model = build_pair("Kronos-tiny", seed=3)
+    fp32 = KronosEngine(model, tok, max_context=64)
+    int8 = KronosEngine(model, tok, max_context=64, quantize="int8")
+    assert fp32.quantize is None and int8.quantize == "int8"
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((30, 6)).astype(np.float32) for _ in range(2)]
+    st = np.zeros((36, 5), dtype=np.float32)
+    greedy = SamplingParams(top_k=1)
+    a = fp32.generate(xs, [st[:30]] * 2, [st[30:]] * 2, 6, greedy)
+    b = int8.generate(xs, [st[:30]] * 2, [st[30:]] * 2, 6, greedy)
+    assert a.shape == b.shape and np.isfinite(b).all()
+    assert np.abs(a - b).mean() < 0.5
+    with pytest.raises(ValueError, match="float32"):
+        KronosEngine(model, tok, max_context=64, quantize="int8", dtype=torch.bfloat16)

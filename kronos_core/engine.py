@@ -188,6 +188,7 @@ class KronosEngine:
 
         ``compile_blocks``: run the transformer blocks' products and elementwise work through
         ``torch.compile`` (the first calls compile; meant for CUDA, see :meth:`FusedBlocks.compile`).
+        On CPU it needs ``packed=False`` and was measured slower than the eager engine.
 
         ``graph_buckets``: batch sizes (series per call) the graphed loop pads to
         (:mod:`kronos_core.graphed_decode`; default ``DEFAULT_GRAPH_BUCKETS``); :meth:`warm_up`
@@ -249,6 +250,12 @@ class KronosEngine:
         self._encoder = FusedBlocks(tok.encoder, pack=packed, residual_fp32=r32, quantize=q8) if len(tok.encoder) else None
         self._decoder = FusedBlocks(tok.decoder, pack=packed, residual_fp32=r32, quantize=q8) if len(tok.decoder) else None
         self.packed = self._fused.packed
+        if compile_blocks and (self.packed or quantize is not None):
+            raise ValueError(
+                "compile_blocks cannot compile oneDNN-prepacked or int8 weights (inductor needs plain weight "
+                "tensors); pass packed=False with it on CPU. Measured on a 2-core CPU it did not pay: "
+                "results/bench_inference_compile_cpu.json"
+            )
         if compile_blocks:
             for blocks in (self._fused, self._encoder, self._decoder):
                 if blocks is not None:

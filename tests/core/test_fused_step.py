@@ -83,3 +83,16 @@ def test_int8_engine_is_opt_in_and_close_to_fp32() -> None:
     assert np.abs(a - b).mean() < 0.5
     with pytest.raises(ValueError, match="float32"):
         KronosEngine(model, tok, max_context=64, quantize="int8", dtype=torch.bfloat16)
+
+
+def test_compiling_prepacked_weights_is_refused_with_what_to_do(monkeypatch) -> None:
+    import kronos_core.packed_linear as packed_linear
+    from kronos_core.engine import KronosEngine
+    from kronos_core.presets import build_pair
+
+    if not onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(packed_linear, "MIN_PACKED_WEIGHTS", 0)
+    tok, model = build_pair("Kronos-tiny", seed=4)
+    with pytest.raises(ValueError, match="packed=False"):
+        KronosEngine(model, tok, max_context=64, compile_blocks=True)

@@ -40,6 +40,8 @@ def test_bench_reports_peak_and_achieved_rate(tmp_path, capsys) -> None:
         ex, inc = e["exact"], e["incremental"]
         assert ex["gflop_per_forecast"] * 1e9 == tiny.total
         assert abs(ex["ratio_to_peak"] - ex["achieved_gflops"] / e["peak_fp32_gflops"]) < 1e-12
+        assert e["peak_fp32_best_gflops"] == max(e["peak_fp32_rounds"])
+        assert abs(ex["ratio_best_to_best_peak"] - ex["achieved_best_gflops"] / e["peak_fp32_best_gflops"]) < 1e-12
         # incremental calls appended one bar to warm sessions: nothing refreshed or rebuilt
         assert inc["last_call_served"] == {"warm": e["batch"], "refreshed": 0, "rebuilt": 0}
         assert 0 < inc["gflop_per_forecast"] < ex["gflop_per_forecast"]

@@ -148,7 +148,8 @@ class _Sampler:
         self.seeds, self.generator, self.n_rows, self.device = seeds, generator, n_rows, device
 
     def draw(self, logits: Tensor, params: SamplingParams, counter: int | Tensor) -> Tensor:  # [N, 1]
-        probs = F.softmax(filter_logits(logits / params.T, params.top_k, params.top_p), dim=-1)
+        scaled = logits if params.T == 1.0 else logits / params.T  # x / 1.0 == x: one operator fewer
+        probs = F.softmax(filter_logits(scaled, params.top_k, params.top_p), dim=-1)
         if self.seeds is not None:
             u = uniforms(self.seeds, counter)
         else:

@@ -49,7 +49,7 @@ from kronos_core.graphed_decode import DEFAULT_GRAPH_BUCKETS, BucketedSteps, Loo
 from kronos_core.kv_cache import KVCache, key_mask, make_caches
 from kronos_core.layers import SelfAttention
 from kronos_core.model import Kronos
-from kronos_core.packed_linear import PackedLinear
+from kronos_core.packed_linear import PackedLinear, Quantize
 from kronos_core.sampling import filter_logits
 from kronos_core.shared_prefix import shared_prefix_attention
 from kronos_core.tokenizer import KronosTokenizer
@@ -148,7 +148,8 @@ class _Sampler:
         self.seeds, self.generator, self.n_rows, self.device = seeds, generator, n_rows, device
 
     def draw(self, logits: Tensor, params: SamplingParams, counter: int | Tensor) -> Tensor:  # [N, 1]
-        probs = F.softmax(filter_logits(logits / params.T, params.top_k, params.top_p), dim=-1)
+        scaled = logits if params.T == 1.0 else logits / params.T  # x / 1.0 == x: one operator fewer
+        probs = F.softmax(filter_logits(scaled, params.top_k, params.top_p), dim=-1)
         if self.seeds is not None:
             u = uniforms(self.seeds, counter)
         else:
@@ -173,6 +174,7 @@ class KronosEngine:
         graph_buckets: Sequence[int] | None = None,
         residual_fp32: bool = False,
         tokenizer_fp32: bool = False,
+        quantize: Quantize | None = None,
     ) -> None:
         """``packed``: on CPU in fp32, run the predictor's matrix products with oneDNN-prepacked weights.
 
@@ -187,6 +189,7 @@ class KronosEngine:
 
         ``compile_blocks``: run the transformer blocks' products and elementwise work through
         ``torch.compile`` (the first calls compile; meant for CUDA, see :meth:`FusedBlocks.compile`).
+        On CPU it needs ``packed=False`` and was measured slower than the eager engine.
 
         ``graph_buckets``: batch sizes (series per call) the graphed loop pads to
         (:mod:`kronos_core.graphed_decode`; default ``DEFAULT_GRAPH_BUCKETS``); :meth:`warm_up`
@@ -201,12 +204,20 @@ class KronosEngine:
         decoder and their caches) in float32 and only the predictor in ``dtype``. In bf16 the encoder
         puts some context bars into another bin than float32 does, which is most of bf16's drift
         (``results/bf16_residual.md``); the predictor only sees the ids.
+
+        ``quantize="int8"`` (opt-in, CPU, float32 only): the transformer blocks' products of the
+        predictor and the tokenizer run as int8 dynamic quantization (:class:`PackedLinear`); heads,
+        embeddings and attention stay float32. Not exact: forecasts move by the quantization error
+        (``kronos-stream bench inference --compare-int8`` measures by how much).
         """
         if max_context < 2:
             raise ValueError(f"max_context must be >= 2, got {max_context}")
         if decode_loop not in ("auto", "dynamic", "fixed", "graphed"):
             raise ValueError(f"decode_loop must be auto, dynamic, fixed or graphed, got {decode_loop!r}")
         self.device = resolve_device(device)
+        if quantize is not None and (self.device.type != "cpu" or (dtype or torch.float32) != torch.float32):
+            raise ValueError(f"quantize={quantize!r} needs the CPU and float32, got {self.device} and {dtype}")
+        self.quantize = quantize
         if decode_loop == "graphed" and self.device.type != "cuda":
             raise ValueError(f"decode_loop='graphed' needs a CUDA device, got {self.device}; use 'fixed' or 'dynamic'")
         self._auto_loop = decode_loop == "auto"
@@ -235,10 +246,17 @@ class KronosEngine:
         m, tok = self.model, self.tokenizer
         self.residual_fp32 = residual_fp32 and self.dtype != torch.float32
         r32 = self.residual_fp32
-        self._fused = FusedBlocks(m.transformer, m.norm, pack=packed, residual_fp32=r32)
-        self._encoder = FusedBlocks(tok.encoder, pack=packed, residual_fp32=r32) if len(tok.encoder) else None
-        self._decoder = FusedBlocks(tok.decoder, pack=packed, residual_fp32=r32) if len(tok.decoder) else None
+        q8 = quantize
+        self._fused = FusedBlocks(m.transformer, m.norm, pack=packed, residual_fp32=r32, quantize=q8)
+        self._encoder = FusedBlocks(tok.encoder, pack=packed, residual_fp32=r32, quantize=q8) if len(tok.encoder) else None
+        self._decoder = FusedBlocks(tok.decoder, pack=packed, residual_fp32=r32, quantize=q8) if len(tok.decoder) else None
         self.packed = self._fused.packed
+        if compile_blocks and (self.packed or quantize is not None):
+            raise ValueError(
+                "compile_blocks cannot compile oneDNN-prepacked or int8 weights (inductor needs plain weight "
+                "tensors); pass packed=False with it on CPU. Measured on a 2-core CPU it did not pay: "
+                "results/bench_inference_compile_cpu.json"
+            )
         if compile_blocks:
             for blocks in (self._fused, self._encoder, self._decoder):
                 if blocks is not None:

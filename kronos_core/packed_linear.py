@@ -14,6 +14,8 @@ is missing or fails its self-check, :class:`PackedLinear` falls back to ``F.line
 from __future__ import annotations
 
 import functools
+import warnings
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,14 +45,42 @@ def onednn_linear_available() -> bool:
 MIN_PACKED_WEIGHTS = 1 << 17
 
 
-class PackedLinear:
-    """``y = x @ weight.T + bias`` with the weight prepacked for oneDNN when that is possible and pays."""
+Quantize = Literal["int8"]
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None, *, pack: bool = True) -> None:
+
+def _int8_weight(weight: Tensor, bias: Tensor | None) -> object:
+    """The weight as symmetric per-output-channel int8, prepacked for ``quantized::linear_dynamic``."""
+    scale = (weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0).double()
+    zero = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # quantized tensor constructors warn that they are deprecated
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch.quantize_per_channel(weight.float(), scale, zero, 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.float())
+
+
+class PackedLinear:
+    """``y = x @ weight.T + bias`` with the weight prepacked for oneDNN when that is possible and pays.
+
+    ``quantize="int8"`` (opt-in, CPU, float32 weights): the weight is stored as per-channel int8 and
+    each call quantizes its input rows on the fly (PyTorch's dynamic quantization, x86 kernels), so
+    the product runs in int8 and the answers move by the quantization error.
+    """
+
+    def __init__(
+        self, weight: Tensor, bias: Tensor | None = None, *, pack: bool = True, quantize: Quantize | None = None
+    ) -> None:
         weight, bias = weight.detach(), None if bias is None else bias.detach()
         self.bias = bias
+        self.int8: object | None = None
+        if quantize is not None:
+            if quantize != "int8":
+                raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
+            if weight.device.type != "cpu" or weight.dtype != torch.float32:
+                raise ValueError("int8 quantization needs float32 weights on the CPU")
+            self.int8 = _int8_weight(weight, bias)
         self.packed = (
-            pack
+            quantize is None
+            and pack
             and weight.numel() >= MIN_PACKED_WEIGHTS
             and weight.device.type == "cpu"
             and weight.dtype == torch.float32
@@ -63,6 +93,17 @@ class PackedLinear:
             self.weight = weight
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.int8 is not None:
+            return torch.ops.quantized.linear_dynamic(x.contiguous(), self.int8, True)  # type: ignore[no-any-return]
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+    def plus(self, x: Tensor, other: Tensor) -> Tensor:
+        """``other + self(x)``: the residual add fused into the packed product (a oneDNN post-op; the
+        same sum, bit for bit) when both are float32 and the product runs packed."""
+        if self.packed and other.dtype == torch.float32:
+            return torch.ops.mkldnn._linear_pointwise.binary(
+                x.contiguous(), other.contiguous(), self.weight, self.bias, "add"
+            )
+        return other + self(x)

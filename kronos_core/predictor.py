@@ -48,6 +48,10 @@ class KronosPredictor:
     ``engine="recompute"`` runs upstream's plain algorithm
     (:func:`kronos_core.reference_generate.generate_recompute`).
 
+    ``quantize="int8"`` (opt-in, CPU and float32 only) runs the transformer blocks' products as int8
+    dynamic quantization: faster on CPUs with int8 instructions, but not exact (the forecasts move by
+    the quantization error; ``kronos-stream bench inference --compare-int8`` measures it).
+
     Randomness: ``seed`` (an int, or one per series in ``predict_batch``) gives reproducible
     draws that do not depend on what else shares the batch (fast engine only);
     ``generator`` draws from a ``torch.Generator``; neither uses torch's global RNG.
@@ -68,6 +72,7 @@ class KronosPredictor:
         *,
         engine: Literal["fast", "recompute"] = "fast",
         dtype: torch.dtype | None = None,
+        quantize: Literal["int8"] | None = None,
     ) -> None:
         if not isinstance(model, Kronos):
             raise InputError(f"model must be a kronos_core.Kronos, got {type(model).__name__}")
@@ -81,6 +86,8 @@ class KronosPredictor:
             raise InputError(f"engine must be 'fast' or 'recompute', got {engine!r}")
         if engine == "recompute" and dtype not in (None, torch.float32):
             raise InputError("dtype is only supported with engine='fast'")
+        if engine == "recompute" and quantize is not None:
+            raise InputError("quantize is only supported with engine='fast'")
         if (model.s1_bits, model.s2_bits) != (tokenizer.s1_bits, tokenizer.s2_bits):
             raise InputError(
                 f"model and tokenizer disagree on token bits: model (s1, s2) = {(model.s1_bits, model.s2_bits)}, "
@@ -92,7 +99,9 @@ class KronosPredictor:
         self.max_context = max_context
         self.clip = clip
         self.engine_kind = engine
-        self.engine = KronosEngine(model, tokenizer, device=self.device, max_context=max_context, dtype=dtype)
+        self.engine = KronosEngine(
+            model, tokenizer, device=self.device, max_context=max_context, dtype=dtype, quantize=quantize
+        )
 
     def _paths(
         self,

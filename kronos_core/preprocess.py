@@ -48,7 +48,10 @@ def fill_volume_amount(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def prepare_features(df: Any, label: str = "") -> np.ndarray:
-    """Validate a bar frame and return its features (open, high, low, close, volume, amount).  # [T, 6] float32"""
+    """Validate a bar frame and return its features (open, high, low, close, volume, amount).  # [T, 6] float32
+
+    Volume and amount are filled as :func:`fill_volume_amount` does, from the columns' arrays
+    (no copy of the frame)."""
     where = _where(label)
     if not isinstance(df, pd.DataFrame):
         raise InputError(f"expected a pandas DataFrame of bars{where}, got {type(df).__name__}")
@@ -60,11 +63,15 @@ def prepare_features(df: Any, label: str = "") -> np.ndarray:
         )
     if len(df) == 0:
         raise InputError(f"DataFrame{where} has no rows; pass at least one bar of context")
-    filled = fill_volume_amount(df)
+    x = np.zeros((len(df), len(FEATURE_COLUMNS)), dtype=np.float64)
     try:
-        x = filled[list(FEATURE_COLUMNS)].to_numpy(dtype=np.float64)
+        for i, c in enumerate(FEATURE_COLUMNS):
+            if c in df.columns and (c != AMOUNT_COLUMN or VOLUME_COLUMN in df.columns):
+                x[:, i] = df[c].to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InputError(f"DataFrame{where}: columns {list(FEATURE_COLUMNS)} must be numeric ({exc})") from exc
+    if VOLUME_COLUMN in df.columns and AMOUNT_COLUMN not in df.columns:
+        x[:, 5] = x[:, 4] * df[list(PRICE_COLUMNS)].mean(axis=1).to_numpy(dtype=np.float64)
     bad = ~np.isfinite(x)
     if bad.any():
         rows, cols = np.nonzero(bad)
@@ -73,7 +80,7 @@ def prepare_features(df: Any, label: str = "") -> np.ndarray:
             f"DataFrame{where} contains NaN or infinite values in {names} (first at row {int(rows[0])}); "
             "drop or fill those rows before predicting"
         )
-    return filled[list(FEATURE_COLUMNS)].to_numpy().astype(np.float32)
+    return x.astype(np.float32)
 
 
 def to_datetime_series(timestamps: Any, label: str = "timestamps") -> pd.Series:
@@ -92,9 +99,47 @@ def to_datetime_series(timestamps: Any, label: str = "timestamps") -> pd.Series:
 
 
 def time_features(timestamps: Any, label: str = "timestamps") -> np.ndarray:
-    """Minute, hour, weekday (Monday = 0), day of month, month.  # [T, 5] float32"""
-    ts = to_datetime_series(timestamps, label).dt
-    return np.stack([ts.minute, ts.hour, ts.day_of_week, ts.day, ts.month], axis=1).astype(np.float32)
+    """Minute, hour, weekday (Monday = 0), day of month, month, of the wall-clock time (a zone-aware
+    input is read in its own zone).  # [T, 5] float32"""
+    return calendar_fields(_wall_clock(timestamps, label))
+
+
+def _wall_clock(timestamps: Any, label: str) -> np.ndarray:
+    """Timestamps as wall-clock ``datetime64[ns]`` (zone-aware ones in their own zone).  # [T]
+
+    Values that already are datetimes (a Series, DatetimeIndex or array) skip the parsing of
+    :func:`to_datetime_series`; anything else goes through it."""
+    dtype = getattr(timestamps, "dtype", None)
+    if isinstance(timestamps, pd.Series | pd.DatetimeIndex | np.ndarray) and np.ndim(timestamps) == 1:
+        values: np.ndarray | None = None
+        if isinstance(dtype, pd.DatetimeTZDtype):
+            index = pd.DatetimeIndex(timestamps)  # a Series or DatetimeIndex (arrays carry no zone)
+            values = index.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+        elif isinstance(dtype, np.dtype) and dtype.kind == "M":
+            values = np.asarray(timestamps).astype("datetime64[ns]")
+        if values is not None:
+            if np.isnat(values).any():
+                raise InputError(f"{label} contains missing timestamps (NaT); every row needs a timestamp")
+            return values
+    series = to_datetime_series(timestamps, label)
+    if series.dt.tz is not None:
+        series = series.dt.tz_localize(None)  # the local wall-clock time
+    return series.to_numpy(dtype="datetime64[ns]")
+
+
+def calendar_fields(ts: np.ndarray) -> np.ndarray:
+    """:func:`time_features` of wall-clock ``datetime64`` values, in numpy (no pandas accessors).  # [T, 5] float32"""
+    ts = np.asarray(ts, dtype="datetime64[ns]")
+    minutes = ts.astype("datetime64[m]").astype(np.int64)
+    days = ts.astype("datetime64[D]")
+    months = ts.astype("datetime64[M]")
+    out = np.empty((len(ts), 5), dtype=np.float32)
+    out[:, 0] = minutes % 60
+    out[:, 1] = (minutes // 60) % 24
+    out[:, 2] = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday (3 with Monday = 0)
+    out[:, 3] = (days - months.astype("datetime64[D]")).astype(np.int64) + 1
+    out[:, 4] = months.astype(np.int64) % 12 + 1
+    return out
 
 
 def normalize(x: np.ndarray, clip: float = 5.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

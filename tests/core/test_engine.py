@@ -336,9 +336,10 @@ def test_low_precision_engine_rotates_positions_past_256_exactly() -> None:
     cos, sin_signed = _rotary_tables(blk.inv_freq, positions, torch.bfloat16)
     want_cos, want_sin = rotary_cos_sin(rotary_inv_freq(blk.inv_freq.shape[0] * 2), positions)
     assert cos.dtype == torch.bfloat16
-    assert torch.equal(cos[0, 0], want_cos.to(torch.bfloat16))
+    assert cos.shape == (4, 1, 1, want_cos.shape[-1])  # [S, 1, 1, D]: broadcast over the q/k pair and heads
+    assert torch.equal(cos[:, 0, 0], want_cos.to(torch.bfloat16))
     half = want_sin.shape[-1] // 2
-    assert torch.equal(sin_signed[0, 0, :, half:], want_sin[:, half:].to(torch.bfloat16))
+    assert torch.equal(sin_signed[:, 0, 0, half:], want_sin[:, half:].to(torch.bfloat16))
 
 
 def test_shared_prefix_attention_equals_attention_over_the_concatenated_keys() -> None:

@@ -19,7 +19,7 @@ Transactional id: one per instance, ``KRONOS_KAFKA__TRANSACTIONAL_ID`` or
 ``<group_id>.<group_instance_id>`` (static membership). A restarted instance (same pod name in a
 StatefulSet) starts its producer with the same id, which fences the old incarnation (a zombie's
 commit fails with ``ProducerFenced``) and aborts its open transaction before the consumer reads the
-committed offsets. See README "Exactly-once" for why per instance and not per input partition.
+committed offsets. See docs/delivery.md ("Exactly-once") for why per instance and not per input partition.
 
 A failed transaction is aborted and the consumer is rewound to the committed offsets; the loop sees
 a :class:`TransactionAborted` (a :class:`~daemon.errors.CommitRefused`), drops its cached state and

@@ -932,6 +932,9 @@ class ForecastLoop:
         forget = getattr(self._forecaster, "drop", None)  # warm model sessions (incremental mode)
         if callable(forget):
             forget(symbols)
+        scorer = self._cfg.scorer
+        if scorer is not None and scorer.calibrator is not None:  # their calibration is read again from the store
+            scorer.calibrator.forget(symbols)
         self._metrics.forget_partitions(partitions)
         self._metrics.symbols_cached.set(len(self._states))
         return len(symbols)

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from daemon.io.messages import quantile_key
-from kronos_core.evaluation.distribution import GRID, quantiles_at
+from kronos_core.evaluation.distribution import quantiles_at
 from kronos_core.evaluation.publisher import POOLED, Published, Publisher, PublisherConfig, Ticket
 from kronos_core.stream_types import SeriesForecast, SeriesWindow
 
@@ -134,4 +134,4 @@ class GuardedCalibrator:
         return out
 
 
-__all__ = ["GRID", "Applied", "GuardedCalibrator", "build_calibrator", "distribution_fields", "publisher_config"]
+__all__ = ["Applied", "GuardedCalibrator", "build_calibrator", "distribution_fields", "publisher_config"]

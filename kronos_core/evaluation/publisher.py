@@ -8,15 +8,17 @@ For each new forecast of a symbol (grid quantiles, :mod:`~kronos_core.evaluation
 
 1. **Two bases.** The model's distribution (its sample paths) and the random walk with rolling
    volatility (:func:`~kronos_core.evaluation.baselines.rw_vol_quantiles`).
-2. **Scale-free calibration of each base.** A base is read as a location (its median ``m_k``) and a
-   scale (its sigma-equivalent spread ``s_k``, never below a small share of the walk's), so the
-   realised close gives a scale-free residual ``z = (y_k - m_k) / s_k``. The calibrated base is
-   ``m_k + s_k * theta[j, k]``: ``theta`` are the residuals' quantiles at the grid levels, learned by
-   online quantile tracking, ``theta += lr * (level - 1{z < theta})`` for every level and step. The
-   tracker is the adaptive part: whatever the market does, each level's long-run miss rate is pulled
-   to its nominal value (the quantile tracker of conformal PID control), and it moves with the
-   volatility because ``z`` is already scaled by it. ``theta`` starts at the standard normal's quantiles.
-3. **The guard.** The two calibrated bases are averaged quantile by quantile with weights from an
+2. **Scale-free calibration of the model.** The model is read as a location (its median ``m_k``), and
+   the realised close gives a residual scaled by the walk's spread ``s_k`` (the rolling volatility, so
+   residuals of a calm and of a wild symbol are comparable and the pooled state fits both;
+   ``residual_scale="spread"`` uses the model's own p10-p90 spread instead): ``z = (y_k - m_k) / s_k``.
+   The calibrated model is ``m_k + s_k * theta[j, k]``: ``theta`` are the residuals' quantiles at the
+   grid levels, learned by online quantile tracking, ``theta += lr * (level - 1{z < theta})`` for every
+   level and step. The tracker is the adaptive part: whatever the market does, each level's long-run
+   miss rate is pulled to its nominal value (the quantile tracker of conformal PID control).
+   ``theta`` starts at the standard normal's quantiles. The walk enters the guard as it is
+   (``calibrate_walk=True`` calibrates it the same way).
+3. **The guard.** The calibrated model and the walk are averaged quantile by quantile with weights from an
    exponentially weighted aggregation of their realised CRPS (scale-free: divided by the walk's
    spread), per step, with forgetting: ``w_b ~ exp(-guard_lr * L_b)``, ``L_b <- decay * L_b + crps_b``.
    The CRPS is convex in the quantile function, so the average scores at most the weighted mean of

@@ -65,6 +65,7 @@ class Daemon:
         self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
         self.ops: OpsServer | None = None
         self.scorer: OnlineScorer | None = None
+        self.shadow: Any = None  # challengers and the decider (daemon/model/live.py), with a registry
         self._run_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
@@ -201,6 +202,10 @@ class Daemon:
                 model_thread=self._on_model_thread,
             )
             self.forecaster = await self.models.start()
+            if s.challengers.enabled:
+                from daemon.model.live import LiveModels
+
+                self.shadow = LiveModels(self.models, self.metrics.registry, self._states, self._on_model_thread)
         if self.forecaster is None:
             log.info("loading the model", model=s.model.model_dump(mode="json"))
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
@@ -253,6 +258,7 @@ class Daemon:
                 ),
                 scorer=self.scorer,
                 exactly_once=s.kafka.exactly_once,
+                challengers=None if self.shadow is None else self.shadow.challengers,
             ),
             metrics=self.metrics,
             outages=self.outages,
@@ -262,6 +268,9 @@ class Daemon:
         self._probe_task = asyncio.create_task(self._probe_services(), name="kronos-probes")
         if self.models is not None:
             self.models.run_in_background()
+        if self.shadow is not None:
+            self.shadow.attach(self.scorer, self.bus_out)
+            self.shadow.start()
         log.info(
             "daemon started",
             input_topic=s.kafka.input_topic,
@@ -317,6 +326,8 @@ class Daemon:
                 self._run_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._run_task
+        if self.shadow is not None:
+            await self.shadow.close()
         if self.models is not None:
             await self.models.close()
         closers = [

@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from daemon.errors import ConfigError
+from daemon.model.challenger_settings import ChallengerSettings
 
 ENV_PREFIX = "KRONOS_"
 NESTED_DELIMITER = "__"
@@ -433,6 +434,9 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default=BatchSettings(), description="batching")
     scoring: ScoringSettings = Field(default=ScoringSettings(), description="online scoring")
     archive: ArchiveSettings = Field(default=ArchiveSettings(), description="the archiver")
+    challengers: ChallengerSettings = Field(
+        default=ChallengerSettings(), description="shadow challengers, promotion and rollback"
+    )
     mode: Literal["exact", "incremental"] = Field(default="exact", description="forecasting mode")
     refresh_every_bars: int = Field(
         default=64, ge=1, description="incremental: refreeze a symbol's statistics this often ..."

@@ -113,10 +113,10 @@ class RollbackCheck:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def rollback_due(rows: dict[Key, LossRow], window: int, threshold: float, since_ns: int = 0) -> RollbackCheck:
-    """Whether the champion's skill vs the walk over its last ``window`` forecasts (origins after
-    ``since_ns``) is below ``threshold``; never due with fewer than ``window`` forecasts."""
-    recent = sorted((r for r in rows.values() if r.origin > since_ns), key=lambda r: (r.origin, r.symbol))
+def rollback_due(rows: dict[Key, LossRow], window: int, threshold: float) -> RollbackCheck:
+    """Whether the champion's skill vs the walk over its last ``window`` forecasts (by origin) is below
+    ``threshold``; never due with fewer than ``window`` forecasts."""
+    recent = sorted(rows.values(), key=lambda r: (r.origin, r.symbol))
     recent = recent[-window:]
     if not recent:
         return RollbackCheck(False, 0, None, None, None)

@@ -5,8 +5,8 @@ Every replica runs a :class:`Decider`, and one of them decides: the holder of a 
 renewed while it lives). Every ``KRONOS_CHALLENGERS__DECIDE_EVERY_S`` it reads the per-forecast losses
 that all replicas wrote (:mod:`daemon.scoring.paired`) and applies :mod:`daemon.model.policy`:
 
-1. rollback first: when the champion's skill vs the walk over its last ``ROLLBACK_WINDOW`` forecasts
-   (made since it became champion) is below ``ROLLBACK_SKILL`` and the pointer names a champion before it,
+1. rollback first: when the champion's skill vs the walk over its last ``ROLLBACK_WINDOW`` realised
+   forecasts is below ``ROLLBACK_SKILL`` and the pointer names a champion before it,
    the registry rolls back to it (:meth:`kronos_contract.registry.Registry.rollback`);
 2. else each challenger against the champion: ``promote`` makes it the champion
    (:meth:`~kronos_contract.registry.Registry.promote`), ``keep`` withdraws it, ``undecided`` waits.
@@ -16,9 +16,9 @@ decision goes to the registry (:func:`kronos_contract.challengers.record`) with 
 (decision, version, champion). The replicas' followers then hot-swap to the new champion as for any
 promotion (a hint on the registry channel wakes them).
 
-No loops: a version rolled back from is blocked from automatic promotion; after an automatic promotion
-or rollback no other one happens for ``KRONOS_CHALLENGERS__COOLDOWN_S``; a rollback only counts
-forecasts made since the champion took over, so a freshly restored champion starts a new window.
+No loops: a version rolled back from is blocked from automatic promotion (a person can still promote
+it); after an automatic promotion or rollback no other one happens for ``KRONOS_CHALLENGERS__COOLDOWN_S``;
+a rollback only goes back along the pointer's history, never forward.
 """
 
 from __future__ import annotations
@@ -150,9 +150,7 @@ class Decider:
         champ_rows = await self.losses.read(champion)
         recorded: list[dict[str, Any]] = []
 
-        check = rollback_due(
-            champ_rows, self.config.rollback_window, self.config.rollback_skill, _epoch_ns(pointer.get("updated_at"))
-        )
+        check = rollback_due(champ_rows, self.config.rollback_window, self.config.rollback_skill)
         if check.skill_vs_walk is not None:
             self.metrics.skill.labels(champion, "champion").set(check.skill_vs_walk)
         history = pointer.get("history") or []

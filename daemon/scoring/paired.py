@@ -37,7 +37,7 @@ class LossRow:
     walk: float  # the same for the rolling-volatility walk
 
     def member(self) -> str:
-        return f"{self.symbol}|{self.origin}|{self.crps:.9g}|{self.walk:.9g}"
+        return f"{self.symbol}|{self.origin}|{self.crps!r}|{self.walk!r}"
 
     @classmethod
     def parse(cls, version: str, member: bytes | str) -> LossRow:

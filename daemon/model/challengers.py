@@ -16,9 +16,10 @@ Per round of the loop:
    ``KRONOS_CHALLENGERS__SHADOW_TOPIC`` when it is set. They never reach the output topic nor the
    latest-forecast keys.
 
-A challenger's forecasts are series ``{symbol}~{version}`` to the scorer and the calibration, so its
-pending forecasts and calibration state are its own; its per-forecast losses name the real symbol, so
-they pair with the champion's (:mod:`daemon.scoring.paired`). A failing challenger costs nothing to
+A challenger's pending forecasts are kept as those of the series ``{symbol}~{version}``, apart from the
+champion's; it is calibrated with its own state, per version (:mod:`daemon.scoring.calibration`,
+starting from a copy of the champion's); its per-forecast losses name the real symbol, so they pair
+with the champion's (:mod:`daemon.scoring.paired`). A failing challenger costs nothing to
 the champion's forecasts: its error is logged and counted, and the round goes on.
 """
 
@@ -53,7 +54,7 @@ from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecas
 
 log = structlog.get_logger("kronos.challengers")
 
-SEPARATOR = "~"  # series id of a challenger's forecast: {symbol}~{version}
+SEPARATOR = "~"  # a challenger's pending forecasts of a symbol: {symbol}~{version}
 
 
 def selected(symbol: str, fraction: float) -> bool:
@@ -201,10 +202,10 @@ class ChallengerSet:
 
     def drop(self, symbols: Sequence[str]) -> None:
         """Forget the warm sessions of revoked symbols."""
-        for version, forecaster in self.forecasters.items():
+        for forecaster in self.forecasters.values():
             forget = getattr(forecaster, "drop", None)
             if callable(forget):
-                forget([f"{s}{SEPARATOR}{version}" for s in symbols])
+                forget(list(symbols))
 
     # -- one round --------------------------------------------------------------------------------
 
@@ -225,10 +226,7 @@ class ChallengerSet:
                 if not selected(w.series_id, self.config.sample_fraction):
                     continue
                 ts = int(w.timestamps[-1].astype("datetime64[ns]").astype("int64"))
-                mine.append(dataclasses.replace(
-                    w, series_id=f"{w.series_id}{SEPARATOR}{version}", token_state=None,
-                    seed=derive_seed(w.series_id, ts, version, base),
-                ))  # fmt: skip
+                mine.append(dataclasses.replace(w, token_state=None, seed=derive_seed(w.series_id, ts, version, base)))
             if not mine:
                 continue
             try:
@@ -250,7 +248,7 @@ class ChallengerSet:
         for version, windows, results in made:
             items, contexts = [], []
             for w, r in zip(windows, results, strict=True):
-                symbol = w.series_id.rsplit(SEPARATOR, 1)[0]
+                symbol = w.series_id
                 if symbol not in by_symbol or isinstance(r, Exception):
                     continue  # not stored (refused by the store) or failed
                 state, ctx = by_symbol[symbol]
@@ -263,7 +261,8 @@ class ChallengerSet:
             self.metrics.forecasts.labels(version).inc(len(items))
             try:
                 if self.scorer is not None:
-                    await self.scorer.adjust([w for _, w, _ in items], [r for _, _, r in items], version, contexts)
+                    windows_, results_ = [w for _, w, _ in items], [r for _, _, r in items]
+                    await self.scorer.adjust(windows_, results_, version, contexts, champion=False)
                 if self.config.shadow_topic and self.bus_out is not None:
                     await self._publish(version, items, contexts, mode)
                 if self.scorer is not None:

@@ -1,7 +1,9 @@
 """The live decisions as pure functions: promote a challenger, keep the champion, roll the champion back.
 
-Inputs are per-forecast losses (:mod:`daemon.scoring.paired`): the CRPS of each version's published
-distribution and of the rolling-volatility walk, per (symbol, origin), scored on the same realised bars.
+Inputs are per-forecast losses (:mod:`daemon.scoring.paired`): the CRPS of each version's own
+forecast distribution and of the rolling-volatility walk, per (symbol, origin), scored on the same
+realised bars (why the model's own and not the published one: see :mod:`daemon.scoring.paired`; the
+published CRPS is reported beside).
 
 Promotion (:func:`weigh`): on the pairs of champion and challenger, the Diebold-Mariano test of equal
 CRPS (:func:`kronos_core.evaluation.stats.diebold_mariano`, HAC variance with horizon - 1 lags, symbols
@@ -43,6 +45,8 @@ class Evidence:
     pvalue: float | None  # one-sided: the challenger's CRPS is lower
     skill_vs_walk: float | None  # the challenger's, 1 - CRPS / walk CRPS on these forecasts
     champion_skill_vs_walk: float | None
+    published_champion: float | None = None  # mean CRPS of the published (calibrated) distributions
+    published_challenger: float | None = None
 
     def figures(self) -> dict[str, Any]:
         """What a decision records (rounded for people)."""
@@ -86,6 +90,7 @@ def compare(
     return Evidence(
         champion, challenger, n, c_cp, c_ch, walk, statistic, one_sided_p(statistic),
         _skill(c_ch, walk), _skill(c_cp, walk),
+        float(np.mean([b.published for _, b in flat])), float(np.mean([a.published for a, _ in flat])),
     )  # fmt: skip
 
 

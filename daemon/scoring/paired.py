@@ -2,13 +2,21 @@
 
 The hourly score sums (:mod:`daemon.scoring.online`) give means, not the paired series a
 Diebold-Mariano test needs. So each scored forecast also leaves one row: its model version, symbol and
-origin (the epoch ns of its bar), the CRPS of its published close distribution and the CRPS of the
-rolling-volatility walk (:mod:`kronos_core.evaluation.baselines`) on the same realised bars, both as a
-fraction of the origin's last close and averaged over the horizon steps. Rows of two versions with the
-same (symbol, origin) were scored on the same realised bars: those are the pairs.
+origin (the epoch ns of its bar), and three CRPS of the close on the same realised bars, each as a
+fraction of the origin's last close and averaged over the horizon steps: of the model's own sample
+paths (``crps``), of the published distribution (``published``: calibrated and guarded, when
+calibration is on) and of the rolling-volatility walk (``walk``,
+:mod:`kronos_core.evaluation.baselines`). Rows of two versions with the same (symbol, origin) were
+scored on the same realised bars: those are the pairs.
+
+Why the model's own CRPS is the one compared: the calibration is a state each version learns as it
+goes, shared by all symbols (the pooled state) and carried from bar to bar, so differences of
+published losses between two versions are correlated over long stretches and across symbols, which
+the Diebold-Mariano variance (HAC over horizon - 1 lags, symbols independent) does not allow for: two
+equal models then look different far too often. The models' own forecasts carry no such state.
 
 Redis: ``{prefix}:losses:{version}``, a sorted set scored by origin (seconds), members
-``symbol|origin_ns|crps|walk_crps``; the newest ``keep`` are kept and the key expires with the score
+``symbol|origin_ns|crps|published_crps|walk_crps``; the newest ``keep`` are kept and the key expires with the score
 sums. Written in the scorer's commit (same transaction). A replayed forecast writes the same member
 again, so a replay adds nothing.
 """
@@ -33,17 +41,18 @@ class LossRow:
     version: str
     symbol: str
     origin: int  # epoch ns of the forecast's bar
-    crps: float  # mean over steps of the published close CRPS / last close
+    crps: float  # mean over steps of the model's own close CRPS / last close
     walk: float  # the same for the rolling-volatility walk
+    published: float  # the same for the published (calibrated, guarded) distribution
 
     def member(self) -> str:
-        return f"{self.symbol}|{self.origin}|{self.crps!r}|{self.walk!r}"
+        return f"{self.symbol}|{self.origin}|{self.crps!r}|{self.published!r}|{self.walk!r}"
 
     @classmethod
     def parse(cls, version: str, member: bytes | str) -> LossRow:
         text = member.decode() if isinstance(member, bytes) else member
-        symbol, origin, crps, walk = text.rsplit("|", 3)
-        return cls(version, symbol, int(origin), float(crps), float(walk))
+        symbol, origin, crps, published, walk = text.rsplit("|", 4)
+        return cls(version, symbol, int(origin), float(crps), float(walk), float(published))
 
 
 def loss_row(
@@ -54,24 +63,24 @@ def loss_row(
     closes: Sequence[float],
     vol_window: int = 100,
 ) -> LossRow | None:
-    """The row of one realised forecast (None when it has no distribution or a non-finite score).
+    """The row of one realised forecast (None when it has no sample paths or a non-finite score).
     ``timestamps``/``closes``: the symbol's bar ring (holds the origin; the walk's sigma comes from the
     closes up to it)."""
     y = np.asarray(realised, dtype=np.float64)
     last = float(pending.last_close)
-    if pending.calibrated_paths is not None:
-        model = grid_crps(np.asarray(pending.calibrated_paths), y)
-    elif pending.paths is not None:
-        model = crps_from_samples(np.asarray(pending.paths), y)
-    else:
+    if pending.paths is None:
         return None
+    model = crps_from_samples(np.asarray(pending.paths), y)
+    published = model if pending.calibrated_paths is None else grid_crps(np.asarray(pending.calibrated_paths), y)
     i = int(np.searchsorted(np.asarray(timestamps, dtype=np.int64), pending.as_of))
     history = np.asarray(closes[: i + 1], dtype=np.float64)
     walk = grid_crps(rw_vol_quantiles(history, len(y), vol_window), y)
-    a, b = float(np.mean(model)) / last, float(np.mean(walk)) / last
-    if not (np.isfinite(a) and np.isfinite(b)) or last <= 0:
+    if last <= 0:
         return None
-    return LossRow(pending.version, symbol, int(pending.as_of), a, b)
+    a, b, c = (float(np.mean(x)) / last for x in (model, walk, published))
+    if not (np.isfinite(a) and np.isfinite(b) and np.isfinite(c)):
+        return None
+    return LossRow(pending.version, symbol, int(pending.as_of), a, b, c)
 
 
 class MemoryLossLog:

@@ -25,7 +25,7 @@ def rows(version: str, crps: np.ndarray, walk: float | np.ndarray = 1.0) -> dict
     out = {}
     for k, (c, w) in enumerate(zip(crps, walks, strict=True)):
         symbol, origin = SYMBOLS[k % 3], 1_700_000_000_000_000_000 + (k // 3) * 60_000_000_000
-        out[(symbol, origin)] = LossRow(version, symbol, origin, float(c), float(w))
+        out[(symbol, origin)] = LossRow(version, symbol, origin, float(c), float(w), float(c))
     return out
 
 
@@ -104,6 +104,7 @@ def test_a_loss_row_is_the_crps_of_the_published_distribution_and_of_the_walk() 
     row = loss_row("AAA", sharp, realised, ts, closes)
     assert row is not None and row.symbol == "AAA" and row.origin == ts[origin]
     assert row.crps == pytest.approx(0.0, abs=1e-12)  # every path on the outcome
+    assert row.published == row.crps  # not calibrated: published as the model made it
     assert row.walk > 0
     assert LossRow.parse("v2", row.member()) == row
 

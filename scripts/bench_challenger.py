@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-context", type=int, default=64)
     p.add_argument("--horizon", type=int, default=12)
     p.add_argument("--sample-count", type=int, default=4)
+    p.add_argument("--sample-fraction", type=float, default=1.0,
+                   help="KRONOS_CHALLENGERS__SAMPLE_FRACTION of the second run (default 1: every symbol)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench_challenger.json")
     return p.parse_args(argv)
 
@@ -58,6 +60,7 @@ def steady_args(args: argparse.Namespace, registry: Path, label: str) -> argpars
         "--warm-bars", str(args.warm_bars), "--max-context", str(args.max_context), "--horizon", str(args.horizon),
         "--sample-count", str(args.sample_count), "--modes", "exact", "--model", "demo", "--registry", str(registry),
         "--warm-timeout", "600", "--out", str(REPO / "results" / "tmp" / f"bench_challenger_{label}.json"),
+        "--daemon-env", f"KRONOS_CHALLENGERS__SAMPLE_FRACTION={args.sample_fraction}",
     ])  # fmt: skip
 
 
@@ -92,7 +95,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "",
         bench_load.machine_line(report["machine"]),
         "",
-        f"Demo model as champion v1, its weights perturbed as challenger v2 (exact mode); {s['steady']} symbols "
+        f"Demo model as champion v1, its weights perturbed as challenger v2 (exact mode; challenger sample fraction "
+        f"{s.get('sample_fraction', 1.0)}); {s['steady']} symbols "
         f"warmed up with {s['warm_bars']} bars each, then one bar per symbol every {s['interval']} s (landing "
         f"within 1 s of the close), 1 interval not measured, {s['intervals']} measured; max_context "
         f"{s['max_context']}, horizon {s['horizon']}, {s['sample_count']} sample paths. Command: "
@@ -121,7 +125,10 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "topic.",
         f"- Challenger active in the second run: {report['challenger_check']}; it made {one['challenger_forecasts']} "
         f"shadow forecasts for {one['bars_sent']} bars in the measured intervals and took {one['challenger_model_s']} s "
-        f"of the job's {one['model_s']} s of model time.",
+        f"of the job's {one['model_s']} s of model time (the champion's part: {report['champion_part_of_one_s']} s; "
+        f"without a challenger the champion took {none['model_s']} s for as many bars). Within the second run the job "
+        f"cost {ratio(one['model_s'], report['champion_part_of_one_s'])}x the champion's own calls; across the two "
+        "runs the champion's own time moved with the shared machine's load.",
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -151,7 +158,8 @@ async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[s
                     "load_avg_after": runs["one"]["report"]["machine"]["load_avg_after"]},
         "settings": {"steady": args.steady, "interval": args.interval, "intervals": args.intervals,
                      "warm_bars": args.warm_bars, "max_context": args.max_context, "horizon": args.horizon,
-                     "sample_count": args.sample_count, "model": "demo", "mode": "exact"},  # fmt: skip
+                     "sample_count": args.sample_count, "model": "demo", "mode": "exact",
+                     "sample_fraction": args.sample_fraction},  # fmt: skip
         "runs": {"none": none, "one": one},
         "ratios": {
             "model_ms_per_forecast": ratio(one["model_ms_per_forecast"], none["model_ms_per_forecast"]),
@@ -160,6 +168,7 @@ async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[s
             "latency_p99": ratio(one["latency_ms"]["p99"], none["latency_ms"]["p99"]),
         },
         "challenger_check": check,
+        "champion_part_of_one_s": round(one["model_s"] - one["challenger_model_s"], 3),
         "steady_reports": {k: v["report"] for k, v in runs.items()},
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -26,15 +27,18 @@ class LiveModels:
         )  # fmt: skip
         self._decider_metrics = DeciderMetrics(registry_metrics)
         self.decider: Decider | None = None
+        self._scored = False
+        self._hints: set[asyncio.Task[None]] = set()
 
     def attach(self, scorer: Any, bus_out: Any) -> None:
         """The loop's scorer (challengers are scored by it) and producer (the shadow topic)."""
         self.challengers.scorer = scorer
         self.challengers.bus_out = bus_out
         if scorer is None:
-            log.warning("online scoring is off (KRONOS_SCORING__ENABLED=false): challengers are not scored, "
+            log.warning("online scoring is off (KRONOS_SCORING__ENABLED=false): no challenger is loaded, "
                         "and nothing is promoted or rolled back")  # fmt: skip
             return
+        self._scored = True
         losses = scorer.store.losses
         losses.keep = self.settings.challengers.losses_keep
         self.decider = Decider(
@@ -43,6 +47,8 @@ class LiveModels:
         )  # fmt: skip
 
     def start(self) -> None:
+        if not self._scored:  # challengers that nobody scores would only cost model time
+            return
         self.challengers.run_in_background()
         if self.decider is not None:
             self.decider.run_in_background()
@@ -51,9 +57,9 @@ class LiveModels:
         self.follower.wake()
         self.challengers.wake()
         if self.settings.model.registry_hint:
-            import asyncio
-
-            asyncio.get_running_loop().create_task(self._hint(version))
+            task = asyncio.get_running_loop().create_task(self._hint(version))
+            self._hints.add(task)  # held until done (the loop keeps only weak references)
+            task.add_done_callback(self._hints.discard)
 
     async def _hint(self, version: str) -> None:
         from daemon.state.redis_access import client_options

@@ -91,10 +91,13 @@ class MemoryLossLog:
         self._rows: dict[str, dict[Key, LossRow]] = {}
 
     def add(self, rows: Iterable[LossRow]) -> None:
+        touched = set()
         for row in rows:
-            held = self._rows.setdefault(row.version, {})
-            held[(row.symbol, row.origin)] = row
-            if len(held) > self.keep:
+            self._rows.setdefault(row.version, {})[(row.symbol, row.origin)] = row
+            touched.add(row.version)
+        for version in touched:
+            held = self._rows[version]
+            if len(held) > self.keep:  # the oldest origins go, as ZREMRANGEBYRANK drops them in Redis
                 for key in sorted(held, key=lambda k: (k[1], k[0]))[: len(held) - self.keep]:
                     del held[key]
 

@@ -18,7 +18,8 @@ daemon side:
   another replica resumes them and no realised forecast is learnt twice. Each forecast is calibrated,
   and learnt from, with the state of the version that made it. A version with no state of its own for
   a symbol starts from a copy of the champion's (the version it replaced, or the one it is tried
-  beside), read on first use, so a hot swap does not start cold. The unversioned keys of older releases
+  beside), read on first use, so a hot swap does not start cold; before a swap the follower seeds the
+  new version's states from a backtest of it when it can (:mod:`daemon.scoring.seeding`). The unversioned keys of older releases
   (``{prefix}:calibration:{symbol}``, ``{prefix}:calibration-pooled``) are read as a last fallback. The
   pooled state is shared by replicas; the last writer wins.
 """
@@ -183,6 +184,12 @@ class GuardedCalibrator:
             pub.forget(gone)
             self._held[version].difference_update(gone)
         self._dirty = {(v, k) for v, k in self._dirty if k not in gone}
+
+    def drop(self, version: str) -> None:
+        """Forget ``version``'s states held here (unsaved changes included): they are read again."""
+        self._publishers.pop(version, None)
+        self._held.pop(version, None)
+        self._dirty = {(v, k) for v, k in self._dirty if v != version}
 
     def apply(self, window: SeriesWindow, result: SeriesForecast, version: str) -> Applied | None:
         """Publish ``result`` (made by ``version``) through the guard, in place (its close mean and

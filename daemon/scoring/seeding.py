@@ -172,7 +172,7 @@ class Seeder:
         except Exception as exc:
             reason = exc.reason if isinstance(exc, SeedSkipped) else "error"
             self.metrics.seeds.labels("champion", reason).inc()
-            log_at = log.info if reason == "off" else log.warning
+            log_at = log.warning if reason in ("error", "over_budget", "too_few_bars") else log.info
             log_at(
                 "calibration seeded",
                 version=version,

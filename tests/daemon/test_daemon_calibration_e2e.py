@@ -132,6 +132,8 @@ def _per_symbol(out: list[dict], closes: dict[str, np.ndarray], h: int) -> None:
             by_symbol[f["symbol"]] += _hits(f, closes[f["symbol"]], t)
     coverage = {s: float(np.mean(v)) for s, v in by_symbol.items()}
     within = [s for s, c in coverage.items() if 0.7 <= c <= 0.9]
+    print(f"per-symbol p10-p90 coverage: {len(within)}/{len(coverage)} within 70-90%, "
+          f"{min(coverage.values()):.3f}-{max(coverage.values()):.3f}")  # fmt: skip
     assert len(within) >= math.ceil(0.9 * SYMBOLS), " ".join(f"{s}={c:.3f}" for s, c in coverage.items())
 
 
@@ -139,4 +141,5 @@ def _first_hundred(out: list[dict], closes: dict[str, np.ndarray], h: int, chose
     """The coverage of the first 100 realised forecasts that ``chosen(forecast)`` selects."""
     picked = sorted(((index_of(f), f) for f in out if chosen(f) and index_of(f) + h < BARS), key=lambda x: x[0])  # type: ignore[operator]
     hits = [hit for t, f in picked[:100] for hit in _hits(f, closes[f["symbol"]], t)]
+    print(f"first 100 realised forecasts: p10-p90 coverage {float(np.mean(hits)):.3f} of {len(hits)} steps")
     assert len(hits) == 100 * h and 0.7 <= float(np.mean(hits)) <= 0.9, float(np.mean(hits))

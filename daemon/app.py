@@ -34,6 +34,7 @@ from daemon.ops.startup_checks import credentials_error, ensure_topics, port_err
 from daemon.pipeline.calendars import build_calendar
 from daemon.pipeline.loop import ForecastLoop, LoopConfig
 from daemon.scoring.online import OnlineScorer, build_scorer
+from daemon.scoring.seeding import Seeder
 from daemon.settings import Settings, load_settings, unknown_env_names
 from daemon.state.base import StateStore
 from kronos_core.stream_types import StreamForecaster
@@ -199,6 +200,7 @@ class Daemon:
                 states=self._states,
                 on_swap=self._model_swapped,
                 model_thread=self._on_model_thread,
+                seed=Seeder(s, lambda: self.scorer, self._states, self.metrics.registry),
             )
             self.forecaster = await self.models.start()
         if self.forecaster is None:

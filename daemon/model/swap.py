@@ -480,6 +480,7 @@ class ModelFollower:
         on_swap: Callable[[StreamForecaster, str], None] | None = None,
         registry: Any = None,
         model_thread: Callable[[Callable[[], LoadedModel]], Awaitable[LoadedModel]] | None = None,
+        seed: Callable[[str, StreamForecaster, Callable[[Callable[[], Any]], Awaitable[Any]]], Awaitable[Any]] | None = None,
     ) -> None:
         m = settings.model
         if not m.registry:
@@ -489,6 +490,7 @@ class ModelFollower:
         self._states = states
         self._on_swap = on_swap
         self._model_thread = model_thread  # runs a blocking call on the loop's model thread
+        self._seed = seed  # seeds a new version's calibration before its swap (daemon/scoring/seeding.py)
         if registry is None:
             from kronos_contract.registry import Registry, RegistryError
 
@@ -589,6 +591,8 @@ class ModelFollower:
             )
             return None
         self._failures.pop(version, None)
+        if self._seed is not None:
+            await self._seed(version, loaded.forecaster, self._blocking)
         self.forecaster.offer(loaded.forecaster)
         log.info("model version ready; swapping at the next model call", version=version)
         return version
@@ -598,12 +602,9 @@ class ModelFollower:
         prepared = await asyncio.to_thread(
             prepare_version, self.registry, version, self.settings, self.cache_root, self.public_key
         )
-        build = functools.partial(build_version, prepared, self.settings, states)
         if self._model_thread is not None and uses_cuda(self.settings):
             log.info("building the new version on the model thread (CUDA), between calls", version=version)
-            loaded = await self._model_thread(build)
-        else:
-            loaded = await asyncio.to_thread(build)
+        loaded: LoadedModel = await self._blocking(functools.partial(build_version, prepared, self.settings, states))
         self.metrics.load_seconds.observe(loaded.load_s)
         self.metrics.warmup_seconds.observe(loaded.warmup_s)
         log.info(
@@ -613,6 +614,12 @@ class ModelFollower:
             warmup_s=round(loaded.warmup_s, 3),
         )
         return loaded
+
+    async def _blocking(self, fn: Callable[[], Any]) -> Any:
+        """Run a blocking model call: on the model thread on CUDA, else in a worker thread."""
+        if self._model_thread is not None and uses_cuda(self.settings):
+            return await self._model_thread(fn)
+        return await asyncio.to_thread(fn)
 
     def _swapped(self, new: StreamForecaster, old_version: str) -> None:
         self.metrics.swaps.labels("ok").inc()

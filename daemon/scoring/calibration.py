@@ -12,12 +12,16 @@ daemon side:
   (``model_quantiles``) and are scored too (``{version}@model``).
 - **Once realised** (:meth:`GuardedCalibrator.observe`): the forecast's ticket (a few numbers per step,
   kept in its pending record) and the realised closes update the symbol's state and the pooled one.
-- **Storage**: the states live beside the pending forecasts in the score store (Redis:
-  ``{prefix}:calibration:{symbol}`` and ``{prefix}:calibration-pooled``), written in the same step as
-  the pending list that drops the realised forecasts, so a restart or another replica resumes them and
-  no realised forecast is learnt twice. The state is per symbol, not per model version: a new version
-  starts from the state the previous one left, and the adaptive update moves it to the new version's
-  residuals. The pooled state is shared by replicas; the last writer wins.
+- **Storage**: the states live beside the pending forecasts in the score store, per model version
+  (Redis: ``{prefix}:calibration:{version}:{symbol}`` and ``{prefix}:calibration-pooled:{version}``),
+  written in the same step as the pending list that drops the realised forecasts, so a restart or
+  another replica resumes them and no realised forecast is learnt twice. Each forecast is calibrated,
+  and learnt from, with the state of the version that made it. A version with no state of its own for
+  a symbol starts from a copy of the champion's (the version it replaced, or the one it is tried
+  beside), read on first use, so a hot swap does not start cold; before a swap the follower seeds the
+  new version's states from a backtest of it when it can (:mod:`daemon.scoring.seeding`). The unversioned keys of older releases
+  (``{prefix}:calibration:{symbol}``, ``{prefix}:calibration-pooled``) are read as a last fallback. The
+  pooled state is shared by replicas; the last writer wins.
 """
 
 from __future__ import annotations
@@ -74,44 +78,129 @@ class Applied(NamedTuple):
     paths: np.ndarray | None  # [P, H] the model's close paths for the message, or None
 
 
-class GuardedCalibrator:
-    """The daemon's :class:`Publisher`, with the states of the symbols it has seen."""
+StoreKey = tuple[str | None, str]  # (model version, symbol or POOLED); version None: the unversioned keys
 
-    def __init__(self, config: PublisherConfig, publish_paths: int = 0) -> None:
-        self.publisher = Publisher(config)
+
+class GuardedCalibrator:
+    """The daemon's :class:`Publisher` per model version, with the states of the symbols each has seen.
+
+    Each version calibrates the forecasts it made with its own state. A version with no state of its
+    own for a symbol (a new champion after a hot swap, or a challenger) starts from a copy of its
+    parent's: the champion it replaced, or the champion it is tried beside (copy on first use); with
+    no parent, the unversioned keys of older releases. The copy is then its own and learns from its
+    own forecasts only."""
+
+    def __init__(self, config: PublisherConfig, publish_paths: int = 0, keep_versions: int = 4) -> None:
+        self.config = config
         self.publish_paths = publish_paths  # the model's close paths put in the message (0: none)
-        self._held: set[str] = set()  # symbols whose stored state has been read (or found missing)
-        self._dirty: set[str] = set()
+        self.keep_versions = max(2, keep_versions)  # versions held in memory (the least used are dropped)
+        self.champion: str | None = None
+        self._publishers: dict[str, Publisher] = {}  # version -> its publisher, least recently used first
+        self._parent: dict[str, str | None] = {}  # version -> whose state it copies on first use
+        self._held: dict[str, set[str]] = {}  # version -> keys whose stored state has been read (or found missing)
+        self._dirty: set[tuple[str, str]] = set()
 
     @property
     def horizon(self) -> int:
-        return self.publisher.config.horizon
+        return self.config.horizon
 
-    def missing(self, symbols: Iterable[str]) -> list[str]:
-        """Symbols (and the pooled state) whose stored state has not been read yet."""
-        wanted = [POOLED, *symbols]
-        return [s for s in dict.fromkeys(wanted) if s not in self._held]
+    @property
+    def publisher(self) -> Publisher:
+        """The champion's publisher."""
+        assert self.champion is not None, "no version served yet"
+        return self._publishers[self.champion]
 
-    def take(self, keys: Sequence[str], states: dict[str, dict[str, Any]]) -> None:
-        """Stored states of ``keys`` (absent: none stored yet) join the publisher."""
-        self.publisher.take(states)
-        self._held.update(keys)
+    def publisher_of(self, version: str) -> Publisher:
+        return self._use(version)
+
+    def serve(self, version: str, champion: bool = True) -> None:
+        """``version`` publishes forecasts: as the champion (the previous champion becomes its parent),
+        or beside it (a challenger, whose parent is the champion)."""
+        if champion and version != self.champion:
+            if version not in self._parent or self._parent[version] is None:
+                self._parent[version] = self.champion
+            self.champion = version
+        elif not champion:
+            self._parent.setdefault(version, self.champion)
+        self._use(version)
+
+    def parent(self, version: str) -> str | None:
+        return self._parent.get(version)
+
+    def _use(self, version: str) -> Publisher:
+        pub = self._publishers.pop(version, None)
+        if pub is None:
+            pub = Publisher(self.config)
+            self._held[version] = set()
+            self._parent.setdefault(version, None)
+        self._publishers[version] = pub  # the most recently used last
+        return pub
+
+    def missing(self, version: str, symbols: Iterable[str]) -> list[str]:
+        """Symbols (and the pooled state) of ``version`` whose stored state has not been read yet."""
+        self._use(version)
+        held = self._held[version]
+        return [s for s in dict.fromkeys([POOLED, *symbols]) if s not in held]
+
+    def sources(self, version: str, keys: Sequence[str]) -> list[StoreKey]:
+        """The stored states to read for ``keys`` of ``version``: its own, then its parent's (unless
+        held in memory here), then the unversioned ones."""
+        parent = self._parent.get(version)
+        held = self._held.get(parent, set()) if parent is not None else set()
+        out: list[StoreKey] = []
+        for k in keys:
+            out.append((version, k))
+            if parent is not None and k not in held:
+                out.append((parent, k))
+            out.append((None, k))
+        return out
+
+    def take(self, version: str, keys: Sequence[str], stored: dict[StoreKey, dict[str, Any]]) -> None:
+        """Stored states (read from :meth:`sources`) of ``keys`` join ``version``'s publisher: its own
+        where stored, else a copy of its parent's, else the unversioned one; absent: none yet."""
+        pub = self._use(version)
+        parent = self._parent.get(version)
+        parent_pub = self._publishers.get(parent) if parent is not None else None
+        for k in keys:
+            own = stored.get((version, k))
+            if own is not None:
+                pub.take({k: own})
+                continue
+            copied: dict[str, Any] | None = None
+            if parent is not None and parent_pub is not None and k in self._held.get(parent, set()):
+                copied = parent_pub.export([k]).get(k)
+            elif parent is not None:
+                copied = stored.get((parent, k))
+            if copied is None:
+                copied = stored.get((None, k))
+            if copied is not None and pub.take({k: copied}):
+                self._dirty.add((version, k))  # the copy is this version's own from now on
+        self._held[version].update(keys)
 
     def forget(self, symbols: Iterable[str]) -> None:
         """Symbols this replica no longer owns: their state is read again if they come back."""
         gone = [s for s in symbols if s != POOLED]
-        self.publisher.forget(gone)
-        self._held.difference_update(gone)
-        self._dirty.difference_update(gone)
+        for version, pub in self._publishers.items():
+            pub.forget(gone)
+            self._held[version].difference_update(gone)
+        self._dirty = {(v, k) for v, k in self._dirty if k not in gone}
 
-    def apply(self, window: SeriesWindow, result: SeriesForecast) -> Applied | None:
-        """Publish ``result`` through the guard, in place (its close mean and quantiles); None when the
-        forecast has no close sample paths or its horizon differs (published as the model made it)."""
+    def drop(self, version: str) -> None:
+        """Forget ``version``'s states held here (unsaved changes included): they are read again."""
+        self._publishers.pop(version, None)
+        self._held.pop(version, None)
+        self._dirty = {(v, k) for v, k in self._dirty if v != version}
+
+    def apply(self, window: SeriesWindow, result: SeriesForecast, version: str) -> Applied | None:
+        """Publish ``result`` (made by ``version``) through the guard, in place (its close mean and
+        quantiles); None when the forecast has no close sample paths or its horizon differs (published
+        as the model made it)."""
         samples = result.samples
         if samples.ndim != 3 or not len(samples) or samples.shape[1] != self.horizon:
             return None
         closes = np.asarray(window.values[:, CLOSE], dtype=np.float64)
-        published = self.publisher.publish(window.series_id, closes, np.asarray(samples[:, :, CLOSE], dtype=np.float64))
+        publisher = self._use(version)
+        published = publisher.publish(window.series_id, closes, np.asarray(samples[:, :, CLOSE], dtype=np.float64))
         levels = tuple(result.quantile_levels)
         model_q = np.array(result.quantiles[:, :, CLOSE], dtype=np.float64)
         quantiles = np.array(result.quantiles, dtype=np.float64)
@@ -123,15 +212,48 @@ class GuardedCalibrator:
         paths = np.asarray(samples[: self.publish_paths, :, CLOSE], dtype=np.float64) if self.publish_paths else None
         return Applied(model_q, model_mean, published.quantiles, published, paths)
 
-    def observe(self, ticket: Ticket, realised: np.ndarray) -> None:
-        self.publisher.realise(ticket, realised)
-        self._dirty.update((POOLED, ticket.symbol))
+    def observe(self, ticket: Ticket, realised: np.ndarray, version: str) -> None:
+        """A forecast ``version`` published is realised: that version's state learns from it."""
+        self._use(version).realise(ticket, realised)
+        self._dirty.update(((version, POOLED), (version, ticket.symbol)))
 
-    def changed(self) -> dict[str, dict[str, Any]]:
-        """The states changed since the last call (to be stored), and forgets that they changed."""
-        out = self.publisher.export(sorted(self._dirty))
+    def changed(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """The states changed since the last call (to be stored, per (version, key)), and forgets that
+        they changed; versions beyond ``keep_versions`` are then dropped from memory."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for version in {v for v, _ in self._dirty}:
+            keys = sorted(k for v, k in self._dirty if v == version)
+            out.update({(version, k): state for k, state in self._publishers[version].export(keys).items()})
         self._dirty.clear()
+        self._prune()
         return out
 
+    async def load(self, store: Any, version: str, symbols: Iterable[str]) -> None:
+        """Read ``version``'s states of ``symbols`` not read yet (with their fallbacks) from the score store."""
+        missing = self.missing(version, symbols)
+        if missing:
+            self.take(version, missing, await store.calibration(self.sources(version, missing)))
 
-__all__ = ["Applied", "GuardedCalibrator", "build_calibrator", "distribution_fields", "publisher_config"]
+    async def load_made(self, store: Any, made: Iterable[tuple[str, dict[str, Any] | None]]) -> None:
+        """Read the states of the versions that made realised forecasts ((version, ticket) pairs), so
+        each learns from its own forecasts (those made before a restart or a swap included)."""
+        symbols: dict[str, set[str]] = {}
+        for version, ticket in made:
+            if ticket is not None:
+                symbols.setdefault(version, set()).add(str(ticket["symbol"]))
+        for version, wanted in symbols.items():
+            await self.load(store, version, sorted(wanted))
+
+    def _prune(self) -> None:
+        keep = {self.champion, self._parent.get(self.champion) if self.champion is not None else None}
+        for version in list(self._publishers):
+            if len(self._publishers) <= self.keep_versions:
+                break
+            if version not in keep:
+                del self._publishers[version]
+                self._held.pop(version, None)
+
+
+__all__ = [
+    "Applied", "GuardedCalibrator", "StoreKey", "build_calibrator", "distribution_fields", "publisher_config",
+]  # fmt: skip

@@ -47,7 +47,7 @@ import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from daemon.scoring.calibration import GuardedCalibrator, build_calibrator, distribution_fields
+from daemon.scoring.calibration import GuardedCalibrator, StoreKey, build_calibrator, distribution_fields
 from daemon.state.redis_access import explain
 from kronos_core.evaluation.publisher import POOLED, Ticket, b64_floats, floats_from_b64
 from kronos_core.scoring import ScoreAccumulator, level_key
@@ -225,15 +225,16 @@ class ScoreStore(ABC):
         *,
         cap: int,
         now: float,
-        calibration: dict[str, dict[str, Any]] | None = None,
+        calibration: dict[tuple[str, str], dict[str, Any]] | None = None,
     ) -> None:
         """Per symbol drop the first ``n`` pending forecasts and append the new one (at most ``cap``
         kept); add ``sums`` (per version) to the hour of ``now``; replace the ``calibration`` states
-        (per symbol, or POOLED); all in one step."""
+        (per (model version, symbol or POOLED)); all in one step."""
 
     @abstractmethod
-    async def calibration(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The stored publisher states of ``keys`` (symbols, or POOLED); absent keys are left out."""
+    async def calibration(self, keys: Sequence[StoreKey]) -> dict[StoreKey, dict[str, Any]]:
+        """The stored publisher states of ``keys`` ((model version, symbol or POOLED); version None: the
+        unversioned keys of older releases, read only); absent keys are left out."""
 
     @abstractmethod
     async def read(
@@ -251,9 +252,9 @@ class MemoryScoreStore(ScoreStore):
     def __init__(self) -> None:
         self._pending: dict[str, list[bytes]] = {}
         self._sums: dict[tuple[str, str], ScoreAccumulator] = {}
-        self._calibration: dict[str, bytes] = {}
+        self._calibration: dict[StoreKey, bytes] = {}
 
-    async def calibration(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def calibration(self, keys: Sequence[StoreKey]) -> dict[StoreKey, dict[str, Any]]:
         return {k: json.loads(self._calibration[k]) for k in keys if k in self._calibration}
 
     async def pending(self, symbols: Sequence[str]) -> dict[str, list[bytes]]:
@@ -266,7 +267,7 @@ class MemoryScoreStore(ScoreStore):
         *,
         cap: int,
         now: float,
-        calibration: dict[str, dict[str, Any]] | None = None,
+        calibration: dict[tuple[str, str], dict[str, Any]] | None = None,
     ) -> None:
         for symbol, (drop, new) in changes.items():
             kept = self._pending.get(symbol, [])[drop:] + [new]
@@ -370,13 +371,19 @@ class RedisScoreStore(ScoreStore):
     def versions_key(self) -> str:
         return f"{self._prefix}:scores:versions"
 
-    def calibration_key(self, key: str) -> str:
-        return f"{self._prefix}:calibration-pooled" if key == POOLED else f"{self._prefix}:calibration:{key}"
+    def calibration_key(self, version: str | None, key: str) -> str:
+        """``{prefix}:calibration:{version}:{symbol}`` and ``{prefix}:calibration-pooled:{version}``
+        (version None: the unversioned keys of older releases)."""
+        if version is None:
+            return f"{self._prefix}:calibration-pooled" if key == POOLED else f"{self._prefix}:calibration:{key}"
+        if key == POOLED:
+            return f"{self._prefix}:calibration-pooled:{version}"
+        return f"{self._prefix}:calibration:{version}:{key}"
 
-    async def calibration(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def calibration(self, keys: Sequence[StoreKey]) -> dict[StoreKey, dict[str, Any]]:
         async with self._pipeline() as pipe:
             for k in keys:
-                pipe.get(self.calibration_key(k))
+                pipe.get(self.calibration_key(*k))
             replies = await pipe.execute()
         return {k: json.loads(raw) for k, raw in zip(keys, replies, strict=True) if raw}
 
@@ -394,13 +401,13 @@ class RedisScoreStore(ScoreStore):
         *,
         cap: int,
         now: float,
-        calibration: dict[str, dict[str, Any]] | None = None,
+        calibration: dict[tuple[str, str], dict[str, Any]] | None = None,
     ) -> None:
         bucket = hour_bucket(now)
         async with self._pipeline(transaction=True) as pipe:
-            for key, state in (calibration or {}).items():
+            for (version, key), state in (calibration or {}).items():
                 # kept as long as the scores: a symbol that stops trading leaves no key behind
-                pipe.set(self.calibration_key(key), json.dumps(state, separators=(",", ":")), ex=self._retention_s)
+                pipe.set(self.calibration_key(version, key), json.dumps(state, separators=(",", ":")), ex=self._retention_s)
             for symbol, (drop, new) in changes.items():
                 key = self.pending_key(symbol)
                 if drop:
@@ -580,30 +587,33 @@ class OnlineScorer:
         results: Sequence[SeriesForecast | Exception],
         version: str,
         contexts: Sequence[Any] | None = None,
+        *,
+        champion: bool = True,
     ) -> None:
         """Before publication: the published distribution replaces the model's close bands (when a
         calibrator is set); the model's own are kept. A context (``ForecastContext``) of such a
-        forecast gets ``bands = "guarded"`` and the message's extra fields (``distribution``)."""
+        forecast gets ``bands = "guarded"`` and the message's extra fields (``distribution``).
+        ``version`` calibrates with its own state (``champion``: it is the version in service, else one
+        tried beside it, whose state starts as a copy of the champion's)."""
         self._extra.clear()  # leftovers of a round that failed before it was stored
         cal = self.calibrator
         if cal is None:
             return
-        missing = cal.missing(w.series_id for w in windows)
-        if missing:
-            try:
-                cal.take(missing, await self.store.calibration(missing))
-            except Exception as exc:  # the store is out: publish the model's bands this round
-                self.metrics.errors.inc()
-                log.warning(
-                    "reading the calibration state failed; publishing the model's bands",
-                    error=explain(exc, getattr(self.store, "acl_user", None)),
-                )
-                return
+        cal.serve(version, champion)
+        try:
+            await cal.load(self.store, version, [w.series_id for w in windows])
+        except Exception as exc:  # the store is out: publish the model's bands this round
+            self.metrics.errors.inc()
+            log.warning(
+                "reading the calibration state failed; publishing the model's bands",
+                error=explain(exc, getattr(self.store, "acl_user", None)),
+            )
+            return
         for i, (window, result) in enumerate(zip(windows, results, strict=True)):
             if isinstance(result, Exception):
                 continue
             try:
-                done = cal.apply(window, result)
+                done = cal.apply(window, result, version)
             except Exception as exc:  # calibration must never cost a forecast
                 self.metrics.errors.inc()
                 log.warning("calibrating a forecast failed; publishing the model's bands", error=repr(exc))
@@ -666,6 +676,8 @@ class OnlineScorer:
             model_q, grid, ticket = extra if extra is not None else (None, None, None)
             record = pending_from(window, result, version, model_q, grid, ticket)
             changes[state.symbol] = (drop, record.encode())
+        if self.calibrator is not None:  # the states of the versions that made the realised forecasts
+            await self.calibrator.load_made(self.store, [(p.version, p.ticket) for p, _ in complete])
         self._score_all(sums, complete)
         calibration = self.calibrator.changed() if self.calibrator is not None else None
         await self.store.commit(changes, sums, cap=self.cap, now=now, calibration=calibration)
@@ -681,7 +693,7 @@ class OnlineScorer:
             return
         for p, realised in done:
             if p.ticket is not None:
-                self.calibrator.observe(Ticket.from_dict(p.ticket), realised)
+                self.calibrator.observe(Ticket.from_dict(p.ticket), realised, p.version)
 
     def _score_all(self, sums: dict[str, ScoreAccumulator], done: Sequence[tuple[PendingForecast, np.ndarray]]) -> None:
         """Score forecasts whose horizon came true: the published bands under the version's name, the

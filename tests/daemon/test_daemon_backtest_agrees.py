@@ -55,11 +55,11 @@ async def test_daemon_and_backtest_give_the_same_scores(
         store = RedisScoreStore.from_settings(settings)
         try:
             daemon = await _scores(store, forecaster.model_version, N - h)
-            state = await store.calibration(["AGREE"])
+            state = await store.calibration([(forecaster.model_version, "AGREE")])
         finally:
             await store.close()
     assert all(f["bands"] == "guarded" for f in out)
-    assert out[-1]["guard"]["scope"] == "symbol" and state["AGREE"]["count"] == N - h
+    assert out[-1]["guard"]["scope"] == "symbol" and state[(forecaster.model_version, "AGREE")]["count"] == N - h
 
     cfg = BacktestConfig(
         horizon=h, origins=N, warmup=0, stride=1, min_history=1, batch=1, vol_window=40,
@@ -86,21 +86,21 @@ async def test_a_restarted_daemon_resumes_the_calibration_from_redis(
     await produce(kafka_bootstrap, topics.input, records[:40])
     async with running_daemon(settings, forecaster):
         await read_topic(kafka_bootstrap, topics.output, 40)
-        await _wait_count(redis_url, key_prefix, "RESUME", 40 - h)
+        await _wait_count(redis_url, key_prefix, forecaster.model_version, "RESUME", 40 - h)
     await produce(kafka_bootstrap, topics.input, records[40:])
     async with running_daemon(settings, forecaster):
         out = forecasts(await read_topic(kafka_bootstrap, topics.output, 60))
-        await _wait_count(redis_url, key_prefix, "RESUME", 60 - h)
+        await _wait_count(redis_url, key_prefix, forecaster.model_version, "RESUME", 60 - h)
     # the first forecast after the restart already uses the symbol's own state, learnt before it
     assert out[40]["guard"]["scope"] == "symbol"
     assert np.all(np.asarray(out[40]["probabilities"]["p_up"]) >= 0)
 
 
-async def _wait_count(redis_url: str, prefix: str, symbol: str, want: int) -> None:
+async def _wait_count(redis_url: str, prefix: str, version: str, symbol: str, want: int) -> None:
     client = aioredis.Redis.from_url(redis_url)
     try:
         for _ in range(100):
-            raw = await client.get(f"{prefix.rstrip(':')}:calibration:{symbol}")
+            raw = await client.get(f"{prefix.rstrip(':')}:calibration:{version}:{symbol}")
             if raw and json.loads(raw)["count"] == want:
                 return
             await __import__("asyncio").sleep(0.1)

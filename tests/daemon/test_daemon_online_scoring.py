@@ -158,14 +158,14 @@ def test_guarded_calibrator_brings_a_too_narrow_model_to_nominal_coverage() -> N
     for i in range(100, n - h):
         last = closes[i]
         result = _forecast(last, rng.normal(0, 0.002 * last, size=(32, h)), levels)  # ~5x too narrow
-        done = cal.apply(_window("S", closes[i - 59 : i + 1], i, h), result)
+        done = cal.apply(_window("S", closes[i - 59 : i + 1], i, h), result, "v1")
         assert done is not None
         model_q, _, grid, published, _ = done
         assert grid.shape == (40, h) and np.all(np.diff(grid, axis=0) >= 0)
         np.testing.assert_allclose(result.quantiles[:, :, 3], published.quantiles[[3, 19, 35]], rtol=0.02)
         tickets[i] = Ticket.from_dict(published.ticket.to_dict())  # as it waits in Redis
         if i - h in tickets:  # the forecast made h bars ago is realised by this bar
-            cal.observe(tickets.pop(i - h), closes[i - h + 1 : i + 1])
+            cal.observe(tickets.pop(i - h), closes[i - h + 1 : i + 1], "v1")
         if i >= 500:
             y = closes[i + 1 : i + 1 + h]
             inside_model.append((model_q[0] <= y) & (y <= model_q[-1]))
@@ -174,10 +174,61 @@ def test_guarded_calibrator_brings_a_too_narrow_model_to_nominal_coverage() -> N
     assert float(np.mean(inside_model)) < 0.4
     assert 0.74 < float(np.mean(inside_pub)) < 0.86
     changed = cal.changed()
-    assert set(changed) == {POOLED, "S"} and cal.changed() == {}
+    assert set(changed) == {("v1", POOLED), ("v1", "S")} and cal.changed() == {}
     again = GuardedCalibrator(PublisherConfig(h, min_symbol=20, vol_window=50))
-    again.take(["S", POOLED], json.loads(json.dumps(changed)))
-    assert again.publisher.count("S") == cal.publisher.count("S") > 1000
+    again.serve("v1")
+    again.take("v1", ["S", POOLED], {k: json.loads(json.dumps(v)) for k, v in changed.items()})
+    assert again.publisher.count("S") == cal.publisher_of("v1").count("S") > 1000
+
+
+def _learn(cal: GuardedCalibrator, version: str, symbol: str, n: int, seed: int) -> None:
+    """``n`` forecasts of ``symbol`` by ``version`` (a model too narrow by 5x), each realised at once."""
+    rng, h, levels = np.random.default_rng(seed), 2, (0.1, 0.5, 0.9)
+    closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n + 62)))
+    for i in range(60, 60 + n):
+        result = _forecast(closes[i], rng.normal(0, 0.002 * closes[i], size=(32, h)), levels)
+        done = cal.apply(_window(symbol, closes[i - 59 : i + 1], i, h), result, version)
+        assert done is not None
+        cal.observe(done.published.ticket, closes[i + 1 : i + 1 + h], version)
+
+
+async def test_each_version_has_its_own_calibration_copied_from_the_champion_on_first_use() -> None:
+    """v1 learns; v2 replaces it and starts from a copy of v1's states (read from the store), then
+    learns on its own; a challenger beside v2 copies v2's; a version with nothing stored and no parent
+    reads the unversioned keys of older releases."""
+    store, config = MemoryScoreStore(), PublisherConfig(2, min_symbol=20, vol_window=50)
+    cal = GuardedCalibrator(config)
+    cal.serve("v1")
+    await cal.load(store, "v1", ["S"])
+    _learn(cal, "v1", "S", 80, seed=1)
+    await store.commit({}, {}, cap=4, now=0.0, calibration=cal.changed())
+    assert await store.calibration([("v1", "S"), ("v1", POOLED)]) != {}
+
+    restarted = GuardedCalibrator(config)  # a new process that serves v2 from its start
+    restarted.serve("v1")
+    restarted.serve("v2")
+    assert restarted.parent("v2") == "v1" and restarted.champion == "v2"
+    await restarted.load(store, "v2", ["S"])
+    assert restarted.publisher_of("v2").count("S") == 80 and restarted.publisher_of("v2").scope("S")[1] == "symbol"
+    copied = restarted.changed()  # the copies are v2's own now, stored under v2's keys
+    assert set(copied) == {("v2", "S"), ("v2", POOLED)}
+    await store.commit({}, {}, cap=4, now=0.0, calibration=copied)
+    _learn(restarted, "v2", "S", 10, seed=2)
+    await store.commit({}, {}, cap=4, now=0.0, calibration=restarted.changed())
+    stored = await store.calibration([("v1", "S"), ("v2", "S")])
+    assert stored[("v1", "S")]["count"] == 80 and stored[("v2", "S")]["count"] == 90  # v1's is untouched
+
+    restarted.serve("c1", champion=False)  # a challenger beside v2: v2 stays the champion
+    assert restarted.champion == "v2" and restarted.parent("c1") == "v2"
+    await restarted.load(store, "c1", ["S"])
+    assert restarted.publisher_of("c1").count("S") == 90  # v2's state, held in memory
+
+    legacy = MemoryScoreStore()  # a state of an older release, unversioned
+    legacy._calibration[(None, "S")] = json.dumps(stored[("v1", "S")]).encode()
+    fresh = GuardedCalibrator(config)
+    fresh.serve("v9")
+    await fresh.load(legacy, "v9", ["S"])
+    assert fresh.publisher_of("v9").count("S") == 80
 
 
 async def test_guarded_daemon_keeps_both_scores() -> None:

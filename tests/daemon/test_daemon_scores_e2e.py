@@ -103,14 +103,14 @@ async def test_the_score_store_works_on_a_redis_cluster(redis_cluster_url: str, 
     try:
         now = time.time()
         for i in range(3):
-            states = {s: {"count": i, "symbol": s} for s in [*symbols, POOLED]}  # the publisher's states
+            states = {("v1", s): {"count": i, "symbol": s} for s in [*symbols, POOLED]}  # the publisher's states
             await store.commit(
                 {s: (0, f"{s}-{i}".encode()) for s in symbols}, {"v1": acc, "v2": acc}, cap=2, now=now,
                 calibration=states,
             )  # fmt: skip
         pending = await store.pending(symbols)
         sums = await store.read(None, 1, now)
-        calibration = await store.calibration([*symbols, POOLED, "absent"])
+        calibration = await store.calibration([("v1", s) for s in [*symbols, POOLED, "absent"]])
     finally:
         keys = [k async for k in store._client.scan_iter(match=f"{prefix}:*")]
         for k in keys:
@@ -118,4 +118,4 @@ async def test_the_score_store_works_on_a_redis_cluster(redis_cluster_url: str, 
         await store.close()
     assert all(pending[s] == [f"{s}-1".encode(), f"{s}-2".encode()] for s in symbols)
     assert set(sums) == {"v1", "v2"} and sums["v1"].forecasts == 3 and sums["v2"].n.tolist() == [3.0, 3.0]
-    assert set(calibration) == {*symbols, POOLED} and all(v["count"] == 2 for v in calibration.values())
+    assert set(calibration) == {("v1", s) for s in [*symbols, POOLED]} and all(v["count"] == 2 for v in calibration.values())

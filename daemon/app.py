@@ -33,6 +33,7 @@ from daemon.ops.stall import StallWatch
 from daemon.ops.startup_checks import credentials_error, ensure_topics, port_error
 from daemon.pipeline.calendars import build_calendar
 from daemon.pipeline.loop import ForecastLoop, LoopConfig
+from daemon.pipeline.ondemand import build_ondemand
 from daemon.scoring.online import OnlineScorer, build_scorer
 from daemon.settings import Settings, load_settings, unknown_env_names
 from daemon.state.base import StateStore
@@ -65,6 +66,7 @@ class Daemon:
         self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
         self.ops: OpsServer | None = None
         self.scorer: OnlineScorer | None = None
+        self.ondemand = build_ondemand(settings, lambda: self.forecaster, lambda: self.scorer)  # POST /v1/forecast
         self._run_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
@@ -257,6 +259,7 @@ class Daemon:
             metrics=self.metrics,
             outages=self.outages,
         )
+        self.ondemand.attach(self.loop.model_executor)
         loop, bus_in = self.loop, self.bus_in
         await self._connect("kafka", "starting the consumer", lambda: bus_in.start(loop))
         self._probe_task = asyncio.create_task(self._probe_services(), name="kronos-probes")
@@ -317,6 +320,7 @@ class Daemon:
                 self._run_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._run_task
+        await self.ondemand.close()
         if self.models is not None:
             await self.models.close()
         closers = [

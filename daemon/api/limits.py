@@ -20,17 +20,17 @@ class OnDemandLimits(BaseModel):
     )  # fmt: skip
     max_history_bars: int = Field(
         default=512, ge=1, le=100_000,
-        description="on-demand forecasts: most bars of history in one request (422 beyond); the model reads "
+        description="on-demand forecasts: most bars of history in one request (400 beyond); the model reads "
         "at most its max_context - horizon last ones",
     )  # fmt: skip
     max_horizon: int = Field(
-        default=64, ge=1, le=4096, description="on-demand forecasts: largest horizon a request may ask (422 beyond)"
+        default=64, ge=1, le=4096, description="on-demand forecasts: largest horizon a request may ask (400 beyond)"
     )
     max_samples: int = Field(
-        default=64, ge=1, le=1024, description="on-demand forecasts: most sample paths a request may ask (422 beyond)"
+        default=64, ge=1, le=1024, description="on-demand forecasts: most sample paths a request may ask (400 beyond)"
     )
     max_quantile_levels: int = Field(
-        default=9, ge=1, le=99, description="on-demand forecasts: most quantile levels a request may ask (422 beyond)"
+        default=9, ge=1, le=99, description="on-demand forecasts: most quantile levels a request may ask (400 beyond)"
     )
     ondemand_queue: int = Field(
         default=256, ge=1, le=100_000,
@@ -77,42 +77,42 @@ class Ask:
 
 
 def check_ask(ask: Ask, limits: OnDemandLimits, max_context: int) -> None:
-    """422 for a horizon, sample count or quantile levels beyond the limits (each names its setting)."""
+    """400 for a horizon, sample count or quantile levels beyond the limits (each names its setting)."""
     if not 1 <= ask.horizon <= limits.max_horizon:
         raise OnDemandError(
-            422, f"horizon {ask.horizon} is out of range: 1 to {limits.max_horizon} ({setting_name('max_horizon')})"
+            400, f"horizon {ask.horizon} is out of range: 1 to {limits.max_horizon} ({setting_name('max_horizon')})"
         )
     if ask.horizon >= max_context:
-        raise OnDemandError(422, f"horizon {ask.horizon} must be below the model's max_context ({max_context})")
+        raise OnDemandError(400, f"horizon {ask.horizon} must be below the model's max_context ({max_context})")
     if not 1 <= ask.samples <= limits.max_samples:
         raise OnDemandError(
-            422, f"samples {ask.samples} is out of range: 1 to {limits.max_samples} ({setting_name('max_samples')})"
+            400, f"samples {ask.samples} is out of range: 1 to {limits.max_samples} ({setting_name('max_samples')})"
         )
     if not 1 <= len(ask.levels) <= limits.max_quantile_levels:
         raise OnDemandError(
-            422,
+            400,
             f"{len(ask.levels)} quantile levels asked; 1 to {limits.max_quantile_levels} are accepted "
             f"({setting_name('max_quantile_levels')})",
         )
     if not all(0.0 < q < 1.0 and math.isfinite(q) for q in ask.levels) or list(ask.levels) != sorted(set(ask.levels)):
-        raise OnDemandError(422, f"quantile levels must be distinct, increasing and within (0, 1); got {list(ask.levels)}")
+        raise OnDemandError(400, f"quantile levels must be distinct, increasing and within (0, 1); got {list(ask.levels)}")
 
 
 def check_history(history: History, limits: OnDemandLimits) -> None:
-    """422 for an empty or too long history, or bars not in strictly increasing time order."""
+    """400 for an empty or too long history, or bars not in strictly increasing time order."""
     n = len(history.ts_ns)
     if n == 0:
-        raise OnDemandError(422, "the history holds no bar; send at least one")
+        raise OnDemandError(400, "the history holds no bar; send at least one")
     if n > limits.max_history_bars:
         raise OnDemandError(
-            422,
+            400,
             f"the history holds {n} bars; at most {limits.max_history_bars} are accepted "
             f"({setting_name('max_history_bars')}); send the most recent ones",
         )
     steps = np.diff(np.asarray(history.ts_ns, dtype=np.int64))
     if (steps <= 0).any():
         i = int(np.argmax(steps <= 0)) + 1
-        raise OnDemandError(422, f"bar {i} is not after bar {i - 1}: the bars must be in strictly increasing time order")
+        raise OnDemandError(400, f"bar {i} is not after bar {i - 1}: the bars must be in strictly increasing time order")
 
 
 __all__ = ["Ask", "History", "OnDemandError", "OnDemandLimits", "check_ask", "check_history", "setting_name"]

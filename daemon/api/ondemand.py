@@ -37,7 +37,7 @@ class ForecastRequest(BaseModel):
 
 
 def _error(exc: OnDemandError) -> JSONResponse:
-    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
+    return JSONResponse({"message": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 def _summary(exc: ValidationError, where: str = "") -> str:
@@ -68,7 +68,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _history(symbol: str, bars: list[BarFields]) -> History:
     for i, bar in enumerate(bars):
         if not TS_MIN <= bar.ts <= TS_MAX:
-            raise OnDemandError(422, f"bars.{i}.ts: {bar.ts.isoformat()} is outside {TS_MIN.date()} to {TS_MAX.date()}")
+            raise OnDemandError(400, f"bars.{i}.ts: {bar.ts.isoformat()} is outside {TS_MIN.date()} to {TS_MAX.date()}")
     import numpy as np
 
     values = np.array([bar.features() for bar in bars], dtype=np.float64).reshape(len(bars), 6)
@@ -82,7 +82,7 @@ def parse_json(body: bytes, defaults: Ask) -> tuple[History, Ask]:
         first = exc.errors(include_url=False)[0]
         if first["type"] == "json_invalid":
             raise OnDemandError(400, f"the body is not valid JSON: {first['msg']}") from exc
-        raise OnDemandError(422, f"invalid request: {_summary(exc)}") from exc
+        raise OnDemandError(400, f"invalid request: {_summary(exc)}") from exc
     ask = Ask(
         req.horizon if req.horizon is not None else defaults.horizon,
         req.samples if req.samples is not None else defaults.samples,
@@ -98,18 +98,18 @@ def _int_param(request: Request, name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise OnDemandError(422, f"query parameter {name}={text!r} is not an integer") from None
+        raise OnDemandError(400, f"query parameter {name}={text!r} is not an integer") from None
 
 
 def parse_csv(body: bytes, request: Request, defaults: Ask) -> tuple[History, Ask]:
     symbol = request.query_params.get("symbol")
     if not symbol or len(symbol) > 64 or any(c.isspace() for c in symbol):
-        raise OnDemandError(422, "a CSV request names its symbol in the query: ?symbol=AAPL (1-64 characters, no space)")
+        raise OnDemandError(400, "a CSV request names its symbol in the query: ?symbol=AAPL (1-64 characters, no space)")
     levels_text = request.query_params.get("quantile_levels")
     try:
         levels = defaults.levels if levels_text is None else tuple(float(x) for x in levels_text.split(",") if x.strip())
     except ValueError:
-        raise OnDemandError(422, f"quantile_levels={levels_text!r}: give numbers separated by commas") from None
+        raise OnDemandError(400, f"quantile_levels={levels_text!r}: give numbers separated by commas") from None
     ask = Ask(_int_param(request, "horizon", defaults.horizon), _int_param(request, "samples", defaults.samples), levels)
     try:
         text = body.decode("utf-8-sig")
@@ -129,7 +129,7 @@ def parse_csv(body: bytes, request: Request, defaults: Ask) -> tuple[History, As
         try:
             bars.append(BarFields.model_validate(record, strict=False))
         except ValidationError as exc:
-            raise OnDemandError(422, f"invalid bar on CSV line {n}: {_summary(exc)}") from exc
+            raise OnDemandError(400, f"invalid bar on CSV line {n}: {_summary(exc)}") from exc
     return _history(symbol, bars), ask
 
 
@@ -146,10 +146,9 @@ def ondemand_router(service: OnDemandService) -> APIRouter:
         responses={
             200: {"description": "the forecast, in the forecast topic's message shape",
                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ForecastMessage"}}}},
-            400: {"description": "a malformed body"},
+            400: {"description": "a malformed body, an invalid bar, or a limit exceeded (the message names its setting)"},
             413: {"description": f"a body over {setting_name('max_payload_bytes')}"},
             415: {"description": "a body neither JSON nor CSV"},
-            422: {"description": "a limit exceeded (the message names its setting) or an invalid bar"},
             429: {"description": "the on-demand queue is full; retry after Retry-After seconds"},
             503: {"description": "the model is not loaded yet, or the daemon is stopping"},
         },  # fmt: skip

@@ -248,7 +248,7 @@ class OnDemandService:
                 job.future.set_result(self._message(ctx, window, result, version, ask, now))
             except Exception as exc:
                 job.future.set_exception(
-                    OnDemandError(422, f"the model could not forecast this history: {type(exc).__name__}: {exc}")
+                    OnDemandError(400, f"the model could not forecast this history: {type(exc).__name__}: {exc}")
                 )
 
     def _window(self, job: _Job, version: str, max_context: int) -> tuple[SeriesWindow, ForecastContext]:
@@ -258,7 +258,7 @@ class OnDemandService:
         interval = infer_interval_ns(ts, self._default_interval_ns)
         last = ts[-1]
         if last + interval * ask.horizon >= _TS_MAX_NS:
-            raise OnDemandError(422, f"the horizon would run past {TS_MAX.date()}, the latest supported time")
+            raise OnDemandError(400, f"the horizon would run past {TS_MAX.date()}, the latest supported time")
         calendar = self._calendar
         future = (calendar.future if calendar else horizon_ns)(last, interval, ask.horizon)
         seed = derive_seed(h.symbol, last, version, self._base_seed)

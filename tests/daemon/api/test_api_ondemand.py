@@ -109,10 +109,10 @@ async def test_each_limit_answers_a_4xx_naming_its_setting(
             "KRONOS_API__MAX_PAYLOAD_BYTES": (
                 413, await client.post("/v1/forecast", content=big, headers={"content-type": "application/json"})
             ),
-            "KRONOS_API__MAX_HISTORY_BARS": (422, await post({"bars": bars_json("L", 41)})),
-            "KRONOS_API__MAX_HORIZON": (422, await post({"horizon": 9})),
-            "KRONOS_API__MAX_SAMPLES": (422, await post({"samples": 9})),
-            "KRONOS_API__MAX_QUANTILE_LEVELS": (422, await post({"quantile_levels": [0.1, 0.3, 0.7, 0.9]})),
+            "KRONOS_API__MAX_HISTORY_BARS": (400, await post({"bars": bars_json("L", 41)})),
+            "KRONOS_API__MAX_HORIZON": (400, await post({"horizon": 9})),
+            "KRONOS_API__MAX_SAMPLES": (400, await post({"samples": 9})),
+            "KRONOS_API__MAX_QUANTILE_LEVELS": (400, await post({"quantile_levels": [0.1, 0.3, 0.7, 0.9]})),
         }
         malformed = await client.post("/v1/forecast", content=b"{not json", headers={"content-type": "application/json"})
         bad_bar = await post({"bars": [{**ok[0], "low": ok[0]["high"] * 2}]})
@@ -121,11 +121,11 @@ async def test_each_limit_answers_a_4xx_naming_its_setting(
         assert (await post({})).status_code == 200  # the same request within the limits
     for setting, (status, response) in cases.items():
         assert response.status_code == status, (setting, response.text)
-        assert setting in response.json()["detail"], response.text
-    assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["detail"]
-    assert bad_bar.status_code == 422 and "inconsistent OHLC" in bad_bar.json()["detail"]
-    assert no_header.status_code == 400 and "header" in no_header.json()["detail"]
-    assert unordered.status_code == 422 and "increasing time order" in unordered.json()["detail"]
+        assert setting in response.json()["message"], response.text
+    assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["message"]
+    assert bad_bar.status_code == 400 and "inconsistent OHLC" in bad_bar.json()["message"]
+    assert no_header.status_code == 400 and "header" in no_header.json()["message"]
+    assert unordered.status_code == 400 and "increasing time order" in unordered.json()["message"]
 
 
 async def test_a_full_queue_answers_429_with_retry_after(
@@ -142,7 +142,7 @@ async def test_a_full_queue_answers_429_with_retry_after(
     assert 429 in statuses and 200 in statuses and set(statuses) <= {200, 429}, statuses
     full = next(r for r in responses if r.status_code == 429)
     assert int(full.headers["Retry-After"]) >= 1
-    assert "KRONOS_API__ONDEMAND_QUEUE=1" in full.json()["detail"]
+    assert "KRONOS_API__ONDEMAND_QUEUE=1" in full.json()["message"]
 
 
 async def _calibration_keys(url: str, prefix: str) -> dict[str, bytes | None]:

@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
         "--modes", "exact", "--max-context", "64", "--horizon", "12", "--sample-count", "4", "--warm-bars", "16",
         "--warm-timeout", "600",
         "--daemon-env", f"KRONOS_API__PORT={args.port}", "--daemon-env", "KRONOS_API__HOST=127.0.0.1",
-        "--daemon-env", "KRONOS_API__AUTH=none",
+        "--daemon-env", "KRONOS_API__AUTH=none", "--daemon-env", "KRONOS_API__RATE_PER_S=1000000",
+        "--daemon-env", "KRONOS_API__BURST=1000000",
         "--daemon-env", f"KRONOS_API__ONDEMAND_BATCH={args.ondemand_batch}",
         *extra,
     ])  # fmt: skip

@@ -15,7 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from daemon.api.errors import ERROR_RESPONSES
 from daemon.api.limits import setting_name
+from daemon.api.service import ApiService
 from daemon.io.messages import TS_MAX, TS_MIN, BarFields, encode_json, to_ns
 from daemon.pipeline.ondemand import Ask, History, OnDemandError, OnDemandService
 
@@ -133,8 +135,14 @@ def parse_csv(body: bytes, request: Request, defaults: Ask) -> tuple[History, As
     return _history(symbol, bars), ask
 
 
-def ondemand_router(service: OnDemandService) -> APIRouter:
-    """The router of ``POST /v1/forecast`` over ``service``."""
+def _ondemand(service: ApiService) -> OnDemandService:
+    if service.daemon is None:
+        raise OnDemandError(503, "the daemon is not running")
+    return service.daemon.ondemand
+
+
+def ondemand_router(service: ApiService) -> APIRouter:
+    """The router of ``POST /v1/forecast``: the daemon's :class:`OnDemandService`, reached at request time."""
     router = APIRouter(tags=["forecasts"])
     body_schema = ForecastRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     body_schema.pop("$defs", None)
@@ -144,13 +152,16 @@ def ondemand_router(service: OnDemandService) -> APIRouter:
         summary="Forecast a supplied history now",
         response_class=Response,
         responses={
+            **ERROR_RESPONSES,
             200: {"description": "the forecast, in the forecast topic's message shape",
                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ForecastMessage"}}}},
-            400: {"description": "a malformed body, an invalid bar, or a limit exceeded (the message names its setting)"},
-            413: {"description": f"a body over {setting_name('max_payload_bytes')}"},
-            415: {"description": "a body neither JSON nor CSV"},
-            429: {"description": "the on-demand queue is full; retry after Retry-After seconds"},
-            503: {"description": "the model is not loaded yet, or the daemon is stopping"},
+            400: {**ERROR_RESPONSES[400], "description": "a malformed body, an invalid bar, or a limit exceeded "
+                  "(the message names its setting)"},
+            413: {**ERROR_RESPONSES[400], "description": f"a body over {setting_name('max_payload_bytes')}"},
+            415: {**ERROR_RESPONSES[400], "description": "a body neither JSON nor CSV"},
+            429: {**ERROR_RESPONSES[429], "description": "over the key's rate limit, or the on-demand queue is full; "
+                  "retry after `Retry-After` seconds"},
+            503: {**ERROR_RESPONSES[503], "description": "the model is not loaded yet, or the daemon is stopping"},
         },  # fmt: skip
         openapi_extra={
             "requestBody": {
@@ -164,15 +175,16 @@ def ondemand_router(service: OnDemandService) -> APIRouter:
     )
     async def forecast(request: Request) -> Response:
         try:
-            body = await _read_body(request, service.limits.max_payload_bytes)
+            ondemand = _ondemand(service)
+            body = await _read_body(request, ondemand.limits.max_payload_bytes)
             kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
             if kind in ("text/csv", "application/csv"):
-                history, ask = parse_csv(body, request, service.defaults)
+                history, ask = parse_csv(body, request, ondemand.defaults)
             elif kind in ("application/json", ""):
-                history, ask = parse_json(body, service.defaults)
+                history, ask = parse_json(body, ondemand.defaults)
             else:
                 raise OnDemandError(415, f"content type {kind!r} is not served; send application/json or text/csv")
-            record = await service.forecast(history, ask)
+            record = await ondemand.forecast(history, ask)
         except OnDemandError as exc:
             return _error(exc)
         return Response(encode_json(record), media_type="application/json")

@@ -24,23 +24,21 @@ from daemon_helpers import (
     read_topic,
     running_daemon,
 )
-from fastapi import FastAPI
 
-from daemon.api.ondemand import ondemand_router
 from daemon.app import Daemon
 from kronos_contract.messages import SCHEMA_PATH
 from kronos_core.stream_types import StreamForecaster
 
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
-LIMITS = {"max_payload_bytes": 8192, "max_history_bars": 40, "max_horizon": 8, "max_samples": 8,
+LIMITS = {"port": 0, "host": "127.0.0.1", "auth": "none", "rate_per_s": 1e6, "burst": 100_000, "max_payload_bytes": 8192, "max_history_bars": 40, "max_horizon": 8, "max_samples": 8,
           "max_quantile_levels": 3}  # fmt: skip
 
 
 @contextlib.asynccontextmanager
 async def api_client(daemon: Daemon) -> AsyncIterator[httpx.AsyncClient]:
-    app = FastAPI()
-    app.include_router(ondemand_router(daemon.ondemand))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://daemon") as client:
+    """A client of the daemon's own API listener (uvicorn, KRONOS_API__PORT)."""
+    assert daemon.api is not None
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.api.port}", timeout=60) as client:
         yield client
 
 

@@ -36,6 +36,15 @@ class OnDemandLimits(BaseModel):
         default=256, ge=1, le=100_000,
         description="on-demand forecasts waiting for the model at most; a request beyond gets 429 with Retry-After",
     )  # fmt: skip
+    ondemand_quiet_ms: float = Field(
+        default=100.0, ge=0, le=60_000, allow_inf_nan=False,
+        description="on-demand forecasts wait until the stream has made no model call for this long (its bars "
+        "come in bursts) ...",
+    )  # fmt: skip
+    ondemand_max_defer_ms: float = Field(
+        default=2_000.0, ge=0, le=600_000, allow_inf_nan=False,
+        description="... for at most this long; then they go as soon as no stream round waits for the model",
+    )  # fmt: skip
     ondemand_batch: int = Field(
         default=16, ge=1, le=1024,
         description="on-demand forecasts in one model call at most: a stream round waits for at most one such "

@@ -4,8 +4,9 @@
   answers 429 with Retry-After). A dispatcher takes the queued requests that share the first one's
   horizon, samples and quantile levels, up to ``KRONOS_API__ONDEMAND_BATCH``, and runs them as one
   batched model call through :meth:`~daemon.model.runner.ModelExecutor.run_when_idle`: only while no
-  stream round waits for the model, one such call at a time. The stream's bars come first; a round
-  that arrives meanwhile waits for at most that one call.
+  stream round waits for the model and the stream has made no call for ``KRONOS_API__ONDEMAND_QUIET_MS``
+  (waited for at most ``KRONOS_API__ONDEMAND_MAX_DEFER_MS``), one such call at a time. The stream's
+  bars come first; a round that arrives meanwhile waits for at most that one call.
 - **The same forecast as the stream's, asked for.** The window is the history's last
   ``max_context - horizon`` bars (exact mode, whatever ``KRONOS_MODE``: no warm session of the stream
   is touched); the seed comes from (symbol, last bar, model version); the message has the topic's shape
@@ -224,13 +225,13 @@ class OnDemandService:
         started = time.time()
         results: list[SeriesForecast | Exception]
         try:
-            results = list(await executor.run_when_idle(_call, view, windows, ask.horizon))
+            results = list(await executor.run_when_idle(_call, view, windows, ask.horizon, **self._pace()))
         except Exception as exc:  # each alone, so that one bad history fails only its own request
             log.warning("batched on-demand forecast failed; retrying one by one", size=len(windows), error=repr(exc))
             results = []
             for window in windows:
                 try:
-                    results += await executor.run_when_idle(_call, view, [window], ask.horizon)
+                    results += await executor.run_when_idle(_call, view, [window], ask.horizon, **self._pace())
                 except Exception as one:
                     results.append(one)
         elapsed = time.time() - started
@@ -250,6 +251,9 @@ class OnDemandService:
                 job.future.set_exception(
                     OnDemandError(400, f"the model could not forecast this history: {type(exc).__name__}: {exc}")
                 )
+
+    def _pace(self) -> dict[str, float]:
+        return {"quiet_s": self.limits.ondemand_quiet_ms / 1e3, "max_defer_s": self.limits.ondemand_max_defer_ms / 1e3}
 
     def _window(self, job: _Job, version: str, max_context: int) -> tuple[SeriesWindow, ForecastContext]:
         h, ask = job.history, job.ask

@@ -73,6 +73,20 @@ async def test_a_stream_call_waits_for_at_most_the_one_background_call_running()
     ex.shutdown()
 
 
+async def test_background_work_waits_for_the_stream_to_be_quiet_at_most_max_defer() -> None:
+    ex = ModelExecutor()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(ex, time.sleep, 0.01)
+    t0 = time.monotonic()
+    await ex.run_when_idle(time.sleep, 0, quiet_s=0.3, max_defer_s=5.0)
+    assert time.monotonic() - t0 >= 0.25  # quiet for 0.3 s after the stream's last call
+    await loop.run_in_executor(ex, time.sleep, 0.01)
+    t0 = time.monotonic()
+    await ex.run_when_idle(time.sleep, 0, quiet_s=5.0, max_defer_s=0.2)
+    assert 0.15 <= time.monotonic() - t0 < 2.0  # never deferred past max_defer_s
+    ex.shutdown()
+
+
 async def test_concurrent_requests_coalesce_into_capped_batches_of_one_ask() -> None:
     stub = StubForecaster(delay_ms=30)
     svc, ex = service(stub, ondemand_batch=4)

@@ -48,10 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steady", type=int, default=1000, help="symbols of the steady state (default 1000)")
-    p.add_argument("--interval", type=float, default=5.0, help="seconds between bar closes (default 5)")
+    p.add_argument("--interval", type=float, default=10.0, help="seconds between bar closes (default 10)")
     p.add_argument("--concurrency", default="1,2,4,8,16,32,64", help="the sweep's requests in flight")
     p.add_argument("--baseline", type=int, default=2, help="intervals without API traffic, before and after")
-    p.add_argument("--rated", type=int, default=3, help="intervals at the rated load")
+    p.add_argument("--rated", type=int, default=2, help="intervals at the rated load")
     p.add_argument("--goal", type=float, default=1.1, help="the steady p99 may grow at most this factor")
     p.add_argument("--history", type=int, default=64, help="bars per request (default 64)")
     p.add_argument("--ondemand-batch", type=int, default=16, help="KRONOS_API__ONDEMAND_BATCH (default 16)")
@@ -111,10 +111,12 @@ class ApiLoad:
         return out
 
 
-def stream_latencies(s: Any, sent: dict[Any, float], t0: float, t1: float) -> list[float]:
-    """ms from send to forecast read, of the bars sent in [t0, t1) whose forecast arrived."""
+def stream_latencies(s: Any, sent: dict[Any, float], t0: float, t1: float) -> tuple[list[float], int]:
+    """(ms from send to forecast read of the bars sent in [t0, t1) whose forecast arrived, how many
+    of those bars have no forecast yet)."""
     first = s.collector.first
-    return [(first[k].at - at) * 1e3 for k, at in list(sent.items()) if t0 <= at < t1 and k in first]
+    bars = [(k, at) for k, at in list(sent.items()) if t0 <= at < t1]
+    return [(first[k].at - at) * 1e3 for k, at in bars if k in first], sum(k not in first for k, _ in bars)
 
 
 def p(values: list[float], q: float) -> float | None:
@@ -162,8 +164,8 @@ def make_during(args: argparse.Namespace, steady: argparse.Namespace, report: di
             if probe.status_code != 200:
                 raise RuntimeError(f"POST /v1/forecast answered {probe.status_code}: {probe.text}")
             base1 = await idle(args.baseline)
-            await wait_arrived(s, sent, base1[1])
-            baseline_first = stream_latencies(s, sent, *base1)
+            await wait_arrived(s, sent, base1[1], timeout_s=interval)
+            baseline_first, _ = stream_latencies(s, sent, *base1)
             goal_ms = args.goal * (p(baseline_first, 99) or 0.0)
             sweep = []
             for c in args.levels:
@@ -173,10 +175,12 @@ def make_during(args: argparse.Namespace, steady: argparse.Namespace, report: di
             await wait_arrived(s, sent, close(k), timeout_s=interval)
             rows, rated_c = [], None
             for c, t0, t1, done in sweep:
-                lat = stream_latencies(s, sent, t0, t1)
+                lat, missing = stream_latencies(s, sent, t0, t1)
                 row = {"concurrency": c, **api_figures(done, t1 - t0), "steady_p99_ms": p(lat, 99),
-                       "steady_p50_ms": p(lat, 50)}  # fmt: skip
-                row["steady_p99_within_goal"] = row["steady_p99_ms"] is not None and row["steady_p99_ms"] <= goal_ms
+                       "steady_p50_ms": p(lat, 50), "steady_missing": missing}  # fmt: skip
+                row["steady_p99_within_goal"] = (
+                    missing == 0 and row["steady_p99_ms"] is not None and row["steady_p99_ms"] <= goal_ms
+                )
                 rows.append(row)
                 if row["steady_p99_within_goal"]:
                     rated_c = c
@@ -185,18 +189,22 @@ def make_during(args: argparse.Namespace, steady: argparse.Namespace, report: di
             print(f"[api] rated concurrency from the sweep: {rated_c} (running {chosen})", flush=True)
             r0, r1, rated_done = await loaded(chosen, args.rated)
             base2 = await idle(args.baseline)
-            await wait_arrived(s, sent, base2[1])
-            baseline = baseline_first + stream_latencies(s, sent, *base2)
-            rated = stream_latencies(s, sent, r0, r1)
+            await wait_arrived(s, sent, base2[1], timeout_s=steady.grace + 20)
+            before_lat, before_missing = stream_latencies(s, sent, *base1)
+            after_lat, after_missing = stream_latencies(s, sent, *base2)
+            baseline, baseline_missing = before_lat + after_lat, before_missing + after_missing
+            rated, rated_missing = stream_latencies(s, sent, r0, r1)
             b99, r99 = p(baseline, 99), p(rated, 99)
             ratio = round(r99 / b99, 3) if b99 and r99 else None
             report["comparison"] = {
                 "baseline_intervals": 2 * args.baseline, "baseline_bars": len(baseline),
-                "baseline_p50_ms": p(baseline, 50), "baseline_p99_ms": b99,
+                "baseline_missing": baseline_missing, "baseline_p50_ms": p(baseline, 50), "baseline_p99_ms": b99,
+                "baseline_first_p99_ms": p(before_lat, 99), "baseline_last_p99_ms": p(after_lat, 99),
                 "rated_concurrency": chosen, "rated_from_sweep": rated_c is not None,
                 "rated_intervals": args.rated, "rated_bars": len(rated),
-                "rated_p50_ms": p(rated, 50), "rated_p99_ms": r99, "p99_ratio": ratio, "goal": args.goal,
-                "meets_goal": ratio is not None and ratio <= args.goal,
+                "rated_missing": rated_missing, "rated_p50_ms": p(rated, 50), "rated_p99_ms": r99,
+                "p99_ratio": ratio, "goal": args.goal,
+                "meets_goal": ratio is not None and ratio <= args.goal and rated_missing == 0 and baseline_missing == 0,
                 "api_at_rated": api_figures(rated_done, r1 - r0),
             }  # fmt: skip
             print(f"[api] {json.dumps(report['comparison'])}", flush=True)
@@ -226,23 +234,27 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"KRONOS_API__ONDEMAND_BATCH={report['settings']['ondemand_batch']}) came from closed-loop clients on "
         "the same machine. Steady latency: bar sent until its forecast is read from the output topic.", "",
         "## Sweep (one interval per concurrency)", "",
-        "| requests in flight | requests/s | latency p50 ms | latency p99 ms | statuses | steady p50 ms | steady p99 ms | within goal |",
-        "|---:|---:|---:|---:|---|---:|---:|---|",
+        "| requests in flight | requests/s | latency p50 ms | latency p99 ms | statuses | steady p50 ms | steady p99 ms | steady bars without forecast | within goal |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]  # fmt: skip
     for r in report.get("sweep", []):
         lines.append(
             f"| {r['concurrency']} | {r['requests_per_s']} | {r['latency_ms']['p50']} | {r['latency_ms']['p99']} | "
-            f"{r['statuses']} | {r['steady_p50_ms']} | {r['steady_p99_ms']} | {'yes' if r['steady_p99_within_goal'] else 'no'} |"
+            f"{r['statuses']} | {r['steady_p50_ms']} | {r['steady_p99_ms']} | {r['steady_missing']} | "
+            f"{'yes' if r['steady_p99_within_goal'] else 'no'} |"
         )
     if c:
         a = c["api_at_rated"]
         lines += [
             "", "## Rated load against no API traffic (the same run)", "",
-            f"- baseline (no API traffic, {c['baseline_intervals']} intervals, {c['baseline_bars']} bars): steady "
-            f"p50 {c['baseline_p50_ms']} ms, p99 **{c['baseline_p99_ms']} ms**",
+            f"- baseline (no API traffic, {c['baseline_intervals']} intervals, {c['baseline_bars']} forecasts, "
+            f"{c['baseline_missing']} bars without one): steady p50 {c['baseline_p50_ms']} ms, p99 "
+            f"**{c['baseline_p99_ms']} ms** (before the sweep {c['baseline_first_p99_ms']} ms, after "
+            f"{c['baseline_last_p99_ms']} ms)",
             f"- rated load ({c['rated_concurrency']} requests in flight"
             + ("" if c["rated_from_sweep"] else ", the lowest tried: none in the sweep met the goal")
-            + f", {c['rated_intervals']} intervals, {c['rated_bars']} bars): {a['requests_per_s']} requests/s, "
+            + f", {c['rated_intervals']} intervals, {c['rated_bars']} forecasts, {c['rated_missing']} bars without "
+            f"one): {a['requests_per_s']} requests/s, "
             f"latency p50 {a['latency_ms']['p50']} ms p99 {a['latency_ms']['p99']} ms; steady p50 {c['rated_p50_ms']} "
             f"ms, p99 **{c['rated_p99_ms']} ms**",
             f"- p99 ratio **{c['p99_ratio']}** (goal at most {c['goal']}): "

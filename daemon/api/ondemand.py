@@ -144,8 +144,11 @@ def _ondemand(service: ApiService) -> OnDemandService:
 def ondemand_router(service: ApiService) -> APIRouter:
     """The router of ``POST /v1/forecast``: the daemon's :class:`OnDemandService`, reached at request time."""
     router = APIRouter(tags=["forecasts"])
-    body_schema = ForecastRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    body_schema.pop("$defs", None)
+    from kronos_contract.messages import forecast_schema
+
+    body_schema = inline_schema(ForecastRequest.model_json_schema())
+    message_schema = inline_schema(forecast_schema())
+    message_schema.pop("$id", None)  # its own base URI would not hold inside the API schema
 
     @router.post(
         "/v1/forecast",
@@ -192,28 +195,22 @@ def ondemand_router(service: ApiService) -> APIRouter:
     return router
 
 
-def component_schemas() -> dict[str, Any]:
-    """Schemas the route's OpenAPI entry refers to (merged into the app's components)."""
-    from kronos_contract.messages import forecast_schema
+def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` written in place (the OpenAPI entry stands alone)."""
+    defs = schema.get("$defs", {})
 
-    out: dict[str, Any] = {}
-    for model in (ForecastRequest,):
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        out.update(schema.pop("$defs", {}))
-    message = forecast_schema()
-    for name, sub in message.pop("$defs", {}).items():
-        out[name] = sub
-    out["ForecastMessage"] = _rebase(message)
-    return {k: _rebase(v) for k, v in out.items()}
+    def expand(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return expand(defs[ref.removeprefix("#/$defs/")])
+            return {k: expand(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [expand(v) for v in node]
+        return node
 
-
-def _rebase(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" and isinstance(v, str) else _rebase(v))
-                for k, v in schema.items()}  # fmt: skip
-    if isinstance(schema, list):
-        return [_rebase(v) for v in schema]
-    return schema
+    out: dict[str, Any] = expand(schema)
+    return out
 
 
-__all__ = ["ForecastRequest", "component_schemas", "ondemand_router", "parse_csv", "parse_json"]
+__all__ = ["ForecastRequest", "inline_schema", "ondemand_router", "parse_csv", "parse_json"]

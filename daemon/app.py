@@ -70,7 +70,7 @@ class Daemon:
         self.ops: Listener | None = None  # /healthz, /readyz, /metrics on KRONOS_HTTP_PORT
         self.api: Listener | None = None  # the HTTP API on KRONOS_API__PORT (daemon/api)
         self.scorer: OnlineScorer | None = None
-        self.ondemand = build_ondemand(settings, lambda: self.forecaster, lambda: self.scorer)  # POST /v1/forecast
+        self.ondemand = build_ondemand(settings, lambda: self.forecaster, lambda: self.scorer, self.metrics.registry)
         self._run_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()

@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,7 @@ from daemon.io.messages import (
 from daemon.model.runner import ModelExecutor
 from daemon.model.swap import pin_forecaster
 from daemon.pipeline.calendars import HorizonCalendar, build_calendar
+from daemon.pipeline.ondemand_metrics import OnDemandMetrics
 from daemon.scoring.calibration import CLOSE, GuardedCalibrator, distribution_fields
 from kronos_core.evaluation.publisher import POOLED
 from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecaster, derive_seed
@@ -104,6 +106,7 @@ class OnDemandService:
         base_seed: int = 0,
         default_interval_s: float = 60.0,
         exchange_calendar: tuple[str | None, Any] = (None, "end"),
+        metrics: OnDemandMetrics | None = None,
     ) -> None:
         self.limits = limits
         self.defaults = defaults
@@ -118,7 +121,8 @@ class OnDemandService:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._call_s = 0.5  # a model call's duration, smoothed (for Retry-After)
-        self.calls: list[int] = []  # batch size of every model call (tests, benchmarks)
+        self.calls: deque[int] = deque(maxlen=1024)  # batch sizes of the latest model calls (tests)
+        self.metrics = metrics or OnDemandMetrics()
 
     def attach(self, executor: ModelExecutor) -> None:
         """The stream's model thread, once the daemon has it; the horizon's calendar is the stream's."""
@@ -144,6 +148,16 @@ class OnDemandService:
 
     async def forecast(self, history: History, ask: Ask) -> dict[str, Any]:
         """The forecast message of ``history`` (raises :class:`OnDemandError`)."""
+        try:
+            record = await self._forecast(history, ask)
+        except OnDemandError as exc:
+            outcome = {429: "queue_full", 503: "not_ready"}.get(exc.status, "invalid" if exc.status < 500 else "failed")
+            self.metrics.requests.labels(outcome).inc()
+            raise
+        self.metrics.requests.labels("ok").inc()
+        return record
+
+    async def _forecast(self, history: History, ask: Ask) -> dict[str, Any]:
         reason = self.not_ready()
         if reason is not None:
             raise OnDemandError(503, f"no forecast now: {reason}; retry shortly", {"Retry-After": "5"})
@@ -161,8 +175,12 @@ class OnDemandService:
             self._task = asyncio.create_task(self._dispatch(), name="kronos-ondemand")
         job = _Job(history, ask, time.time(), asyncio.get_running_loop().create_future())
         self._queue.append(job)
+        self.metrics.queued.set(len(self._queue))
         self._wake.set()
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            self.metrics.latency.observe(time.time() - job.received_at)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -185,6 +203,7 @@ class OnDemandService:
         batch = [j for j in self._queue if j.ask == key][: self.limits.ondemand_batch]
         taken = set(map(id, batch))
         self._queue = [j for j in self._queue if id(j) not in taken]
+        self.metrics.queued.set(len(self._queue))
         return batch
 
     async def _dispatch(self) -> None:
@@ -237,6 +256,7 @@ class OnDemandService:
         elapsed = time.time() - started
         self._call_s = 0.8 * self._call_s + 0.2 * elapsed
         self.calls.append(len(windows))
+        self.metrics.batch_size.observe(len(windows))
         await self._bands(windows, results, contexts)
         now = time.time()
         for job, window, ctx, result in zip(jobs, windows, contexts, results, strict=True):
@@ -343,7 +363,7 @@ def _call(forecaster: StreamForecaster, windows: list[SeriesWindow], horizon: in
 
 
 def build_ondemand(
-    settings: Any, forecaster: Callable[[], StreamForecaster | None], scorer: Callable[[], Any]
+    settings: Any, forecaster: Callable[[], StreamForecaster | None], scorer: Callable[[], Any], registry: Any = None
 ) -> OnDemandService:
     """The daemon's service from its settings (``KRONOS_API__*`` limits, the model's defaults)."""
     m = settings.model
@@ -355,6 +375,7 @@ def build_ondemand(
         base_seed=m.base_seed,
         default_interval_s=settings.default_bar_interval_s,
         exchange_calendar=(m.exchange_calendar, m.calendar_bar_label),
+        metrics=OnDemandMetrics(registry),
     )
 
 

@@ -20,6 +20,7 @@ from daemon_helpers import (
     expected_ids,
     forecasts,
     interleave,
+    metric,
     produce,
     read_topic,
     running_daemon,
@@ -136,11 +137,13 @@ async def test_a_full_queue_answers_429_with_retry_after(
         responses = await asyncio.gather(*(
             client.post("/v1/forecast", json={"symbol": f"Q{i}", "bars": bars_json(f"Q{i}", 30)}) for i in range(12)
         ))  # fmt: skip
+        counted = {o: metric(daemon, "kronos_ondemand_requests_total", outcome=o) for o in ("ok", "queue_full")}
     statuses = [r.status_code for r in responses]
     assert 429 in statuses and 200 in statuses and set(statuses) <= {200, 429}, statuses
     full = next(r for r in responses if r.status_code == 429)
     assert int(full.headers["Retry-After"]) >= 1
     assert "KRONOS_API__ONDEMAND_QUEUE=1" in full.json()["message"]
+    assert counted == {"ok": statuses.count(200), "queue_full": statuses.count(429)}
 
 
 async def _calibration_keys(url: str, prefix: str) -> dict[str, bytes | None]:

@@ -187,9 +187,7 @@ class OnDemandService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for job in self._queue:
-            if not job.future.done():
-                job.future.set_exception(OnDemandError(503, "the daemon is stopping; retry on another replica"))
+        self._fail(self._queue, OnDemandError(503, "the daemon is stopping; retry on another replica"))
         self._queue.clear()
 
     # -- the dispatcher ---------------------------------------------------------------------------
@@ -216,11 +214,19 @@ class OnDemandService:
                 continue
             try:
                 await self._serve(batch)
+            except asyncio.CancelledError:  # closing: the batch in flight is answered too
+                self._fail(batch, OnDemandError(503, "the daemon is stopping; retry on another replica"))
+                raise
             except Exception as exc:  # never leave a request waiting
                 log.error("on-demand batch failed", size=len(batch), error=repr(exc))
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(OnDemandError(500, f"forecasting failed: {type(exc).__name__}: {exc}"))
+                failed = exc if isinstance(exc, OnDemandError) else None
+                self._fail(batch, failed or OnDemandError(500, f"forecasting failed: {type(exc).__name__}: {exc}"))
+
+    @staticmethod
+    def _fail(batch: list[_Job], error: OnDemandError) -> None:
+        for job in batch:
+            if not job.future.done():
+                job.future.set_exception(error)
 
     async def _serve(self, batch: list[_Job]) -> None:
         executor, forecaster = self._executor, self._forecaster()

@@ -134,3 +134,16 @@ async def test_the_message_has_the_asked_samples_and_levels_and_model_probabilit
     assert stub.sample_count == 4  # the stream's forecaster is untouched
     await svc.close()
     ex.shutdown()
+
+
+async def test_closing_answers_the_batch_in_flight_and_the_queue_with_503() -> None:
+    stub = StubForecaster(delay_ms=300)
+    svc, ex = service(stub, ondemand_batch=1)
+    asked = [asyncio.create_task(svc.forecast(history(s), ASK)) for s in "AB"]
+    await asyncio.sleep(0.05)  # A in the model, B queued
+    await svc.close()
+    for task in asked:
+        with pytest.raises(OnDemandError) as err:
+            await task
+        assert err.value.status == 503 and "stopping" in err.value.message
+    ex.shutdown()

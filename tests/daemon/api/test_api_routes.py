@@ -145,7 +145,11 @@ async def test_operations_endpoints_stay_on_their_own_port_without_keys(api_daem
     async with httpx.AsyncClient(base_url=ops) as http:
         assert (await http.get("/healthz")).status_code == 200
         await wait_until(lambda: _ready(http), 30, "ready")
-        assert (await http.get("/v1/forecasts/AAA.SH")).status_code == 404, "the API is not on the ops port"
+        elsewhere = await http.get("/v1/forecasts/AAA.SH")
+        assert elsewhere.status_code == 404, "the API is not on the ops port"
+        assert elsewhere.json()["message"].startswith("try /healthz, /readyz or /metrics")
+        assert (await http.head("/healthz")).status_code == 200
+        assert (await http.post("/healthz")).status_code == 405
     async with httpx.AsyncClient(base_url=api_daemon.url) as http:
         assert (await http.get("/healthz")).status_code == 404, "nor the probes on the API's"
 

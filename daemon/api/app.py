@@ -67,6 +67,11 @@ def build_api(
     for router in public_routers:
         app.include_router(router)
     _declare_400_not_422(app)
+    if service.daemon is not None:
+        from daemon.api.metrics import ApiMetrics, CountRequests
+
+        metrics = ApiMetrics(service.daemon.metrics.registry, lambda: len(service.hub.subscribers))
+        app.add_middleware(CountRequests, metrics=metrics)
     return app
 
 

@@ -162,6 +162,15 @@ async def test_operations_endpoints_stay_on_their_own_port_without_keys(api_daem
         assert (await http.post("/healthz")).status_code == 405
     async with httpx.AsyncClient(base_url=api_daemon.url) as http:
         assert (await http.get("/healthz")).status_code == 404, "nor the probes on the API's"
+        assert (await http.get("/v1/forecasts/AAA.SH", headers=api_daemon.headers)).status_code == 200
+        assert (await http.get("/v1/forecasts/AAA.SH")).status_code == 401
+    registry = api_daemon.daemon.metrics.registry
+    for route, status, at_least in (("/v1/forecasts/{symbol}", "200", 1), ("/v1/forecasts/{symbol}", "401", 1),
+                                    ("unmatched", "404", 1)):  # fmt: skip
+        count = registry.get_sample_value("kronos_api_requests_total", {"route": route, "status": status})
+        assert count is not None and count >= at_least, (route, status)
+    async with httpx.AsyncClient(base_url=ops) as http:
+        assert "kronos_api_streams 0.0" in (await http.get("/metrics")).text
 
 
 async def _ready(http: httpx.AsyncClient) -> bool:

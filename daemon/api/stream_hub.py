@@ -69,11 +69,14 @@ class StreamHub:
             self._ready.clear()
             self._task = asyncio.create_task(self._run(), name="kronos-api-stream")
         ready = asyncio.ensure_future(self._ready.wait())
-        done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if ready not in done:
+        try:
+            done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            if ready not in done:
+                raise StateError("the forecast stream reader stopped")
+        except BaseException:  # also cancelled (the caller's timeout): leave no subscriber behind
             ready.cancel()
             self.unsubscribe(sub)
-            raise StateError("the forecast stream reader stopped")
+            raise
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:

@@ -10,7 +10,8 @@ from uuid import UUID
 
 import httpx
 import pytest
-from api_helpers import SYMBOLS, ApiDaemon
+import redis.asyncio as aioredis
+from api_helpers import BARS, SYMBOLS, ApiDaemon
 from daemon_helpers import bar_series, forecasts, produce, read_topic, running_daemon, wait_until
 from stub_forecaster import StubForecaster
 
@@ -18,6 +19,7 @@ from daemon.api.openapi import SCHEMA_FILE
 from daemon.cli.main import main
 from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.state.redis import RedisStateStore
+from daemon.state.redis_stream import stream_key
 from kronos_contract.api_client import ApiClient, ApiError
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(120)]
@@ -175,3 +177,27 @@ async def test_operations_endpoints_stay_on_their_own_port_without_keys(api_daem
 
 async def _ready(http: httpx.AsyncClient) -> bool:
     return (await http.get("/readyz")).status_code == 200
+
+
+async def test_a_resume_id_older_than_the_stream_gets_a_gap_event(api_daemon: ApiDaemon, redis_url: str) -> None:
+    key = stream_key(api_daemon.settings.redis.key_prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        ids = [i.decode() for i, _ in await client.xrange(key)]
+        assert len(ids) == 2 * BARS, "one entry per forecast made"
+        await client.xtrim(key, maxlen=2, approximate=False)  # as MAXLEN ~ does, in blocks, when full
+    finally:
+        await client.aclose()
+    lines: list[str] = []
+    async with (
+        httpx.AsyncClient(base_url=api_daemon.url, headers=api_daemon.headers, timeout=30) as http,
+        http.stream("GET", "/v1/stream", headers={"Last-Event-ID": ids[0]}) as resumed,
+    ):
+        async for line in resumed.aiter_lines():
+            lines.append(line)
+            if sum(1 for x in lines if x.startswith("id: ")) == 2:
+                break
+    assert "event: gap" in lines and lines.index("event: gap") < lines.index(f"id: {ids[-2]}")
+    gap = json.loads(lines[lines.index("event: gap") + 1].removeprefix("data: "))
+    assert f"forecasts after {ids[0]} were trimmed" in gap["message"]
+    assert [x.removeprefix("id: ") for x in lines if x.startswith("id: ")] == ids[-2:]

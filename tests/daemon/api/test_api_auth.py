@@ -4,6 +4,7 @@ not in ``run --print-config``, a clear start-up error without keys."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -160,7 +161,29 @@ async def test_keys_never_appear_in_the_log_nor_in_print_config(
 
 
 def _listening_port(line: str) -> int:
-    import json
-
     record: dict[str, Any] = json.loads(line)
     return int(record["port"])
+
+
+def test_api_key_new_prints_the_key_once_and_the_line_that_admits_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.cli.main import main
+
+    assert main(["api-key", "new", "dashboard", "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["key"].startswith("ks_") and len(made["key"]) == 46
+    name, digest = made["line"].split(":")
+    assert name == "dashboard" and len(digest) == 64 and made["key"] not in made["line"]
+    keys = tmp_path / "keys"
+    keys.write_text(made["line"] + "\n")
+    assert Guard(ApiSettings(keys_file=keys)).identify(made["key"], "10.0.0.1") == "dashboard"
+    assert main(["api-key", "new", "dashboard"]) == 0  # for people: the key, then the line
+    text = capsys.readouterr().out
+    assert "ks_" in text and "dashboard:" in text
+    assert main(["api-key", "new", "two words"]) == 2
+    assert "not allowed" in capsys.readouterr().err
+
+    schema = tmp_path / "openapi.json"
+    assert main(["api-schema", str(schema)]) == 0
+    assert json.loads(schema.read_text())["paths"]["/v1/forecasts/{symbol}"]

@@ -69,6 +69,11 @@ def build_api(
     for router in public_routers:
         app.include_router(router)
     _declare_400_not_422(app)
+    if service.daemon is not None:
+        from daemon.api.metrics import ApiMetrics, CountRequests
+
+        metrics = ApiMetrics(service.daemon.metrics.registry, lambda: len(service.hub.subscribers))
+        app.add_middleware(CountRequests, metrics=metrics)
     return app
 
 
@@ -94,7 +99,7 @@ def build_ops(render_metrics: Callable[[str], tuple[bytes, str]], live: Probe, r
     """``/healthz`` (liveness), ``/readyz`` (readiness): 200 or 503 with the details as JSON;
     ``/metrics``: Prometheus text (OpenMetrics when the Accept header asks for it)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    install_error_handlers(app)
+    install_error_handlers(app, not_found="try /healthz, /readyz or /metrics (the API has a port of its own)")
 
     def probe(check: Probe) -> Response:
         ok, details = check()

@@ -24,10 +24,11 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from daemon.api.errors import ERROR_RESPONSES, ApiError
-from daemon.api.forecasts import parse_symbols
+from daemon.api.forecasts import MAX_SYMBOLS_TEXT, parse_symbols
 from daemon.api.service import ApiService
 from daemon.api.stream_hub import Entry, Subscriber
 from daemon.errors import StateError
+from daemon.state.base import StateStore
 from daemon.state.redis_stream import entry_order
 
 _ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -61,7 +62,7 @@ def stream_router(service: ApiService) -> APIRouter:
         symbols: str | None = Query(  # noqa: B008
             default=None,
             description="comma-separated symbols (at most `KRONOS_API__MAX_SYMBOLS`); absent: every symbol",
-            max_length=20_000,
+            max_length=MAX_SYMBOLS_TEXT,
         ),
         last_event_id: str | None = Header(  # noqa: B008
             default=None, description="resume after this event id (sent by `EventSource` on reconnect)"
@@ -79,7 +80,8 @@ def stream_router(service: ApiService) -> APIRouter:
         try:
             sub = await asyncio.wait_for(service.hub.subscribe(wanted), SUBSCRIBE_TIMEOUT_S)
         except (TimeoutError, StateError) as exc:
-            raise ApiError(503, f"the forecast stream cannot be read from Redis now ({exc!r}); retry shortly") from exc
+            why = str(exc) or f"no answer within {SUBSCRIBE_TIMEOUT_S:g} s"
+            raise ApiError(503, f"the forecast stream cannot be read from Redis now ({why}); retry shortly") from exc
         resume = last_event_id.strip() if last_event_id else None
         events = _events(service, store, sub, resume, settings.stream_heartbeat_s)
         return StreamingResponse(
@@ -91,8 +93,9 @@ def stream_router(service: ApiService) -> APIRouter:
     return router
 
 
-async def _backlog(store: object, after: str, wanted: frozenset[str] | None) -> AsyncIterator[bytes | Entry]:
-    read = store.read_stream  # type: ignore[attr-defined]
+async def _backlog(store: StateStore, after: str) -> AsyncIterator[bytes | Entry]:
+    """The entries after ``after`` (all symbols), preceded by a ``gap`` notice when some were trimmed."""
+    read = store.read_stream
     oldest = await read("0-0", 1)
     if oldest and entry_order(oldest[0][0]) > entry_order(after):
         yield sse_notice("gap", f"forecasts after {after} were trimmed from the stream; GET /v1/forecasts has the latest")
@@ -106,13 +109,13 @@ async def _backlog(store: object, after: str, wanted: frozenset[str] | None) -> 
 
 
 async def _events(
-    service: ApiService, store: object, sub: Subscriber, resume: str | None, heartbeat_s: float
+    service: ApiService, store: StateStore, sub: Subscriber, resume: str | None, heartbeat_s: float
 ) -> AsyncIterator[bytes]:
     sent = entry_order(resume) if resume else (-1, -1)
     try:
         yield b"retry: 2000\n\n"
         if resume is not None:
-            async for item in _backlog(store, resume, sub.symbols):
+            async for item in _backlog(store, resume):
                 if isinstance(item, bytes):
                     yield item
                 elif sub.symbols is None or item[1] in sub.symbols:

@@ -27,6 +27,7 @@ from daemon_helpers import (
 )
 
 from daemon.app import Daemon
+from kronos_contract.api_client import ApiClient, ApiError
 from kronos_contract.messages import SCHEMA_PATH
 from kronos_core.stream_types import StreamForecaster
 
@@ -74,6 +75,15 @@ async def test_json_and_csv_requests_are_answered_with_the_topics_message_shape(
             "/v1/forecast",
             json={"symbol": "ASKED", "bars": bars, "horizon": 6, "samples": 8, "quantile_levels": [0.05, 0.95]},
         )
+        assert daemon.api is not None
+        async with ApiClient(f"http://127.0.0.1:{daemon.api.port}") as api:  # the typed client, JSON and CSV
+            typed = await api.forecast("ASKED", bars)
+            typed_csv = await api.forecast("ASKED", bars_csv(bars), horizon=6, samples=8, quantile_levels=[0.05, 0.95])
+            try:
+                await api.forecast("ASKED", bars, horizon=9)
+                refused: ApiError | None = None
+            except ApiError as exc:
+                refused = exc
     for response in (as_json, as_csv, custom):
         assert response.status_code == 200, response.text
         VALIDATOR.validate(response.json())
@@ -86,6 +96,8 @@ async def test_json_and_csv_requests_are_answered_with_the_topics_message_shape(
     assert set(one["probabilities"]) == {"p_up", "expected_return", "return_quantiles"}
     assert one["id"] == two["id"] and one["mean"] == two["mean"]  # the same history, the same forecast
     assert one["id"] not in {f["id"] for f in streamed}
+    assert str(typed.id) == one["id"] and str(typed_csv.id) == custom.json()["id"]
+    assert refused is not None and refused.status == 400 and "KRONOS_API__MAX_HORIZON" in refused.message
     c = custom.json()
     assert (c["horizon"], c["sample_count"], c["quantile_levels"]) == (6, 8, [0.05, 0.95])
     assert set(c["quantiles"]) == {"p5", "p95"} and len(c["timestamps"]) == 6

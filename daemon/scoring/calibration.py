@@ -177,6 +177,12 @@ class GuardedCalibrator:
                 self._dirty.add((version, k))  # the copy is this version's own from now on
         self._held[version].update(keys)
 
+    def snapshot(self, keys: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Read only (on-demand forecasts): the states held of ``keys``, as they would be stored, and
+        the keys whose stored state has not been read yet."""
+        wanted = list(dict.fromkeys(keys))
+        return self.publisher.export([k for k in wanted if k in self._held]), [k for k in wanted if k not in self._held]
+
     def forget(self, symbols: Iterable[str]) -> None:
         """Symbols this replica no longer owns: their state is read again if they come back."""
         gone = [s for s in symbols if s != POOLED]

@@ -43,10 +43,12 @@ class Listener:
         *,
         what: str,
         variable: str,
+        event: str,
         grace_s: float = 3.0,
         before_stop: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.app, self.host, self._port, self.what, self.variable = app, host, port, what, variable
+        self.event = event  # the log line once listening, e.g. "ops endpoints listening"
         self.grace_s = grace_s
         self.before_stop = before_stop  # e.g. end the open event streams, so connections can close
         self._bound: int | None = None
@@ -83,7 +85,7 @@ class Listener:
             await asyncio.sleep(0.01)
         if self._task.done():
             self._task.result()
-        log.info("HTTP listening", serves=self.what, host=self.host, port=self.port)
+        log.info(self.event, serves=self.what, host=self.host, port=self.port)
 
     async def stop(self) -> None:
         if self._server is None or self._task is None:
@@ -115,4 +117,7 @@ def api_listener(daemon: Daemon) -> Listener:
     app = build_api(service, routers=extra_routers(service))
     s = daemon.settings.api
     assert s.port is not None
-    return Listener(app, s.host, s.port, what="the API (/v1)", variable="KRONOS_API__PORT", before_stop=service.close)
+    return Listener(
+        app, s.host, s.port, what="the API (/v1)", variable="KRONOS_API__PORT", event="API listening",
+        before_stop=service.close,
+    )  # fmt: skip

@@ -29,7 +29,8 @@ def ops_listener(metrics: Metrics, live: Probe, ready: Probe, host: str = "0.0.0
     from daemon.api.server import Listener
 
     app = build_ops(metrics.render, live, ready)
-    return Listener(app, host, port, what="/healthz, /readyz and /metrics", variable="KRONOS_HTTP_PORT")
+    what = "/healthz, /readyz and /metrics"
+    return Listener(app, host, port, what=what, variable="KRONOS_HTTP_PORT", event="ops endpoints listening")
 
 
 def check(url: str, timeout_s: float = 3.0) -> bool:

@@ -254,6 +254,13 @@ def spawn_daemon(
     )
 
 
+async def stop_daemon(proc: subprocess.Popen[bytes], sig: int) -> int:
+    """Send ``sig`` to a daemon process (unless it has ended) and wait for its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return await asyncio.to_thread(proc.wait, 30)
+
+
 @contextlib.asynccontextmanager
 async def running_daemon(
     settings: Settings, forecaster: StreamForecaster | None, **parts: Any

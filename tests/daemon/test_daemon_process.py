@@ -24,6 +24,7 @@ from daemon_helpers import (
     produce,
     read_topic,
     spawn_daemon,
+    stop_daemon,
     wait_committed,
     wait_until,
 )
@@ -38,12 +39,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def _published(bootstrap: str, topic: str) -> int:
     return sum((await end_offsets(bootstrap, topic)).values())
-
-
-async def _stop(proc: subprocess.Popen[bytes], sig: int) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    return await asyncio.to_thread(proc.wait, 30)
 
 
 async def test_hard_kill_then_restart_loses_no_bar_and_replays_identically(
@@ -74,7 +69,7 @@ async def test_hard_kill_then_restart_loses_no_bar_and_replays_identically(
     try:
         await wait_until(in_flight, 60, "forecasts published ahead of the committed offsets")
     finally:
-        assert await _stop(first, signal.SIGKILL) == -signal.SIGKILL, log.read_text()[-3000:]
+        assert await stop_daemon(first, signal.SIGKILL) == -signal.SIGKILL, log.read_text()[-3000:]
     committed_at_kill = await committed_offsets(kafka_bootstrap, group_id, topics.input)
     published_at_kill = await _published(kafka_bootstrap, topics.output)
     assert sum(committed_at_kill.values()) < published_at_kill < 180, "the kill must land mid-batch"
@@ -84,7 +79,7 @@ async def test_hard_kill_then_restart_loses_no_bar_and_replays_identically(
     try:
         await wait_committed(kafka_bootstrap, group_id, topics.input, timeout_s=60)
     finally:
-        assert await _stop(second, signal.SIGTERM) == 0, log2.read_text()[-3000:]
+        assert await stop_daemon(second, signal.SIGTERM) == 0, log2.read_text()[-3000:]
     lines = [json.loads(line) for line in log2.read_text().splitlines() if line.startswith("{")]
     assert lines[-1]["event"] == "daemon closed"
     skipped = sum(1 for line in lines if line["event"] == "bar skipped" and line["reason"] == "replayed")
@@ -160,7 +155,7 @@ async def test_sigterm_mid_batch_commits_what_is_done_and_exits_cleanly(
         await wait_until(lambda: _published(kafka_bootstrap, topics.output), 60, "the first forecasts")
     finally:
         began = asyncio.get_running_loop().time()
-        assert await _stop(first, signal.SIGTERM) == 0, log.read_text()[-3000:]
+        assert await stop_daemon(first, signal.SIGTERM) == 0, log.read_text()[-3000:]
     assert asyncio.get_running_loop().time() - began < settings.graceful_shutdown_s
     published = await _published(kafka_bootstrap, topics.output)
     committed = await committed_offsets(kafka_bootstrap, group_id, topics.input)
@@ -170,6 +165,6 @@ async def test_sigterm_mid_batch_commits_what_is_done_and_exits_cleanly(
     try:
         await wait_committed(kafka_bootstrap, group_id, topics.input, timeout_s=60)
     finally:
-        assert await _stop(second, signal.SIGTERM) == 0, log.read_text()[-3000:]
+        assert await stop_daemon(second, signal.SIGTERM) == 0, log.read_text()[-3000:]
     out = forecasts(await read_topic(kafka_bootstrap, topics.output, 60))
     assert len(out) == len({f["id"] for f in out}) == 60  # nothing lost, nothing twice

@@ -133,8 +133,8 @@ async def test_keys_never_appear_in_the_log_nor_in_print_config(
     log = tmp_path / "daemon.log"
     proc = spawn_daemon(settings, {**forecaster_env, "KRONOS_LOG_LEVEL": "DEBUG"}, log)
     try:
-        await wait_until(lambda: "the API (/v1)" in log.read_text(), 60, "the API listening")
-        port = next(_listening_port(line) for line in log.read_text().splitlines() if "the API (/v1)" in line)
+        await wait_until(lambda: '"API listening"' in log.read_text(), 60, "the API listening")
+        port = next(_listening_port(line) for line in log.read_text().splitlines() if '"API listening"' in line)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             statuses = [
                 (await http.get("/v1/models", headers=headers)).status_code

@@ -1,0 +1,100 @@
+"""The dashboard's routes: the page at ``/ui``, its static files, the chart as SVG and the small JSON
+routes the page reads besides the API's own (``/v1/scores``, ``/v1/stream``).
+
+``/ui`` and ``/ui/static/*`` hold no data and need no key; the page asks for the API key once (kept in
+the tab's sessionStorage) and sends it on every call to the routes below, which take the API's own auth
+dependencies.
+
+| route | what |
+|---|---|
+| ``GET /ui`` | the page |
+| ``GET /ui/static/{name}`` | its script and style sheet |
+| ``GET /ui/chart.svg?symbol=S&bars=N`` | the fan chart of S: its last N bars and latest forecast (:mod:`daemon.api.ui.chart`) |
+| ``GET /v1/symbols`` | the symbols with a latest forecast in Redis |
+| ``GET /v1/bars/{symbol}?count=N`` | the last N bars' closes of a symbol's ring in Redis |
+| ``GET /v1/events`` | recent model swaps, swaps by result and dead letters by kind, since the daemon started |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import HTMLResponse, Response
+
+from daemon.api.ui.chart import fan_chart_svg
+from daemon.api.ui.data import DashboardData, recent_bars_json
+
+MAX_BARS = 2048
+_STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+# The page loads nothing from elsewhere: scripts, styles and calls only from the daemon itself.
+_CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'"
+
+
+def _static(name: str) -> bytes:
+    return resources.files("daemon.api.ui").joinpath("static", name).read_bytes()
+
+
+def ui_router(
+    data: DashboardData, dependencies: Sequence[Any] = (), key_header: str = "X-API-Key"
+) -> APIRouter:
+    """The dashboard's router. ``dependencies``: the API's auth (``fastapi.Depends(...)``), applied to
+    every route that returns data; ``key_header``: the header the page sends the API key in."""
+    html = _static("index.html").decode().replace("{{KEY_HEADER}}", escape(key_header, quote=True)).encode()
+    router = APIRouter()
+    guarded = APIRouter(dependencies=list(dependencies))
+
+    @router.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> Response:
+        return Response(
+            html,
+            media_type="text/html; charset=utf-8",
+            headers={"Content-Security-Policy": _CSP, "Referrer-Policy": "no-referrer"},
+        )
+
+    @router.get("/ui/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name not in _STATIC:
+            raise HTTPException(404, f"no static file {name!r}; there are {sorted(_STATIC)}")
+        return Response(_static(name), media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    @guarded.get(
+        "/ui/chart.svg",
+        response_class=Response,
+        responses={200: {"content": {"image/svg+xml": {}}}, 404: {"description": "no bars and no forecast"}},
+        summary="The fan chart of a symbol (SVG)",
+        tags=["dashboard"],
+    )
+    async def chart(
+        symbol: Annotated[str, Query(min_length=1, max_length=200, description="the symbol")],
+        bars: Annotated[int, Query(ge=1, le=MAX_BARS, description="recent bars shown")] = 64,
+    ) -> Response:
+        shown, fan, previous = await data.chart_data(symbol, bars)
+        if not shown and fan is None:
+            raise HTTPException(404, f"no bars and no forecast for symbol {symbol!r} in Redis")
+        svg = fan_chart_svg(symbol, shown, fan, previous)
+        return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+    @guarded.get("/v1/symbols", summary="Symbols with a latest forecast", tags=["dashboard"])
+    async def symbols() -> dict[str, list[str]]:
+        return {"symbols": await data.symbols()}
+
+    @guarded.get("/v1/bars/{symbol}", summary="A symbol's recent bars (closes)", tags=["dashboard"])
+    async def recent_bars(
+        symbol: str,
+        count: Annotated[int, Query(ge=1, le=MAX_BARS, description="how many of the last bars")] = 64,
+    ) -> dict[str, Any]:
+        got = await data.bars(symbol, count)
+        if not got:
+            raise HTTPException(404, f"no bars for symbol {symbol!r} in Redis")
+        return recent_bars_json(symbol, got)
+
+    @guarded.get("/v1/events", summary="Model swaps and dead letters since start", tags=["dashboard"])
+    async def events() -> dict[str, Any]:
+        return data.events()
+
+    router.include_router(guarded)
+    return router

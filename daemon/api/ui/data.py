@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from daemon.api.ui.chart import Fan, fan_from_forecast, ns_to_iso
+from daemon.errors import StateError
 from daemon.ops.metrics import INVALID_KINDS
 from daemon.state.base import bars_key, decode_bar, forecast_key
 
@@ -66,26 +67,19 @@ class DashboardData:
         self.swaps = swaps
 
     @classmethod
-    def from_settings(
-        cls, settings: Any, registry: CollectorRegistry | None = None, swaps: SwapLog | None = None
+    def for_store(
+        cls, store: Any, registry: CollectorRegistry | None = None, swaps: SwapLog | None = None
     ) -> DashboardData:
-        """A reader with its own Redis client for ``KRONOS_REDIS__*``."""
-        import redis.asyncio as aioredis
-        from redis.asyncio.cluster import RedisCluster
+        """A reader on the daemon's Redis state store's own connection (the dashboard opens none).
+        Raises StateError for a store not in Redis (the in-memory one of the demo and the tests)."""
+        from daemon.state.redis import RedisStateStore
 
-        from daemon.state.redis_access import client_options
-
-        r = settings.redis
-        options = client_options(r)
-        client = (
-            RedisCluster.from_url(r.url, **options)
-            if r.cluster
-            else aioredis.Redis.from_url(r.url, **options)
-        )
-        return cls(client, r.key_prefix, registry, swaps)
-
-    async def close(self) -> None:
-        await self.client.aclose()
+        if not isinstance(store, RedisStateStore):
+            raise StateError(
+                f"the dashboard reads Redis, and this daemon keeps its state in {type(store).__name__}; "
+                "run it with KRONOS_REDIS__URL"
+            )
+        return cls(store._client, store.key_prefix, registry, swaps)  # noqa: SLF001 (the store's pool)
 
     async def symbols(self) -> list[str]:
         """The symbols with a latest forecast in Redis, sorted (at most :data:`MAX_SYMBOLS`)."""

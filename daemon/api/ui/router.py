@@ -17,7 +17,7 @@ dependencies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from html import escape
 from importlib import resources
 from typing import Annotated, Any
@@ -38,14 +38,11 @@ def _static(name: str) -> bytes:
     return resources.files("daemon.api.ui").joinpath("static", name).read_bytes()
 
 
-def ui_router(
-    data: DashboardData, dependencies: Sequence[Any] = (), key_header: str = "X-API-Key"
-) -> APIRouter:
-    """The dashboard's router. ``dependencies``: the API's auth (``fastapi.Depends(...)``), applied to
-    every route that returns data; ``key_header``: the header the page sends the API key in."""
+def ui_router(key_header: str = "X-API-Key") -> APIRouter:
+    """The page and its static files: no data, no key needed (mounted beside the API's routes, outside
+    its auth). ``key_header``: the header the page sends the API key in."""
     html = _static("index.html").decode().replace("{{KEY_HEADER}}", escape(key_header, quote=True)).encode()
     router = APIRouter()
-    guarded = APIRouter(dependencies=list(dependencies))
 
     @router.get("/ui", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> Response:
@@ -61,40 +58,46 @@ def ui_router(
             raise HTTPException(404, f"no static file {name!r}; there are {sorted(_STATIC)}")
         return Response(_static(name), media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
 
-    @guarded.get(
+    return router
+
+
+def dashboard_router(data: Callable[[], DashboardData]) -> APIRouter:
+    """The routes the page reads (the API mounts them behind its keys). ``data()``: the reader, asked
+    at each request (the daemon's Redis connection may come after the app is built)."""
+    router = APIRouter(tags=["dashboard"])
+
+    @router.get(
         "/ui/chart.svg",
         response_class=Response,
         responses={200: {"content": {"image/svg+xml": {}}}, 404: {"description": "no bars and no forecast"}},
         summary="The fan chart of a symbol (SVG)",
-        tags=["dashboard"],
     )
     async def chart(
         symbol: Annotated[str, Query(min_length=1, max_length=200, description="the symbol")],
         bars: Annotated[int, Query(ge=1, le=MAX_BARS, description="recent bars shown")] = 64,
     ) -> Response:
-        shown, fan, previous = await data.chart_data(symbol, bars)
+        shown, fan, previous = await data().chart_data(symbol, bars)
         if not shown and fan is None:
             raise HTTPException(404, f"no bars and no forecast for symbol {symbol!r} in Redis")
         svg = fan_chart_svg(symbol, shown, fan, previous)
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
-    @guarded.get("/v1/symbols", summary="Symbols with a latest forecast", tags=["dashboard"])
+    @router.get("/v1/symbols", summary="Symbols with a latest forecast")
     async def symbols() -> dict[str, list[str]]:
-        return {"symbols": await data.symbols()}
+        return {"symbols": await data().symbols()}
 
-    @guarded.get("/v1/bars/{symbol}", summary="A symbol's recent bars (closes)", tags=["dashboard"])
+    @router.get("/v1/bars/{symbol}", summary="A symbol's recent bars (closes)")
     async def recent_bars(
         symbol: str,
         count: Annotated[int, Query(ge=1, le=MAX_BARS, description="how many of the last bars")] = 64,
     ) -> dict[str, Any]:
-        got = await data.bars(symbol, count)
+        got = await data().bars(symbol, count)
         if not got:
             raise HTTPException(404, f"no bars for symbol {symbol!r} in Redis")
         return recent_bars_json(symbol, got)
 
-    @guarded.get("/v1/events", summary="Model swaps and dead letters since start", tags=["dashboard"])
+    @router.get("/v1/events", summary="Model swaps and dead letters since start")
     async def events() -> dict[str, Any]:
-        return data.events()
+        return data().events()
 
-    router.include_router(guarded)
     return router

@@ -34,7 +34,7 @@ async function call(path, accept = "application/json") {
   }
   if (!response.ok) {
     let detail = "";
-    try { detail = (await response.json()).detail; } catch (e) { /* not JSON */ }
+    try { const body = await response.json(); detail = body.message ?? body.detail; } catch (e) { /* not JSON */ }
     throw new Error(`${path}: ${response.status} ${detail || ""}`);
   }
   return accept === "application/json" ? response.json() : response.text();
@@ -214,8 +214,11 @@ async function loadEvents() {
   $("swap-results").textContent = results.length
     ? "tried: " + results.map(([k, n]) => `${k} ${n}`).join(", ") : "";
   const dl = body.dead_letters;
-  const kinds = Object.entries(dl.by_kind);
-  kinds.push(["(sent truncated)", dl.truncated], ["(failed, only logged)", dl.failed]);
+  // every kind with at least one, then the total (a quiet daemon shows only "total 0")
+  const kinds = Object.entries(dl.by_kind).filter(([, n]) => n > 0);
+  if (dl.truncated > 0) kinds.push(["(sent truncated)", dl.truncated]);
+  if (dl.failed > 0) kinds.push(["(failed, only logged)", dl.failed]);
+  kinds.push(["total", Object.values(dl.by_kind).reduce((a, b) => a + b, 0)]);
   $("dead-letters").tBodies[0].replaceChildren(...kinds.map(([kind, n]) => {
     const row = document.createElement("tr");
     row.dataset.kind = kind;

@@ -161,6 +161,7 @@ async function readEvents(body, signal) {
 
 function dispatch(event) {
   if (event.id) lastEventId = event.id;
+  if (event.type === "gap") { queueChart(); return; } // missed forecasts: redraw from the latest
   let forecast;
   try { forecast = JSON.parse(event.data.join("\n")); } catch (e) { return; }
   if (forecast && forecast.symbol === symbol) queueChart();

@@ -81,7 +81,9 @@ def test_a_previous_forecast_is_drawn_over_the_bars_that_realise_it() -> None:
 def test_bars_only_and_awkward_symbols_render() -> None:
     root = ET.fromstring(fan_chart_svg('A<"&>', _bars(1), None))
     assert root.get("data-symbol") == 'A<"&>' and root.get("data-as-of") is None
-    assert ET.fromstring(fan_chart_svg("B", [], fan_from_forecast(_forecast(as_of=0)))).get("data-bars") == "0"
+    assert (
+        ET.fromstring(fan_chart_svg("B", [], fan_from_forecast(_forecast(as_of=0)))).get("data-bars") == "0"
+    )
     flat = [(ts, 5.0) for ts, _ in _bars(3)]  # no spread at all still has an axis
     assert ET.fromstring(fan_chart_svg("C", flat, None)).findall(f".//{SVG}text")
 

@@ -16,7 +16,7 @@ import gc
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -28,15 +28,18 @@ from daemon.model.build import build_forecaster, check_forecaster, graph_capture
 from daemon.model.manifest import prepare_model_settings
 from daemon.model.swap import ModelFollower, ModelMetrics
 from daemon.ops.metrics import Metrics
-from daemon.ops.server import OpsServer
+from daemon.ops.server import ops_listener
 from daemon.ops.stall import StallWatch
-from daemon.ops.startup_checks import credentials_error, ensure_topics, port_error
+from daemon.ops.startup_checks import credentials_error, ensure_topics
 from daemon.pipeline.calendars import build_calendar
 from daemon.pipeline.loop import ForecastLoop, LoopConfig
 from daemon.scoring.online import OnlineScorer, build_scorer
 from daemon.settings import Settings, load_settings, unknown_env_names
 from daemon.state.base import StateStore
 from kronos_core.stream_types import StreamForecaster
+
+if TYPE_CHECKING:
+    from daemon.api.server import Listener
 
 log = structlog.get_logger("kronos.app")
 T = TypeVar("T")
@@ -63,7 +66,8 @@ class Daemon:
         self.forecaster = forecaster
         self.loop: ForecastLoop | None = None
         self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
-        self.ops: OpsServer | None = None
+        self.ops: Listener | None = None  # /healthz, /readyz, /metrics on KRONOS_HTTP_PORT
+        self.api: Listener | None = None  # the HTTP API on KRONOS_API__PORT (daemon/api)
         self.scorer: OnlineScorer | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
@@ -182,15 +186,17 @@ class Daemon:
         s = self.settings = await asyncio.to_thread(prepare_model_settings, self.settings)
         _warn_short_refreshed_context(s)
         if s.http_port is not None:
-            self.ops = OpsServer(self.metrics, self.live, self.ready, s.http_host, s.http_port)
-            try:
-                await self.ops.start()
-            except OSError as exc:
-                raise port_error(exc, s.http_host, s.http_port) from exc
+            self.ops = ops_listener(self.metrics, self.live, self.ready, s.http_host, s.http_port)
+            await self.ops.start()
+        if s.api.port is not None:  # before the model loads: unusable keys stop start-up at once
+            from daemon.api.server import api_listener
+
+            self.api = api_listener(self)
+            await self.api.start()
         if self.store is None:
             from daemon.state.redis import RedisStateStore
 
-            self.store = RedisStateStore.from_settings(s.redis, s.model.max_context)
+            self.store = RedisStateStore.from_settings(s.redis, s.model.max_context, s.api.stream_length)
         await self._connect("redis", "connecting to Redis", self._ping_store)
         if self.forecaster is None and s.model.registry:
             self.models = ModelFollower(
@@ -310,6 +316,8 @@ class Daemon:
         """Finish, commit and close everything within ``graceful_shutdown_s``."""
         deadline = time.monotonic() + self.settings.graceful_shutdown_s
         self.request_stop()
+        if self.api is not None:  # no new API requests; those in flight finish (the loop still runs)
+            await self.api.stop()
         if self._run_task is not None and not self._run_task.done():
             _, pending = await asyncio.wait({self._run_task}, timeout=max(0.0, deadline - time.monotonic()))
             if pending:

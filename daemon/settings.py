@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from daemon.api.settings import ApiSettings
 from daemon.errors import ConfigError
 
 ENV_PREFIX = "KRONOS_"
@@ -433,6 +434,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default=BatchSettings(), description="batching")
     scoring: ScoringSettings = Field(default=ScoringSettings(), description="online scoring")
     archive: ArchiveSettings = Field(default=ArchiveSettings(), description="the archiver")
+    api: ApiSettings = Field(default=ApiSettings(), description="the HTTP API (daemon/api)")
     mode: Literal["exact", "incremental"] = Field(default="exact", description="forecasting mode")
     refresh_every_bars: int = Field(
         default=64, ge=1, description="incremental: refreeze a symbol's statistics this often ..."

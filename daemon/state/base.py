@@ -324,6 +324,15 @@ class StateStore(ABC):
         message ``source`` ("topic/partition/offset"), else None (exactly-once replays use it)."""
         return None
 
+    async def stream_tail(self) -> str:
+        """The id of the forecast stream's newest entry ("0-0" when empty; daemon/state/redis_stream.py)."""
+        raise StateError(f"{type(self).__name__} keeps no forecast stream")
+
+    async def read_stream(self, after: str, count: int, block_ms: int = 0) -> list[tuple[str, str, bytes]]:
+        """Forecast-stream entries (id, symbol, forecast JSON) after id ``after``, oldest first, at most
+        ``count``; with ``block_ms`` > 0 waits up to that long for one when there is none yet."""
+        raise StateError(f"{type(self).__name__} keeps no forecast stream")
+
     @abstractmethod
     async def ping(self) -> None:
         """Raise StateError when the store cannot be reached."""

@@ -27,6 +27,8 @@ DAEMON_COMMANDS: tuple[str, ...] = (
     "get", "set", "del", "exists", "pttl",
     "hget", "hmget", "hset", "hgetall",
     "lrange", "rpush", "ltrim",
+    # the forecast stream (written by the apply script, read by the API's /v1/stream)
+    "xadd", "xread", "xrange", "xrevrange",
     # the score store
     "multi", "exec", "discard", "expire", "hincrbyfloat", "sadd", "smembers",
     # the registry's hint channel

@@ -189,11 +189,7 @@ def test_custom_resources_are_well_formed(all_rendered: list[Rendered]) -> None:
             ports = {p["name"] for s in services for p in s["spec"]["ports"]}
             for endpoint in sm["spec"]["endpoints"]:
                 assert endpoint["port"] in ports
-                from daemon.ops.metrics import Metrics
-                from daemon.ops.server import OpsServer
-
-                server = OpsServer(Metrics(), live=lambda: (True, {}), ready=lambda: (True, {}))
-                status, ctype, _ = server.respond("GET", endpoint["path"])
+                status, ctype = ops_answer(endpoint["path"], live=True, ready=True)
                 assert status == 200 and ctype.startswith("text/plain"), "the path serves Prometheus text"
         for rule in r.of_kind("PrometheusRule"):
             seen.add("PrometheusRule")
@@ -338,22 +334,16 @@ def test_container_commands_are_cli_subcommands(rendered: Rendered) -> None:
 
 
 def test_probes_match_the_daemon(rendered: Rendered) -> None:
-    from daemon.ops.metrics import Metrics
-    from daemon.ops.server import OpsServer
-
     obj = daemon_workload(rendered)
     container, env = containers_env(rendered, obj)[0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == int(env["KRONOS_HTTP_PORT"])
     # Route each probe's path through the daemon's own handler with liveness and readiness apart.
     for live, ready in ((True, False), (False, True)):
-        server = OpsServer(
-            Metrics(), live=lambda live=live: (live, {}), ready=lambda ready=ready: (ready, {})
-        )
         for probe, wanted in (("startupProbe", live), ("livenessProbe", live), ("readinessProbe", ready)):
             get = container[probe]["httpGet"]
             assert ports.get(get["port"], get["port"]) == ports["http"]
-            status, _, _ = server.respond("GET", get["path"])
+            status, _ = ops_answer(get["path"], live=live, ready=ready)
             assert status == (200 if wanted else 503), (
                 f"{probe} {get['path']} does not follow the right check"
             )
@@ -361,6 +351,19 @@ def test_probes_match_the_daemon(rendered: Rendered) -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "the model load gets minutes"
     services = [s for s in rendered.of_kind("Service") if s["metadata"]["name"].endswith("-metrics")]
     assert [p["targetPort"] for p in services[0]["spec"]["ports"]] == ["http"]
+
+
+def ops_answer(path: str, *, live: bool, ready: bool) -> tuple[int, str]:
+    """Status and content type of ``path`` on the daemon's own operations app (no socket)."""
+    from starlette.testclient import TestClient
+
+    from daemon.api.app import build_ops
+    from daemon.ops.metrics import Metrics
+
+    app = build_ops(Metrics().render, lambda: (live, {}), lambda: (ready, {}))
+    with TestClient(app) as client:
+        answer = client.get(path)
+    return answer.status_code, answer.headers["content-type"]
 
 
 def test_default_port_is_the_daemons() -> None:

@@ -32,7 +32,16 @@ Probe = Callable[[], tuple[bool, dict[str, Any]]]
 
 def extra_routers(service: ApiService) -> list[APIRouter]:
     """Routers of other modules that join the API (the daemon and the schema generator both use this)."""
-    return []
+    from daemon.api.ui.router import dashboard_router, reader_for
+
+    return [dashboard_router(lambda: reader_for(service))]
+
+
+def public_routers() -> list[APIRouter]:
+    """Routers mounted outside the keys: pages that load their data from the authenticated routes."""
+    from daemon.api.ui.router import ui_router
+
+    return [ui_router()]
 
 
 def build_api(

@@ -170,21 +170,29 @@ function dispatch(event) {
 // -- scores, swaps, dead letters ----------------------------------------------------------------
 
 function scoreRows(body) {
-  // /v1/scores: {"versions": [{"version", "role"?, ...report}]} or {"versions": {version: report}}
-  const versions = body.versions ?? body.scores ?? body;
-  if (Array.isArray(versions)) return versions;
-  return Object.entries(versions).map(([version, report]) => ({ version, ...report }));
+  // /v1/scores: {"hours": 24, "versions": {version: report}}, by version name
+  return Object.entries(body.versions).map(([version, report]) => ({ version, ...report }))
+    .sort((a, b) => a.version.localeCompare(b.version));
+}
+
+function roleOf(version, models) {
+  // "V@model": version V's scores with the model's own bands (under published calibrated ones)
+  const [name, bands] = version.split("@");
+  const row = (models.versions || []).find((v) => v.version === name);
+  const role = [row && row.role, name === models.serving ? "serving" : ""].filter(Boolean).join(", ");
+  return bands ? `${role || "-"} (model's own bands)` : role;
 }
 
 async function loadScores() {
-  const rows = scoreRows(await call("/v1/scores"));
+  const [body, models] = await Promise.all([call("/v1/scores"), call("/v1/models").catch(() => ({}))]);
+  const rows = scoreRows(body);
   const tbody = $("scores").tBodies[0];
   tbody.replaceChildren(...rows.map((r) => {
     const row = document.createElement("tr");
     row.dataset.version = r.version;
-    const s = r.scores ?? r.report ?? r;
+    const s = r;
     cell(row, r.version);
-    cell(row, r.role ?? "");
+    cell(row, roleOf(r.version, models));
     cell(row, s.count ?? s.forecasts ?? "n/a");
     cell(row, fmt(s.mae));
     cell(row, fmt(s.skill_mae, true));

@@ -130,6 +130,7 @@ def dashboard_router(data: Callable[[], DashboardData]) -> APIRouter:
 
     @router.get(
         "/ui/chart.svg",
+        operation_id="get_chart",
         response_class=Response,
         responses={
             200: {"content": {"image/svg+xml": {"schema": {"type": "string"}}}, "description": "the chart"},
@@ -149,14 +150,14 @@ def dashboard_router(data: Callable[[], DashboardData]) -> APIRouter:
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
     @router.get(
-        "/v1/symbols", summary="Symbols with a latest forecast", response_model=SymbolsResponse,
+        "/v1/symbols", operation_id="list_symbols", summary="Symbols with a latest forecast", response_model=SymbolsResponse,
         responses=ERROR_RESPONSES,
     )  # fmt: skip
     async def symbols() -> dict[str, list[str]]:
         return {"symbols": await _read(data().symbols())}
 
     @router.get(
-        "/v1/bars/{symbol}", summary="A symbol's recent bars (closes)", response_model=BarsResponse,
+        "/v1/bars/{symbol}", operation_id="get_bars", summary="A symbol's recent bars (closes)", response_model=BarsResponse,
         responses={404: {"model": ErrorBody, "description": "no bars for this symbol"}, **ERROR_RESPONSES},
     )  # fmt: skip
     async def recent_bars(
@@ -169,7 +170,7 @@ def dashboard_router(data: Callable[[], DashboardData]) -> APIRouter:
         return recent_bars_json(symbol, got)
 
     @router.get(
-        "/v1/events", summary="Model swaps and dead letters since start", response_model=EventsResponse,
+        "/v1/events", operation_id="get_events", summary="Model swaps and dead letters since start", response_model=EventsResponse,
         responses=ERROR_RESPONSES,
     )  # fmt: skip
     async def events() -> dict[str, Any]:

@@ -18,7 +18,7 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,31 +26,17 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from daemon_helpers import (
-    T0,
-    Topics,
-    bar_record,
-    bar_series,
-    daemon_settings,
-    encode,
-    interleave,
-    produce,
-    running_daemon,
-    wait_until,
-)
+from api_helpers import BARS, SYMBOLS, ApiDaemon
+from daemon_helpers import T0, Topics, bar_record, encode, metric, produce, wait_until
 
-from daemon.api.auth import key_line, new_key
 from daemon.api.ui.chart import iso_to_ns
 from daemon.io.messages import quantile_key
 from daemon.state.base import bars_key, decode_bar, forecast_key
-from kronos_core.stream_types import StreamForecaster
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = Path(os.environ.get("TEST_RESULTS_DIR") or ROOT / "results" / "tmp")
-SYMBOLS = ("UIA", "UIB.SH")
-BARS = 40
 
 
 def _tool(variable: str, default: str) -> str | None:
@@ -140,184 +126,147 @@ def _shown(chart: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _in_redis(
+    redis: aioredis.Redis, prefix: str, symbol: str
+) -> tuple[dict[str, Any] | None, list[tuple[int, float]]]:
+    """The symbol's latest forecast and its ring's (epoch ns, close), as the daemon wrote them."""
+    raw = await redis.get(forecast_key(prefix, symbol))
+    ring = [decode_bar(r, "ring") for r in await redis.lrange(bars_key(prefix, symbol), -64, -1)]
+    return (json.loads(raw) if raw else None), [(ts, values[3]) for ts, values in ring]
+
+
+def _iso(i: int) -> str:
+    return (T0 + timedelta(minutes=i)).isoformat().replace("+00:00", "Z")
+
+
+def _status(state: str) -> Callable[[Any], bool]:
+    return lambda d: d.find_element("id", "status").get_attribute("data-state") == state
+
+
 async def test_the_dashboard_shows_the_live_forecast_and_follows_a_new_bar(
-    kafka_bootstrap: str,
+    api_daemon: ApiDaemon,
     redis_url: str,
-    key_prefix: str,
-    group_id: str,
     topics: Topics,
-    forecaster: StreamForecaster,
+    kafka_bootstrap: str,
     model_version: str,
     browser: Any,
-    tmp_path: Path,
 ) -> None:
-    key = new_key()
-    keys_file = tmp_path / "api-keys"
-    keys_file.write_text(key_line("browser-test", key) + "\n")
-    series = {s: bar_series(s, BARS, seed=7) for s in SYMBOLS}
-    await produce(kafka_bootstrap, topics.input, [*interleave(*series.values()), (b"UIA", b"not json")])
-    settings = daemon_settings(
-        kafka_bootstrap, redis_url, key_prefix, group_id, topics,
-        api={"port": 0, "host": "127.0.0.1", "auth": "keys", "keys_file": str(keys_file)},
-    )  # fmt: skip
-    redis = aioredis.Redis.from_url(redis_url)
-    prefix = key_prefix.rstrip(":")
-
-    async def in_redis(symbol: str) -> tuple[dict[str, Any] | None, list[tuple[int, float]]]:
-        raw = await redis.get(forecast_key(prefix, symbol))
-        ring = [decode_bar(r, "ring") for r in await redis.lrange(bars_key(prefix, symbol), -64, -1)]
-        return (json.loads(raw) if raw else None), [(ts, values[3]) for ts, values in ring]
-
-    async def forecast_at(symbol: str, as_of: str) -> bool:
-        forecast, _ = await in_redis(symbol)
-        return forecast is not None and forecast["as_of"] == as_of
-
-    last_ts = (T0 + timedelta(minutes=BARS - 1)).isoformat().replace("+00:00", "Z")
-    try:
-        async with running_daemon(settings, forecaster) as daemon:
-            assert daemon.api is not None
-            base = f"http://127.0.0.1:{daemon.api.port}"
-            for s in SYMBOLS:
-                await wait_until(lambda s=s: forecast_at(s, last_ts), 60, f"the forecast of {s}'s last bar")
-
-            # without a key the page says it needs one (and shows no data)
-            await asyncio.to_thread(browser.get, f"{base}/ui")
-            await asyncio.to_thread(
-                _until, browser, lambda d: d.find_element("id", "status").get_attribute("data-state") == "unauthorized",
-                "the page to ask for a key",
-            )  # fmt: skip
-            assert not await asyncio.to_thread(_chart, browser)
-
-            def give_key() -> None:
-                field = browser.find_element("id", "api-key")
-                field.send_keys(key)
-                field.submit()
-
-            await asyncio.to_thread(give_key)
-            forecast, ring = await in_redis("UIA")
-            assert forecast is not None
-            want = _expected(forecast, ring)
-            await asyncio.to_thread(
-                _until, browser, lambda d: _shown(_chart(d))["as_of"] == want["as_of"], "the chart of UIA"
-            )
-            chart = await asyncio.to_thread(_chart, browser)
-            assert chart["symbol"] == "UIA" and chart["visible"]
-            assert (
-                _shown(chart) == want
-            )  # every number of the fan and every realised close, as Redis holds them
-
-            # the picker lists the symbols with forecasts; the key stays in this tab's sessionStorage only
-            options = await asyncio.to_thread(
-                browser.execute_script, "return Array.from(document.querySelectorAll('#symbol option')).map(o => o.value)"
-            )  # fmt: skip
-            assert options == sorted(SYMBOLS)
-            storage = await asyncio.to_thread(
-                browser.execute_script,
-                "return [sessionStorage.getItem('kronos-api-key'), localStorage.length, document.cookie, location.href]",
-            )
-            assert storage[0] == key and storage[1] == 0 and storage[2] == "" and key not in storage[3]
-            assert key not in (await asyncio.to_thread(lambda: browser.page_source))
-
-            # scores of the serving version (scored by the daemon as the bars arrived), and the dead letter
-            async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}) as api:
-                scores = (await api.get("/v1/scores")).json()["versions"][model_version]
-                events = (await api.get("/v1/events")).json()
-            assert scores["count"] > 0 and events["dead_letters"]["by_kind"]["json"] == 1
-
-            def scores_and_dead_letters(d: Any) -> bool:
-                row = d.find_elements(
-                    "css selector", f"#scores tr[data-version='{model_version}'] td.coverage"
-                )
-                dead = d.find_elements("css selector", "#dead-letters tr[data-kind='json'] td")
-                shown = float(row[0].text.rstrip("%")) if row and row[0].text.endswith("%") else None
-                role = d.find_elements("css selector", f"#scores tr[data-version='{model_version}'] td")
-                return (
-                    len(role) > 1
-                    and role[1].text == "champion, serving"  # from /v1/models
-                    and shown is not None  # the page's percentage, one decimal, of what the API returns
-                    and abs(shown - 100 * scores["coverage"]) <= 0.051
-                    and len(dead) == 2
-                    and dead[1].text == "1"
-                )
-
-            await asyncio.to_thread(
-                _until, browser, scores_and_dead_letters, "the scores and the dead letter"
-            )
-
-            # a new bar: the daemon forecasts it, the stream tells the page, the chart is redrawn
-            await asyncio.to_thread(
-                _until, browser, lambda d: d.find_element("id", "status").get_attribute("data-state") == "live",
-                "the page's stream to be open",
-            )  # fmt: skip
-            new_when = T0 + timedelta(minutes=BARS)
-            new_close = round(ring[-1][1] * 1.003, 4)
-            await produce(kafka_bootstrap, topics.input, [encode(bar_record("UIA", new_when, new_close))])
-            new_as_of = new_when.isoformat().replace("+00:00", "Z")
-            await wait_until(lambda: forecast_at("UIA", new_as_of), 30, "the new bar's forecast in Redis")
-            await asyncio.to_thread(
-                _until,
-                browser,
-                lambda d: _shown(_chart(d))["as_of"] == new_as_of,
-                "the chart to follow the new bar",
-            )
-            forecast, ring = await in_redis("UIA")
-            assert forecast is not None
-            chart = await asyncio.to_thread(_chart, browser)
-            assert _shown(chart) == _expected(forecast, ring)
-            assert chart["bars"][-1] == [new_as_of, new_close]  # the realised bar is drawn
-            assert chart["previous"]  # an earlier forecast, being realised by the latest bars
-            assert chart["id"] != want["id"]
-
-            shot = RESULTS / "ui" / "dashboard.png"
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            assert await asyncio.to_thread(browser.save_screenshot, str(shot))
-            assert shot.stat().st_size > 10_000
-    finally:
-        await redis.aclose()
-
-
-async def test_with_auth_off_the_page_needs_no_key(
-    kafka_bootstrap: str,
-    redis_url: str,
-    key_prefix: str,
-    group_id: str,
-    topics: Topics,
-    forecaster: StreamForecaster,
-    browser: Any,
-) -> None:
-    await produce(kafka_bootstrap, topics.input, bar_series("OPEN", 12, seed=1))
-    settings = daemon_settings(
-        kafka_bootstrap,
-        redis_url,
-        key_prefix,
-        group_id,
-        topics,
-        api={"port": 0, "host": "127.0.0.1", "auth": "none"},
+    daemon, key, symbol = api_daemon.daemon, api_daemon.key, SYMBOLS[0]  # the picker's first
+    await produce(kafka_bootstrap, topics.input, [(symbol.encode(), b"not json")])  # one dead letter
+    await wait_until(
+        lambda: metric(daemon, "kronos_invalid_messages_total", kind="json") == 1, 30, "the dead letter"
     )
     redis = aioredis.Redis.from_url(redis_url)
-    key = forecast_key(key_prefix.rstrip(":"), "OPEN")
-    last = (T0 + timedelta(minutes=11)).isoformat().replace("+00:00", "Z")
-
-    async def forecast() -> dict[str, Any] | None:
-        raw = await redis.get(key)
-        return json.loads(raw) if raw else None
-
+    prefix = api_daemon.settings.redis.key_prefix
     try:
-        async with running_daemon(settings, forecaster) as daemon:
-            assert daemon.api is not None
-            await wait_until(lambda: _as_of(forecast(), last), 60, "the last bar's forecast")
-            await asyncio.to_thread(browser.get, f"http://127.0.0.1:{daemon.api.port}/ui")
-            await asyncio.to_thread(
-                _until, browser, lambda d: _shown(_chart(d))["as_of"] == last, "the chart without a key"
+        # without a key the page says it needs one (and shows no data)
+        await asyncio.to_thread(browser.get, f"{api_daemon.url}/ui")
+        await asyncio.to_thread(_until, browser, _status("unauthorized"), "the page to ask for a key")
+        assert not await asyncio.to_thread(_chart, browser)
+
+        def give_key() -> None:
+            field = browser.find_element("id", "api-key")
+            field.send_keys(key)
+            field.submit()
+
+        await asyncio.to_thread(give_key)
+        forecast, ring = await _in_redis(redis, prefix, symbol)
+        assert forecast is not None and forecast["as_of"] == _iso(BARS - 1)
+        want = _expected(forecast, ring)
+        await asyncio.to_thread(
+            _until, browser, lambda d: _shown(_chart(d))["as_of"] == want["as_of"], f"the chart of {symbol}"
+        )
+        chart = await asyncio.to_thread(_chart, browser)
+        assert chart["symbol"] == symbol and chart["visible"]
+        assert _shown(chart) == want  # every number of the fan and every realised close, as Redis holds them
+
+        # the picker lists the symbols with forecasts; the key stays in this tab's sessionStorage only
+        options = await asyncio.to_thread(
+            browser.execute_script, "return Array.from(document.querySelectorAll('#symbol option')).map(o => o.value)"
+        )  # fmt: skip
+        assert options == sorted(SYMBOLS)
+        storage = await asyncio.to_thread(
+            browser.execute_script,
+            "return [sessionStorage.getItem('kronos-api-key'), localStorage.length, document.cookie, location.href]",
+        )
+        assert storage[0] == key and storage[1] == 0 and storage[2] == "" and key not in storage[3]
+        assert key not in (await asyncio.to_thread(lambda: browser.page_source))
+
+        # scores of the serving version (scored by the daemon as the bars arrived), and the dead letter
+        async with httpx.AsyncClient(base_url=api_daemon.url, headers=api_daemon.headers) as api:
+            scores = (await api.get("/v1/scores")).json()["versions"][model_version]
+            events = (await api.get("/v1/events")).json()
+        assert scores["count"] > 0 and events["dead_letters"]["by_kind"]["json"] == 1
+
+        def scores_and_dead_letters(d: Any) -> bool:
+            row = d.find_elements("css selector", f"#scores tr[data-version='{model_version}'] td")
+            dead = d.find_elements("css selector", "#dead-letters tr[data-kind='json'] td")
+            coverage = row[6].text if len(row) > 6 else ""
+            shown = float(coverage.rstrip("%")) if coverage.endswith("%") else None
+            return (
+                row[1].text == "champion, serving"  # from /v1/models
+                and shown is not None  # the page's percentage, one decimal, of what the API returns
+                and abs(shown - 100 * scores["coverage"]) <= 0.051
+                and len(dead) == 2
+                and dead[1].text == "1"
             )
-            chart = await asyncio.to_thread(_chart, browser)
-            got = await forecast()
-            assert got is not None and chart["mean"] == got["mean"]["close"]
-            assert await asyncio.to_thread(browser.execute_script, "return sessionStorage.length") == 0
+
+        await asyncio.to_thread(_until, browser, scores_and_dead_letters, "the scores and the dead letter")
+
+        # a new bar: the daemon forecasts it, the stream tells the page, the chart is redrawn
+        await asyncio.to_thread(_until, browser, _status("live"), "the page's stream to be open")
+        new_close = round(ring[-1][1] * 1.003, 4)
+        await produce(
+            kafka_bootstrap,
+            topics.input,
+            [encode(bar_record(symbol, T0 + timedelta(minutes=BARS), new_close))],
+        )
+        new_as_of = _iso(BARS)
+
+        async def forecast_at(as_of: str) -> bool:
+            got, _ = await _in_redis(redis, prefix, symbol)
+            return got is not None and got["as_of"] == as_of
+
+        await wait_until(lambda: forecast_at(new_as_of), 30, "the new bar's forecast in Redis")
+        await asyncio.to_thread(
+            _until,
+            browser,
+            lambda d: _shown(_chart(d))["as_of"] == new_as_of,
+            "the chart to follow the new bar",
+        )
+        forecast, ring = await _in_redis(redis, prefix, symbol)
+        assert forecast is not None
+        chart = await asyncio.to_thread(_chart, browser)
+        assert _shown(chart) == _expected(forecast, ring)
+        assert chart["bars"][-1] == [new_as_of, new_close]  # the realised bar is drawn
+        assert chart["previous"]  # an earlier forecast, being realised by the latest bars
+        assert chart["id"] != want["id"]
+
+        shot = RESULTS / "ui" / "dashboard.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        assert await asyncio.to_thread(browser.save_screenshot, str(shot))
+        assert shot.stat().st_size > 10_000
     finally:
         await redis.aclose()
 
 
-async def _as_of(forecast: Awaitable[dict[str, Any] | None], as_of: str) -> bool:
-    got = await forecast
-    return got is not None and got["as_of"] == as_of
+@pytest.mark.parametrize("api_overrides", [{"auth": "none"}])
+async def test_with_auth_off_the_page_needs_no_key(
+    api_daemon: ApiDaemon, redis_url: str, browser: Any
+) -> None:
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        forecast, _ = await _in_redis(redis, api_daemon.settings.redis.key_prefix, SYMBOLS[0])
+        assert forecast is not None
+        await asyncio.to_thread(browser.get, f"{api_daemon.url}/ui")
+        await asyncio.to_thread(
+            _until,
+            browser,
+            lambda d: _shown(_chart(d))["as_of"] == forecast["as_of"],
+            "the chart without a key",
+        )
+        chart = await asyncio.to_thread(_chart, browser)
+        assert chart["mean"] == forecast["mean"]["close"]
+        assert await asyncio.to_thread(browser.execute_script, "return sessionStorage.length") == 0
+    finally:
+        await redis.aclose()

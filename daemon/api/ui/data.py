@@ -136,7 +136,13 @@ class DashboardData:
         """The bars, the latest forecast's fan and a previous forecast's fan of one chart."""
         bars = await self.bars(symbol, count)
         forecast = await self.latest_forecast(symbol)
-        fan = None if forecast is None else fan_from_forecast(forecast)
+        try:
+            fan = None if forecast is None else fan_from_forecast(forecast)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise StateError(
+                f"the latest forecast of {symbol!r} in Redis is not in the daemon's format ({exc!r}); "
+                "it is replaced by the next bar's"
+            ) from exc
         previous = None
         if bars:
             previous = await self.previous_fan(symbol, bars[0][0])

@@ -114,3 +114,9 @@ def test_events_come_from_the_daemons_registry() -> None:
 def test_a_store_not_in_redis_is_refused_with_a_reason() -> None:
     with pytest.raises(StateError, match="KRONOS_REDIS__URL"):
         DashboardData.for_store(MemoryStateStore())
+
+
+async def test_a_malformed_stored_forecast_is_a_state_error_not_a_crash(store: RedisStateStore) -> None:
+    await _write(store, "AAA", 2)  # its "forecasts" lack the quantiles
+    with pytest.raises(StateError, match="not in the daemon's format"):
+        await DashboardData.for_store(store).chart_data("AAA", 8)

@@ -40,8 +40,11 @@ RESULTS = Path(os.environ.get("TEST_RESULTS_DIR") or ROOT / "results" / "tmp")
 
 
 def _tool(variable: str, default: str) -> str | None:
-    path = os.environ.get(variable) or (default if os.access(default, os.X_OK) else None)
-    return path or shutil.which(Path(default).name)
+    """``$variable`` when set (None if it is not an executable), else ``default``, else on PATH."""
+    named = os.environ.get(variable)
+    if named:
+        return named if os.access(named, os.X_OK) else None
+    return default if os.access(default, os.X_OK) else shutil.which(Path(default).name)
 
 
 @pytest.fixture

@@ -8,12 +8,14 @@ const KEY_STORE = "kronos-api-key";
 const KEY_HEADER = document.querySelector('meta[name="kronos-key-header"]').content;
 const BARS = 64;
 const POLL_MS = 5000;
+const SYMBOLS_EVERY = 6; // polls
 
 const $ = (id) => document.getElementById(id);
 let symbol = null;
 let stream = null; // AbortController of the open stream
 let lastEventId = null;
 let chartQueued = false;
+let polls = 0;
 
 function setStatus(state, text) {
   const el = $("status");
@@ -247,6 +249,14 @@ async function refresh() {
   await Promise.all([loadSymbols(), loadScores(), loadEvents()].map((p) => p.catch(showError)));
 }
 
+function poll() {
+  // scores and events every POLL_MS, the symbol list (a Redis SCAN) every SYMBOLS_EVERY polls
+  polls += 1;
+  const calls = [loadScores(), loadEvents()];
+  if (polls % SYMBOLS_EVERY === 0) calls.push(loadSymbols());
+  return Promise.all(calls.map((p) => p.catch(showError)));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("key-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -260,5 +270,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("forget-key").addEventListener("click", () => { sessionStorage.removeItem(KEY_STORE); location.reload(); });
   $("symbol").addEventListener("change", (e) => choose(e.target.value));
   refresh();
-  setInterval(refresh, POLL_MS);
+  setInterval(poll, POLL_MS);
 });

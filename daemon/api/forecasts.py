@@ -19,6 +19,7 @@ from daemon.api.service import ApiService
 from daemon.errors import StateError
 from kronos_contract.messages import ForecastMessage
 
+MAX_SYMBOLS_TEXT = 16_000  # characters of a symbols list (the server reads request lines up to 256 KiB)
 # as the input contract's symbol (daemon/io/messages.py): 1-64 characters, no white space
 _SYMBOL = re.compile(r"^\S{1,64}$")
 
@@ -80,7 +81,7 @@ def forecasts_router(service: ApiService) -> APIRouter:
     )
     async def several(
         symbols: str = Query(  # noqa: B008
-            description="comma-separated symbols, at most `KRONOS_API__MAX_SYMBOLS`", max_length=20_000
+            description="comma-separated symbols, at most `KRONOS_API__MAX_SYMBOLS`", max_length=MAX_SYMBOLS_TEXT
         ),
     ) -> Any:
         names = parse_symbols(symbols, service.settings.api.max_symbols)

@@ -73,6 +73,7 @@ class Listener:
         config = uvicorn.Config(
             self.app, log_config=None, access_log=False, lifespan="off", server_header=False,
             timeout_graceful_shutdown=int(max(1, self.grace_s)), proxy_headers=False,
+            h11_max_incomplete_event_size=256 * 1024,  # long symbol lists fit (query limits say 400 beyond)
         )  # fmt: skip
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"kronos-http-{self.port}")

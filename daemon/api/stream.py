@@ -24,7 +24,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from daemon.api.errors import ERROR_RESPONSES, ApiError
-from daemon.api.forecasts import parse_symbols
+from daemon.api.forecasts import MAX_SYMBOLS_TEXT, parse_symbols
 from daemon.api.service import ApiService
 from daemon.api.stream_hub import Entry, Subscriber
 from daemon.errors import StateError
@@ -61,7 +61,7 @@ def stream_router(service: ApiService) -> APIRouter:
         symbols: str | None = Query(  # noqa: B008
             default=None,
             description="comma-separated symbols (at most `KRONOS_API__MAX_SYMBOLS`); absent: every symbol",
-            max_length=20_000,
+            max_length=MAX_SYMBOLS_TEXT,
         ),
         last_event_id: str | None = Header(  # noqa: B008
             default=None, description="resume after this event id (sent by `EventSource` on reconnect)"

@@ -16,10 +16,11 @@ import gc
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
+from daemon.api.server import Listener, api_listener
 from daemon.api.ui.data import SwapLog
 from daemon.errors import DaemonError, StateError
 from daemon.io.bus import DeadLetters, InputBus, OutputBus, Partition
@@ -38,9 +39,6 @@ from daemon.scoring.online import OnlineScorer, build_scorer
 from daemon.settings import Settings, load_settings, unknown_env_names
 from daemon.state.base import StateStore
 from kronos_core.stream_types import StreamForecaster
-
-if TYPE_CHECKING:
-    from daemon.api.server import Listener
 
 log = structlog.get_logger("kronos.app")
 T = TypeVar("T")
@@ -191,8 +189,6 @@ class Daemon:
             self.ops = ops_listener(self.metrics, self.live, self.ready, s.http_host, s.http_port)
             await self.ops.start()
         if s.api.port is not None:  # before the model loads: unusable keys stop start-up at once
-            from daemon.api.server import api_listener
-
             self.api = api_listener(self)
             await self.api.start()
         if self.store is None:

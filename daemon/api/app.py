@@ -101,7 +101,7 @@ def build_ops(render_metrics: Callable[[str], tuple[bytes, str]], live: Probe, r
     """``/healthz`` (liveness), ``/readyz`` (readiness): 200 or 503 with the details as JSON;
     ``/metrics``: Prometheus text (OpenMetrics when the Accept header asks for it)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    install_error_handlers(app)
+    install_error_handlers(app, not_found="try /healthz, /readyz or /metrics (the API has a port of its own)")
 
     def probe(check: Probe) -> Response:
         ok, details = check()

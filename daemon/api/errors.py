@@ -63,7 +63,9 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, not_found: str = _DEFAULT_MESSAGES[404]) -> None:
+    messages = {**_DEFAULT_MESSAGES, 404: not_found}
+
     async def api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
         return error(exc.status, exc.message, exc.headers)
@@ -72,7 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail if isinstance(exc.detail, str) else None
         generic = detail in (None, "Not Found", "Method Not Allowed")
-        message = _DEFAULT_MESSAGES.get(exc.status_code, detail or "error") if generic else str(detail)
+        message = messages.get(exc.status_code, detail or "error") if generic else str(detail)
         return error(exc.status_code, message, dict(exc.headers or {}))
 
     async def invalid(_: Request, exc: Exception) -> JSONResponse:

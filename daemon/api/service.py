@@ -22,6 +22,8 @@ class ApiService:
     def __init__(self, daemon: Daemon | None) -> None:
         self.daemon = daemon
         self.hub = StreamHub(self._store_for_hub, daemon.settings.api if daemon is not None else None)
+        if daemon is not None:  # a blocking read must end before the Redis client's socket timeout
+            self.hub.block_ms = min(self.hub.block_ms, max(1, int(daemon.settings.redis.socket_timeout_s * 500)))
 
     @property
     def settings(self) -> Settings:

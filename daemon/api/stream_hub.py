@@ -27,7 +27,7 @@ log = structlog.get_logger("kronos.api")
 Entry = tuple[str, str, bytes]  # (stream id, symbol, forecast JSON)
 QUEUE = 2_000  # entries a subscriber may lag behind
 READ_COUNT = 500  # entries per XREAD
-BLOCK_MS = 1_000  # below the Redis socket timeout
+BLOCK_MS = 1_000  # at most; below the Redis socket timeout (service.py)
 RETRY_S = 1.0
 
 
@@ -52,6 +52,7 @@ class StreamHub:
     def __init__(self, store: Callable[[], StateStore | None], settings: ApiSettings | None) -> None:
         self._store = store
         self.max_clients = settings.stream_clients if settings is not None else 1
+        self.block_ms = BLOCK_MS
         self.subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -88,7 +89,7 @@ class StreamHub:
                 if after is None:
                     after = await store.stream_tail()
                     self._ready.set()
-                entries = await store.read_stream(after, READ_COUNT, BLOCK_MS)
+                entries = await store.read_stream(after, READ_COUNT, self.block_ms)
             except StateError as exc:
                 log.warning("reading the forecast stream failed; retrying", error=str(exc))
                 await asyncio.sleep(RETRY_S)

@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
 from api_helpers import SYMBOLS, ApiDaemon
-from daemon_helpers import bar_series, forecasts, produce, read_topic, wait_until
+from daemon_helpers import bar_series, forecasts, produce, read_topic, running_daemon, wait_until
+from stub_forecaster import StubForecaster
 
 from daemon.api.openapi import SCHEMA_FILE
 from daemon.cli.main import main
+from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
+from daemon.state.redis import RedisStateStore
 from kronos_contract.api_client import ApiClient, ApiError
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(120)]
@@ -82,8 +86,8 @@ async def _events(response: httpx.Response, wanted: int) -> list[tuple[str, dict
     raise AssertionError(f"the stream ended after {len(out)} events")
 
 
-async def test_stream_sends_new_forecasts_and_resumes_after_the_last_id(
-    api_daemon: ApiDaemon, kafka_bootstrap: str
+async def test_stream_sends_new_forecasts_and_resumes_after_the_last_id_on_any_replica(
+    api_daemon: ApiDaemon, kafka_bootstrap: str, redis_url: str
 ) -> None:
     topics, symbol = api_daemon.settings.kafka, SYMBOLS[0]
     new_bars = {s: bar_series(s, 15)[12:] for s in SYMBOLS}  # 3 more bars each
@@ -105,14 +109,20 @@ async def test_stream_sends_new_forecasts_and_resumes_after_the_last_id(
         bad = await http.get("/v1/stream", headers={"Last-Event-ID": "yesterday"})
         assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["message"]
 
-    async with ApiClient(api_daemon.url, api_daemon.key) as api:  # the typed client resumes the same way
-        seen = []
-        async for event in api.stream([symbol], last_event_id=events[0][0]):
-            seen.append((event.id, event.forecast.model_dump(mode="json", exclude_none=True)))
-            if len(seen) == 2:
-                break
-    assert [i for i, _ in seen] == [i for i, _ in events[1:]]
-    assert [f["id"] for _, f in seen] == [f["id"] for _, f in events[1:]]
+    # another replica (its own process state, the same Redis): the typed client resumes there
+    other = api_daemon.settings.model_copy(update={"api": api_daemon.settings.api.model_copy(update={"auth": "none"})})
+    store = RedisStateStore.from_url(redis_url, api_daemon.settings.redis.key_prefix, 64)
+    broker = MemoryBroker()
+    parts = {"bus_in": MemoryInput(broker, topics.input_topic, "other"), "bus_out": MemoryOutput(broker), "store": store}
+    async with running_daemon(other, StubForecaster(max_context=64), **parts) as replica:
+        assert replica.api is not None
+        async with ApiClient(f"http://127.0.0.1:{replica.api.port}") as api:
+            seen = []
+            async for event in api.stream([symbol], last_event_id=events[0][0]):
+                seen.append((event.id, event.forecast.id))
+                if len(seen) == 2:
+                    break
+    assert seen == [(i, UUID(f["id"])) for i, f in events[1:]]
 
 
 async def test_models_and_scores_are_what_the_cli_shows(
@@ -145,7 +155,11 @@ async def test_operations_endpoints_stay_on_their_own_port_without_keys(api_daem
     async with httpx.AsyncClient(base_url=ops) as http:
         assert (await http.get("/healthz")).status_code == 200
         await wait_until(lambda: _ready(http), 30, "ready")
-        assert (await http.get("/v1/forecasts/AAA.SH")).status_code == 404, "the API is not on the ops port"
+        elsewhere = await http.get("/v1/forecasts/AAA.SH")
+        assert elsewhere.status_code == 404, "the API is not on the ops port"
+        assert elsewhere.json()["message"].startswith("try /healthz, /readyz or /metrics")
+        assert (await http.head("/healthz")).status_code == 200
+        assert (await http.post("/healthz")).status_code == 405
     async with httpx.AsyncClient(base_url=api_daemon.url) as http:
         assert (await http.get("/healthz")).status_code == 404, "nor the probes on the API's"
 

@@ -35,6 +35,7 @@ from daemon.errors import StateError
 
 T = TypeVar("T")
 MAX_BARS = 2048
+SYMBOL = r"^\S+$"  # as the API's other routes take symbols: 1-64 characters, no spaces
 _STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 # The page loads nothing from elsewhere: scripts, styles and calls only from the daemon itself.
 _CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'"
@@ -140,7 +141,7 @@ def dashboard_router(data: Callable[[], DashboardData]) -> APIRouter:
         summary="The fan chart of a symbol (SVG)",
     )
     async def chart(
-        symbol: Annotated[str, Query(min_length=1, max_length=200, description="the symbol")],
+        symbol: Annotated[str, Query(min_length=1, max_length=64, pattern=SYMBOL, description="the symbol")],
         bars: Annotated[int, Query(ge=1, le=MAX_BARS, description="recent bars shown")] = 64,
     ) -> Response:
         shown, fan, previous = await _read(data().chart_data(symbol, bars))
@@ -161,7 +162,7 @@ def dashboard_router(data: Callable[[], DashboardData]) -> APIRouter:
         responses={404: {"model": ErrorBody, "description": "no bars for this symbol"}, **ERROR_RESPONSES},
     )  # fmt: skip
     async def recent_bars(
-        symbol: Annotated[str, Path(min_length=1, max_length=200, description="the symbol")],
+        symbol: Annotated[str, Path(min_length=1, max_length=64, pattern=SYMBOL, description="the symbol")],
         count: Annotated[int, Query(ge=1, le=MAX_BARS, description="how many of the last bars")] = 64,
     ) -> dict[str, Any]:
         got = await _read(data().bars(symbol, count))

@@ -112,15 +112,17 @@ class ApiClient:
 
     async def forecast(
         self,
+        symbol: str,
         bars: Sequence[Mapping[str, Any]] | str,
         *,
-        symbol: str | None = None,
         horizon: int | None = None,
-        sample_count: int | None = None,
+        samples: int | None = None,
         quantile_levels: Sequence[float] | None = None,
     ) -> ForecastMessage:
-        """``POST /v1/forecast``: forecast a supplied history, bars as dicts (``ts``, ``open``...) or CSV text."""
-        options = {"symbol": symbol, "horizon": horizon, "sample_count": sample_count,
+        """``POST /v1/forecast``: forecast a supplied history of ``symbol``, oldest bar first, as dicts
+        (``ts``, ``open``, ``high``, ``low``, ``close``, ``volume``[, ``amount``]) or CSV text with that
+        header; unset options take the daemon's defaults."""
+        options = {"symbol": symbol, "horizon": horizon, "samples": samples,
                    "quantile_levels": list(quantile_levels) if quantile_levels is not None else None}  # fmt: skip
         options = {k: v for k, v in options.items() if v is not None}
         if isinstance(bars, str):

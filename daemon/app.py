@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import structlog
 
 from daemon.api.server import Listener, api_listener
+from daemon.api.ui.data import SwapLog
 from daemon.errors import DaemonError, StateError
 from daemon.io.bus import DeadLetters, InputBus, OutputBus, Partition
 from daemon.io.retry import Abandoned, Outages
@@ -68,6 +69,7 @@ class Daemon:
         self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
         self.ops: Listener | None = None  # /healthz, /readyz, /metrics on KRONOS_HTTP_PORT
         self.api: Listener | None = None  # the HTTP API on KRONOS_API__PORT (daemon/api)
+        self.swaps = SwapLog()  # the last model swaps, for the dashboard (daemon/api/ui)
         self.scorer: OnlineScorer | None = None
         self.ondemand = build_ondemand(settings, lambda: self.forecaster, lambda: self.scorer, self.metrics.registry)
         self._run_task: asyncio.Task[None] | None = None
@@ -285,6 +287,7 @@ class Daemon:
         return await (self.loop.on_model_thread(fn) if self.loop is not None else asyncio.to_thread(fn))
 
     def _model_swapped(self, new: StreamForecaster, old_version: str) -> None:
+        self.swaps.record(old_version, new.model_version)
         self.metrics.model_info.info({"version": new.model_version, "mode": new.mode})
 
     def _count_dead_letter(self, kind: str) -> None:

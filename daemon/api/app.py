@@ -33,8 +33,16 @@ Probe = Callable[[], tuple[bool, dict[str, Any]]]
 def extra_routers(service: ApiService) -> list[APIRouter]:
     """Routers of other modules that join the API (the daemon and the schema generator both use this)."""
     from daemon.api.ondemand import ondemand_router
+    from daemon.api.ui.router import dashboard_router, reader_for
 
-    return [ondemand_router(service)]
+    return [ondemand_router(service), dashboard_router(lambda: reader_for(service))]
+
+
+def public_routers() -> list[APIRouter]:
+    """Routers mounted outside the keys: pages that load their data from the authenticated routes."""
+    from daemon.api.ui.router import ui_router
+
+    return [ui_router()]
 
 
 def build_api(

@@ -110,11 +110,11 @@ class Listener:
 
 def api_listener(daemon: Daemon) -> Listener:
     """The API of ``daemon`` on ``KRONOS_API__HOST:PORT`` (ConfigError now if its keys are unusable)."""
-    from daemon.api.app import build_api, extra_routers
+    from daemon.api.app import build_api, extra_routers, public_routers
     from daemon.api.service import ApiService
 
     service = ApiService(daemon)
-    app = build_api(service, routers=extra_routers(service))
+    app = build_api(service, routers=extra_routers(service), public_routers=public_routers())
     s = daemon.settings.api
     assert s.port is not None
     return Listener(

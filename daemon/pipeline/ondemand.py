@@ -309,25 +309,30 @@ class OnDemandService:
         cal: GuardedCalibrator | None = getattr(scorer, "calibrator", None)
         if cal is None or not windows or len(windows[0].future_timestamps) != cal.horizon:
             return
-        states, unread = cal.snapshot([POOLED, *(w.series_id for w in windows)])
+        version = cal.champion
+        if version is None:
+            return
+        states, unread = cal.snapshot(version, [POOLED, *(w.series_id for w in windows)])
         if unread:
             try:
-                states.update(await scorer.store.calibration(unread))
+                stored = await scorer.store.calibration(cal.sources(version, unread))
+                states.update(cal.resolve(version, unread, stored))
             except Exception as exc:
                 log.warning("reading the calibration state failed; on-demand forecasts get the model's bands",
                             error=repr(exc))  # fmt: skip
                 return
-        min_symbol = cal.publisher.config.min_symbol
+        min_symbol = cal.config.min_symbol
         for window, result, ctx in zip(windows, results, contexts, strict=True):
             if isinstance(result, Exception):
                 continue
             own, pooled = states.get(window.series_id), states.get(POOLED)
             if not ((own and own.get("count", 0) >= min_symbol) or (pooled and pooled.get("count", 0) > 0)):
                 continue  # no state has learnt anything: the model's bands
-            temp = GuardedCalibrator(cal.publisher.config, cal.publish_paths)  # a throwaway: nothing is stored
+            temp = GuardedCalibrator(cal.config, cal.publish_paths)  # a throwaway: nothing is stored
+            temp.serve(version)
             temp.publisher.take({k: v for k, v in ((POOLED, pooled), (window.series_id, own)) if v is not None})
             try:
-                applied = temp.apply(window, result)
+                applied = temp.apply(window, result, version)
             except Exception as exc:  # calibration must never cost a forecast
                 log.warning("calibrating an on-demand forecast failed; the model's bands", error=repr(exc))
                 continue

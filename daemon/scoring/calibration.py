@@ -177,11 +177,30 @@ class GuardedCalibrator:
                 self._dirty.add((version, k))  # the copy is this version's own from now on
         self._held[version].update(keys)
 
-    def snapshot(self, keys: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """Read only (on-demand forecasts): the states held of ``keys``, as they would be stored, and
-        the keys whose stored state has not been read yet."""
+    def snapshot(self, version: str, keys: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Read only (on-demand forecasts): the states of ``version`` held here of ``keys``, as they
+        would be stored, and the keys whose stored state has not been read yet (read them with
+        :meth:`sources` and :meth:`resolve`)."""
         wanted = list(dict.fromkeys(keys))
-        return self.publisher.export([k for k in wanted if k in self._held]), [k for k in wanted if k not in self._held]
+        held = self._held.get(version, set())
+        pub = self._publishers.get(version)
+        have = pub.export([k for k in wanted if k in held]) if pub is not None else {}
+        return have, [k for k in wanted if k not in held]
+
+    def resolve(self, version: str, keys: Sequence[str], stored: dict[StoreKey, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Read only: the state :meth:`take` would give ``version`` for each of ``keys`` from ``stored``
+        (its own, else its parent's, else the unversioned one), without keeping anything."""
+        parent = self._parent.get(version)
+        out: dict[str, dict[str, Any]] = {}
+        for k in keys:
+            state = stored.get((version, k))
+            if state is None and parent is not None:
+                state = stored.get((parent, k))
+            if state is None:
+                state = stored.get((None, k))
+            if state is not None:
+                out[k] = state
+        return out
 
     def forget(self, symbols: Iterable[str]) -> None:
         """Symbols this replica no longer owns: their state is read again if they come back."""

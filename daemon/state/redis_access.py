@@ -33,6 +33,8 @@ DAEMON_COMMANDS: tuple[str, ...] = (
     "multi", "exec", "discard", "expire", "hincrbyfloat", "sadd", "smembers",
     # the registry's hint channel
     "subscribe", "unsubscribe",
+    # the dashboard's symbol list (daemon/api/ui/data.py)
+    "scan",
 )  # fmt: skip
 
 # A Redis Cluster client also reads the command table (to find each command's keys), asks for the

@@ -213,6 +213,8 @@ async def test_corrupt_v3_is_refused_v2_keeps_serving_and_rollback_brings_v1_bac
         await produce(kafka_bootstrap, topics.input, _chunk(series, 30, 40))
         out = forecasts(await read_topic(kafka_bootstrap, topics.output, 120, timeout_s=60))
         assert metric(d, "kronos_model_swaps_total", result="ok") == 2
+        # the dashboard's swap log (GET /v1/events), newest first: the refused v3 never served
+        assert [(s["old_version"], s["new_version"]) for s in d.swaps.recent()] == [("v2", "v1"), ("v1", "v2")]
         assert await _http(d.ops.port, "/readyz") == 200
 
     assert len(out) == 120

@@ -344,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            from daemon.demo.replay import DemoConfig
+            from daemon.demo.config import DemoConfig
             from daemon.demo.replay import main as demo_main
 
             return demo_main(

@@ -25,8 +25,9 @@ from daemon.io.bus import DeadLetters, InputBus, OutputBus, Partition
 from daemon.io.retry import Abandoned, Outages
 from daemon.logging import configure_logging
 from daemon.model.build import build_forecaster, check_forecaster, graph_captures, on_cuda
+from daemon.model.follower import ModelFollower
 from daemon.model.manifest import prepare_model_settings
-from daemon.model.swap import ModelFollower, ModelMetrics
+from daemon.model.swap import ModelMetrics
 from daemon.ops.metrics import Metrics
 from daemon.ops.server import OpsServer
 from daemon.ops.stall import StallWatch

@@ -216,7 +216,8 @@ class Daemon:
             self.bus_out = TransactionalOutput(s.kafka)
             self.bus_in = TransactionalInput(s.kafka, self.bus_out)
         if self.bus_in is None or self.bus_out is None:
-            from daemon.io.kafka import KafkaInput, KafkaOutput
+            from daemon.io.kafka_consumer import KafkaInput
+            from daemon.io.kafka_producer import KafkaOutput
 
             # a misspelt topic stops here (or is created when asked); an unreachable broker is waited out
             await self._connect("kafka", "checking the topics", lambda: ensure_topics(s.kafka))

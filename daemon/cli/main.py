@@ -207,7 +207,7 @@ async def _publish(args: argparse.Namespace) -> int:
 
     from daemon.cli.progress import Progress
     from daemon.io.feeds import csv_bars, publish, synthetic_bars
-    from daemon.io.kafka import KafkaOutput
+    from daemon.io.kafka_producer import KafkaOutput
 
     settings = _settings(args)
     topic = args.topic or settings.kafka.input_topic

@@ -27,8 +27,9 @@ from daemon.io.bus import DeadLetters, InputBus, OutputBus, Partition
 from daemon.io.retry import Abandoned, Outages
 from daemon.logging import configure_logging
 from daemon.model.build import build_forecaster, check_forecaster, graph_captures, on_cuda
+from daemon.model.follower import ModelFollower
 from daemon.model.manifest import prepare_model_settings
-from daemon.model.swap import ModelFollower, ModelMetrics
+from daemon.model.swap import ModelMetrics
 from daemon.ops.metrics import Metrics
 from daemon.ops.server import ops_listener
 from daemon.ops.stall import StallWatch
@@ -221,7 +222,8 @@ class Daemon:
             self.bus_out = TransactionalOutput(s.kafka)
             self.bus_in = TransactionalInput(s.kafka, self.bus_out)
         if self.bus_in is None or self.bus_out is None:
-            from daemon.io.kafka import KafkaInput, KafkaOutput
+            from daemon.io.kafka_consumer import KafkaInput
+            from daemon.io.kafka_producer import KafkaOutput
 
             # a misspelt topic stops here (or is created when asked); an unreachable broker is waited out
             await self._connect("kafka", "checking the topics", lambda: ensure_topics(s.kafka))

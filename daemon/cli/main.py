@@ -211,7 +211,7 @@ async def _publish(args: argparse.Namespace) -> int:
 
     from daemon.cli.progress import Progress
     from daemon.io.feeds import csv_bars, publish, synthetic_bars
-    from daemon.io.kafka import KafkaOutput
+    from daemon.io.kafka_producer import KafkaOutput
 
     settings = _settings(args)
     topic = args.topic or settings.kafka.input_topic
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            from daemon.demo.replay import DemoConfig
+            from daemon.demo.config import DemoConfig
             from daemon.demo.replay import main as demo_main
 
             return demo_main(

@@ -1,7 +1,7 @@
 """A new model version's calibration, before it serves: a backtest of that version on the archive's
 recent bars.
 
-When the model follower (:mod:`daemon.model.swap`) has loaded and smoke-tested a new champion, and
+When the model follower (:mod:`daemon.model.follower`) has loaded and smoke-tested a new champion, and
 before it swaps it in, :class:`Seeder` runs the walk-forward backtest
 (:func:`kronos_core.evaluation.run_backtest`, the publisher the daemon runs) of the new version on the
 last bars of the Parquet archive (``KRONOS_ARCHIVE__ROOT``) of the symbols this daemon serves:

@@ -37,7 +37,7 @@ from hotswap_helpers import TINY, broken_copy, publish, registry_v1_v2
 from daemon.app import Daemon
 from daemon.cli.main import main as cli_main
 from daemon.io.messages import horizon_ns, infer_interval_ns, parse_bar
-from daemon.model.swap import load_version
+from daemon.model.vetting import load_version
 from daemon.settings import Settings
 from daemon.state.base import SymbolState
 from kronos_contract.registry import Registry, publish_hint

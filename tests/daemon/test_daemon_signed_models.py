@@ -31,7 +31,9 @@ from hotswap_helpers import TINY, registry_v1_v2
 from daemon.app import Daemon
 from daemon.cli.main import main as cli_main
 from daemon.errors import ForecasterError
-from daemon.model.swap import LoadRefused, ModelFollower, ModelMetrics, prepare_version
+from daemon.model.follower import ModelFollower
+from daemon.model.swap import ModelMetrics
+from daemon.model.vetting import LoadRefused, prepare_version
 from daemon.settings import Settings, load_settings
 from kronos_contract.registry import Registry
 from kronos_contract.signing import SIGNATURE, SignatureError, load_private_key, load_public_key

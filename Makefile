@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # pip runs again only when pyproject.toml changes (or .venv is gone): the stamp's name holds its hash.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: demo test venv helm promtool lint typecheck pytest docs services-up services-down services-status
+.PHONY: demo test venv helm promtool chromium lint typecheck pytest docs services-up services-down services-status
 
 # ruff, mypy, then the whole pytest suite against a real Kafka broker and Redis server
 # (the suite includes `mkdocs build --strict` of the docs: tests/docs).
@@ -39,6 +39,11 @@ helm:
 # (scripts/run-tests calls it too).
 promtool:
 	scripts/ensure-promtool
+
+# Debian's chromium and chromium-driver for the dashboard's browser test, installed as root when
+# missing (scripts/run-tests calls it too).
+chromium:
+	scripts/ensure-chromium
 
 lint: venv
 	$(BIN)/ruff check .

@@ -20,20 +20,25 @@ from typing import Any, TypeVar
 
 import structlog
 
+from daemon.api.server import Listener, api_listener
+from daemon.api.ui.data import SwapLog
 from daemon.errors import DaemonError, StateError
 from daemon.io.bus import DeadLetters, InputBus, OutputBus, Partition
 from daemon.io.retry import Abandoned, Outages
 from daemon.logging import configure_logging
 from daemon.model.build import build_forecaster, check_forecaster, graph_captures, on_cuda
+from daemon.model.follower import ModelFollower
 from daemon.model.manifest import prepare_model_settings
-from daemon.model.swap import ModelFollower, ModelMetrics
+from daemon.model.swap import ModelMetrics
 from daemon.ops.metrics import Metrics
-from daemon.ops.server import OpsServer
+from daemon.ops.server import ops_listener
 from daemon.ops.stall import StallWatch
-from daemon.ops.startup_checks import credentials_error, ensure_topics, port_error
+from daemon.ops.startup_checks import credentials_error, ensure_topics
 from daemon.pipeline.calendars import build_calendar
 from daemon.pipeline.loop import ForecastLoop, LoopConfig
+from daemon.pipeline.ondemand import build_ondemand
 from daemon.scoring.online import OnlineScorer, build_scorer
+from daemon.scoring.seeding import Seeder
 from daemon.settings import Settings, load_settings, unknown_env_names
 from daemon.state.base import StateStore
 from kronos_core.stream_types import StreamForecaster
@@ -63,9 +68,12 @@ class Daemon:
         self.forecaster = forecaster
         self.loop: ForecastLoop | None = None
         self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
-        self.ops: OpsServer | None = None
+        self.ops: Listener | None = None  # /healthz, /readyz, /metrics on KRONOS_HTTP_PORT
+        self.api: Listener | None = None  # the HTTP API on KRONOS_API__PORT (daemon/api)
+        self.swaps = SwapLog()  # the last model swaps, for the dashboard (daemon/api/ui)
         self.scorer: OnlineScorer | None = None
         self.shadow: Any = None  # challengers and the decider (daemon/model/live.py), with a registry
+        self.ondemand = build_ondemand(settings, lambda: self.forecaster, lambda: self.scorer, self.metrics.registry)
         self._run_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
@@ -183,15 +191,15 @@ class Daemon:
         s = self.settings = await asyncio.to_thread(prepare_model_settings, self.settings)
         _warn_short_refreshed_context(s)
         if s.http_port is not None:
-            self.ops = OpsServer(self.metrics, self.live, self.ready, s.http_host, s.http_port)
-            try:
-                await self.ops.start()
-            except OSError as exc:
-                raise port_error(exc, s.http_host, s.http_port) from exc
+            self.ops = ops_listener(self.metrics, self.live, self.ready, s.http_host, s.http_port)
+            await self.ops.start()
+        if s.api.port is not None:  # before the model loads: unusable keys stop start-up at once
+            self.api = api_listener(self)
+            await self.api.start()
         if self.store is None:
             from daemon.state.redis import RedisStateStore
 
-            self.store = RedisStateStore.from_settings(s.redis, s.model.max_context)
+            self.store = RedisStateStore.from_settings(s.redis, s.model.max_context, s.api.stream_length)
         await self._connect("redis", "connecting to Redis", self._ping_store)
         if self.forecaster is None and s.model.registry:
             self.models = ModelFollower(
@@ -200,6 +208,7 @@ class Daemon:
                 states=self._states,
                 on_swap=self._model_swapped,
                 model_thread=self._on_model_thread,
+                seed=Seeder(s, lambda: self.scorer, self._states, self.metrics.registry),
             )
             self.forecaster = await self.models.start()
             if s.challengers.enabled:
@@ -218,7 +227,8 @@ class Daemon:
             self.bus_out = TransactionalOutput(s.kafka)
             self.bus_in = TransactionalInput(s.kafka, self.bus_out)
         if self.bus_in is None or self.bus_out is None:
-            from daemon.io.kafka import KafkaInput, KafkaOutput
+            from daemon.io.kafka_consumer import KafkaInput
+            from daemon.io.kafka_producer import KafkaOutput
 
             # a misspelt topic stops here (or is created when asked); an unreachable broker is waited out
             await self._connect("kafka", "checking the topics", lambda: ensure_topics(s.kafka))
@@ -263,6 +273,7 @@ class Daemon:
             metrics=self.metrics,
             outages=self.outages,
         )
+        self.ondemand.attach(self.loop.model_executor)
         loop, bus_in = self.loop, self.bus_in
         await self._connect("kafka", "starting the consumer", lambda: bus_in.start(loop))
         self._probe_task = asyncio.create_task(self._probe_services(), name="kronos-probes")
@@ -287,6 +298,7 @@ class Daemon:
         return await (self.loop.on_model_thread(fn) if self.loop is not None else asyncio.to_thread(fn))
 
     def _model_swapped(self, new: StreamForecaster, old_version: str) -> None:
+        self.swaps.record(old_version, new.model_version)
         self.metrics.model_info.info({"version": new.model_version, "mode": new.mode})
 
     def _count_dead_letter(self, kind: str) -> None:
@@ -319,6 +331,8 @@ class Daemon:
         """Finish, commit and close everything within ``graceful_shutdown_s``."""
         deadline = time.monotonic() + self.settings.graceful_shutdown_s
         self.request_stop()
+        if self.api is not None:  # no new API requests; those in flight finish (the loop still runs)
+            await self.api.stop()
         if self._run_task is not None and not self._run_task.done():
             _, pending = await asyncio.wait({self._run_task}, timeout=max(0.0, deadline - time.monotonic()))
             if pending:
@@ -328,6 +342,7 @@ class Daemon:
                     await self._run_task
         if self.shadow is not None:
             await self.shadow.close()
+        await self.ondemand.close()
         if self.models is not None:
             await self.models.close()
         closers = [

@@ -3,7 +3,8 @@
 Standard-library loggers (aiokafka, redis) go through the same renderer, so a log collector sees one
 format. Every record has ``timestamp`` (UTC ISO-8601), ``level``, ``logger`` and ``event``; a logged
 exception is an ``exception`` list of ``{exc_type, exc_value, frames: [{filename, lineno, name}]}``
-(structlog's ``dict_tracebacks``), not a text blob.
+(structlog's ``dict_tracebacks``), not a text blob, and without the frames' local variables (they may hold
+credentials: an API key, a request's headers, a password).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import Any
 import structlog
 
 _configured = False
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
@@ -54,7 +58,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 # JSON: the exception as structured data (type, value, frames); console: as text
-                structlog.processors.dict_tracebacks if fmt == "json" else structlog.processors.format_exc_info,
+                _DICT_TRACEBACKS if fmt == "json" else structlog.processors.format_exc_info,
                 renderer,
             ],
         )

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from daemon.api.settings import ApiSettings
 from daemon.errors import ConfigError
 from daemon.model.challenger_settings import ChallengerSettings
 
@@ -368,6 +369,16 @@ class ScoringSettings(_Group):
         default=0, ge=0, le=256,
         description="with calibrate: this many of the model's close sample paths go in the message (model_paths); 0: none",
     )  # fmt: skip
+    seed_origins: int = Field(
+        default=60, ge=0, le=10_000,
+        description="before a hot swap, the new version's calibration comes from a backtest of it on the archive's "
+        "last bars (`KRONOS_ARCHIVE__ROOT`): this many consecutive origins per symbol; 0: off (it copies the champion's)",
+    )  # fmt: skip
+    seed_max_symbols: int = Field(default=200, ge=1, description="... for at most this many of the symbols served")
+    seed_budget_s: float = Field(
+        default=120.0, gt=0, allow_inf_nan=False,
+        description="... within this many seconds (else the new version copies the champion's calibration)",
+    )  # fmt: skip
 
 
 class BatchSettings(_Group):
@@ -434,6 +445,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default=BatchSettings(), description="batching")
     scoring: ScoringSettings = Field(default=ScoringSettings(), description="online scoring")
     archive: ArchiveSettings = Field(default=ArchiveSettings(), description="the archiver")
+    api: ApiSettings = Field(default=ApiSettings(), description="the HTTP API (daemon/api)")
     challengers: ChallengerSettings = Field(
         default=ChallengerSettings(), description="shadow challengers, promotion and rollback"
     )

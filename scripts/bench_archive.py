@@ -32,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from daemon.archive.archiver import Archiver, import_csv
 from daemon.io.feeds import publish, synthetic_bars
-from daemon.io.kafka import KafkaOutput
+from daemon.io.kafka_producer import KafkaOutput
 from daemon.settings import ArchiveSettings, KafkaSettings
 from kronos_contract.archive import read_bars
 

@@ -57,7 +57,7 @@ DEMO = REPO / "daemon" / "assets" / "demo-model"
 def model_footprint(reg: Registry, settings: Any, cache: Path, states: Any, copies: int = 3) -> int:
     """Resident bytes one more loaded version takes (engine, packed weights, smoke-test sessions
     dropped): RSS with ``copies`` extra versions held, minus without, divided by ``copies``."""
-    from daemon.model.swap import load_version
+    from daemon.model.vetting import load_version
 
     gc.collect()
     before = rss_bytes()

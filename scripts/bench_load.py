@@ -63,7 +63,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
@@ -886,11 +886,18 @@ async def send_interval(
     return acks
 
 
+During = Callable[["Session", dict[Key, float], float], Awaitable[dict[str, Any]]]
+
+
 async def bench_steady(
-    args: argparse.Namespace, mode: str, bootstrap: str, redis_url: str, uid: str
+    args: argparse.Namespace, mode: str, bootstrap: str, redis_url: str, uid: str, during: During | None = None
 ) -> dict[str, Any]:
     """One daemon, N symbols warmed up, then one bar per symbol per ``--interval``, spread over
-    ``--spread`` seconds after each close: ``--steady-warmup`` intervals, then ``--intervals`` measured."""
+    ``--spread`` seconds after each close: ``--steady-warmup`` intervals, then ``--intervals`` measured.
+
+    ``during(session, sent, first_close)``: other load on the same daemon (scripts/bench_api.py), run
+    from the warm-up's end until it returns (``sent``: each bar's send time, as bars go); its result is
+    ``result["during"]``."""
     n, interval = args.steady, args.interval
     run = Run(mode, f"{uid}-steady", args.partitions)
     env = daemon_env(args, run, bootstrap, redis_url, free_port())
@@ -906,6 +913,7 @@ async def bench_steady(
         phase_start = first_close + args.steady_warmup * interval
         phase_end = phase_start + args.intervals * interval
         sent: dict[Key, float] = {}
+        other = asyncio.create_task(during(s, sent, first_close)) if during is not None else None
         per_interval: list[tuple[float, list[Key]]] = []
         acks: list[Any] = []
         before: dict[str, float] = {}
@@ -925,6 +933,8 @@ async def bench_steady(
             print(f"[steady {mode}] close {k + 1}/{args.steady_warmup + args.intervals}: {len(collector.first)} "
                   "forecasts read so far", flush=True)
         await asyncio.sleep(max(0.0, phase_end - time.time()))
+        if other is not None:
+            result["during"] = await other
         lag_end = await group_lag(s.admin, s.probe, run)
         after, served_after = await daemon.metrics(), served_counts(run)  # the measured intervals only
         in_phase = collector.count_between(phase_start, phase_end)
@@ -943,6 +953,7 @@ async def bench_steady(
             completions.append(done)
             result["intervals"].append({
                 "forecasts": len(got), "bars": len(keys),
+                "latency_ms": percentiles([(collector.first[k].at - sent[k]) * 1e3 for k in keys if k in collector.first]),
                 "last_forecast_after_close_s": done,
                 "last_forecast_after_last_bar_s": round(max(got) - last_sent, 3) if got else None,
             })  # fmt: skip

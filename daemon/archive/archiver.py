@@ -35,7 +35,7 @@ import structlog
 from daemon.errors import BusError, CommitRefused, InvalidBar
 from daemon.io.bus import InputBus, Partition
 from daemon.io.feeds import csv_bars
-from daemon.io.kafka import KafkaInput
+from daemon.io.kafka_consumer import KafkaInput
 from daemon.io.messages import Bar, bar_to_json, check_bar_time, format_ts, parse_bar
 from daemon.settings import ArchiveSettings, KafkaSettings
 from kronos_contract.archive import COLUMNS, offset_file_name, parse_offset_name, safe_name, write_bars

@@ -66,7 +66,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _model_settings(args: argparse.Namespace) -> dict[str, Any]:
-    from daemon.demo.replay import MAX_CONTEXT, MODEL_DIR
+    from daemon.demo.config import MAX_CONTEXT, MODEL_DIR
 
     model: dict[str, Any] = {"horizon": args.horizon, "sample_count": args.samples, "device": args.device}
     max_context = args.max_context or (MAX_CONTEXT if args.model == DEMO and not args.registry else None)

@@ -7,6 +7,8 @@
     kronos-stream forecast SYMBOL [--wait S]           the latest forecast from Redis, as JSON
     kronos-stream scores [--version V] [--hours N]     online scores per model version, from Redis
     kronos-stream check [--url URL]                    exit 0 if /healthz answers 200 (a probe)
+    kronos-stream api-key new NAME                     an HTTP API key, and its hashed line for the keys file
+    kronos-stream api-schema [PATH]                    the HTTP API's OpenAPI schema (docs/api/openapi.json)
     kronos-stream redis-acl [--user U] [--prefix P]    the daemon's least-privilege Redis ACL user
     kronos-stream train [...]                          fine-tune, gate, publish (see `train --help`)
     kronos-stream archive [--root URL]                 the input topic's bars into Parquet (KRONOS_ARCHIVE__*)
@@ -31,6 +33,7 @@ from importlib.metadata import version as _dist_version
 from pathlib import Path
 from typing import Any
 
+from daemon.cli import api_keys as api_keys_cli
 from daemon.cli import backtest as backtest_cli
 from daemon.errors import ConfigError, DaemonError, StateError
 from daemon.settings import Settings, load_settings
@@ -165,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_archive_parser(sub)
     _add_models_parser(sub)
+    api_keys_cli.add_parsers(sub)
     return parser
 
 
@@ -208,7 +212,7 @@ async def _publish(args: argparse.Namespace) -> int:
 
     from daemon.cli.progress import Progress
     from daemon.io.feeds import csv_bars, publish, synthetic_bars
-    from daemon.io.kafka import KafkaOutput
+    from daemon.io.kafka_producer import KafkaOutput
 
     settings = _settings(args)
     topic = args.topic or settings.kafka.input_topic
@@ -345,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            from daemon.demo.replay import DemoConfig
+            from daemon.demo.config import DemoConfig
             from daemon.demo.replay import main as demo_main
 
             return demo_main(
@@ -384,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "check":
             return _check(args)
+        if args.command in ("api-key", "api-schema"):
+            return api_keys_cli.run(args)
         if args.command == "bench":
             from kronos_core.bench import main as bench_main
 

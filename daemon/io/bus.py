@@ -1,5 +1,6 @@
-"""The message bus interface the loop talks to: Kafka (:mod:`daemon.io.kafka`) or in-memory
-(:mod:`daemon.io.memory`), plus the dead-letter sender both share."""
+"""The message bus interface the loop talks to: Kafka (:mod:`daemon.io.kafka_consumer`,
+:mod:`daemon.io.kafka_producer`) or in-memory (:mod:`daemon.io.memory`), plus the dead-letter sender
+both share."""
 
 from __future__ import annotations
 

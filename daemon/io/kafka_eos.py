@@ -37,7 +37,8 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from daemon.errors import BusError, CommitRefused, DaemonError
 from daemon.io.bus import Headers, InMessage, Partition
-from daemon.io.kafka import KafkaInput, KafkaOutput
+from daemon.io.kafka_consumer import KafkaInput
+from daemon.io.kafka_producer import KafkaOutput
 from daemon.settings import KafkaSettings
 
 log = structlog.get_logger("kronos.eos")

@@ -61,12 +61,11 @@ _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/kronos-stream
 _INTERVAL_LOOKBACK = 8  # bars used to infer the bar interval
 
 
-class BarIn(BaseModel):
-    """The wire form of a bar, validated strictly (JSON numbers only, aware timestamps)."""
+class BarFields(BaseModel):
+    """A bar's time and features, validated strictly (JSON numbers only, aware timestamps)."""
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
-    symbol: str = Field(min_length=1, max_length=64, pattern=r"^\S+$")
     ts: AwareDatetime
     open: float = Field(gt=0, allow_inf_nan=False)
     high: float = Field(gt=0, allow_inf_nan=False)
@@ -76,7 +75,7 @@ class BarIn(BaseModel):
     amount: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _ohlc_consistent(self) -> BarIn:
+    def _ohlc_consistent(self) -> BarFields:
         lo, hi = min(self.open, self.close), max(self.open, self.close)
         if not (self.low <= lo and hi <= self.high):
             raise ValueError(
@@ -84,6 +83,19 @@ class BarIn(BaseModel):
                 f"open={self.open} high={self.high} low={self.low} close={self.close}"
             )
         return self
+
+    def features(self) -> tuple[float, ...]:
+        """open, high, low, close, volume, amount (a missing amount filled by the upstream rule)."""
+        amount = self.amount
+        if amount is None:
+            amount = self.volume * (self.open + self.high + self.low + self.close) / 4.0
+        return (self.open, self.high, self.low, self.close, self.volume, amount)
+
+
+class BarIn(BarFields):
+    """The wire form of a bar on the input topic: a symbol and :class:`BarFields`."""
+
+    symbol: str = Field(min_length=1, max_length=64, pattern=r"^\S+$")
 
 
 class Bar:
@@ -146,11 +158,7 @@ def parse_bar(key: bytes | None, value: bytes | None) -> Bar:
             "(bar times are held as epoch nanoseconds)",
             "ts",
         )
-    amount = bar.amount
-    if amount is None:
-        amount = bar.volume * (bar.open + bar.high + bar.low + bar.close) / 4.0
-    values = (bar.open, bar.high, bar.low, bar.close, bar.volume, amount)
-    return Bar(bar.symbol, to_ns(bar.ts), values)
+    return Bar(bar.symbol, to_ns(bar.ts), bar.features())
 
 
 def check_bar_time(bar: Bar, broker_ts_ms: int, now_s: float, max_future_s: float | None) -> None:

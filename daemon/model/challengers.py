@@ -40,7 +40,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daemon.io.messages import build_forecast_message, encode_json
-from daemon.model.swap import (
+from daemon.model.vetting import (
     LoadDeferred,
     LoadedModel,
     LoadRefused,

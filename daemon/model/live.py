@@ -8,8 +8,8 @@ from typing import Any
 import structlog
 
 from daemon.model.challengers import ChallengerMetrics, ChallengerSet
+from daemon.model.follower import ModelFollower
 from daemon.model.promotion import Decider, DeciderMetrics
-from daemon.model.swap import ModelFollower
 
 log = structlog.get_logger("kronos.challengers")
 

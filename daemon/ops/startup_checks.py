@@ -4,7 +4,7 @@
   :func:`ensure_topics` checks that the input, output and dead-letter topics exist and stops with a
   message when one is missing; with ``KRONOS_KAFKA__CREATE_TOPICS=N`` it creates the missing ones with
   N partitions (replication ``KRONOS_KAFKA__CREATE_TOPICS_REPLICATION``, default 1) instead.
-- The HTTP port already taken: :func:`port_error` names ``KRONOS_HTTP_PORT``.
+- An HTTP port already taken: :func:`port_error` names ``KRONOS_HTTP_PORT`` (or ``KRONOS_API__PORT``).
 - Redis refusing the credentials: :func:`credentials_error` names ``KRONOS_REDIS__PASSWORD`` (not the URL)
   and is not retried as an outage.
 """
@@ -88,7 +88,13 @@ async def _missing_topics(admin: Any, wanted: dict[str, str], settle_s: float = 
         await asyncio.sleep(0.25)
 
 
-def port_error(exc: OSError, host: str, port: int) -> ConfigError:
+def port_error(
+    exc: OSError,
+    host: str,
+    port: int,
+    what: str = "/healthz, /readyz and /metrics",
+    variable: str = "KRONOS_HTTP_PORT",
+) -> ConfigError:
     if exc.errno == errno.EADDRINUSE:
         why = f"port {port} is already in use (another daemon, or another program)"
     elif exc.errno in (errno.EACCES, errno.EPERM):
@@ -96,8 +102,8 @@ def port_error(exc: OSError, host: str, port: int) -> ConfigError:
     else:
         why = f"{exc.strerror or exc}"
     return ConfigError(
-        f"cannot serve /healthz, /readyz and /metrics on {host}:{port}: {why}. Set KRONOS_HTTP_PORT to a "
-        "free port (0 picks one), or KRONOS_HTTP_HOST to another address."
+        f"cannot serve {what} on {host}:{port}: {why}. Set {variable} to a free port (0 picks one), or "
+        f"{variable.removesuffix('PORT')}HOST to another address."
     )
 
 

@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -60,6 +59,7 @@ from daemon.io.messages import (
     parse_bar,
 )
 from daemon.io.retry import Abandoned, Outages
+from daemon.model.runner import ModelExecutor
 from daemon.model.swap import pin_forecaster
 from daemon.ops.metrics import LOOP_PHASES, Metrics
 from daemon.pipeline.calendars import HorizonCalendar
@@ -320,7 +320,7 @@ class ForecastLoop:
         self._generation: str | None = None  # the store's generation marker when last seen
         self._checked: set[Partition] = set()  # partitions checked for lost state since assigned
         self._partial: set[Partition] = set()  # partitions restored from a history missing older bars
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kronos-model")
+        self._executor = ModelExecutor()  # the stream first; on-demand forecasts when it waits for nothing
         self._stopping = False
         self._revoking = False
         self._in_fetch = False  # a fetch waits for a first record (a stop request may interrupt it)
@@ -903,6 +903,11 @@ class ForecastLoop:
     async def on_model_thread(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the model thread, between model calls (on CUDA one thread does all the work)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    @property
+    def model_executor(self) -> ModelExecutor:
+        """The model thread (on-demand forecasts share it: daemon/pipeline/ondemand.py)."""
+        return self._executor
 
     @property
     def states(self) -> dict[str, SymbolState]:

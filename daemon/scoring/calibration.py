@@ -18,7 +18,8 @@ daemon side:
   another replica resumes them and no realised forecast is learnt twice. Each forecast is calibrated,
   and learnt from, with the state of the version that made it. A version with no state of its own for
   a symbol starts from a copy of the champion's (the version it replaced, or the one it is tried
-  beside), read on first use, so a hot swap does not start cold. The unversioned keys of older releases
+  beside), read on first use, so a hot swap does not start cold; before a swap the follower seeds the
+  new version's states from a backtest of it when it can (:mod:`daemon.scoring.seeding`). The unversioned keys of older releases
   (``{prefix}:calibration:{symbol}``, ``{prefix}:calibration-pooled``) are read as a last fallback. The
   pooled state is shared by replicas; the last writer wins.
 """
@@ -176,6 +177,31 @@ class GuardedCalibrator:
                 self._dirty.add((version, k))  # the copy is this version's own from now on
         self._held[version].update(keys)
 
+    def snapshot(self, version: str, keys: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Read only (on-demand forecasts): the states of ``version`` held here of ``keys``, as they
+        would be stored, and the keys whose stored state has not been read yet (read them with
+        :meth:`sources` and :meth:`resolve`)."""
+        wanted = list(dict.fromkeys(keys))
+        held = self._held.get(version, set())
+        pub = self._publishers.get(version)
+        have = pub.export([k for k in wanted if k in held]) if pub is not None else {}
+        return have, [k for k in wanted if k not in held]
+
+    def resolve(self, version: str, keys: Sequence[str], stored: dict[StoreKey, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Read only: the state :meth:`take` would give ``version`` for each of ``keys`` from ``stored``
+        (its own, else its parent's, else the unversioned one), without keeping anything."""
+        parent = self._parent.get(version)
+        out: dict[str, dict[str, Any]] = {}
+        for k in keys:
+            state = stored.get((version, k))
+            if state is None and parent is not None:
+                state = stored.get((parent, k))
+            if state is None:
+                state = stored.get((None, k))
+            if state is not None:
+                out[k] = state
+        return out
+
     def forget(self, symbols: Iterable[str]) -> None:
         """Symbols this replica no longer owns: their state is read again if they come back."""
         gone = [s for s in symbols if s != POOLED]
@@ -183,6 +209,12 @@ class GuardedCalibrator:
             pub.forget(gone)
             self._held[version].difference_update(gone)
         self._dirty = {(v, k) for v, k in self._dirty if k not in gone}
+
+    def drop(self, version: str) -> None:
+        """Forget ``version``'s states held here (unsaved changes included): they are read again."""
+        self._publishers.pop(version, None)
+        self._held.pop(version, None)
+        self._dirty = {(v, k) for v, k in self._dirty if v != version}
 
     def apply(self, window: SeriesWindow, result: SeriesForecast, version: str) -> Applied | None:
         """Publish ``result`` (made by ``version``) through the guard, in place (its close mean and

@@ -11,13 +11,15 @@ braces, e.g. ``kronos:{600977.SH}:bars``. One set of keys per symbol:
 | ``{prefix}:{SYMBOL}:forecast`` | string | the latest forecast, the JSON published on the output topic; expires after ``KRONOS_REDIS__FORECAST_TTL_S`` when set |
 | ``{prefix}:generation`` | string | a random token written once into an empty Redis: when it changes or vanishes, Redis lost its data (restart, failover) |
 | ``{prefix}:watermarks`` | hash | ``topic/partition`` -> offset of the last input message whose state is written (set before each commit) |
+| ``{prefix}:forecasts:stream`` | stream | every forecast written, oldest first, fields ``symbol`` and ``forecast`` (the JSON); capped near ``KRONOS_API__STREAM_LENGTH`` entries (``XADD MAXLEN ~``; 0: not written). The HTTP API's ``/v1/stream`` reads it (daemon/state/redis_stream.py) |
 
 The braces make ``{SYMBOL}`` the Redis Cluster hash tag, so all keys of a symbol live in one slot.
 Keys of the older schema (``{prefix}:bars:{symbol}``...) are moved to the new names the first time a
 symbol is loaded (``legacy_keys``).
 
 All four keys of a processed bar are written in one atomic step (a Lua script on Redis): ring append
-and trim, token cache, meta and latest forecast. The step is idempotent: it skips a bar whose ``ts`` is
+and trim, token cache, meta and latest forecast, and on one server the forecast stream's entry (on a
+Redis Cluster the stream, one key in its own slot, gets the batch's entries right after). The step is idempotent: it skips a bar whose ``ts`` is
 not after the stored ``last_ts``, so a retried write or a stale writer cannot append a bar twice.
 Reading the latest forecast: ``GET {prefix}:{SYMBOL}:forecast`` (or ``kronos-stream forecast SYMBOL``).
 """
@@ -323,6 +325,15 @@ class StateStore(ABC):
         """The stored latest forecast of ``symbol`` (raw JSON) if the stored bar came from the input
         message ``source`` ("topic/partition/offset"), else None (exactly-once replays use it)."""
         return None
+
+    async def stream_tail(self) -> str:
+        """The id of the forecast stream's newest entry ("0-0" when empty; daemon/state/redis_stream.py)."""
+        raise StateError(f"{type(self).__name__} keeps no forecast stream")
+
+    async def read_stream(self, after: str, count: int, block_ms: int = 0) -> list[tuple[str, str, bytes]]:
+        """Forecast-stream entries (id, symbol, forecast JSON) after id ``after``, oldest first, at most
+        ``count``; with ``block_ms`` > 0 waits up to that long for one when there is none yet."""
+        raise StateError(f"{type(self).__name__} keeps no forecast stream")
 
     @abstractmethod
     async def ping(self) -> None:

@@ -5,9 +5,12 @@ Same semantics as the Redis store (capped ring, idempotent apply, forecast TTL),
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +26,7 @@ from daemon.state.base import (
     encode_tokens,
     format_source,
 )
+from daemon.state.redis_stream import entry_order
 
 
 class _Record:
@@ -38,9 +42,13 @@ class _Record:
 
 
 class MemoryStateStore(StateStore):
-    def __init__(self, key_prefix: str = "kronos", max_context: int = 512) -> None:
+    def __init__(self, key_prefix: str = "kronos", max_context: int = 512, stream_length: int = 10_000) -> None:
         super().__init__(key_prefix, max_context)
         self._records: dict[str, _Record] = {}
+        # the forecast stream (as daemon/state/redis_stream.py's): (id, symbol, forecast), oldest first
+        self._stream: deque[tuple[str, str, bytes]] = deque(maxlen=max(1, stream_length))
+        self._stream_seq = 0
+        self._appended = asyncio.Condition()
         self._generation: str | None = None
         self._watermarks: dict[str, int] = {}
 
@@ -110,7 +118,28 @@ class MemoryStateStore(StateStore):
             }
             rec.forecast = u.forecast_json
             rec.forecast_expires = None if forecast_ttl_s is None else now + forecast_ttl_s
+            self._stream_seq += 1
+            self._stream.append((f"0-{self._stream_seq}", u.symbol, u.forecast_json))
+        if len(skipped) < len(updates):
+            async with self._appended:
+                self._appended.notify_all()
         return skipped
+
+    async def stream_tail(self) -> str:
+        return self._stream[-1][0] if self._stream else "0-0"
+
+    async def read_stream(self, after: str, count: int, block_ms: int = 0) -> list[tuple[str, str, bytes]]:
+        def newer() -> list[tuple[str, str, bytes]]:
+            cut = entry_order(after)
+            return [e for e in self._stream if entry_order(e[0]) > cut][:count]
+
+        found = newer()
+        if not found and block_ms > 0:
+            async with self._appended:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._appended.wait_for(lambda: bool(newer())), block_ms / 1e3)
+            found = newer()
+        return found
 
     async def latest_forecast(self, symbol: str) -> dict[str, Any] | None:
         rec = self._records.get(symbol)

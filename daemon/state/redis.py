@@ -38,23 +38,27 @@ from daemon.state.base import (
     watermarks_key,
 )
 from daemon.state.redis_access import client_options, refusal
+from daemon.state.redis_stream import StreamEntry, add_entries, last_id, read_entries, stream_key
 
 RedisClient = aioredis.Redis | RedisCluster
 
 # One atomic, idempotent step for a list of processed bars.
-# KEYS: 4 per update (bars, tokens, meta, forecast). ARGV: max_context, ttl ('' = none), updated_ms,
-# then 6 per update (ts_ns, bar, tokens ('' = delete), forecast, model_version, source).
+# KEYS: 4 per update (bars, tokens, meta, forecast), then the forecast stream's key when there is one.
+# ARGV: max_context, ttl ('' = none), updated_ms, stream length, then 7 per update (ts_ns, bar, tokens
+# ('' = delete), forecast, model_version, source, symbol).
 # Timestamps are compared as decimal strings: Lua numbers are doubles and epoch ns exceed 2^53.
 _APPLY_LUA = """
 local function newer(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
-local cap, ttl, now = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local cap, ttl, now, maxlen = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local stream = nil
+if #KEYS % 4 == 1 then stream = KEYS[#KEYS] end
 local skipped = {}
-for i = 0, #KEYS / 4 - 1 do
+for i = 0, math.floor(#KEYS / 4) - 1 do
   local bars, tokens, meta, forecast = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
-  local a = 3 + 6 * i
+  local a = 4 + 7 * i
   local ts = ARGV[a+1]
   local last = redis.call('HGET', meta, 'last_ts')
   if last and not newer(ts, last) then
@@ -68,6 +72,9 @@ for i = 0, #KEYS / 4 - 1 do
       redis.call('SET', forecast, ARGV[a+4])
     else
       redis.call('SET', forecast, ARGV[a+4], 'EX', ttl)
+    end
+    if stream then
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'symbol', ARGV[a+7], 'forecast', ARGV[a+4])
     end
   end
 end
@@ -116,6 +123,7 @@ class RedisStateStore(StateStore):
     ) -> None:
         super().__init__(key_prefix, max_context)
         self._client = client
+        self.stream_length = 0  # forecasts kept in the forecast stream (redis_stream.py); 0: none written
         self.acl_user = acl_user  # named in a NOPERM refusal (None: the default user)
         self.cluster = isinstance(client, RedisCluster)
         self._apply = client.register_script(_APPLY_LUA)
@@ -157,13 +165,15 @@ class RedisStateStore(StateStore):
         return cls(client, key_prefix, max_context, acl_user=username)
 
     @classmethod
-    def from_settings(cls, r: Any, max_context: int) -> RedisStateStore:
-        """The store of ``KRONOS_REDIS__*`` (``r``: RedisSettings)."""
+    def from_settings(cls, r: Any, max_context: int, stream_length: int = 0) -> RedisStateStore:
+        """The store of ``KRONOS_REDIS__*`` (``r``: RedisSettings); ``stream_length``: see redis_stream."""
         options = client_options(r)
-        return cls.from_url(
+        store = cls.from_url(
             r.url, r.key_prefix, max_context, options.get("password"), r.socket_timeout_s, cluster=r.cluster,
             username=options.get("username"), ssl_ca_certs=options.get("ssl_ca_certs"),
         )  # fmt: skip
+        store.stream_length = stream_length
+        return store
 
     def _unavailable(self, what: str, exc: BaseException) -> StateUnavailable:
         """``what`` failed: an outage, or (NOPERM) the ACL user lacking a grant, said so."""
@@ -240,12 +250,18 @@ class RedisStateStore(StateStore):
             self.max_context,
             "" if forecast_ttl_s is None else forecast_ttl_s,
             int(time.time() * 1e3),
+            self.stream_length,
         ]
         try:
             if self.cluster:  # one call per symbol: a script's keys must share a slot
                 skipped = await self._apply_per_symbol(updates, head)
+                if self.stream_length:  # the stream's slot is not the symbols': added apart
+                    done = [(u.symbol, u.forecast_json) for i, u in enumerate(updates) if i not in skipped]
+                    await add_entries(self._client, stream_key(self.key_prefix), self.stream_length, done)
             else:
                 keys, args = self._call_args(updates, head)
+                if self.stream_length:
+                    keys.append(stream_key(self.key_prefix))
                 skipped = [int(i) for i in await self._apply(keys=keys, args=args)]
         except (RedisError, OSError) as exc:
             raise self._unavailable(f"writing state of {len(updates)} bars to Redis", exc) from exc
@@ -289,6 +305,7 @@ class RedisStateStore(StateStore):
                 u.forecast_json,
                 u.model_version,
                 u.source,
+                u.symbol,
             ]
         return keys, args
 
@@ -358,6 +375,18 @@ class RedisStateStore(StateStore):
         if stored_source is None or stored_source.decode() != source:
             return None
         return bytes(forecast) if forecast is not None else None
+
+    async def stream_tail(self) -> str:
+        try:
+            return await last_id(self._client, stream_key(self.key_prefix))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("reading the forecast stream from Redis", exc) from exc
+
+    async def read_stream(self, after: str, count: int, block_ms: int = 0) -> list[StreamEntry]:
+        try:
+            return await read_entries(self._client, stream_key(self.key_prefix), after, count, block_ms)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable("reading the forecast stream from Redis", exc) from exc
 
     async def ping(self) -> None:
         try:

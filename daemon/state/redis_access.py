@@ -28,6 +28,8 @@ DAEMON_COMMANDS: tuple[str, ...] = (
     "get", "set", "del", "exists", "pttl",
     "hget", "hmget", "hset", "hgetall",
     "lrange", "rpush", "ltrim",
+    # the forecast stream (written by the apply script, read by the API's /v1/stream)
+    "xadd", "xread", "xrange", "xrevrange",
     # the score store
     "multi", "exec", "discard", "expire", "hincrbyfloat", "sadd", "smembers",
     # the per-forecast losses of the challengers' comparison (daemon/scoring/paired.py)
@@ -36,6 +38,8 @@ DAEMON_COMMANDS: tuple[str, ...] = (
     "pexpire",
     # the registry's hint channel (the decider publishes when it promotes or rolls back)
     "subscribe", "unsubscribe", "publish",
+    # the dashboard's symbol list (daemon/api/ui/data.py)
+    "scan",
 )  # fmt: skip
 
 # A Redis Cluster client also reads the command table (to find each command's keys), asks for the

@@ -26,9 +26,15 @@ For each new forecast of a symbol (grid quantiles, :mod:`~kronos_core.evaluation
    the better base, and beats both where their errors offset.
 4. **A last calibration** of the average (the same tracker on its own residuals): averaging two
    bases whose errors differ narrows the errors more than the spread, which this takes back.
-5. **P(up)** per step: the share of the published distribution above the last close, shrunk towards
-   the climatological frequency of up-moves by a weight learned online (projected gradient descent on
-   the Brier score), so it is no worse than the frequency where the distribution has no skill.
+5. **P(up)** per step: ``freq + v * (p_dist - freq)``, where ``p_dist`` is the share of the published
+   distribution above the last close and ``freq`` the running frequency of up-moves (the climatology).
+   The weight ``v`` is learnt online as a one-sided test of skill: the least-squares weight of
+   ``p_dist - freq`` on the outcome's ``up - freq`` (which minimises the Brier score in hindsight),
+   from discounted sums over realised forecasts, less ``up_z`` (2) standard errors, clipped to [0, 1].
+   The variance is multiplied by the step ``k``, because the step-``k`` outcomes of successive origins
+   share up to ``k - 1`` returns. Where the distribution shows no significant skill ``v`` is 0 and the
+   published P(up) *is* the frequency, so its Brier score equals the climatology's; where it does,
+   ``v`` grows with the evidence.
 
 Scopes: every realised forecast updates the pooled state and its symbol's; a symbol's own state (a
 copy of the pooled state when it first appears) is used once ``min_symbol`` of its forecasts have been
@@ -69,7 +75,9 @@ class PublisherConfig:
     tracker_settle: int = 25  # realised forecasts over which the step decays
     guard_lr: float = 1.0  # weight of the cumulative scale-free CRPS difference
     guard_decay: float = 0.99  # forgetting per realised forecast (memory about 100 forecasts)
-    up_lr: float = 0.02  # step of the P(up) shrinkage weight
+    up_z: float = 2.0  # P(up) weight: its least-squares estimate less this many standard errors
+    up_decay: float = 0.999  # forgetting of the P(up) evidence per realised forecast (memory about 1,000)
+    up_overlap: bool = True  # the weight's variance times the step (outcomes of successive origins overlap)
     vol_window: int = 100  # returns in the walk's rolling volatility
     scale_floor: float = 0.05  # a base's spread is at least this share of the walk's
     calibrate_walk: bool = False  # the walk enters the guard as it is
@@ -83,8 +91,10 @@ class PublisherConfig:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
         if self.min_symbol < 0:
             raise ValueError(f"min_symbol must be >= 0, got {self.min_symbol}")
-        if not (self.tracker_lr > 0 and self.guard_lr >= 0 and 0 < self.guard_decay <= 1 and self.up_lr >= 0):
-            raise ValueError("tracker_lr > 0, guard_lr >= 0, 0 < guard_decay <= 1 and up_lr >= 0 are required")
+        if not (self.tracker_lr > 0 and self.guard_lr >= 0 and 0 < self.guard_decay <= 1):
+            raise ValueError("tracker_lr > 0, guard_lr >= 0 and 0 < guard_decay <= 1 are required")
+        if not (self.up_z >= 0 and 0 < self.up_decay <= 1):
+            raise ValueError(f"up_z >= 0 and 0 < up_decay <= 1 are required, got {self.up_z} and {self.up_decay}")
         if self.vol_window < 2:
             raise ValueError(f"vol_window must be >= 2, got {self.vol_window}")
 
@@ -95,22 +105,34 @@ class _Scope:
 
     theta: np.ndarray  # [stages, J, H] residual quantiles per stage
     losses: np.ndarray  # [2, H] discounted scale-free CRPS of the calibrated model and walk
-    up_weight: np.ndarray  # [H] weight of the distribution's P(up) against the frequency
+    up_stats: np.ndarray  # [4, H] discounted sums of 1, d^2, d e, e^2; d = P_dist - freq, e = up - freq
     ups: np.ndarray  # [H] realised up-moves
     count: int = 0  # realised forecasts
 
     @classmethod
     def fresh(cls, horizon: int) -> _Scope:
         theta = np.repeat(np.repeat(Z_GRID[None, :, None], horizon, axis=2), len(STAGES), axis=0)
-        return cls(theta, np.zeros((2, horizon)), np.zeros(horizon), np.zeros(horizon))
+        return cls(theta, np.zeros((2, horizon)), np.zeros((4, horizon)), np.zeros(horizon))
 
     def copy(self) -> _Scope:
-        return _Scope(self.theta.copy(), self.losses.copy(), self.up_weight.copy(), self.ups.copy(), self.count)
+        return _Scope(self.theta.copy(), self.losses.copy(), self.up_stats.copy(), self.ups.copy(), self.count)
 
     def weights(self, lr: float) -> np.ndarray:
         """[H] the model's weight in the guard."""
         diff = np.clip(lr * (self.losses[0] - self.losses[1]), -50, 50)
         return np.asarray(1.0 / (1.0 + np.exp(diff)))
+
+    def up_shrinkage(self, z: float, overlap: bool) -> np.ndarray:
+        """[H] the P(up) weight: the least-squares weight of ``P_dist - freq`` on ``up - freq`` less ``z``
+        standard errors, in [0, 1] (0, the frequency itself, until the distribution shows skill)."""
+        n, dd, de, ee = self.up_stats
+        ok = (dd > 1e-12) & (n >= 2.0)
+        v = np.where(ok, de / np.where(ok, dd, 1.0), 0.0)
+        resid = np.maximum(ee - 2 * v * de + v * v * dd, 0.0) / np.maximum(n - 1.0, 1.0)
+        var = resid / np.where(ok, dd, 1.0)
+        if overlap:
+            var = var * np.arange(1, len(v) + 1)
+        return np.where(ok, np.clip(v - z * np.sqrt(var), 0.0, 1.0), 0.0)
 
     def frequency(self) -> np.ndarray:
         return np.asarray((self.ups + 1.0) / (self.count + 2.0))  # Laplace: 0.5 before any outcome
@@ -118,7 +140,7 @@ class _Scope:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON; arrays as base64 of little-endian float64 (a symbol's state is ~12 KB at horizon 12)."""
         return {
-            "theta": b64_floats(self.theta), "losses": b64_floats(self.losses), "up_weight": b64_floats(self.up_weight),
+            "theta": b64_floats(self.theta), "losses": b64_floats(self.losses), "up_stats": b64_floats(self.up_stats),
             "ups": b64_floats(self.ups), "count": self.count, "shape": list(self.theta.shape),
         }  # fmt: skip
 
@@ -127,7 +149,9 @@ class _Scope:
         stages, j, h = (int(x) for x in data["shape"])
         return cls(
             floats_from_b64(data["theta"], (stages, j, h)), floats_from_b64(data["losses"], (2, h)),
-            floats_from_b64(data["up_weight"], (h,)), floats_from_b64(data["ups"], (h,)), int(data["count"]),
+            # a state of an older release (its P(up) weight learnt otherwise) starts the evidence afresh
+            floats_from_b64(data["up_stats"], (4, h)) if "up_stats" in data else np.zeros((4, h)),
+            floats_from_b64(data["ups"], (h,)), int(data["count"]),
         )  # fmt: skip
 
 
@@ -242,7 +266,7 @@ class Publisher:
             published = mix
         p_dist = prob_up(published, last)
         p_freq = state.frequency()
-        v = state.up_weight
+        v = state.up_shrinkage(cfg.up_z, cfg.up_overlap)
         ticket = Ticket(symbol, last, sigma, np.stack([m0, m1, m2]), np.stack([s0, s1, s2]), p_dist, p_freq)
         return Published(
             symbol=symbol, last_close=last, quantiles=published, model_calibrated=cal_m, model=model,
@@ -280,9 +304,8 @@ class Publisher:
         lr = max(cfg.tracker_lr, cfg.tracker_lr_start / np.sqrt(1.0 + state.count / cfg.tracker_settle))
         state.theta += lr * (GRID[None, :, None] - below)
         up = (y > t.last_close).astype(np.float64)
-        pub = state.up_weight * t.p_dist + (1 - state.up_weight) * t.p_freq
-        grad = 2.0 * (pub - up) * (t.p_dist - t.p_freq)
-        state.up_weight = np.clip(state.up_weight - cfg.up_lr * grad, 0.0, 1.0)
+        d, e = t.p_dist - t.p_freq, up - t.p_freq
+        state.up_stats = cfg.up_decay * state.up_stats + np.stack([np.ones_like(d), d * d, d * e, e * e])
         state.ups += up
         state.count += 1
 

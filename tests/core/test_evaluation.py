@@ -185,6 +185,41 @@ def test_p_up_is_a_probability_per_step() -> None:
     assert len(GRID) == p.quantiles.shape[0]
 
 
+def _up_scores(skill: bool, seed: int, n: int = 1200, h: int = 6) -> tuple[float, float, float]:
+    """A drift that flips sign every 60 bars; a model that knows it (``skill``: its P(up) is informative)
+    or not. Bar by bar, each forecast realised h bars later. (Brier of the published P(up), of the running
+    frequency it is shrunk towards, the mean weight of the distribution's P(up) at the last step)."""
+    rng = np.random.default_rng(seed)
+    sigma = 0.01
+    mu = np.where((np.arange(n) // 60) % 2 == 0, 1, -1) * 0.25 * sigma
+    closes = 100 * np.exp(np.cumsum(mu + rng.normal(0, sigma, n)))
+    pub, k = Publisher(PublisherConfig(h)), np.arange(1, h + 1)
+    pending: dict[int, object] = {}
+    briers, weights = [], []
+    for i in range(120, n - h):
+        drift = mu[i] if skill else 0.0
+        p = pub.publish("X", closes[i - 119 : i + 1], closes[i] * np.exp(drift * k + sigma * np.sqrt(k) * rng.normal(0, 1, (32, h))))
+        pending[i] = p
+        if i - h in pending:
+            q = pending.pop(i - h)
+            pub.realise(q, closes[i - h + 1 : i + 1])  # type: ignore[arg-type]
+            up = closes[i - h + 1 : i + 1] > closes[i - h]
+            if i > 400:
+                briers.append((np.mean((q.p_up - up) ** 2), np.mean((q.ticket.p_freq - up) ** 2)))  # type: ignore[attr-defined]
+                weights.append((q.p_up[-1] - q.ticket.p_freq[-1]) / (q.ticket.p_dist[-1] - q.ticket.p_freq[-1] + 1e-12))  # type: ignore[attr-defined]
+    b = np.mean(briers, axis=0)
+    return float(b[0]), float(b[1]), float(np.median(weights))
+
+
+def test_p_up_is_the_climatology_without_skill_and_better_with_it() -> None:
+    """Without skill the weight stays 0 (the published P(up) is the running frequency: the same Brier
+    score); with skill it grows and the Brier score beats the frequency's."""
+    published, climatology, weight = _up_scores(skill=False, seed=4)
+    assert weight == 0.0 and published <= climatology + 1e-5, (published, climatology)
+    published, climatology, weight = _up_scores(skill=True, seed=4)
+    assert weight > 0.3 and published < climatology - 0.005, (published, climatology, weight)
+
+
 # -- the walk -------------------------------------------------------------------------------------
 
 

@@ -6,10 +6,14 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -224,6 +228,37 @@ def settings_env(settings: Settings) -> dict[str, str]:
         elif value is not None:
             env[f"KRONOS_{name.upper()}"] = str(value)
     return env
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn_daemon(
+    settings: Settings, model_env: dict[str, str], log: Path, delay_ms: int = 0
+) -> subprocess.Popen[bytes]:
+    """``python -m daemon run`` in a subprocess with ``settings`` (and the model of ``model_env``), its
+    output appended to ``log``; ``delay_ms`` slows the stub or test engine's every batch."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
+    env.update(settings_env(settings))
+    env.update(model_env)
+    env["STUB_FORECASTER_DELAY_MS"] = str(delay_ms)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT / "tests" / "daemon"), str(ROOT), env.get("PYTHONPATH")])
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "daemon", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def stop_daemon(proc: subprocess.Popen[bytes], sig: int) -> int:
+    """Send ``sig`` to a daemon process (unless it has ended) and wait for its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return await asyncio.to_thread(proc.wait, 30)
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from daemon.cli.main import main as cli
-from daemon.demo.replay import MODEL_DIR
+from daemon.demo.config import MODEL_DIR
 from daemon.demo.retrain import publish_demo_model
 from kronos_contract.archive import write_bars
 

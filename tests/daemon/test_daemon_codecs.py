@@ -39,11 +39,12 @@ from daemon_helpers import (
     produce,
     read_topic,
     running_daemon,
+    spawn_daemon,
+    stop_daemon,
     wait_committed,
     wait_until,
 )
 from private_services import kafka_jars
-from test_daemon_process import _spawn, _stop
 
 from daemon.io.undecodable import batches, fetch_raw
 from kronos_core.stream_types import StreamForecaster
@@ -187,7 +188,7 @@ async def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the
     eos = {"exactly_once": True, "group_instance_id": "codec-0"} if exactly_once else {}
     settings = daemon_settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics, http_port=0, kafka=eos)
     log = tmp_path / "daemon.log"
-    proc = _spawn(settings, forecaster_env, log, delay_ms=0)
+    proc = spawn_daemon(settings, forecaster_env, log, delay_ms=0)
     try:
         out = forecasts(await read_topic(kafka_bootstrap, topics.output, 14, timeout_s=60))
         dead = await read_topic(kafka_bootstrap, topics.dead, 1, timeout_s=30)
@@ -196,7 +197,7 @@ async def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the
         assert port is not None, log.read_text()[-3000:]
         text = await asyncio.to_thread(_scrape, port)
     finally:
-        assert await _stop(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+        assert await stop_daemon(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
 
     assert {f["id"] for f in out} == expected_ids({"UD": before + after, "UE": other}, model_version)
     assert len(out) == 14

@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from daemon.cli.main import build_parser
-from daemon.demo.replay import BARS_CSV, CSV_TZ, DemoConfig, load_feed, run_demo
+from daemon.demo.config import BARS_CSV, CSV_TZ, DemoConfig, load_feed
+from daemon.demo.replay import run_demo
 from daemon.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(120)

@@ -23,16 +23,16 @@ from daemon_helpers import (
     forecasts,
     interleave,
     produce,
+    spawn_daemon,
     wait_committed,
     wait_until,
 )
-from test_daemon_process import _spawn
 
 from daemon.app import Daemon
 from daemon.errors import ConfigError, DaemonError, StateError
 from daemon.io.bus import InMessage, Partition
-from daemon.io.kafka import KafkaOutput
 from daemon.io.kafka_eos import TransactionalInput, TransactionalOutput
+from daemon.io.kafka_producer import KafkaOutput
 from daemon.pipeline.loop import eos_segments
 from daemon.settings import Settings, load_settings
 from daemon.state.redis import RedisStateStore
@@ -244,7 +244,7 @@ async def test_sigkill_ten_times_each_forecast_exactly_once_for_a_read_committed
         for _ in range(10):
             before = await progress()
             assert before < total, "the stream ended before the tenth kill: slow the model down"
-            proc = _spawn(settings, model_env, log, delay_ms=rng.choice([100, 200, 300]))
+            proc = spawn_daemon(settings, model_env, log, delay_ms=rng.choice([100, 200, 300]))
             try:
                 await wait_until(lambda b=before: _more(progress, b), 90, "the restarted daemon to commit")
                 # Then kill at a random moment, at once if a transaction is seen open.
@@ -256,7 +256,7 @@ async def test_sigkill_ten_times_each_forecast_exactly_once_for_a_read_committed
             finally:
                 proc.send_signal(signal.SIGKILL)
                 assert await asyncio.to_thread(proc.wait, 30) == -signal.SIGKILL, log.read_text()[-3000:]
-        last = _spawn(settings, model_env, log, delay_ms=0)
+        last = spawn_daemon(settings, model_env, log, delay_ms=0)
         try:
             await wait_committed(kafka_bootstrap, group_id, topics.input, timeout_s=120)
         finally:

@@ -37,7 +37,7 @@ from hotswap_helpers import TINY, broken_copy, publish, registry_v1_v2
 from daemon.app import Daemon
 from daemon.cli.main import main as cli_main
 from daemon.io.messages import horizon_ns, infer_interval_ns, parse_bar
-from daemon.model.swap import load_version
+from daemon.model.vetting import load_version
 from daemon.settings import Settings
 from daemon.state.base import SymbolState
 from kronos_contract.registry import Registry, publish_hint
@@ -213,6 +213,8 @@ async def test_corrupt_v3_is_refused_v2_keeps_serving_and_rollback_brings_v1_bac
         await produce(kafka_bootstrap, topics.input, _chunk(series, 30, 40))
         out = forecasts(await read_topic(kafka_bootstrap, topics.output, 120, timeout_s=60))
         assert metric(d, "kronos_model_swaps_total", result="ok") == 2
+        # the dashboard's swap log (GET /v1/events), newest first: the refused v3 never served
+        assert [(s["old_version"], s["new_version"]) for s in d.swaps.recent()] == [("v2", "v1"), ("v1", "v2")]
         assert await _http(d.ops.port, "/readyz") == 200
 
     assert len(out) == 120

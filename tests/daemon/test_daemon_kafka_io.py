@@ -9,7 +9,8 @@ from daemon_helpers import committed_offsets, read_topic, wait_until
 
 from daemon.errors import BusError
 from daemon.io.bus import DeadLetters, InMessage, Partition
-from daemon.io.kafka import KafkaInput, KafkaOutput
+from daemon.io.kafka_consumer import KafkaInput
+from daemon.io.kafka_producer import KafkaOutput
 from daemon.settings import KafkaSettings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(60)]

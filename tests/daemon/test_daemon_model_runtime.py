@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.app import Daemon
-from daemon.demo.replay import MODEL_DIR
+from daemon.demo.config import MODEL_DIR
 from daemon.errors import ConfigError
 from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.model.manifest import apply_model_runtime

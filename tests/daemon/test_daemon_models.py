@@ -1,4 +1,5 @@
-"""Loading, vetting and swapping model versions (daemon/model/swap.py), on a real registry folder.
+"""Loading, vetting and swapping model versions (daemon/model/: vetting.py, swap.py, follower.py), on a
+real registry folder.
 
 No Kafka or Redis here: the follower's checks are driven by hand (the hint listener is off)."""
 
@@ -14,17 +15,9 @@ from prometheus_client import CollectorRegistry
 from stub_forecaster import StubForecaster
 
 from daemon.errors import ForecasterError
-from daemon.model.swap import (
-    LoadRefused,
-    ModelFollower,
-    ModelMetrics,
-    SwappableForecaster,
-    check_smoke,
-    load_version,
-    pin_forecaster,
-    runtime_overrides,
-    smoke_windows,
-)
+from daemon.model.follower import ModelFollower
+from daemon.model.swap import ModelMetrics, SwappableForecaster, pin_forecaster
+from daemon.model.vetting import LoadRefused, check_smoke, load_version, runtime_overrides, smoke_windows
 from daemon.settings import Settings, load_settings
 from daemon.state.base import SymbolState
 from kronos_contract.registry import Registry
@@ -219,7 +212,7 @@ async def test_no_room_on_the_gpu_defers_the_swap_and_says_so(
     """No GPU here: the CUDA memory query is faked (pure logic); the model itself stays on the CPU."""
     import torch
 
-    import daemon.model.swap as models
+    import daemon.model.vetting as models  # prepare_version looks cuda_room up there
 
     metrics = CollectorRegistry()
     follower = ModelFollower(_settings(registry_root), ModelMetrics(metrics), states=_states)
@@ -253,7 +246,7 @@ async def test_on_cuda_a_new_version_is_built_on_the_model_thread(
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import daemon.model.swap as models
+    import daemon.model.follower as models  # the follower looks build_version and uses_cuda up there
 
     executor = ThreadPoolExecutor(1, thread_name_prefix="kronos-model")
     built_on: list[str] = []

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hotswap_helpers import TINY, publish
 
+from daemon.api.catalog import registry_listing
 from daemon.model.challengers import selected
 from daemon.model.policy import Evidence, compare, one_sided_p, rollback_due, weigh
 from daemon.scoring.online import PendingForecast
@@ -131,6 +132,9 @@ def test_registry_challengers_decisions_and_blocked_versions(tmp_path: Path) -> 
     listing.challenge(reg, "v3")
     listing.challenge(reg, "v2")  # twice: once
     assert listing.challengers(reg) == ["v2", "v3"]
+    listed = registry_listing(str(tmp_path / "registry"))  # GET /v1/models reads them too
+    assert listed["challengers"] == ["v2", "v3"]
+    assert {v["version"]: v["role"] for v in listed["versions"]} == {"v1": "champion", "v2": "challenger", "v3": "challenger"}
     assert reg.gc(keep=0) == []  # challengers are never collected
     listing.withdraw(reg, "v3")
     with pytest.raises(RegistryError, match="not a challenger"):

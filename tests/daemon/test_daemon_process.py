@@ -23,13 +23,13 @@ from daemon_helpers import (
     interleave,
     produce,
     read_topic,
-    settings_env,
+    spawn_daemon,
+    stop_daemon,
     wait_committed,
     wait_until,
 )
 
 from daemon.io.messages import forecast_id, parse_bar
-from daemon.settings import Settings
 from daemon.state.base import bars_key, forecast_key
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(120)]
@@ -37,33 +37,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _spawn(
-    settings: Settings, model_env: dict[str, str], log: Path, delay_ms: int
-) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
-    env.update(settings_env(settings))
-    env.update(model_env)
-    env["STUB_FORECASTER_DELAY_MS"] = str(delay_ms)
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(ROOT / "tests" / "daemon"), str(ROOT), env.get("PYTHONPATH")])
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "daemon", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
 async def _published(bootstrap: str, topic: str) -> int:
     return sum((await end_offsets(bootstrap, topic)).values())
-
-
-async def _stop(proc: subprocess.Popen[bytes], sig: int) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    return await asyncio.to_thread(proc.wait, 30)
 
 
 async def test_hard_kill_then_restart_loses_no_bar_and_replays_identically(
@@ -90,21 +65,21 @@ async def test_hard_kill_then_restart_loses_no_bar_and_replays_identically(
         committed = sum((await committed_offsets(kafka_bootstrap, group_id, topics.input)).values())
         return committed > 0 and await _published(kafka_bootstrap, topics.output) > committed
 
-    first = _spawn(settings, forecaster_env, log, delay_ms=400)
+    first = spawn_daemon(settings, forecaster_env, log, delay_ms=400)
     try:
         await wait_until(in_flight, 60, "forecasts published ahead of the committed offsets")
     finally:
-        assert await _stop(first, signal.SIGKILL) == -signal.SIGKILL, log.read_text()[-3000:]
+        assert await stop_daemon(first, signal.SIGKILL) == -signal.SIGKILL, log.read_text()[-3000:]
     committed_at_kill = await committed_offsets(kafka_bootstrap, group_id, topics.input)
     published_at_kill = await _published(kafka_bootstrap, topics.output)
     assert sum(committed_at_kill.values()) < published_at_kill < 180, "the kill must land mid-batch"
 
     log2 = tmp_path / "daemon2.log"
-    second = _spawn(settings, forecaster_env, log2, delay_ms=0)
+    second = spawn_daemon(settings, forecaster_env, log2, delay_ms=0)
     try:
         await wait_committed(kafka_bootstrap, group_id, topics.input, timeout_s=60)
     finally:
-        assert await _stop(second, signal.SIGTERM) == 0, log2.read_text()[-3000:]
+        assert await stop_daemon(second, signal.SIGTERM) == 0, log2.read_text()[-3000:]
     lines = [json.loads(line) for line in log2.read_text().splitlines() if line.startswith("{")]
     assert lines[-1]["event"] == "daemon closed"
     skipped = sum(1 for line in lines if line["event"] == "bar skipped" and line["reason"] == "replayed")
@@ -175,21 +150,21 @@ async def test_sigterm_mid_batch_commits_what_is_done_and_exits_cleanly(
     await produce(kafka_bootstrap, topics.input, records)
     log = tmp_path / "daemon.log"
 
-    first = _spawn(settings, forecaster_env, log, delay_ms=100)
+    first = spawn_daemon(settings, forecaster_env, log, delay_ms=100)
     try:
         await wait_until(lambda: _published(kafka_bootstrap, topics.output), 60, "the first forecasts")
     finally:
         began = asyncio.get_running_loop().time()
-        assert await _stop(first, signal.SIGTERM) == 0, log.read_text()[-3000:]
+        assert await stop_daemon(first, signal.SIGTERM) == 0, log.read_text()[-3000:]
     assert asyncio.get_running_loop().time() - began < settings.graceful_shutdown_s
     published = await _published(kafka_bootstrap, topics.output)
     committed = await committed_offsets(kafka_bootstrap, group_id, topics.input)
     assert sum(committed.values()) == published  # the done prefix was committed on the way out
 
-    second = _spawn(settings, forecaster_env, log, delay_ms=0)
+    second = spawn_daemon(settings, forecaster_env, log, delay_ms=0)
     try:
         await wait_committed(kafka_bootstrap, group_id, topics.input, timeout_s=60)
     finally:
-        assert await _stop(second, signal.SIGTERM) == 0, log.read_text()[-3000:]
+        assert await stop_daemon(second, signal.SIGTERM) == 0, log.read_text()[-3000:]
     out = forecasts(await read_topic(kafka_bootstrap, topics.output, 60))
     assert len(out) == len({f["id"] for f in out}) == 60  # nothing lost, nothing twice

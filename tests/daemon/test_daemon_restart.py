@@ -22,12 +22,13 @@ from daemon_helpers import (
     produce,
     read_topic,
     running_daemon,
+    spawn_daemon,
+    stop_daemon,
     wait_committed,
     wait_until,
 )
 from private_services import PrivateRedis
 from stub_forecaster import StubForecaster
-from test_daemon_process import _spawn, _stop
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -74,20 +75,20 @@ async def test_a_restarted_process_gets_its_partitions_back_without_waiting_out_
     await produce(kafka_bootstrap, topics.input, series[:3])
     settings = daemon_settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics)
     env = {"KRONOS_MODEL__FACTORY": "stub_forecaster:build"}
-    first = _spawn(settings, env, tmp_path / "first.log", 0)
+    first = spawn_daemon(settings, env, tmp_path / "first.log", 0)
     await read_topic(kafka_bootstrap, topics.output, 3)
     await wait_until(lambda: _logged(tmp_path / "first.log", "daemon started"), 30, "the first daemon")
     sent = time.monotonic()
-    assert await _stop(first, signal.SIGTERM) == 0
+    assert await stop_daemon(first, signal.SIGTERM) == 0
     exit_s = time.monotonic() - sent
     assert await _members(kafka_bootstrap, group_id) == []  # left the group, no session to wait out
-    second = _spawn(settings, env, tmp_path / "second.log", 0)
+    second = spawn_daemon(settings, env, tmp_path / "second.log", 0)
     try:
         await produce(kafka_bootstrap, topics.input, series[3:])
         await read_topic(kafka_bootstrap, topics.output, 6)
         takeover_s = time.monotonic() - sent
     finally:
-        assert await _stop(second, signal.SIGTERM) == 0
+        assert await stop_daemon(second, signal.SIGTERM) == 0
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(

@@ -31,7 +31,9 @@ from hotswap_helpers import TINY, registry_v1_v2
 from daemon.app import Daemon
 from daemon.cli.main import main as cli_main
 from daemon.errors import ForecasterError
-from daemon.model.swap import LoadRefused, ModelFollower, ModelMetrics, prepare_version
+from daemon.model.follower import ModelFollower
+from daemon.model.swap import ModelMetrics
+from daemon.model.vetting import LoadRefused, prepare_version
 from daemon.settings import Settings, load_settings
 from kronos_contract.registry import Registry
 from kronos_contract.signing import SIGNATURE, SignatureError, load_private_key, load_public_key
@@ -75,6 +77,11 @@ def _versions(out: Sequence[dict[str, Any]]) -> set[str]:
     return {f["model_version"] for f in out}
 
 
+def _by_bar(out: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The forecasts in bar order: a topic of several partitions is not read in the order written."""
+    return sorted(out, key=lambda f: (f["as_of"], f["symbol"]))
+
+
 def _settings(
     bootstrap: str, redis_url: str, prefix: str, group: str, topics: Topics, root: Path, public_key: Path
 ) -> Settings:
@@ -113,7 +120,7 @@ async def test_unsigned_and_forged_v2_are_refused_v1_keeps_serving_and_a_signed_
         reg.promote("v2")  # unsigned
         await wait_until(lambda: _signature_refusals(d) >= 1, 60, "the unsigned v2 refused")
         await produce(kafka_bootstrap, topics.input, _chunk(series, 10, 20))
-        second = forecasts(await read_topic(kafka_bootstrap, topics.output, 40))[20:]
+        second = _by_bar(forecasts(await read_topic(kafka_bootstrap, topics.output, 40)))[20:]
         assert d.forecaster.model_version == "v1"
 
         reg.sign("v2", load_private_key(keys["forger"][0]))  # signed, by someone else
@@ -125,7 +132,7 @@ async def test_unsigned_and_forged_v2_are_refused_v1_keeps_serving_and_a_signed_
         await wait_until(lambda: d.models is not None and d.models.forecaster is not None
                          and d.models.forecaster.target_version == "v2", 60, "the signed v2 served")  # fmt: skip
         await produce(kafka_bootstrap, topics.input, _chunk(series, 20, 30))
-        third = forecasts(await read_topic(kafka_bootstrap, topics.output, 60))[40:]
+        third = _by_bar(forecasts(await read_topic(kafka_bootstrap, topics.output, 60)))[40:]
         assert metric(d, "kronos_model_swaps_total", result="ok") == 1
         ok, _ = d.ready()
         assert ok

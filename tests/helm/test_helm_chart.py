@@ -189,11 +189,7 @@ def test_custom_resources_are_well_formed(all_rendered: list[Rendered]) -> None:
             ports = {p["name"] for s in services for p in s["spec"]["ports"]}
             for endpoint in sm["spec"]["endpoints"]:
                 assert endpoint["port"] in ports
-                from daemon.ops.metrics import Metrics
-                from daemon.ops.server import OpsServer
-
-                server = OpsServer(Metrics(), live=lambda: (True, {}), ready=lambda: (True, {}))
-                status, ctype, _ = server.respond("GET", endpoint["path"])
+                status, ctype = ops_answer(endpoint["path"], live=True, ready=True)
                 assert status == 200 and ctype.startswith("text/plain"), "the path serves Prometheus text"
         for rule in r.of_kind("PrometheusRule"):
             seen.add("PrometheusRule")
@@ -338,22 +334,16 @@ def test_container_commands_are_cli_subcommands(rendered: Rendered) -> None:
 
 
 def test_probes_match_the_daemon(rendered: Rendered) -> None:
-    from daemon.ops.metrics import Metrics
-    from daemon.ops.server import OpsServer
-
     obj = daemon_workload(rendered)
     container, env = containers_env(rendered, obj)[0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == int(env["KRONOS_HTTP_PORT"])
     # Route each probe's path through the daemon's own handler with liveness and readiness apart.
     for live, ready in ((True, False), (False, True)):
-        server = OpsServer(
-            Metrics(), live=lambda live=live: (live, {}), ready=lambda ready=ready: (ready, {})
-        )
         for probe, wanted in (("startupProbe", live), ("livenessProbe", live), ("readinessProbe", ready)):
             get = container[probe]["httpGet"]
             assert ports.get(get["port"], get["port"]) == ports["http"]
-            status, _, _ = server.respond("GET", get["path"])
+            status, _ = ops_answer(get["path"], live=live, ready=ready)
             assert status == (200 if wanted else 503), (
                 f"{probe} {get['path']} does not follow the right check"
             )
@@ -361,6 +351,19 @@ def test_probes_match_the_daemon(rendered: Rendered) -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "the model load gets minutes"
     services = [s for s in rendered.of_kind("Service") if s["metadata"]["name"].endswith("-metrics")]
     assert [p["targetPort"] for p in services[0]["spec"]["ports"]] == ["http"]
+
+
+def ops_answer(path: str, *, live: bool, ready: bool) -> tuple[int, str]:
+    """Status and content type of ``path`` on the daemon's own operations app (no socket)."""
+    from starlette.testclient import TestClient
+
+    from daemon.api.app import build_ops
+    from daemon.ops.metrics import Metrics
+
+    app = build_ops(Metrics().render, lambda: (live, {}), lambda: (ready, {}))
+    with TestClient(app) as client:
+        answer = client.get(path)
+    return answer.status_code, answer.headers["content-type"]
 
 
 def test_default_port_is_the_daemons() -> None:
@@ -520,6 +523,10 @@ BAD_VALUES = {
     "a network peer that is no peer": {"networkPolicy": {"kafka": {"to": [{"cidr": "10.0.0.0/8"}]}}},
     "a port out of range": {"networkPolicy": {"redis": {"ports": [70000]}}},
     "unknown signing key": {"signing": {"key": "x"}},
+    "an API port out of range": {"api": {"port": 70000}},
+    "unknown API auth": {"api": {"auth": "basic"}},
+    "an API rate of zero": {"api": {"ratePerSecond": 0}},
+    "an API keys entry with a slash": {"api": {"keys": {"key": "a/b"}}},
 }
 
 
@@ -600,6 +607,8 @@ RENDER_FAILURES = {
         ("networkPolicy.enabled=true", "networkPolicy.kafka.to[0].ipBlock.cidr=10.1.0.0/24"),
         "networkPolicy.redis.to is required",
     ),
+    "API keys without a Secret": (None, ("api.enabled=true",), "api.keys.existingSecret is required"),
+    "API on the ops port": (None, ("api.enabled=true", "api.auth=none", "api.port=8080"), "api.port must differ"),
     "network policy without the object store": (
         "secure-values", ("networkPolicy.objectStore.to=null",), "networkPolicy.objectStore.to is required"
     ),
@@ -684,9 +693,15 @@ def test_network_policies_allow_only_what_each_pod_needs(all_rendered: list[Rend
                 assert rule["to"] == np_values[name]["to"] and rule.get("to"), (comp, name)
                 assert _policy_ports(rule) == set(np_values[name]["ports"])
             assert _policy_ports(egress[len(wanted)]) == {53}
-            # ingress: the daemons' ops port only; the others none
+            # ingress: the daemons' ops port (and the API's port); the others none
             if comp == "daemon":
-                (rule,) = spec["ingress"]
+                rule, *api_rules = spec["ingress"]
+                if r.values["api"]["enabled"]:
+                    (api_rule,) = api_rules
+                    assert _policy_ports(api_rule) == {r.values["api"]["port"]}
+                    assert api_rule.get("from", []) == np_values["apiFrom"]
+                else:
+                    assert api_rules == []
                 assert _policy_ports(rule) == {r.values["daemon"]["port"]}
                 peers = rule.get("from", [])
                 assert peers[: len(np_values["metricsFrom"])] == np_values["metricsFrom"]
@@ -744,3 +759,49 @@ def test_redis_tls_acl_user_and_signing_keys_come_by_secret_reference(all_render
     assert train["KRONOS_TRAIN__REDIS_URL"].startswith(f"rediss://{publisher['username']}:$(REDIS_PASSWORD)@")
     assert train["REDIS_PASSWORD"]["secretKeyRef"]["name"] == publisher["existingSecret"]
 
+
+
+# --- the HTTP API ----------------------------------------------------------------------------------
+
+
+def test_api_port_is_exposed_and_its_keys_come_by_secret_reference(all_rendered: list[Rendered]) -> None:
+    enabled = [r for r in all_rendered if r.values["api"]["enabled"]]
+    assert enabled and any(r.values["api"]["auth"] == "keys" for r in enabled), "a values file serves the API with keys"
+    for r in all_rendered:
+        api = r.values["api"]
+        daemon = daemon_workload(r)
+        container, env = containers_env(r, daemon)[0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        services = [s for s in r.of_kind("Service") if s["metadata"]["name"].endswith("-api")]
+        if not api["enabled"]:
+            assert "api" not in ports and not services and not any(k.startswith("KRONOS_API__") for k in env)
+            continue
+        assert ports["api"] == api["port"] == int(env["KRONOS_API__PORT"]) != ports["http"]
+        (service,) = services
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(api["port"], "api")]
+        assert service["spec"]["selector"].items() <= pod_labels(daemon).items(), "the Service selects the daemons"
+        assert env["KRONOS_API__AUTH"] == api["auth"]
+        assert float(env["KRONOS_API__RATE_PER_S"]) == api["ratePerSecond"]
+        if api["auth"] == "keys":
+            keys_file = env["KRONOS_API__KEYS_FILE"]
+            assert _mounted_file(r, daemon, keys_file) == api["keys"]["existingSecret"]
+            assert keys_file.endswith("/" + api["keys"]["key"])
+        else:
+            assert "KRONOS_API__KEYS_FILE" not in env
+        settings = _daemon_settings_of(env)
+        assert settings.api.port == api["port"] and settings.api.auth == api["auth"]
+
+
+def _daemon_settings_of(env: dict[str, Any]) -> Settings:
+    """The daemon's settings from a rendered environment (references stand in as plain strings)."""
+    from daemon.settings import load_settings
+
+    values = {k: ("secret" if isinstance(v, dict) else str(v)) for k, v in env.items() if k.startswith("KRONOS_")}
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.upper().startswith("KRONOS_")}
+    try:
+        os.environ.update(values)
+        return load_settings()
+    finally:
+        for k in values:
+            os.environ.pop(k, None)
+        os.environ.update(saved)

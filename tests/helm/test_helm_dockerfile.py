@@ -191,7 +191,8 @@ def test_dockerignore_keeps_the_context_to_the_sources() -> None:
 
 def test_the_build_context_builds_the_wheel(tmp_path: Path) -> None:
     """What `COPY . /src` sees (the .dockerignore applied) builds a wheel with every package,
-    the bundled demo model and the console script: the builder stage's `pip install /src`."""
+    the bundled demo model, the dashboard's page and the console script: the builder stage's
+    `pip install /src`."""
     patterns = ignore_patterns()
     context = tmp_path / "context"
     for top in sorted(ROOT.iterdir()):
@@ -231,5 +232,7 @@ def test_the_build_context_builds_the_wheel(tmp_path: Path) -> None:
         if (ROOT / package / "__init__.py").is_file():
             assert package in tops, f"{package} is missing from the image's wheel"
     assert any(n.endswith("demo-model/predictor/model.safetensors") for n in names)
+    for static in ("index.html", "dashboard.js", "dashboard.css"):  # the dashboard works offline
+        assert f"daemon/api/ui/static/{static}" in names, f"the dashboard's {static} is missing from the wheel"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "kronos-stream = daemon.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

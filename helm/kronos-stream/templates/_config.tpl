@@ -40,6 +40,21 @@ the rest. Secrets never appear here: they are secretKeyRef entries of the pods (
 {{- end }}
 {{- $_ := set $env "KRONOS_HTTP_PORT" (toString (int $v.daemon.port)) }}
 {{- $_ := set $env "KRONOS_GRACEFUL_SHUTDOWN_S" (toJson $v.daemon.gracefulShutdownSeconds) }}
+{{- if $v.api.enabled }}
+{{- if eq (int $v.api.port) (int $v.daemon.port) }}
+{{- fail "api.port must differ from daemon.port: the API and the ops endpoints listen apart" }}
+{{- end }}
+{{- $_ := set $env "KRONOS_API__PORT" (toString (int $v.api.port)) }}
+{{- $_ := set $env "KRONOS_API__AUTH" $v.api.auth }}
+{{- $_ := set $env "KRONOS_API__RATE_PER_S" (toJson $v.api.ratePerSecond) }}
+{{- $_ := set $env "KRONOS_API__BURST" (toString (int $v.api.burst)) }}
+{{- if eq $v.api.auth "keys" }}
+{{- if not $v.api.keys.existingSecret }}
+{{- fail "api.keys.existingSecret is required with api.enabled and api.auth keys: a Secret holding the hashed keys file (lines from `kronos-stream api-key new NAME`), or set api.auth none" }}
+{{- end }}
+{{- $_ := set $env "KRONOS_API__KEYS_FILE" (printf "/etc/kronos/api-keys/%s" $v.api.keys.key) }}
+{{- end }}
+{{- end }}
 {{- if eq $v.daemon.modelSource "registry" }}
 {{- $_ := set $env "KRONOS_MODEL__REGISTRY" (include "kronos-stream.registryUrl" .) }}
 {{- else }}

@@ -199,3 +199,30 @@ async def test_a_degrading_champion_is_rolled_back_within_the_window(
     assert all(r == ["v1", "v5", "v1"] for r in runs.values()), runs
     served_by_v5 = sum(f["model_version"] == "v5" for f in out)
     assert served_by_v5 < 55 * len(SYMBOLS)  # rolled back while the stream was still coming
+
+
+async def test_one_replica_decides_at_a_time(redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+    """The decider's lock in the real Redis: two replicas, one leader; the other takes over once the
+    leader releases it, or once its lease expires."""
+    import redis.asyncio as aioredis
+    from prometheus_client import CollectorRegistry
+
+    from daemon.model.promotion import Decider, DeciderMetrics
+    from daemon.scoring.paired import MemoryLossLog
+    from daemon.settings import load_settings
+
+    settings = load_settings(redis={"url": redis_url, "key_prefix": key_prefix.rstrip(":")},
+                             challengers={"lock_ttl_s": 0.5})  # fmt: skip
+    reg = registry_of(tmp_path / "registry", {"v1": (0.0, SIGMA)}, champion="v1")
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
+    try:
+        a, b = (Decider(settings, reg, MemoryLossLog(), DeciderMetrics(CollectorRegistry()), redis=c) for c in clients)
+        assert await a.leader() and not await b.leader()
+        assert await a.leader() and not await b.leader()  # renewed by its holder only
+        await a.release()
+        assert await b.leader() and not await a.leader()
+        await asyncio.sleep(0.7)  # b stops renewing: its lease runs out
+        assert await a.leader() and not await b.leader()
+    finally:
+        for c in clients:
+            await c.aclose()

@@ -64,19 +64,22 @@ def steady_args(args: argparse.Namespace, registry: Path, label: str) -> argpars
     ])  # fmt: skip
 
 
-def figures(run: dict[str, Any]) -> dict[str, Any]:
+def figures(run: dict[str, Any], measured_s: float) -> dict[str, Any]:
     m = run["measured"]
-    model_ms = m["phase_ms_per_forecast"].get("model")
+    # the model thread's time: the champion's calls (kronos_model_step_seconds, until its forecasts are
+    # handed back) plus the challengers' calls of the same jobs (kronos_challenger_model_seconds_total)
+    model_s = m["model_s"] + m["challenger_model_s"]
     return {
-        "model_ms_per_forecast": model_ms,
-        "model_busy_share": m["model_busy_share"],
+        "model_ms_per_forecast": round(model_s / m["bars_sent"] * 1e3, 3) if m["bars_sent"] else None,
+        "model_busy_share": round(model_s / measured_s, 3),
         "mean_model_call_ms": m["mean_model_call_ms"],
         "mean_batch": m["mean_batch"],
         "latency_ms": m["latency_ms"],
         "forecasts_per_s": m["forecasts_per_s"],
         "kept_up": m["kept_up"],
         "forecasts_missing_after_grace": m["forecasts_missing_after_grace"],
-        "model_s": m["model_s"],
+        "model_s": round(model_s, 3),
+        "champion_model_s": m["model_s"],
         "challenger_model_s": m["challenger_model_s"],
         "challenger_forecasts": m["challenger_forecasts"],
         "bars_sent": m["bars_sent"],
@@ -118,9 +121,10 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"Ratios one / none: model time per forecast **{r['model_ms_per_forecast']}x** (goal <= 2), "
         f"p50 latency {r['latency_p50']}x, p99 latency **{r['latency_p99']}x** (goal <= 1.2).",
         "",
-        "- *model ms per forecast*: the daemon's `model` loop phase over the measured intervals per published "
-        "forecast: the model-thread job, which makes the champion's forecasts and then the challenger's of the "
-        "same windows (one batched call each).",
+        "- *model ms per forecast*: the model thread's time over the measured intervals per bar: the champion's "
+        "calls (`kronos_model_step_seconds`) plus the challenger's calls of the same jobs "
+        "(`kronos_challenger_model_seconds_total`); each job makes the champion's forecasts, hands them to the "
+        "loop to publish, then makes the challenger's of the same windows (one batched call each).",
         "- *latency*: from just before the bar was sent until its (champion's) forecast was read from the output "
         "topic.",
         f"- Challenger active in the second run: {report['challenger_check']}; it made {one['challenger_forecasts']} "
@@ -145,7 +149,7 @@ async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[s
         run = report["modes"]["exact"]
         if "error" in run:
             raise SystemExit(f"the {label} run failed: {run['error']}")
-        runs[label] = {"figures": figures(run), "report": report}
+        runs[label] = {"figures": figures(run, args.intervals * args.interval), "report": report}
         log = (REPO / "results" / "tmp" / "bench_steady-exact.log").read_text(errors="replace")
         if label == "one":
             loaded = "challenger loaded" in log
@@ -168,7 +172,7 @@ async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[s
             "latency_p99": ratio(one["latency_ms"]["p99"], none["latency_ms"]["p99"]),
         },
         "challenger_check": check,
-        "champion_part_of_one_s": round(one["model_s"] - one["challenger_model_s"], 3),
+        "champion_part_of_one_s": one["champion_model_s"],
         "steady_reports": {k: v["report"] for k, v in runs.items()},
     }
 

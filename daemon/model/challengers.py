@@ -10,7 +10,9 @@ Per round of the loop:
 
 1. in the same model-thread job as the champion's call, right after it, each challenger forecasts the
    same windows (the symbols a stable hash selects, ``KRONOS_CHALLENGERS__SAMPLE_FRACTION``) with its
-   own seed and no token cache of another version (:meth:`ChallengerSet.forecast_in_job`);
+   own seed and no token cache of another version (:meth:`ChallengerSet.forecast_in_job`). The
+   champion's forecasts are handed to the loop as soon as they are made (:meth:`champion_done`), so
+   they are published while the challengers' calls run;
 2. once the champion's forecasts are published and stored, the challengers' are calibrated and scored
    by the same online scorer under their own version (:meth:`ChallengerSet.after_round`), and sent to
    ``KRONOS_CHALLENGERS__SHADOW_TOPIC`` when it is set. They never reach the output topic nor the
@@ -60,6 +62,11 @@ SEPARATOR = "~"  # a challenger's pending forecasts of a symbol: {symbol}~{versi
 def selected(symbol: str, fraction: float) -> bool:
     """Whether challengers forecast ``symbol``: a stable hash, the same on every replica and restart."""
     return fraction >= 1.0 or zlib.crc32(symbol.encode()) / 2**32 < fraction
+
+
+def _resolve(future: asyncio.Future[list[SeriesForecast]], results: list[SeriesForecast]) -> None:
+    if not future.done():
+        future.set_result(results)
 
 
 class ShadowState:
@@ -123,6 +130,8 @@ class ChallengerSet:
         self.forecasters: dict[str, StreamForecaster] = {}
         self._failures: dict[str, tuple[int, float]] = {}
         self._round: list[tuple[str, list[SeriesWindow], list[SeriesForecast | Exception]]] = []
+        self._early: asyncio.Future[list[SeriesForecast]] | None = None
+        self._job: asyncio.Future[list[SeriesForecast]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.checks = 0
@@ -209,9 +218,30 @@ class ChallengerSet:
 
     # -- one round --------------------------------------------------------------------------------
 
-    def begin_round(self) -> None:
-        """A new round: forget what a round that failed before :meth:`after_round` left."""
+    def begin_round(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[list[SeriesForecast]]:
+        """A new round (forgetting what a round that failed before :meth:`after_round` left); returns the
+        future the model thread resolves with the champion's forecasts as soon as they are made."""
         self._round = []
+        self._job = None
+        self._early = loop.create_future()
+        return self._early
+
+    def champion_done(self, results: list[SeriesForecast]) -> None:
+        """On the model thread: the champion's forecasts of this job are made (the challengers' follow)."""
+        early = self._early
+        if early is not None and not early.done():
+            early.get_loop().call_soon_threadsafe(_resolve, early, results)
+
+    async def champion_results(
+        self, early: asyncio.Future[list[SeriesForecast]], job: asyncio.Future[list[SeriesForecast]]
+    ) -> list[SeriesForecast]:
+        """The champion's forecasts of a job, as soon as they are made: the loop publishes them while the
+        model thread goes on with the challengers' calls of the same job (awaited in :meth:`after_round`)."""
+        await asyncio.wait({early, job}, return_when=asyncio.FIRST_COMPLETED)
+        if early.done() and not early.cancelled():
+            self._job = job
+            return early.result()
+        return await job  # the champion's call failed: its error; or the job ended first
 
     def forecast_in_job(self, windows: Sequence[SeriesWindow], horizon: int) -> None:
         """On the model thread, right after the champion's call on ``windows``: each challenger's
@@ -243,6 +273,10 @@ class ChallengerSet:
     async def after_round(self, stored: Sequence[tuple[Any, Any]], mode: str) -> None:
         """After the champion's round is stored: score (and publish to the shadow topic) the challengers'
         forecasts of it. ``stored``: (the symbol's state with the new bar, the champion's context)."""
+        job, self._job = self._job, None
+        if job is not None:  # the challengers' calls of this round's job
+            with contextlib.suppress(Exception):  # the champion's part was taken already; theirs are caught
+                await job
         made, self._round = self._round, []
         by_symbol = {state.symbol: (state, ctx) for state, ctx in stored}
         for version, windows, results in made:

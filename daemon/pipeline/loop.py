@@ -857,12 +857,16 @@ class ForecastLoop:
         """The batched call off the event loop; if it fails, each series alone, to isolate the culprit."""
         loop = asyncio.get_running_loop()
         started = time.time()
-        if self._cfg.challengers is not None:
-            self._cfg.challengers.begin_round()
+        shadow = self._cfg.challengers
         try:
-            results: list[SeriesForecast | Exception] = list(
-                await loop.run_in_executor(self._executor, self._call_model, forecaster, windows)
-            )
+            if shadow is None:
+                results: list[SeriesForecast | Exception] = list(
+                    await loop.run_in_executor(self._executor, self._call_model, forecaster, windows)
+                )
+            else:  # the champion's forecasts come back as soon as they are made, before the challengers'
+                early = shadow.begin_round(loop)
+                job = loop.run_in_executor(self._executor, self._call_model, forecaster, windows)
+                results = list(await shadow.champion_results(early, job))
         except Exception as exc:
             log.warning(
                 "batched forecast failed; retrying series one by one", size=len(windows), error=repr(exc)
@@ -897,6 +901,7 @@ class ForecastLoop:
                 f"the forecaster answered {len(results)} forecasts for {len(windows)} windows, or out of order"
             )
         if self._cfg.challengers is not None:  # same job, same windows, right after the champion's call
+            self._cfg.challengers.champion_done(results)
             self._cfg.challengers.forecast_in_job(windows, self._cfg.horizon)
         return results
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,15 +34,18 @@ DRIFT, SIGMA = 0.003, 0.001  # the stream's
 class QualityStub:
     """Sample paths ``last * exp(cumsum(drift + sigma * N(0, 1)))`` seeded by the window."""
 
-    def __init__(self, version: str, drift: float, sigma: float, settings: Any) -> None:
+    def __init__(self, version: str, drift: float, sigma: float, settings: Any, delay_s: float = 0.0) -> None:
         self.model_version = version
         self.mode: StreamMode = settings.mode
         self.max_context = settings.model.max_context
         self.quantile_levels = tuple(settings.model.quantile_levels)
         self.samples = 16
         self.drift, self.sigma = drift, sigma
+        self.delay_s = delay_s  # each call takes this much longer (a slow model)
 
     def forecast(self, windows: Sequence[SeriesWindow], horizon: int) -> list[SeriesForecast]:
+        if self.delay_s and not windows[0].series_id.startswith("__smoke__"):
+            time.sleep(self.delay_s)
         out = []
         for w in windows:
             rng = np.random.default_rng(w.seed)
@@ -59,16 +63,21 @@ def quality_stub(settings: Any) -> QualityStub:
     """Stands in for ``build_engine_forecaster`` of a fetched version: its manifest's ``stub`` block."""
     manifest = json.loads((Path(settings.model.predictor_dir).parent / "manifest.json").read_text())
     stub = manifest["stub"]
-    return QualityStub(manifest["version"], float(stub["drift"]), float(stub["sigma"]), settings)
+    return QualityStub(
+        manifest["version"], float(stub["drift"]), float(stub["sigma"]), settings, float(stub.get("delay_s", 0.0))
+    )
 
 
-def registry_of(root: Path, versions: dict[str, tuple[float, float]], champion: str) -> Registry:
-    """A registry folder with ``versions`` (name -> (drift, sigma)); ``champion`` promoted."""
+def registry_of(
+    root: Path, versions: dict[str, tuple[float, float]], champion: str, delays: dict[str, float] | None = None
+) -> Registry:
+    """A registry folder with ``versions`` (name -> (drift, sigma); ``delays``: name -> seconds each
+    call takes longer); ``champion`` promoted."""
     reg = Registry(str(root))
-    publish(reg, champion, TINY, promote=True, stub={"drift": versions[champion][0], "sigma": versions[champion][1]})
-    for name, (drift, sigma) in versions.items():
-        if name != champion:
-            publish(reg, name, TINY, promote=False, stub={"drift": drift, "sigma": sigma})
+    for name in [champion, *(v for v in versions if v != champion)]:
+        drift, sigma = versions[name]
+        stub = {"drift": drift, "sigma": sigma, "delay_s": (delays or {}).get(name, 0.0)}
+        publish(reg, name, TINY, promote=name == champion, stub=stub)
     return reg
 
 

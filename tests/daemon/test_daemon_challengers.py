@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,29 @@ async def test_one_replica_decides_at_a_time(redis_url: str, key_prefix: str, tm
     finally:
         for c in clients:
             await c.aclose()
+
+
+async def test_the_champions_forecasts_are_published_while_a_slow_challenger_still_runs(
+    kafka_bootstrap: str, redis_url: str, key_prefix: str, group_id: str, topics: Topics, tmp_path: Path
+) -> None:
+    """Same job, the champion first: its forecasts go out before the challenger's calls of that job end."""
+    root = tmp_path / "registry"
+    reg = registry_of(root, {"v1": (DRIFT, SIGMA), "v2": (DRIFT, SIGMA)}, champion="v1", delays={"v2": 3.0})
+    listing.challenge(reg, "v2")
+    settings = _settings(kafka_bootstrap, redis_url, key_prefix, group_id, topics, root, policy="off")
+    series = _series(1)
+    async with running_daemon(settings, None) as d:
+        assert d.shadow is not None
+        await wait_until(lambda: d.shadow.challengers.versions == ["v2"], 20, "v2 loaded")
+        sent = time.monotonic()
+        await _stream(kafka_bootstrap, topics.input, by_round(series, 0, 1), 0.0)
+        out = forecasts(await read_topic(kafka_bootstrap, topics.output, len(SYMBOLS), timeout_s=10, settle_s=0.0))
+        read_after_s = time.monotonic() - sent
+        shadow_then = metric(d, "kronos_challenger_forecasts_total", model_version="v2")
+        await wait_until(
+            lambda: metric(d, "kronos_challenger_forecasts_total", model_version="v2") == len(SYMBOLS), 20,
+            "the challenger's forecasts",
+        )  # fmt: skip
+    assert {f["model_version"] for f in out} == {"v1"} and len(out) == len(SYMBOLS)
+    assert shadow_then == 0  # the challenger was still forecasting when the champion's were read
+    assert read_after_s < 2.5, read_after_s  # not after the challenger's 3 s call

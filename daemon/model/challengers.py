@@ -218,12 +218,18 @@ class ChallengerSet:
 
     # -- one round --------------------------------------------------------------------------------
 
-    def begin_round(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[list[SeriesForecast]]:
+    @property
+    def active(self) -> bool:
+        """Whether any challenger is loaded (else the loop's calls run as without challengers)."""
+        return bool(self.forecasters)
+
+    def begin_round(self, loop: asyncio.AbstractEventLoop | None) -> asyncio.Future[list[SeriesForecast]] | None:
         """A new round (forgetting what a round that failed before :meth:`after_round` left); returns the
-        future the model thread resolves with the champion's forecasts as soon as they are made."""
+        future the model thread resolves with the champion's forecasts as soon as they are made (None
+        without ``loop``: the job's result is awaited whole)."""
         self._round = []
         self._job = None
-        self._early = loop.create_future()
+        self._early = None if loop is None else loop.create_future()
         return self._early
 
     def champion_done(self, results: list[SeriesForecast]) -> None:

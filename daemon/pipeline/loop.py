@@ -859,7 +859,9 @@ class ForecastLoop:
         started = time.time()
         shadow = self._cfg.challengers
         try:
-            if shadow is None:
+            if shadow is None or not shadow.active:
+                if shadow is not None:
+                    shadow.begin_round(None)
                 results: list[SeriesForecast | Exception] = list(
                     await loop.run_in_executor(self._executor, self._call_model, forecaster, windows)
                 )

@@ -72,6 +72,7 @@ class Daemon:
         self.api: Listener | None = None  # the HTTP API on KRONOS_API__PORT (daemon/api)
         self.swaps = SwapLog()  # the last model swaps, for the dashboard (daemon/api/ui)
         self.scorer: OnlineScorer | None = None
+        self.shadow: Any = None  # challengers and the decider (daemon/model/live.py), with a registry
         self.ondemand = build_ondemand(settings, lambda: self.forecaster, lambda: self.scorer, self.metrics.registry)
         self._run_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
@@ -210,6 +211,10 @@ class Daemon:
                 seed=Seeder(s, lambda: self.scorer, self._states, self.metrics.registry),
             )
             self.forecaster = await self.models.start()
+            if s.challengers.enabled:
+                from daemon.model.live import LiveModels
+
+                self.shadow = LiveModels(self.models, self.metrics.registry, self._states, self._on_model_thread)
         if self.forecaster is None:
             log.info("loading the model", model=s.model.model_dump(mode="json"))
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
@@ -263,6 +268,7 @@ class Daemon:
                 ),
                 scorer=self.scorer,
                 exactly_once=s.kafka.exactly_once,
+                challengers=None if self.shadow is None else self.shadow.challengers,
             ),
             metrics=self.metrics,
             outages=self.outages,
@@ -273,6 +279,9 @@ class Daemon:
         self._probe_task = asyncio.create_task(self._probe_services(), name="kronos-probes")
         if self.models is not None:
             self.models.run_in_background()
+        if self.shadow is not None:
+            self.shadow.attach(self.scorer, self.bus_out)
+            self.shadow.start()
         log.info(
             "daemon started",
             input_topic=s.kafka.input_topic,
@@ -331,6 +340,8 @@ class Daemon:
                 self._run_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._run_task
+        if self.shadow is not None:
+            await self.shadow.close()
         await self.ondemand.close()
         if self.models is not None:
             await self.models.close()

@@ -32,6 +32,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from daemon.api.settings import ApiSettings
 from daemon.errors import ConfigError
+from daemon.model.challenger_settings import ChallengerSettings
 
 ENV_PREFIX = "KRONOS_"
 NESTED_DELIMITER = "__"
@@ -445,6 +446,9 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default=ScoringSettings(), description="online scoring")
     archive: ArchiveSettings = Field(default=ArchiveSettings(), description="the archiver")
     api: ApiSettings = Field(default=ApiSettings(), description="the HTTP API (daemon/api)")
+    challengers: ChallengerSettings = Field(
+        default=ChallengerSettings(), description="shadow challengers, promotion and rollback"
+    )
     mode: Literal["exact", "incremental"] = Field(default="exact", description="forecasting mode")
     refresh_every_bars: int = Field(
         default=64, ge=1, description="incremental: refreeze a symbol's statistics this often ..."

@@ -9,6 +9,8 @@ Layout under the root (a local folder or any fsspec URL such as ``s3://bucket/mo
                                             (kronos_contract.signing), written before it
     champion.json                           {"version", "previous", "updated_at", "history"}
     refused/<version>/manifest.json         a candidate the gate refused (figures only, no weights)
+    challengers.json                        challengers, live decisions, blocked versions
+                                            (kronos_contract.challengers)
 
 Guarantees:
 
@@ -21,7 +23,8 @@ Guarantees:
   against the manifest; any mismatch or missing file raises :class:`RegistryError` and nothing is
   left in the destination. :meth:`Registry.promote` and :meth:`Registry.rollback` verify the version
   before they point at it.
-- :meth:`Registry.gc` never deletes the champion nor the previous champion.
+- :meth:`Registry.gc` never deletes the champion, the previous champion nor a challenger
+  (:mod:`kronos_contract.challengers`).
 - :func:`publish_hint` tells daemons on Redis pub/sub that the pointer moved; it is only a hint
   (a lost message delays a swap until the next poll of the pointer, it never changes what is served).
 
@@ -443,6 +446,23 @@ class Registry:
         self._write_pointer(pointer)
         return target
 
+    def read_document(self, name: str) -> dict[str, Any]:
+        """A JSON document at the registry's root (e.g. ``challengers.json``); {} when absent."""
+        path = self._path(name)
+        if not self._fs.exists(path):
+            return {}
+        try:
+            data = json.loads(read_bytes(self._fs, path))
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"{self.url}/{name} is unreadable: {exc}; fix or remove it") from exc
+        if not isinstance(data, dict):
+            raise RegistryError(f"{self.url}/{name} is not a JSON object; fix or remove it")
+        return data
+
+    def write_document(self, name: str, data: dict[str, Any]) -> None:
+        """Replace a JSON document at the root atomically (as the pointer is)."""
+        write_bytes(self._fs, self._path(name), json.dumps(data, indent=2, allow_nan=False).encode())
+
     def record_refused(self, version: str, manifest: dict[str, Any]) -> None:
         """Keep the figures of a candidate the gate refused (no weights) under refused/<version>/."""
         _check_version_name(version)
@@ -461,6 +481,8 @@ class Registry:
             raise RegistryError(f"keep must be >= 0, got {keep}")
         pointer = self._pointer()
         protected = {pointer.get("version"), pointer.get("previous")}
+        listed = self.read_document("challengers.json").get("challengers") or []  # challengers stay too
+        protected |= {c.get("version") if isinstance(c, dict) else c for c in listed}
         # newest by the manifests' created_at (then by id), whatever prefixes the ids carry
         versions = sorted(self.versions(), key=lambda v: (str(self.manifest(v).get("created_at", "")), v))
         kept = set(versions[-keep:]) if keep else set()

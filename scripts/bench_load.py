@@ -299,6 +299,9 @@ def daemon_env(
     if args.model == "stub":
         paths.insert(0, str(model_dir))
         env.update({"KRONOS_MODEL__FACTORY": STUB_FACTORY, "STUB_FORECASTER_DELAY_MS": "0"})
+    elif args.registry is not None:  # the registry's champion (and its challengers), not fixed folders
+        env["KRONOS_MODEL__REGISTRY"] = str(args.registry)
+        env["KRONOS_MODEL__CACHE_DIR"] = str(REPO / "results" / "tmp" / f"models-{run.uid}-{run.mode}")
     else:
         env["KRONOS_MODEL__TOKENIZER_DIR"] = str(model_dir / "tokenizer")
         env["KRONOS_MODEL__PREDICTOR_DIR"] = str(model_dir / "predictor")
@@ -969,6 +972,10 @@ async def bench_steady(
             "model_calls": int(calls),
             "mean_batch": round(series / calls, 1) if calls else None,
             "model_busy_share": round(model_s / (phase_end - phase_start), 3),
+            # of the model time, what shadow challengers took (0 without any; daemon/model/challengers.py)
+            "challenger_model_s": round(metric_delta(after, before, "kronos_challenger_model_seconds_total"), 3),
+            "challenger_forecasts": int(metric_delta(after, before, "kronos_challenger_forecasts_total")),
+            "model_s": round(model_s, 3),
             "phase_ms_per_forecast": phase_ms_per_forecast(after, before, len(measured)),
             "mean_model_call_ms": round(model_s / calls * 1e3, 1) if calls else None,
             "lag_at_end": lag_end,
@@ -1269,6 +1276,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--refresh-every", type=int, default=None,
                    help="KRONOS_REFRESH_EVERY_BARS in incremental mode (default: the daemon's, 64); a refresh\n"
                    "keeps max_context - horizon - this many bars of tokens")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="serve a model registry's champion (and score its challengers) instead of --model's\n"
+                   "folders: KRONOS_MODEL__REGISTRY (exact mode; scripts/bench_challenger.py uses it)")
     p.add_argument("--steady", type=int, nargs="?", const=1000, default=None, metavar="N",
                    help="instead of the load phases: N symbols (default 1000), one bar each per --interval")
     p.add_argument("--interval", type=float, default=10.0, help="steady: seconds between bar closes (default 10)")
@@ -1300,6 +1310,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not modes or any(m not in ("exact", "incremental") for m in modes):
         p.error(f"--modes takes exact and/or incremental, got {args.modes!r}")
     args.mode_list = modes
+    if args.registry is not None and (modes != ["exact"] or args.model == "stub"):
+        p.error("--registry serves a registry's versions in exact mode: pass --modes exact and a real --model")
     if args.symbols < 1 or args.rate <= 0 or args.duration <= 0 or args.partitions < 1:
         p.error("--symbols, --rate, --duration and --partitions must be positive")
     return args

@@ -97,7 +97,7 @@ def run_args(args: argparse.Namespace) -> int:
         evaluation = manifest.get("evaluation", {})
         print(json.dumps({
             "version": manifest.get("version"), "promoted": gate.get("promoted"), "passed": gate.get("passed"),
-            "reason": gate.get("reason"),
+            "reason": gate.get("reason"), "challenger": gate.get("challenger", False),
             "champion": gate.get("champion"),
             "crps": {k: evaluation.get(k, {}).get("crps") for k in ("candidate", "champion", "persistence")},
             "training": {k: manifest.get("training", {}).get(k) for k in ("steps", "wall_s", "samples_per_s",

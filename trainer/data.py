@@ -103,11 +103,48 @@ class WindowSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return torch.from_numpy(x), torch.from_numpy(s.stamps[start : start + self.window])
 
     def subset(self, count: int) -> WindowSet:
-        """At most ``count`` windows spread evenly over this set (fixed, for evaluation)."""
+        """At most ``count`` windows, the same share from every symbol (what a symbol cannot fill goes to
+        the others), each symbol's spread evenly over its windows (so over its whole held-out span of
+        days); fixed, for evaluation."""
         if count >= len(self):
             return self
-        pick = np.unique(np.linspace(0, len(self) - 1, count).round().astype(np.int64))
-        return WindowSet(self.series, self.starts[pick], self.lookback, self.horizon, self.clip)
+        by_series = [np.flatnonzero(self.starts[:, 0] == k) for k in np.unique(self.starts[:, 0])]
+        quota = _fair_shares(count, [len(rows) for rows in by_series])
+        pick = np.concatenate([
+            rows[np.unique(np.linspace(0, len(rows) - 1, q).round().astype(np.int64))] if q else rows[:0]
+            for rows, q in zip(by_series, quota, strict=True)
+        ])  # fmt: skip
+        return WindowSet(self.series, self.starts[np.sort(pick)], self.lookback, self.horizon, self.clip)
+
+    def coverage(self) -> dict[str, object]:
+        """Symbols and the span of days the windows' forecast origins cover."""
+        origins = [s.times[start + self.lookback - 1] for s, start in (self.rows(i) for i in range(len(self)))]
+        if not origins:
+            return {"symbols": 0, "days": 0.0, "first_origin": None, "last_origin": None}
+        first, last = min(origins), max(origins)
+        return {
+            "symbols": len({int(k) for k in self.starts[:, 0]}),
+            "days": round(float((last - first) / np.timedelta64(1, "s")) / 86400.0, 3),
+            "first_origin": str(pd.Timestamp(first).tz_localize("UTC")),
+            "last_origin": str(pd.Timestamp(last).tz_localize("UTC")),
+        }
+
+
+def _fair_shares(total: int, sizes: Sequence[int]) -> list[int]:
+    """``total`` split as evenly as possible over bins of the given ``sizes`` (none gets more than it holds)."""
+    quota = [0] * len(sizes)
+    left, open_ = total, [i for i, n in enumerate(sizes) if n > 0]
+    while left > 0 and open_:
+        share = max(1, left // len(open_))
+        for i in list(open_):
+            take = min(share, sizes[i] - quota[i], left)
+            quota[i] += take
+            left -= take
+            if quota[i] >= sizes[i]:
+                open_.remove(i)
+            if left == 0:
+                break
+    return quota
 
 
 @dataclass(frozen=True)

@@ -271,9 +271,16 @@ def _run(settings: TrainSettings, runtime: Runtime) -> dict[str, Any]:
                            Kronos.from_pretrained(baseline.predictor_dir), es, settings.eval_samples)
     verdict = decide(candidate, champion, settings.gate_margin, finite_weights=weights_finite(tokenizer, model))
     evaluation = figures(candidate, champion, es, settings.eval_samples)
-    promoted = verdict.promote and settings.promote and settings.registry is not None  # no registry: kept locally
+    evaluation["held_out"] = held_out = split.val.subset(settings.eval_windows).coverage()
+    symbols = len(split.summary["symbols"])  # type: ignore[arg-type]
+    if held_out["symbols"] != symbols or float(held_out["days"]) < 2.0:  # type: ignore[arg-type]
+        log.warning("gate_held_out_small", held_out=held_out, symbols_trained=symbols,
+                    hint="widen the time range or --val-fraction: the gate should see every symbol over "
+                         "several days")  # fmt: skip
+    as_challenger = settings.challenger and settings.registry is not None
+    promoted = verdict.promote and settings.promote and not as_challenger and settings.registry is not None
     gate = {"promoted": promoted, "passed": verdict.promote, "reason": verdict.reason,
-            "margin": settings.gate_margin, "metric": "crps"}
+            "margin": settings.gate_margin, "metric": "crps", "challenger": bool(verdict.promote and as_challenger)}
     gate["champion"] = baseline.version or str(baseline.predictor_dir.parent)
     manifest = build_manifest(settings, start, split, result, evaluation, gate, runtime)
     out = settings.work_dir / "candidate"
@@ -290,7 +297,8 @@ def _run(settings: TrainSettings, runtime: Runtime) -> dict[str, Any]:
 
 
 def publish(settings: TrainSettings, folder: Path, manifest: dict[str, Any], passed: bool) -> dict[str, Any]:
-    """Store the candidate in the registry (promoted if the gate passed), or record the refusal.
+    """Store the candidate in the registry (promoted if the gate passed, or made a challenger with
+    ``challenger``), or record the refusal.
 
     Without a registry the candidate stays in ``<work_dir>/candidate`` with its manifest."""
     if settings.registry is None:
@@ -310,13 +318,19 @@ def publish(settings: TrainSettings, folder: Path, manifest: dict[str, Any], pas
         from kronos_contract.signing import load_private_key
 
         signing_key = load_private_key(settings.signing_key)
+    promote = settings.promote and not settings.challenger
     stored = registry.publish(version, folder / "tokenizer", folder / "predictor", manifest,
-                              promote=settings.promote, signing_key=signing_key)
+                              promote=promote, signing_key=signing_key)
+    if settings.challenger:  # the daemons score it beside the champion and decide on live bars
+        from kronos_contract.challengers import challenge
+
+        challenge(registry, version, by="trainer")
+        log.info("candidate_published_as_challenger", version=version, champion=registry.champion())
     if settings.keep_versions:
         deleted = registry.gc(settings.keep_versions)
         if deleted:
             log.info("registry_gc", deleted=deleted, kept=settings.keep_versions)
-    if settings.promote and settings.redis_url:
+    if (promote or settings.challenger) and settings.redis_url:
         try:
             asyncio.run(publish_hint(settings.redis_url, settings.key_prefix, version))
         except Exception as exc:  # the pointer is the truth; a lost hint only delays the daemons

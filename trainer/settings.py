@@ -67,7 +67,8 @@ class TrainSettings(BaseSettings):
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="most recent share of the time range held out")
     calendar_tz: str | None = Field(default=None, description="zone of the calendar features (default: the "
                                     "starting model's manifest runtime.calendar_tz, else UTC)")
-    eval_windows: int = Field(default=64, ge=1, description="held-out windows the gate scores")
+    eval_windows: int = Field(default=256, ge=1, description="held-out windows the gate scores: the same share "
+                              "from every symbol, each spread over its whole held-out span")
     eval_samples: int = Field(default=8, ge=2, description="sample paths per window for CRPS and coverage")
 
     # -- optimisation
@@ -96,6 +97,9 @@ class TrainSettings(BaseSettings):
     keep_versions: int = Field(default=0, ge=0, description="after publishing, keep this many versions "
                                "(never the champion or the previous one); 0 keeps all")
     promote: bool = Field(default=True, description="move the champion pointer when the gate passes")
+    challenger: bool = Field(default=False, description="a candidate that passes the gate becomes a challenger "
+                             "(the daemons score it on live bars and promote it on evidence) instead of the "
+                             "champion; see docs/models/challengers.md")
     version_prefix: str = Field(default="v", pattern=r"^[A-Za-z0-9_-]*$", description="prefix of published "
                                 "version names")
     redis_url: str | None = Field(default=None, description="publish a hint on <key_prefix>:models")

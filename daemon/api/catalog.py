@@ -52,11 +52,13 @@ def challengers_of(pointer: dict[str, Any]) -> list[str]:
 
 def registry_listing(url: str) -> dict[str, Any]:
     """The registry's versions and roles (blocking: fsspec)."""
+    from kronos_contract.challengers import read as read_challengers
     from kronos_contract.registry import Registry
 
     registry = Registry(url)
     pointer = registry.pointer()
-    challengers = challengers_of(pointer)
+    # the registry's challengers.json (kronos_contract/challengers.py); the pointer's own list if it has one
+    challengers = challengers_of(pointer) or challengers_of(read_challengers(registry))
     roles: dict[Any, str] = {v: "challenger" for v in challengers}
     roles.update({pointer.get("previous"): "previous", pointer.get("version"): "champion"})
     versions = []

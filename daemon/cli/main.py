@@ -13,7 +13,8 @@
     kronos-stream train [...]                          fine-tune, gate, publish (see `train --help`)
     kronos-stream archive [--root URL]                 the input topic's bars into Parquet (KRONOS_ARCHIVE__*)
     kronos-stream archive import CSV --symbol S [--tz Z]   backfill the archive from a CSV file
-    kronos-stream models list|show|verify|sign|promote|rollback|gc   the model registry (--registry URL)
+    kronos-stream models list|show|verify|sign|promote|rollback|gc|challenge|withdraw|compare
+                                                                     the model registry (--registry URL)
 
 Kafka and Redis addresses come from the same settings as the daemon's (``--bootstrap``/``--redis-url``
 override them).
@@ -491,6 +492,9 @@ def _add_models_parser(sub: Any) -> None:
     what.add_parser("rollback", help="point back at the previous champion")
     gc = what.add_parser("gc", help="delete old versions (never the champion or the previous)")
     gc.add_argument("--keep", type=int, required=True, help="newest versions to keep besides those two")
+    from daemon.cli import challengers
+
+    challengers.add_parsers(what)
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -517,12 +521,20 @@ def _models(args: argparse.Namespace) -> int:
 
 def _models_action(args: argparse.Namespace, registry: Any) -> int:
     action = args.models_command
+    if action in ("challenge", "withdraw", "compare"):
+        from daemon.cli import challengers
+
+        return challengers.run(args, registry, _settings(args))
     if action == "list":
+        from kronos_contract.challengers import challengers as listed
+
         pointer = registry.pointer()
+        shadow = set(listed(registry))
         rows = []
         for version in registry.versions():
             manifest = registry.manifest(version)
             role = {pointer.get("version"): "champion", pointer.get("previous"): "previous"}.get(version, "")
+            role = role or ("challenger" if version in shadow else "")
             rows.append(
                 {
                     "version": version,
@@ -538,7 +550,7 @@ def _models_action(args: argparse.Namespace, registry: Any) -> int:
         else:
             for row in rows:
                 print(
-                    f"{row['version']:<32} {row['role']:<9} {row.get('created_at') or '':<21} parent={row.get('parent')}"
+                    f"{row['version']:<32} {row['role']:<10} {row.get('created_at') or '':<21} parent={row.get('parent')}"
                 )
         return 0
     if action in ("show", "verify"):

@@ -40,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -96,6 +96,7 @@ class LoopConfig:
     calendar: HorizonCalendar | None = None  # horizon timestamps; None: continuous (24/7)
     scorer: OnlineScorer | None = None  # online scoring and band calibration (daemon/scoring/online.py)
     exactly_once: bool = False  # Kafka transactions: a fetch runs as segments, one transaction each
+    challengers: Any = None  # shadow challengers (daemon/model/challengers.py ChallengerSet)
 
 
 def next_offsets(batch: Sequence[InMessage]) -> dict[Partition, int]:
@@ -780,6 +781,10 @@ class ForecastLoop:
                 stored = [(self._states[bar.symbol], window_of[id(result)], result)
                           for (_, bar), result, _, _ in publish if bar.symbol not in refused]  # fmt: skip
                 await scorer.stored(stored, version)
+        if self._cfg.challengers is not None:  # the challengers' forecasts of this round: scored, never served
+            with clock("scoring"):
+                done = [(self._states[b.symbol], ctx) for (_, b), _, _, ctx in publish if b.symbol not in refused]
+                await self._cfg.challengers.after_round(done, forecaster.mode)
         if refused:
             # Another writer got there first (a stale owner, or a retried write): reload next time.
             self._metrics.state_conflicts.inc(len(refused))
@@ -852,10 +857,18 @@ class ForecastLoop:
         """The batched call off the event loop; if it fails, each series alone, to isolate the culprit."""
         loop = asyncio.get_running_loop()
         started = time.time()
+        shadow = self._cfg.challengers
         try:
-            results: list[SeriesForecast | Exception] = list(
-                await loop.run_in_executor(self._executor, self._call_model, forecaster, windows)
-            )
+            if shadow is None or not shadow.active:
+                if shadow is not None:
+                    shadow.begin_round(None)
+                results: list[SeriesForecast | Exception] = list(
+                    await loop.run_in_executor(self._executor, self._call_model, forecaster, windows)
+                )
+            else:  # the champion's forecasts come back as soon as they are made, before the challengers'
+                early = shadow.begin_round(loop)
+                job = loop.run_in_executor(self._executor, self._call_model, forecaster, windows)
+                results = list(await shadow.champion_results(early, job))
         except Exception as exc:
             log.warning(
                 "batched forecast failed; retrying series one by one", size=len(windows), error=repr(exc)
@@ -889,6 +902,9 @@ class ForecastLoop:
             raise ForecasterError(
                 f"the forecaster answered {len(results)} forecasts for {len(windows)} windows, or out of order"
             )
+        if self._cfg.challengers is not None:  # same job, same windows, right after the champion's call
+            self._cfg.challengers.champion_done(results)
+            self._cfg.challengers.forecast_in_job(windows, self._cfg.horizon)
         return results
 
     async def on_model_thread(self, fn: Callable[[], T]) -> T:
@@ -937,6 +953,8 @@ class ForecastLoop:
         forget = getattr(self._forecaster, "drop", None)  # warm model sessions (incremental mode)
         if callable(forget):
             forget(symbols)
+        if self._cfg.challengers is not None:
+            self._cfg.challengers.drop(symbols)
         scorer = self._cfg.scorer
         if scorer is not None and scorer.calibrator is not None:  # their calibration is read again from the store
             scorer.calibrator.forget(symbols)

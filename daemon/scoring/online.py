@@ -48,6 +48,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daemon.scoring.calibration import GuardedCalibrator, StoreKey, build_calibrator, distribution_fields
+from daemon.scoring.paired import LossRow, MemoryLossLog, RedisLossLog, loss_row
 from daemon.state.redis_access import explain
 from kronos_core.evaluation.publisher import POOLED, Ticket, b64_floats, floats_from_b64
 from kronos_core.scoring import ScoreAccumulator, level_key
@@ -226,10 +227,12 @@ class ScoreStore(ABC):
         cap: int,
         now: float,
         calibration: dict[tuple[str, str], dict[str, Any]] | None = None,
+        losses: Sequence[LossRow] = (),
     ) -> None:
         """Per symbol drop the first ``n`` pending forecasts and append the new one (at most ``cap``
         kept); add ``sums`` (per version) to the hour of ``now``; replace the ``calibration`` states
-        (per (model version, symbol or POOLED)); all in one step."""
+        (per (model version, symbol or POOLED)); add the per-forecast ``losses``
+        (:mod:`daemon.scoring.paired`); all in one step."""
 
     @abstractmethod
     async def calibration(self, keys: Sequence[StoreKey]) -> dict[StoreKey, dict[str, Any]]:
@@ -253,6 +256,7 @@ class MemoryScoreStore(ScoreStore):
         self._pending: dict[str, list[bytes]] = {}
         self._sums: dict[tuple[str, str], ScoreAccumulator] = {}
         self._calibration: dict[StoreKey, bytes] = {}
+        self.losses = MemoryLossLog()
 
     async def calibration(self, keys: Sequence[StoreKey]) -> dict[StoreKey, dict[str, Any]]:
         return {k: json.loads(self._calibration[k]) for k in keys if k in self._calibration}
@@ -268,7 +272,9 @@ class MemoryScoreStore(ScoreStore):
         cap: int,
         now: float,
         calibration: dict[tuple[str, str], dict[str, Any]] | None = None,
+        losses: Sequence[LossRow] = (),
     ) -> None:
+        self.losses.add(losses)
         for symbol, (drop, new) in changes.items():
             kept = self._pending.get(symbol, [])[drop:] + [new]
             self._pending[symbol] = kept[-cap:]
@@ -317,6 +323,7 @@ class RedisScoreStore(ScoreStore):
         self._prefix = key_prefix
         self._retention_s = retention_h * 3600
         self.cluster = isinstance(client, RedisCluster)
+        self.losses = RedisLossLog(client, key_prefix, self._retention_s)
 
     @classmethod
     def from_url(
@@ -402,6 +409,7 @@ class RedisScoreStore(ScoreStore):
         cap: int,
         now: float,
         calibration: dict[tuple[str, str], dict[str, Any]] | None = None,
+        losses: Sequence[LossRow] = (),
     ) -> None:
         bucket = hour_bucket(now)
         async with self._pipeline(transaction=True) as pipe:
@@ -423,6 +431,7 @@ class RedisScoreStore(ScoreStore):
                         pipe.hincrbyfloat(key, field, value)
                 pipe.expire(key, self._retention_s)
                 pipe.sadd(self.versions_key, version)
+            self.losses.add_to(pipe, losses)
             await pipe.execute()
 
     async def versions(self) -> list[str]:
@@ -578,6 +587,7 @@ class OnlineScorer:
         self.metrics = metrics
         self.cap = horizon + 2
         self.calibrator = calibrator
+        self.vol_window = 100  # returns in the walk of the per-forecast losses (KRONOS_SCORING__VOL_WINDOW)
         # id(result) -> (the model's close quantiles, the published grid, the ticket) of this round
         self._extra: dict[int, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
 
@@ -660,6 +670,7 @@ class OnlineScorer:
         sums: dict[str, ScoreAccumulator] = {}
         changes: dict[str, tuple[int, bytes]] = {}
         complete: list[tuple[PendingForecast, np.ndarray]] = []
+        losses: list[LossRow] = []
         for (state, window, result), extra in zip(items, extras, strict=True):
             timestamps, closes = list(state.timestamps), [row[CLOSE] for row in state.rows]
             drop = 0
@@ -673,6 +684,9 @@ class OnlineScorer:
                     self.metrics.expired.inc()
                     continue
                 complete.append((p, realised))
+                row = loss_row(getattr(state, "pair_symbol", state.symbol), p, realised, timestamps, closes, self.vol_window)
+                if row is not None:
+                    losses.append(row)
             model_q, grid, ticket = extra if extra is not None else (None, None, None)
             record = pending_from(window, result, version, model_q, grid, ticket)
             changes[state.symbol] = (drop, record.encode())
@@ -680,7 +694,7 @@ class OnlineScorer:
             await self.calibrator.load_made(self.store, [(p.version, p.ticket) for p, _ in complete])
         self._score_all(sums, complete)
         calibration = self.calibrator.changed() if self.calibrator is not None else None
-        await self.store.commit(changes, sums, cap=self.cap, now=now, calibration=calibration)
+        await self.store.commit(changes, sums, cap=self.cap, now=now, calibration=calibration, losses=losses)
         for name, acc in sums.items():
             if name.endswith(MODEL_BANDS_SUFFIX):
                 self.metrics.add(name[: -len(MODEL_BANDS_SUFFIX)], acc, bands="model")
@@ -767,7 +781,9 @@ def build_scorer(settings: Any, state_store: Any, registry: CollectorRegistry) -
     else:
         store = RedisScoreStore.from_settings(settings)
     calibrator = build_calibrator(settings)
-    return OnlineScorer(store, ScoreMetrics(registry), settings.model.horizon, calibrator)
+    scorer = OnlineScorer(store, ScoreMetrics(registry), settings.model.horizon, calibrator)
+    scorer.vol_window = s.vol_window
+    return scorer
 
 
 def format_report(version: str, acc: ScoreAccumulator, hours: int) -> str:

@@ -19,7 +19,8 @@ from typing import Any
 
 # What the daemon sends: the state store (EVALSHA of its scripts, SCRIPT LOAD when the server lacks
 # them, pipelines of reads), the score store (a MULTI/EXEC transaction per round), the hint listener
-# (SUBSCRIBE), the health probe (PING); SELECT for a URL naming a database other than 0.
+# (SUBSCRIBE) and the decider (a lock, PUBLISH of the hint), the health probe (PING); SELECT for a URL
+# naming a database other than 0.
 DAEMON_COMMANDS: tuple[str, ...] = (
     "ping", "select",
     "evalsha", "script|load",
@@ -31,8 +32,12 @@ DAEMON_COMMANDS: tuple[str, ...] = (
     "xadd", "xread", "xrange", "xrevrange",
     # the score store
     "multi", "exec", "discard", "expire", "hincrbyfloat", "sadd", "smembers",
-    # the registry's hint channel
-    "subscribe", "unsubscribe",
+    # the per-forecast losses of the challengers' comparison (daemon/scoring/paired.py)
+    "zadd", "zremrangebyrank", "zrange",
+    # the decider's lock (daemon/model/promotion.py; SET NX PX, GET, DEL above)
+    "pexpire",
+    # the registry's hint channel (the decider publishes when it promotes or rolls back)
+    "subscribe", "unsubscribe", "publish",
     # the dashboard's symbol list (daemon/api/ui/data.py)
     "scan",
 )  # fmt: skip

@@ -44,6 +44,8 @@ GROUPS = {
     "batch": ("Batching", "How the loop fetches; see [Daemon benchmarks](../benchmarks/daemon.md)."),
     "scoring": ("Online scoring", "See [Scoring and calibration](../scoring.md)."),
     "api": ("HTTP API", "The `/v1` routes, their keys and limits; see [HTTP API](../api.md)."),
+    "challengers": ("Challengers", "Shadow challengers, promotion on live evidence and automatic rollback; "
+                    "see [Challengers](../models/challengers.md)."),
     "archive": ("Archiver", "`kronos-stream archive`; see [Archive and registry](../models/registry.md). "
                 "Kafka connection and security come from the `KRONOS_KAFKA__*` variables."),
 }

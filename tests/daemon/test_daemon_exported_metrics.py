@@ -148,6 +148,8 @@ async def test_rules_and_dashboard_name_only_metrics_the_daemon_exports(
         "kronos_score_band_hits_total{",
         'kronos_model_swaps_total{result="ok"}',
         "kronos_score_skill{",
+        'kronos_challenger_decisions_total{applied="true",decision="promote"}',
+        "kronos_model_rollbacks_total ",
     ):
         assert sample in text, sample
 

@@ -161,8 +161,9 @@ async def test_the_user_reaches_its_prefix_and_hint_channel_and_nothing_else(
             await client.get("someone-else:x")
         with pytest.raises(NoPermissionError):
             await client.keys("*")  # no command outside the list
+        await client.publish(f"{acl_user.prefix}:models", "{}")  # the decider's hint, on its own channel
         with pytest.raises(NoPermissionError):
-            await client.publish(f"{acl_user.prefix}:models", "{}")  # the daemon only listens
+            await client.publish("other:models", "{}")
         async with client.pubsub() as pubsub:
             await pubsub.subscribe(f"{acl_user.prefix}:models")
             confirmed = await pubsub.get_message(timeout=5.0)
@@ -283,7 +284,8 @@ def test_redis_acl_prints_the_setuser_line(capsys: pytest.CaptureFixture[str]) -
     assert cli_main(["redis-acl", "--user", "kd", "--prefix", "fx"]) == 0
     line = capsys.readouterr().out.strip()
     assert line == "ACL SETUSER kd reset on >PASSWORD " + " ".join(acl_rules("fx"))
-    assert "~fx:*" in line and "&fx:models" in line and "+publish" not in line and "+keys" not in line
+    assert "~fx:*" in line and "&fx:models" in line and "+keys" not in line
+    assert "+publish" in line and "+zadd" in line  # the decider's hint; the challengers' losses
     assert cli_main(["redis-acl", "--prefix", "fx", "--publisher"]) == 0
     line = capsys.readouterr().out.strip()
     assert "+publish" in line and "~" not in line.replace("resetkeys", "")

@@ -28,7 +28,7 @@ PROMTOOL_TESTS = sorted((Path(__file__).parent / "promtool").glob("*.yaml"))
 DASHBOARD = CHART / "dashboards" / "kronos-stream.json"
 ALL_RULES = (
     "consumerLag", "daemonDown", "serviceDown", "partitionStalled", "noForecasts", "slowForecasts",
-    "deadLetters", "deadLetterLost", "coverage", "skill", "swapRefused",
+    "deadLetters", "deadLetterLost", "coverage", "skill", "swapRefused", "rollback", "challengerDecided",
 )  # fmt: skip
 
 

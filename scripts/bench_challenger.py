@@ -1,0 +1,203 @@
+"""The cost of one shadow challenger: the steady state of scripts/bench_load.py with none, then with one.
+
+One invocation, two daemons one after the other on the same machine, the same bars and settings:
+a temporary model registry holds the demo model as the champion (v1) and its weights slightly
+perturbed as v2; the first run serves v1 alone, the second with v2 listed as a challenger
+(``kronos-stream models challenge v2``), so the daemon forecasts every bar with both in the same
+model-thread job and scores v2 beside v1. Both runs are ``bench_load.py --steady`` with
+``--registry`` (the same code path, by parameters).
+
+Reported per run: the model time (``kronos_model_step_seconds`` over the measured intervals: the
+model-thread job, the challenger's forecasts included; per forecast and as a share of the time), the
+end-to-end latency percentiles (bar sent until its forecast is read from the output topic), and the
+ratios one / none. Goals: model time <= 2x, p99 latency <= 1.2x.
+
+    eval "$(scripts/services env)"
+    .venv/bin/python scripts/bench_challenger.py [--steady 200 --interval 5 --intervals 4]
+
+Writes results/bench_challenger.json and .md (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "daemon")]
+
+import bench_load  # noqa: E402
+from hotswap_helpers import perturbed_copy, publish  # noqa: E402
+
+from kronos_contract import challengers as listing  # noqa: E402
+from kronos_contract.registry import Registry  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steady", type=int, default=200, help="symbols (default 200)")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between closes (default 5)")
+    p.add_argument("--intervals", type=int, default=4, help="measured intervals (default 4)")
+    p.add_argument("--warm-bars", type=int, default=16)
+    p.add_argument("--max-context", type=int, default=64)
+    p.add_argument("--horizon", type=int, default=12)
+    p.add_argument("--sample-count", type=int, default=4)
+    p.add_argument("--sample-fraction", type=float, default=1.0,
+                   help="KRONOS_CHALLENGERS__SAMPLE_FRACTION of the second run (default 1: every symbol)")
+    p.add_argument("--out", type=Path, default=REPO / "results" / "bench_challenger.json")
+    return p.parse_args(argv)
+
+
+def steady_args(args: argparse.Namespace, registry: Path, label: str) -> argparse.Namespace:
+    return bench_load.parse_args([
+        "--steady", str(args.steady), "--interval", str(args.interval), "--intervals", str(args.intervals),
+        "--warm-bars", str(args.warm_bars), "--max-context", str(args.max_context), "--horizon", str(args.horizon),
+        "--sample-count", str(args.sample_count), "--modes", "exact", "--model", "demo", "--registry", str(registry),
+        "--warm-timeout", "600", "--out", str(REPO / "results" / "tmp" / f"bench_challenger_{label}.json"),
+        "--daemon-env", f"KRONOS_CHALLENGERS__SAMPLE_FRACTION={args.sample_fraction}",
+    ])  # fmt: skip
+
+
+def figures(run: dict[str, Any], measured_s: float) -> dict[str, Any]:
+    m = run["measured"]
+    # the model thread's time: the champion's calls (kronos_model_step_seconds, until its forecasts are
+    # handed back) plus the challengers' calls of the same jobs (kronos_challenger_model_seconds_total)
+    model_s = m["model_s"] + m["challenger_model_s"]
+    return {
+        "model_ms_per_forecast": round(model_s / m["bars_sent"] * 1e3, 3) if m["bars_sent"] else None,
+        "model_busy_share": round(model_s / measured_s, 3),
+        "mean_model_call_ms": m["mean_model_call_ms"],
+        "mean_batch": m["mean_batch"],
+        "latency_ms": m["latency_ms"],
+        "forecasts_per_s": m["forecasts_per_s"],
+        "kept_up": m["kept_up"],
+        "forecasts_missing_after_grace": m["forecasts_missing_after_grace"],
+        "model_s": round(model_s, 3),
+        "champion_model_s": m["model_s"],
+        "challenger_model_s": m["challenger_model_s"],
+        "challenger_forecasts": m["challenger_forecasts"],
+        "bars_sent": m["bars_sent"],
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def write_markdown(path: Path, report: dict[str, Any]) -> None:
+    none, one, r = report["runs"]["none"], report["runs"]["one"], report["ratios"]
+    s = report["settings"]
+    lines = [
+        "# One shadow challenger against none (steady state, real Kafka and Redis)",
+        "",
+        bench_load.machine_line(report["machine"]),
+        "",
+        f"Demo model as champion v1, its weights perturbed as challenger v2 (exact mode; challenger sample fraction "
+        f"{s.get('sample_fraction', 1.0)}); {s['steady']} symbols "
+        f"warmed up with {s['warm_bars']} bars each, then one bar per symbol every {s['interval']} s (landing "
+        f"within 1 s of the close), 1 interval not measured, {s['intervals']} measured; max_context "
+        f"{s['max_context']}, horizon {s['horizon']}, {s['sample_count']} sample paths. Command: "
+        f"`{report['command']}`.",
+        "",
+        "| run | model ms per forecast | model busy | mean model call ms (batch) | latency p50 ms | p90 ms | p99 ms "
+        "| forecasts/s | kept up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for label, f in (("no challenger", none), ("one challenger", one)):
+        lat = f["latency_ms"]
+        lines.append(
+            f"| {label} | {f['model_ms_per_forecast']} | {f['model_busy_share']:.0%} | {f['mean_model_call_ms']} "
+            f"({f['mean_batch']}) | {lat['p50']} | {lat['p90']} | {lat['p99']} | {f['forecasts_per_s']} | "
+            f"{'yes' if f['kept_up'] else 'no'} |"
+        )
+    lines += [
+        "",
+        f"Ratios one / none: model time per forecast **{r['model_ms_per_forecast']}x** (goal <= 2), "
+        f"p50 latency {r['latency_p50']}x, p99 latency **{r['latency_p99']}x** (goal <= 1.2).",
+        "",
+        "- *model ms per forecast*: the model thread's time over the measured intervals per bar: the champion's "
+        "calls (`kronos_model_step_seconds`) plus the challenger's calls of the same jobs "
+        "(`kronos_challenger_model_seconds_total`); each job makes the champion's forecasts, hands them to the "
+        "loop to publish, then makes the challenger's of the same windows (one batched call each).",
+        "- *latency*: from just before the bar was sent until its (champion's) forecast was read from the output "
+        "topic.",
+        f"- Challenger active in the second run: {report['challenger_check']}; it made {one['challenger_forecasts']} "
+        f"shadow forecasts for {one['bars_sent']} bars in the measured intervals and took {one['challenger_model_s']} s "
+        f"of the job's {one['model_s']} s of model time (the champion's part: {report['champion_part_of_one_s']} s; "
+        f"without a challenger the champion took {none['model_s']} s for as many bars). Within the second run the job "
+        f"cost {ratio(one['model_s'], report['champion_part_of_one_s'])}x the champion's own calls; across the two "
+        "runs the champion's own time moved with the shared machine's load.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[str, Any]:
+    registry = Registry(str(root))
+    runs: dict[str, dict[str, Any]] = {}
+    check = "no"
+    for label in ("none", "one"):
+        if label == "one":
+            listing.challenge(registry, "v2", by="bench")
+        sargs = steady_args(args, root, label)
+        report = await bench_load.main_async(sargs, command)
+        run = report["modes"]["exact"]
+        if "error" in run:
+            raise SystemExit(f"the {label} run failed: {run['error']}")
+        runs[label] = {"figures": figures(run, args.intervals * args.interval), "report": report}
+        log = (REPO / "results" / "tmp" / "bench_steady-exact.log").read_text(errors="replace")
+        if label == "one":
+            loaded = "challenger loaded" in log
+            scored = log.count('"challenger refused"') == 0
+            check = "yes (its log says 'challenger loaded', no refusal)" if loaded and scored else "NO"
+    none, one = runs["none"]["figures"], runs["one"]["figures"]
+    return {
+        "command": command,
+        "machine": {**runs["none"]["report"]["machine"],
+                    "load_avg_after": runs["one"]["report"]["machine"]["load_avg_after"]},
+        "settings": {"steady": args.steady, "interval": args.interval, "intervals": args.intervals,
+                     "warm_bars": args.warm_bars, "max_context": args.max_context, "horizon": args.horizon,
+                     "sample_count": args.sample_count, "model": "demo", "mode": "exact",
+                     "sample_fraction": args.sample_fraction},  # fmt: skip
+        "runs": {"none": none, "one": one},
+        "ratios": {
+            "model_ms_per_forecast": ratio(one["model_ms_per_forecast"], none["model_ms_per_forecast"]),
+            "model_busy_share": ratio(one["model_busy_share"], none["model_busy_share"]),
+            "latency_p50": ratio(one["latency_ms"]["p50"], none["latency_ms"]["p50"]),
+            "latency_p99": ratio(one["latency_ms"]["p99"], none["latency_ms"]["p99"]),
+        },
+        "challenger_check": check,
+        "champion_part_of_one_s": one["champion_model_s"],
+        "steady_reports": {k: v["report"] for k, v in runs.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python scripts/bench_challenger.py" + ("" if not (argv or sys.argv[1:]) else " " + " ".join(argv or sys.argv[1:]))
+    work = Path(tempfile.mkdtemp(prefix="bench-challenger-"))
+    try:
+        root = work / "registry"
+        registry = Registry(str(root))
+        demo = bench_load.MODELS["demo"]
+        runtime = json.loads((demo / "manifest.json").read_text())["runtime"]  # max_context 128, its zone
+        publish(registry, "v1", demo, promote=True, runtime=runtime)
+        v2 = perturbed_copy(demo, work / "v2", 0.02, seed=2)
+        publish(registry, "v2", v2, promote=False, runtime=runtime)
+        report = asyncio.run(run_both(args, root, command))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(args.out.with_suffix(".md"), report)
+    print(args.out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

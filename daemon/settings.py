@@ -349,7 +349,7 @@ class ModelSettings(_Group):
 
 class ScoringSettings(_Group):
     enabled: bool = Field(
-        default=True, description="score every forecast once its horizon bars have arrived (daemon/scoring/online.py)"
+        default=True, description="score every forecast once its horizon bars have arrived (daemon/scoring/scorer.py)"
     )
     retention_h: int = Field(
         default=168, ge=1, le=24 * 366, description="hours the hourly score sums (and calibration states) are kept in Redis"

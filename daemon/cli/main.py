@@ -304,7 +304,8 @@ def _add_scores_parser(sub: Any) -> None:
 async def _scores(args: argparse.Namespace) -> int:
     import time
 
-    from daemon.scoring.online import RedisScoreStore, format_report, report_dict
+    from daemon.scoring.report import format_report, report_dict
+    from daemon.scoring.store_redis import RedisScoreStore
 
     settings = _settings(args)
     r = settings.redis

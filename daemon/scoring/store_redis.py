@@ -35,6 +35,7 @@ from daemon.scoring.store import (
     merge_into,
     shape_field,
 )
+from daemon.state.redis_client import client_from_settings, redis_client
 from kronos_core.evaluation.publisher import POOLED
 from kronos_core.scoring import ScoreAccumulator
 
@@ -53,42 +54,16 @@ class RedisScoreStore(ScoreStore):
         self.losses = RedisLossLog(client, key_prefix, self._retention_s)
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        key_prefix: str,
-        retention_h: int,
-        password: str | None = None,
-        timeout_s: float = 5.0,
-        cluster: bool = False,
-        username: str | None = None,
-        ssl_ca_certs: str | None = None,
-    ) -> RedisScoreStore:
-        """``cluster``: a Redis Cluster (``KRONOS_REDIS__CLUSTER``; ``url`` names any node); ``username``: an
-        ACL user; ``ssl_ca_certs``: the CA of a ``rediss://`` server."""
-        import redis.asyncio as aioredis
-        from redis.asyncio.cluster import RedisCluster
-
-        extra: dict[str, Any] = {} if password is None else {"password": password}
-        extra.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        if username:
-            extra["username"] = username
-        if ssl_ca_certs:
-            extra["ssl_ca_certs"] = ssl_ca_certs
-        client = RedisCluster.from_url(url, **extra) if cluster else aioredis.Redis.from_url(url, **extra)
-        return cls(client, key_prefix, retention_h, acl_user=username)
+    def from_url(cls, url: str, key_prefix: str, retention_h: int, **options: Any) -> RedisScoreStore:
+        """A store on its own client of ``url``; ``options``: those of
+        :func:`~daemon.state.redis_client.redis_client` (``cluster``, ``username``, ``password``, ...)."""
+        return cls(redis_client(url, **options), key_prefix, retention_h, acl_user=options.get("username"))
 
     @classmethod
     def from_settings(cls, settings: Any) -> RedisScoreStore:
         """The store of ``KRONOS_REDIS__*`` and ``KRONOS_SCORING__RETENTION_H``."""
-        from daemon.state.redis_access import client_options
-
         r = settings.redis
-        options = client_options(r)
-        return cls.from_url(
-            r.url, r.key_prefix, settings.scoring.retention_h, options.get("password"), r.socket_timeout_s,
-            cluster=r.cluster, username=options.get("username"), ssl_ca_certs=options.get("ssl_ca_certs"),
-        )  # fmt: skip
+        return cls(client_from_settings(r), r.key_prefix, settings.scoring.retention_h, acl_user=r.username or None)
 
     def _pipeline(self, transaction: bool = False) -> Any:
         # On a cluster the commands are split by node: every command names one key, none is multi-key,

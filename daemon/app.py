@@ -37,7 +37,7 @@ from daemon.ops.startup_checks import credentials_error, ensure_topics
 from daemon.pipeline.calendars import build_calendar
 from daemon.pipeline.loop import ForecastLoop, LoopConfig
 from daemon.pipeline.ondemand import build_ondemand
-from daemon.scoring.online import OnlineScorer, build_scorer
+from daemon.scoring.scorer import OnlineScorer, build_scorer
 from daemon.scoring.seeding import Seeder
 from daemon.settings import Settings, load_settings, unknown_env_names
 from daemon.state.base import StateStore

@@ -111,7 +111,7 @@ def catalog_router(service: ApiService) -> APIRouter:
             default=None, max_length=200, description="one model version (and its `@model` bands); default: all"
         ),
     ) -> Any:
-        from daemon.scoring.online import report_dict
+        from daemon.scoring.report import report_dict
 
         scorer = service.scorer
         if scorer is None:

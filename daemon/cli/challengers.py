@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, registry: Any, settings: Any) -> int:
 async def compare_rows(registry: Any, settings: Any) -> list[dict[str, Any]]:
     """One row per version (champion first): its live figures against the champion."""
     from daemon.model.policy import compare, rollback_due, weigh
-    from daemon.scoring.online import RedisScoreStore
+    from daemon.scoring.store_redis import RedisScoreStore
     from kronos_contract import challengers as listing
 
     champion = registry.champion()

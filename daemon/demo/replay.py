@@ -47,7 +47,10 @@ from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.io.messages import format_ts, to_ns
 from daemon.logging import configure_logging
 from daemon.scoring.calibration import build_calibrator
-from daemon.scoring.online import MemoryScoreStore, OnlineScorer, PendingForecast, ScoreMetrics
+from daemon.scoring.metrics import ScoreMetrics
+from daemon.scoring.pending import PendingForecast
+from daemon.scoring.scorer import OnlineScorer
+from daemon.scoring.store import MemoryScoreStore
 from daemon.settings import Settings
 from daemon.state.memory import MemoryStateStore
 from kronos_core.scoring import ScoreAccumulator

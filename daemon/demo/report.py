@@ -15,7 +15,8 @@ import numpy as np
 from daemon.demo.config import CSV_TZ, MODEL_DIR, DemoConfig
 from daemon.io.feeds import FeedBar
 from daemon.io.messages import format_ts, quantile_key, to_ns
-from daemon.scoring.online import MODEL_BANDS_SUFFIX, report_dict
+from daemon.scoring.report import report_dict
+from daemon.scoring.scorer import MODEL_BANDS_SUFFIX
 from daemon.settings import Settings
 from kronos_core.scoring import ScoreAccumulator
 
@@ -280,7 +281,7 @@ def _online(sums: dict[str, ScoreAccumulator], settings: Settings) -> dict[str, 
     published = _merged([sums[v] for v in versions])
     model = _merged([sums.get(v + MODEL_BANDS_SUFFIX, sums[v]) for v in versions])
     return {
-        "note": "the daemon's online scores (daemon/scoring/online.py) of the forecasts made on the replayed "
+        "note": "the daemon's online scores (daemon/scoring/scorer.py) of the forecasts made on the replayed "
         "bars, all steps, every model version together; model_bands: the bands the model made; "
         "published_bands: as published (when calibrated is true: the calibrated distribution guarded by the "
         "rolling-volatility walk, learning per symbol from every earlier realised forecast, warm-up and "

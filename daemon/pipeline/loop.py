@@ -63,7 +63,7 @@ from daemon.model.runner import ModelExecutor
 from daemon.model.swap import pin_forecaster
 from daemon.ops.metrics import LOOP_PHASES, Metrics
 from daemon.pipeline.calendars import HorizonCalendar
-from daemon.scoring.online import OnlineScorer
+from daemon.scoring.scorer import OnlineScorer
 from daemon.state.base import StateStore, StateUpdate, SymbolState, merge_restored
 from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecaster, derive_seed
 

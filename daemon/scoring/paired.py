@@ -1,6 +1,6 @@
 """Per-forecast losses, kept per model version so that two versions can be compared forecast by forecast.
 
-The hourly score sums (:mod:`daemon.scoring.online`) give means, not the paired series a
+The hourly score sums (:mod:`daemon.scoring.scorer`) give means, not the paired series a
 Diebold-Mariano test needs. So each scored forecast also leaves one row: its model version, symbol and
 origin (the epoch ns of its bar), and three CRPS of the close on the same realised bars, each as a
 fraction of the origin's last close and averaged over the horizon steps: of the model's own sample
@@ -57,7 +57,7 @@ class LossRow:
 
 def loss_row(
     symbol: str,
-    pending: Any,  # daemon.scoring.online.PendingForecast
+    pending: Any,  # daemon.scoring.pending.PendingForecast
     realised: np.ndarray,
     timestamps: Sequence[int],
     closes: Sequence[float],

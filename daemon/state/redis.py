@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
@@ -37,10 +36,9 @@ from daemon.state.base import (
     tokens_key,
     watermarks_key,
 )
-from daemon.state.redis_access import client_options, refusal
+from daemon.state.redis_access import refusal
+from daemon.state.redis_client import RedisClient, client_from_settings, redis_client
 from daemon.state.redis_stream import StreamEntry, add_entries, last_id, read_entries, stream_key
-
-RedisClient = aioredis.Redis | RedisCluster
 
 # One atomic, idempotent step for a list of processed bars.
 # KEYS: 4 per update (bars, tokens, meta, forecast), then the forecast stream's key when there is one.
@@ -133,45 +131,15 @@ class RedisStateStore(StateStore):
         self._restore = client.register_script(_RESTORE_LUA)
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        key_prefix: str,
-        max_context: int,
-        password: str | None = None,
-        socket_timeout_s: float = 5.0,
-        cluster: bool = False,
-        username: str | None = None,
-        ssl_ca_certs: str | None = None,
-    ) -> RedisStateStore:
-        """A store on ``url``; ``cluster``: a Redis Cluster (``url`` names any of its nodes); ``username``:
-        an ACL user; ``ssl_ca_certs``: the CA of a ``rediss://`` server."""
-        extra: dict[str, Any] = {} if password is None else {"password": password}
-        extra.update(socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
-        if username:
-            extra["username"] = username
-        if ssl_ca_certs:
-            extra["ssl_ca_certs"] = ssl_ca_certs
-        try:
-            client: RedisClient
-            if cluster:
-                client = RedisCluster.from_url(url, **extra)
-            else:
-                client = aioredis.Redis.from_url(url, health_check_interval=30, **extra)
-        except (ValueError, RedisError) as exc:
-            raise StateError(
-                f"cannot use Redis URL {url!r}: {exc}; check KRONOS_REDIS__URL (and KRONOS_REDIS__CLUSTER)"
-            ) from exc
-        return cls(client, key_prefix, max_context, acl_user=username)
+    def from_url(cls, url: str, key_prefix: str, max_context: int, **options: Any) -> RedisStateStore:
+        """A store on its own client of ``url``; ``options``: those of
+        :func:`~daemon.state.redis_client.redis_client` (``cluster``, ``username``, ``password``, ...)."""
+        return cls(redis_client(url, **options), key_prefix, max_context, acl_user=options.get("username"))
 
     @classmethod
     def from_settings(cls, r: Any, max_context: int, stream_length: int = 0) -> RedisStateStore:
         """The store of ``KRONOS_REDIS__*`` (``r``: RedisSettings); ``stream_length``: see redis_stream."""
-        options = client_options(r)
-        store = cls.from_url(
-            r.url, r.key_prefix, max_context, options.get("password"), r.socket_timeout_s, cluster=r.cluster,
-            username=options.get("username"), ssl_ca_certs=options.get("ssl_ca_certs"),
-        )  # fmt: skip
+        store = cls(client_from_settings(r), r.key_prefix, max_context, acl_user=r.username or None)
         store.stream_length = stream_length
         return store
 

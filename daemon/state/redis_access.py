@@ -1,7 +1,7 @@
 """How the daemon reaches Redis (TLS, an ACL user) and the least Redis ACL it needs.
 
-Every Redis client of the daemon and of the CLI (the state store, the score store, the registry hint
-listener) is made with :func:`client_options`: ``KRONOS_REDIS__USERNAME`` and ``KRONOS_REDIS__PASSWORD``
+Every Redis client of the daemon and of the CLI (the state store and the score store through
+:mod:`daemon.state.redis_client`, the registry hint listener) is made with :func:`client_options`: ``KRONOS_REDIS__USERNAME`` and ``KRONOS_REDIS__PASSWORD``
 authenticate as an ACL user, a ``rediss://`` URL speaks TLS, verified against
 ``KRONOS_REDIS__SSL_CA_CERTS`` (else the system's CAs).
 

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from daemon_helpers import Topics, bar_series, daemon_settings, forecasts, produce, read_topic, running_daemon
 
 from daemon.scoring.calibration import publisher_config
-from daemon.scoring.online import RedisScoreStore
+from daemon.scoring.store_redis import RedisScoreStore
 from kronos_core.evaluation import BacktestConfig, run_backtest
 from kronos_core.evaluation.data import frame_to_bars
 from kronos_core.stream_types import StreamForecaster

@@ -15,15 +15,9 @@ from stub_forecaster import StubForecaster
 from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.io.messages import parse_bar
 from daemon.scoring.calibration import GuardedCalibrator
-from daemon.scoring.online import (
-    MemoryScoreStore,
-    PendingForecast,
-    ScoreMetrics,
-    accumulator_fields,
-    accumulator_from_fields,
-    realised_closes,
-    shape_field,
-)
+from daemon.scoring.metrics import ScoreMetrics
+from daemon.scoring.pending import PendingForecast, realised_closes
+from daemon.scoring.store import MemoryScoreStore, accumulator_fields, accumulator_from_fields, shape_field
 from daemon.settings import Settings, load_settings
 from daemon.state.memory import MemoryStateStore
 from kronos_core.evaluation.publisher import POOLED, PublisherConfig, Ticket

@@ -12,8 +12,8 @@ from hotswap_helpers import TINY, publish
 from daemon.api.catalog import registry_listing
 from daemon.model.challengers import selected
 from daemon.model.policy import Evidence, compare, one_sided_p, rollback_due, weigh
-from daemon.scoring.online import PendingForecast
 from daemon.scoring.paired import LossRow, loss_row, paired
+from daemon.scoring.pending import PendingForecast
 from kronos_contract import challengers as listing
 from kronos_contract.registry import Registry, RegistryError
 

@@ -18,7 +18,7 @@ from daemon_helpers import (
 )
 
 from daemon.cli.main import main as cli_main
-from daemon.scoring.online import RedisScoreStore
+from daemon.scoring.store_redis import RedisScoreStore
 from kronos_core.stream_types import StreamForecaster
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(120)]

@@ -14,8 +14,9 @@ import pandas as pd
 from prometheus_client import CollectorRegistry
 from stub_forecaster import StubForecaster
 
-from daemon.scoring.online import MemoryScoreStore, build_scorer
+from daemon.scoring.scorer import build_scorer
 from daemon.scoring.seeding import Seeder, needed_bars
+from daemon.scoring.store import MemoryScoreStore
 from daemon.settings import Settings, load_settings
 from daemon.state.memory import MemoryStateStore
 from kronos_contract.archive import write_bars

@@ -2,7 +2,7 @@
 dead letters from the daemon's own metrics.
 
 Nothing here writes. The Redis reads use the daemon's key schema (:mod:`daemon.state.base`) and the
-scorer's pending list (:mod:`daemon.scoring.online`), through a client of their own.
+scorer's pending list (:mod:`daemon.scoring.pending`), through a client of their own.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class DashboardData:
     async def previous_fan(self, symbol: str, after_ns: int) -> Fan | None:
         """The oldest forecast still waiting for its horizon (the scorer's pending list) made at or after
         ``after_ns``: the one the newest bars are realising. None when scoring is off or none is pending."""
-        from daemon.scoring.online import PendingForecast
+        from daemon.scoring.pending import PendingForecast
         from kronos_core.scoring import level_key
 
         raws = await self.client.lrange(f"{self.prefix}:scoring:pending:{symbol}", 0, -1)

@@ -13,7 +13,7 @@ from daemon.api.ui.data import DashboardData, SwapLog
 from daemon.errors import StateError
 from daemon.io.messages import Bar
 from daemon.ops.metrics import Metrics
-from daemon.scoring.online import PendingForecast
+from daemon.scoring.pending import PendingForecast
 from daemon.state.base import StateUpdate
 from daemon.state.memory import MemoryStateStore
 from daemon.state.redis import RedisStateStore

@@ -44,6 +44,11 @@ class ModelExecutor(ThreadPoolExecutor):
         future.add_done_callback(self._done)
         return future
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the model thread as the stream's calls run (model swaps, seeding, smoke
+        forecasts: on CUDA one thread does all the work)."""
+        return await asyncio.get_running_loop().run_in_executor(self, fn)
+
     @property
     def stream_waiting(self) -> int:
         """Stream calls submitted and not done yet."""

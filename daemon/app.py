@@ -30,6 +30,7 @@ from daemon.model.build import build_forecaster, check_forecaster, graph_capture
 from daemon.model.follower import ModelFollower
 from daemon.model.manifest import prepare_model_settings
 from daemon.model.runner import ModelExecutor
+from daemon.model.settings_check import warn_short_refreshed_context
 from daemon.model.swap import ModelMetrics
 from daemon.ops.metrics import Metrics
 from daemon.ops.server import ops_listener
@@ -190,7 +191,7 @@ class Daemon:
     async def start(self) -> None:
         # Hugging Face ids -> cached folders, then manifest.json runtime defaults and bounds
         s = self.settings = await asyncio.to_thread(prepare_model_settings, self.settings)
-        _warn_short_refreshed_context(s)
+        warn_short_refreshed_context(s)
         if s.http_port is not None:
             self.ops = ops_listener(self.metrics, self.live, self.ready, s.http_host, s.http_port)
             await self.ops.start()
@@ -383,21 +384,3 @@ def run(settings: Settings | None = None) -> int:
     # waits for this exit: objects alive now are frozen out of the final collections.
     gc.freeze()
     return code
-
-
-# Incremental mode keeps max_context - horizon - refresh_every bars after a refresh; fewer than this
-# and the frozen statistics rest on too few bars (one bar: a zero std, so every next bar is a drift
-# and refreshes again: incremental mode then runs as a costlier exact mode).
-MIN_REFRESHED_CONTEXT = 16
-
-
-def _warn_short_refreshed_context(s: Settings) -> None:
-    keep = s.model.max_context - s.model.horizon - s.refresh_every_bars
-    if s.mode == "incremental" and keep < MIN_REFRESHED_CONTEXT:
-        log.warning(
-            "incremental mode keeps too few bars after a refresh; lower KRONOS_REFRESH_EVERY_BARS to at most "
-            f"max_context - horizon - {MIN_REFRESHED_CONTEXT} = "
-            f"{s.model.max_context - s.model.horizon - MIN_REFRESHED_CONTEXT}",
-            bars_kept=max(1, keep), max_context=s.model.max_context, horizon=s.model.horizon,
-            refresh_every_bars=s.refresh_every_bars,
-        )  # fmt: skip

@@ -48,6 +48,13 @@ class Configured(Protocol):
     config: Any
 
 
+@runtime_checkable
+class Calibrated(Protocol):
+    """A scorer that calibrates the published bands (daemon/scoring/online.py OnlineScorer)."""
+
+    calibrator: Any
+
+
 class Challengers(Protocol):
     """Shadow challengers forecasting in the champion's model job (daemon/model/challengers.py)."""
 

@@ -103,6 +103,10 @@ class ForecastLoop:
         """time.monotonic() when the loop last made progress (liveness)."""
         return self._ctx.last_tick
 
+    @last_tick.setter
+    def last_tick(self, value: float) -> None:
+        self._ctx.last_tick = value
+
     @property
     def states(self) -> dict[str, SymbolState]:
         """The symbols held in memory (read-only use: smoke forecasts of a new model version)."""

@@ -42,7 +42,7 @@ from daemon.pipeline.ondemand import build_ondemand
 from daemon.scoring.online import OnlineScorer, build_scorer
 from daemon.scoring.seeding import Seeder
 from daemon.settings import Settings, load_settings, unknown_env_names
-from daemon.state.base import StateStore
+from daemon.state.base import StateStore, SymbolState
 from kronos_core.stream_types import StreamForecaster
 
 log = structlog.get_logger("kronos.app")
@@ -68,6 +68,7 @@ class Daemon:
         self.store = store
         self.forecaster = forecaster
         self.runner = ModelExecutor()  # the model thread: the loop's rounds, swaps, on-demand forecasts
+        self.symbols: dict[str, SymbolState] = {}  # the loop's symbol cache (swaps' smoke forecasts read it)
         self.loop: ForecastLoop | None = None
         self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
         self.ops: Listener | None = None  # /healthz, /readyz, /metrics on KRONOS_HTTP_PORT
@@ -256,6 +257,7 @@ class Daemon:
                 challengers=None if self.shadow is None else self.shadow.challengers,
             ),
             runner=self.runner,
+            states=self.symbols,
             metrics=self.metrics,
             outages=self.outages,
         )
@@ -277,8 +279,8 @@ class Daemon:
             mode=self.forecaster.mode,
         )
 
-    def _states(self) -> dict[str, Any]:
-        return self.loop.states if self.loop is not None else {}
+    def _states(self) -> dict[str, SymbolState]:
+        return self.symbols
 
     def _model_swapped(self, new: StreamForecaster, old_version: str) -> None:
         self.swaps.record(old_version, new.model_version)

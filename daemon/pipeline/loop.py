@@ -75,8 +75,11 @@ class ForecastLoop:
         config: LoopConfig,
         metrics: Metrics,
         runner: ModelExecutor,
+        states: dict[str, SymbolState] | None = None,
         outages: Outages | None = None,
     ) -> None:
+        """``runner``: the model thread; ``states``: the symbol cache's dict (the daemon's, so that model
+        swaps read it without reaching into the loop)."""
         self._in = bus_in
         self._out = bus_out
         self._store = store
@@ -85,7 +88,7 @@ class ForecastLoop:
         self._metrics = metrics
         self._ctx = ctx = LoopContext(outages or Outages(), dead_letters)
         self._busy = asyncio.Lock()  # held while a fetch is processed; a revocation waits for it
-        self._cache = SymbolCache(store, ctx, metrics.symbols_cached.set)
+        self._cache = SymbolCache(store, ctx, metrics.symbols_cached.set, states)
         self._recovery = Recovery(
             bus=bus_in, store=store, cache=self._cache, calls=ctx, metrics=metrics,
             read_bar=partial(read_bar, max_future_s=config.max_future_s),

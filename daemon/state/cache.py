@@ -32,11 +32,18 @@ class Calls(Protocol):
 class SymbolCache:
     """Owned symbols' states (``states``) and the input partition each arrives on (``owner``)."""
 
-    def __init__(self, store: StateStore, calls: Calls, on_size: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        calls: Calls,
+        on_size: Callable[[int], None],
+        states: dict[str, SymbolState] | None = None,
+    ) -> None:
         self._store = store
         self._calls = calls
         self._on_size = on_size  # the count of symbols held (kronos_symbols_cached)
-        self.states: dict[str, SymbolState] = {}  # owned symbols, loaded from the store on first sight
+        # owned symbols, loaded from the store on first sight (a dict the caller may share: read only)
+        self.states: dict[str, SymbolState] = {} if states is None else states
         self.owner: dict[str, Partition] = {}  # symbol -> the input partition it arrives on
         self.partial: set[Partition] = set()  # partitions restored from a history missing older bars
 

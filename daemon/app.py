@@ -15,8 +15,8 @@ import contextlib
 import gc
 import signal
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -29,22 +29,23 @@ from daemon.logging import configure_logging
 from daemon.model.build import build_forecaster, check_forecaster, graph_captures, on_cuda
 from daemon.model.follower import ModelFollower
 from daemon.model.manifest import prepare_model_settings
+from daemon.model.runner import ModelExecutor
+from daemon.model.settings_check import warn_short_refreshed_context
 from daemon.model.swap import ModelMetrics
 from daemon.ops.metrics import Metrics
 from daemon.ops.server import ops_listener
 from daemon.ops.stall import StallWatch
 from daemon.ops.startup_checks import credentials_error, ensure_topics
-from daemon.pipeline.calendars import build_calendar
-from daemon.pipeline.loop import ForecastLoop, LoopConfig
+from daemon.pipeline.config import loop_config
+from daemon.pipeline.loop import ForecastLoop
 from daemon.pipeline.ondemand import build_ondemand
 from daemon.scoring.scorer import OnlineScorer, build_scorer
 from daemon.scoring.seeding import Seeder
 from daemon.settings import Settings, load_settings, unknown_env_names
-from daemon.state.base import StateStore
+from daemon.state.base import StateStore, SymbolState
 from kronos_core.stream_types import StreamForecaster
 
 log = structlog.get_logger("kronos.app")
-T = TypeVar("T")
 
 
 class Daemon:
@@ -66,6 +67,8 @@ class Daemon:
         self.bus_out = bus_out
         self.store = store
         self.forecaster = forecaster
+        self.runner = ModelExecutor()  # the model thread: the loop's rounds, swaps, on-demand forecasts
+        self.symbols: dict[str, SymbolState] = {}  # the loop's symbol cache (swaps' smoke forecasts read it)
         self.loop: ForecastLoop | None = None
         self.models: ModelFollower | None = None  # follows KRONOS_MODEL__REGISTRY's champion
         self.ops: Listener | None = None  # /healthz, /readyz, /metrics on KRONOS_HTTP_PORT
@@ -189,7 +192,7 @@ class Daemon:
     async def start(self) -> None:
         # Hugging Face ids -> cached folders, then manifest.json runtime defaults and bounds
         s = self.settings = await asyncio.to_thread(prepare_model_settings, self.settings)
-        _warn_short_refreshed_context(s)
+        warn_short_refreshed_context(s)
         if s.http_port is not None:
             self.ops = ops_listener(self.metrics, self.live, self.ready, s.http_host, s.http_port)
             await self.ops.start()
@@ -207,14 +210,14 @@ class Daemon:
                 ModelMetrics(self.metrics.registry),
                 states=self._states,
                 on_swap=self._model_swapped,
-                model_thread=self._on_model_thread,
+                model_thread=self.runner.call,
                 seed=Seeder(s, lambda: self.scorer, self._states, self.metrics.registry),
             )
             self.forecaster = await self.models.start()
             if s.challengers.enabled:
                 from daemon.model.live import LiveModels
 
-                self.shadow = LiveModels(self.models, self.metrics.registry, self._states, self._on_model_thread)
+                self.shadow = LiveModels(self.models, self.metrics.registry, self._states, self.runner.call)
         if self.forecaster is None:
             log.info("loading the model", model=s.model.model_dump(mode="json"))
             self.forecaster = await asyncio.to_thread(build_forecaster, s)
@@ -247,33 +250,18 @@ class Daemon:
             dead_letters=dead,
             store=self.store,
             forecaster=self.forecaster,
-            config=LoopConfig(
-                output_topic=s.kafka.output_topic,
-                horizon=s.model.horizon,
-                max_batch_size=s.batch.max_batch_size,
-                max_wait_ms=s.batch.max_wait_ms,
-                linger_idle_ms=s.batch.linger_idle_ms,
+            config=loop_config(
+                s,
                 pipeline=on_cuda(self.forecaster) if s.batch.pipeline == "auto" else bool(s.batch.pipeline),
-                default_interval_s=s.default_bar_interval_s,
-                forecast_ttl_s=s.redis.forecast_ttl_s,
-                base_seed=s.model.base_seed,
-                max_future_s=s.max_future_s,
-                dead_letter_skipped=s.dead_letter_skipped,
-                max_context=s.model.max_context,
-                restore_lookback_s=s.restore_lookback_s,
-                calendar=(  # None: the gap-free grid (schemas.horizon_ns)
-                    build_calendar(s.model.exchange_calendar, s.model.calendar_bar_label)
-                    if s.model.exchange_calendar
-                    else None
-                ),
                 scorer=self.scorer,
-                exactly_once=s.kafka.exactly_once,
                 challengers=None if self.shadow is None else self.shadow.challengers,
             ),
+            runner=self.runner,
+            states=self.symbols,
             metrics=self.metrics,
             outages=self.outages,
         )
-        self.ondemand.attach(self.loop.model_executor)
+        self.ondemand.attach(self.runner)
         loop, bus_in = self.loop, self.bus_in
         await self._connect("kafka", "starting the consumer", lambda: bus_in.start(loop))
         self._probe_task = asyncio.create_task(self._probe_services(), name="kronos-probes")
@@ -291,11 +279,8 @@ class Daemon:
             mode=self.forecaster.mode,
         )
 
-    def _states(self) -> dict[str, Any]:
-        return self.loop.states if self.loop is not None else {}
-
-    async def _on_model_thread(self, fn: Callable[[], T]) -> T:
-        return await (self.loop.on_model_thread(fn) if self.loop is not None else asyncio.to_thread(fn))
+    def _states(self) -> dict[str, SymbolState]:
+        return self.symbols
 
     def _model_swapped(self, new: StreamForecaster, old_version: str) -> None:
         self.swaps.record(old_version, new.model_version)
@@ -345,26 +330,25 @@ class Daemon:
         await self.ondemand.close()
         if self.models is not None:
             await self.models.close()
-        closers = [
-            ("consumer", self.bus_in, "stop"),
-            ("producer", self.bus_out, "stop"),
-            ("store", self.store, "close"),
-            ("scores", self.scorer, "close"),
+        closers: list[tuple[str, Callable[[], Awaitable[None]] | None]] = [
+            ("consumer", None if self.bus_in is None else self.bus_in.stop),
+            ("producer", None if self.bus_out is None else self.bus_out.stop),
+            ("store", None if self.store is None else self.store.close),
+            ("scores", None if self.scorer is None else self.scorer.close),
         ]
-        for name, part, method in closers:
-            if part is None:
+        for name, closer in closers:
+            if closer is None:
                 continue
             try:
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                    await getattr(part, method)()
+                    await closer()
             except (TimeoutError, DaemonError) as exc:
                 log.warning("closing failed", part=name, error=repr(exc))
         if self._probe_task is not None:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
-        if self.loop is not None:
-            self.loop.close()
+        self.runner.shutdown(wait=False, cancel_futures=True)  # a call in progress finishes in the background
         if self.ops is not None:
             await self.ops.stop()
         log.info("daemon closed")
@@ -402,21 +386,3 @@ def run(settings: Settings | None = None) -> int:
     # waits for this exit: objects alive now are frozen out of the final collections.
     gc.freeze()
     return code
-
-
-# Incremental mode keeps max_context - horizon - refresh_every bars after a refresh; fewer than this
-# and the frozen statistics rest on too few bars (one bar: a zero std, so every next bar is a drift
-# and refreshes again: incremental mode then runs as a costlier exact mode).
-MIN_REFRESHED_CONTEXT = 16
-
-
-def _warn_short_refreshed_context(s: Settings) -> None:
-    keep = s.model.max_context - s.model.horizon - s.refresh_every_bars
-    if s.mode == "incremental" and keep < MIN_REFRESHED_CONTEXT:
-        log.warning(
-            "incremental mode keeps too few bars after a refresh; lower KRONOS_REFRESH_EVERY_BARS to at most "
-            f"max_context - horizon - {MIN_REFRESHED_CONTEXT} = "
-            f"{s.model.max_context - s.model.horizon - MIN_REFRESHED_CONTEXT}",
-            bars_kept=max(1, keep), max_context=s.model.max_context, horizon=s.model.horizon,
-            refresh_every_bars=s.refresh_every_bars,
-        )  # fmt: skip

@@ -66,7 +66,7 @@ class ModelFollower:
         self.metrics = metrics
         self._states = states
         self._on_swap = on_swap
-        self._model_thread = model_thread  # runs a blocking call on the loop's model thread
+        self._model_thread = model_thread  # runs a blocking call on the model thread (daemon/model/runner.py)
         self._seed = seed  # seeds a new version's calibration before its swap (daemon/scoring/seeding.py)
         if registry is None:
             from kronos_contract.registry import Registry, RegistryError

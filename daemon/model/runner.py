@@ -1,8 +1,9 @@
 """The model thread, shared by the stream and on-demand forecasts, with the stream first.
 
 Every model call runs on one thread (on CUDA one thread does all the work; on a CPU the model uses
-every core it is given). The stream's calls (``ForecastLoop``'s rounds, model swaps) are submitted as
-before, through ``run_in_executor``, and count as *waiting* from submission until done. Background
+every core it is given). The daemon (daemon/app.py) builds one and hands it to the loop, the model
+follower, the challengers and on-demand forecasts. The stream's calls (the loop's rounds, model swaps:
+``run_in_executor`` or :meth:`ModelExecutor.call`) count as *waiting* from submission until done. Background
 work (on-demand forecasts: :mod:`daemon.pipeline.ondemand`) goes through :meth:`run_when_idle`, which
 submits only while no stream call is waiting, and once the stream has been quiet for a moment (a
 burst's rounds follow each other closely), one call at a time: a stream round that arrives meanwhile
@@ -43,6 +44,11 @@ class ModelExecutor(ThreadPoolExecutor):
             raise
         future.add_done_callback(self._done)
         return future
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the model thread as the stream's calls run (model swaps, seeding, smoke
+        forecasts: on CUDA one thread does all the work)."""
+        return await asyncio.get_running_loop().run_in_executor(self, fn)
 
     @property
     def stream_waiting(self) -> int:

@@ -58,6 +58,7 @@ from daemon.io.messages import (
 from daemon.model.runner import ModelExecutor
 from daemon.model.swap import pin_forecaster
 from daemon.pipeline.calendars import HorizonCalendar, build_calendar
+from daemon.pipeline.features import Calibrated, Configured
 from daemon.pipeline.ondemand_metrics import OnDemandMetrics
 from daemon.scoring.calibration import CLOSE, GuardedCalibrator, distribution_fields
 from kronos_core.evaluation.publisher import POOLED
@@ -74,7 +75,7 @@ def sampling_view(forecaster: StreamForecaster, samples: int, levels: tuple[floa
     and nothing of the stream's warm sessions, is shared). kronos_core's StreamingForecaster takes them
     through its config; another forecaster through ``sample_count`` and ``quantile_levels`` if it has them."""
     view = copy.copy(forecaster)
-    config = getattr(forecaster, "config", None)
+    config = forecaster.config if isinstance(forecaster, Configured) else None
     if dataclasses.is_dataclass(config) and hasattr(config, "sampling"):
         sampling = dataclasses.replace(config.sampling, sample_count=samples)  # type: ignore[type-var]
         view.config = dataclasses.replace(config, mode="exact", sampling=sampling, quantile_levels=levels)  # type: ignore[attr-defined,type-var]
@@ -306,7 +307,7 @@ class OnDemandService:
     ) -> None:
         """The published (guarded) close bands where a calibration state applies (read only)."""
         scorer = self._scorer()
-        cal: GuardedCalibrator | None = getattr(scorer, "calibrator", None)
+        cal: GuardedCalibrator | None = scorer.calibrator if isinstance(scorer, Calibrated) else None
         if cal is None or not windows or len(windows[0].future_timestamps) != cal.horizon:
             return
         version = cal.champion

@@ -33,7 +33,7 @@ from daemon.errors import ConfigError, DaemonError, StateError
 from daemon.io.bus import InMessage, Partition
 from daemon.io.kafka_eos import TransactionalInput, TransactionalOutput
 from daemon.io.kafka_producer import KafkaOutput
-from daemon.pipeline.loop import eos_segments
+from daemon.pipeline.plan import eos_segments
 from daemon.settings import Settings, load_settings
 from daemon.state.redis import RedisStateStore
 from kronos_core.stream_types import StreamForecaster

@@ -194,7 +194,7 @@ async def test_a_dead_letter_topic_that_refuses_everything_does_not_stop_the_con
 async def test_an_unexpected_error_while_handling_one_message_dead_letters_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import daemon.pipeline.loop as loop_module
+    import daemon.pipeline.round as loop_module
 
     real = loop_module.horizon_ns
 

@@ -148,7 +148,7 @@ async def test_a_burst_over_partitions_lands_in_one_lingering_fetch(
     few hundred milliseconds on 4 partitions comes back as one batch."""
     import asyncio
 
-    from daemon.pipeline.loop import fetch_lingering
+    from daemon.pipeline.intake import fetch_lingering
 
     topic = await topic_factory(partitions=4)
     consumer = await _started_input(kafka_bootstrap, topic, group_id)
@@ -174,7 +174,7 @@ async def test_the_linger_ends_once_the_burst_is_over(
     once no record came for that long (here a 20 s linger ends within the 10 s this test waits)."""
     import asyncio
 
-    from daemon.pipeline.loop import fetch_lingering
+    from daemon.pipeline.intake import fetch_lingering
 
     topic = await topic_factory(partitions=4)
     consumer = await _started_input(kafka_bootstrap, topic, group_id)

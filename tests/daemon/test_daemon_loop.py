@@ -12,7 +12,7 @@ from stub_forecaster import StubForecaster
 from daemon.io.bus import InMessage, Partition
 from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.io.messages import forecast_id, parse_bar
-from daemon.pipeline.loop import commit_offsets, next_offsets, plan_rounds
+from daemon.pipeline.plan import commit_offsets, next_offsets, plan_rounds
 from daemon.settings import Settings, load_settings
 from daemon.state.base import StateUpdate
 from daemon.state.memory import MemoryStateStore

@@ -70,7 +70,8 @@ class ShadowBacklog:
     def __init__(self) -> None:
         self._entries: OrderedDict[int, Entry] = OrderedDict()
         self._seq = 0
-        self._round_started: float | None = None
+        self._rounds_open = 0  # 1 from a round's beginning to its end (one that fails: until the next's)
+        self._round_started = 0.0
         self._last_round_end = 0.0
         self._wake = asyncio.Event()
 
@@ -80,17 +81,19 @@ class ShadowBacklog:
     # -- the loop's rounds --------------------------------------------------------------------------
 
     def round_begins(self) -> None:
+        self._rounds_open = 1
         self._round_started = time.monotonic()
 
     def round_ends(self) -> None:
-        self._round_started = None
+        self._rounds_open = 0
         self._last_round_end = time.monotonic()
         self._wake.set()
 
     @property
     def in_round(self) -> bool:
-        started = self._round_started
-        return started is not None and time.monotonic() - started < STALE_ROUND_S
+        if self._rounds_open and time.monotonic() - self._round_started >= STALE_ROUND_S:
+            self._rounds_open = 0  # rounds that failed before they ended
+        return self._rounds_open > 0
 
     async def until_no_round(self, poll_s: float = 0.01) -> None:
         while self.in_round:

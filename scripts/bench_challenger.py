@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=5.0, help="seconds between closes (default 5)")
     p.add_argument("--intervals", type=int, default=4, help="measured intervals (default 4)")
     p.add_argument("--warm-bars", type=int, default=16)
+    p.add_argument("--steady-warmup", type=int, default=3,
+                   help="intervals not measured (default 3: the challenger's forecasts of the warm-up bars, made "
+                   "between rounds, are done before the measured ones)")
     p.add_argument("--max-context", type=int, default=64)
     p.add_argument("--horizon", type=int, default=12)
     p.add_argument("--sample-count", type=int, default=4)
@@ -60,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def steady_args(args: argparse.Namespace, registry: Path, label: str, fraction: float) -> argparse.Namespace:
     return bench_load.parse_args([
         "--steady", str(args.steady), "--interval", str(args.interval), "--intervals", str(args.intervals),
-        "--warm-bars", str(args.warm_bars), "--max-context", str(args.max_context), "--horizon", str(args.horizon),
+        "--steady-warmup", str(args.steady_warmup), "--warm-bars", str(args.warm_bars), "--max-context", str(args.max_context), "--horizon", str(args.horizon),
         "--sample-count", str(args.sample_count), "--modes", "exact", "--model", "demo", "--registry", str(registry),
         "--warm-timeout", "600", "--out", str(REPO / "results" / "tmp" / f"bench_challenger_{label}.json"),
         "--daemon-env", f"KRONOS_CHALLENGERS__SAMPLE_FRACTION={fraction}",
@@ -116,7 +119,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"Demo model as champion v1, its weights perturbed as challenger v2 (exact mode; challenger sample fraction "
         f"{s.get('sample_fraction', 1.0)}); {s['steady']} symbols "
         f"warmed up with {s['warm_bars']} bars each, then one bar per symbol every {s['interval']} s (landing "
-        f"within 1 s of the close), 1 interval not measured, {s['intervals']} measured; max_context "
+        f"within 1 s of the close), {s.get('steady_warmup', 1)} interval(s) not measured, {s['intervals']} measured; max_context "
         f"{s['max_context']}, horizon {s['horizon']}, {s['sample_count']} sample paths. Command: "
         f"`{report['command']}`.",
         "",
@@ -200,7 +203,7 @@ async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[s
         "machine": {**runs["none"]["report"]["machine"],
                     "load_avg_after": runs[labels[-1]]["report"]["machine"]["load_avg_after"]},
         "settings": {"steady": args.steady, "interval": args.interval, "intervals": args.intervals,
-                     "warm_bars": args.warm_bars, "max_context": args.max_context, "horizon": args.horizon,
+                     "steady_warmup": args.steady_warmup, "warm_bars": args.warm_bars, "max_context": args.max_context, "horizon": args.horizon,
                      "sample_count": args.sample_count, "model": "demo", "mode": "exact",
                      "sample_fraction": args.sample_fraction, "also_fraction": args.also_fraction},  # fmt: skip
         "runs": {"none": none, "one": one, **({"sampled": sampled} if sampled is not None else {})},

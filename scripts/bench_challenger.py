@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=5.0, help="seconds between closes (default 5)")
     p.add_argument("--intervals", type=int, default=4, help="measured intervals (default 4)")
     p.add_argument("--warm-bars", type=int, default=16)
-    p.add_argument("--steady-warmup", type=int, default=3,
-                   help="intervals not measured (default 3: the challenger's forecasts of the warm-up bars, made "
+    p.add_argument("--steady-warmup", type=int, default=8,
+                   help="intervals not measured (default 8: the challenger's forecasts of the warm-up bars, made "
                    "between rounds, are done before the measured ones)")
     p.add_argument("--max-context", type=int, default=64)
     p.add_argument("--horizon", type=int, default=12)
@@ -95,8 +95,8 @@ def figures(run: dict[str, Any], measured_s: float) -> dict[str, Any]:
 def commit() -> str:
     """The code measured: HEAD, marked when the working tree differs from it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True)  # fmt: skip
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                           cwd=REPO, capture_output=True, text=True)  # fmt: skip (results/: this script's own)
     return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 

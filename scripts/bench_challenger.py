@@ -3,17 +3,19 @@
 One invocation, two daemons one after the other on the same machine, the same bars and settings:
 a temporary model registry holds the demo model as the champion (v1) and its weights slightly
 perturbed as v2; the first run serves v1 alone, the second with v2 listed as a challenger
-(``kronos-stream models challenge v2``), so the daemon forecasts every bar with both in the same
-model-thread job and scores v2 beside v1. Both runs are ``bench_load.py --steady`` with
-``--registry`` (the same code path, by parameters).
+(``kronos-stream models challenge v2``), so the daemon forecasts every bar with both (v2 between
+the stream's rounds, on the same model thread: daemon/model/shadow_work.py) and scores v2 beside v1.
+With ``--also-fraction F`` a third run gives v2 that sample fraction of the symbols. Every run is
+``bench_load.py --steady`` with ``--registry`` (the same code path, by parameters).
 
-Reported per run: the model time (``kronos_model_step_seconds`` over the measured intervals: the
-model-thread job, the challenger's forecasts included; per forecast and as a share of the time), the
-end-to-end latency percentiles (bar sent until its forecast is read from the output topic), and the
-ratios one / none. Goals: model time <= 2x, p99 latency <= 1.2x.
+Reported per run: the model time (``kronos_model_step_seconds`` plus
+``kronos_challenger_model_seconds_total`` over the measured intervals; per forecast and as a share of
+the time), the end-to-end latency percentiles (bar sent until its forecast is read from the output
+topic), the ratios to the run without a challenger, the commit and the load average before each run.
+Goals: model time <= 2x, p99 latency <= 1.2x.
 
     eval "$(scripts/services env)"
-    .venv/bin/python scripts/bench_challenger.py [--steady 200 --interval 5 --intervals 4]
+    .venv/bin/python scripts/bench_challenger.py [--also-fraction 0.25] [--steady 200 --interval 5 --intervals 4]
 
 Writes results/bench_challenger.json and .md (``--out``).
 """

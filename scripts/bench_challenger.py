@@ -3,17 +3,19 @@
 One invocation, two daemons one after the other on the same machine, the same bars and settings:
 a temporary model registry holds the demo model as the champion (v1) and its weights slightly
 perturbed as v2; the first run serves v1 alone, the second with v2 listed as a challenger
-(``kronos-stream models challenge v2``), so the daemon forecasts every bar with both in the same
-model-thread job and scores v2 beside v1. Both runs are ``bench_load.py --steady`` with
-``--registry`` (the same code path, by parameters).
+(``kronos-stream models challenge v2``), so the daemon forecasts every bar with both (v2 between
+the stream's rounds, on the same model thread: daemon/model/shadow_work.py) and scores v2 beside v1.
+With ``--also-fraction F`` a third run gives v2 that sample fraction of the symbols. Every run is
+``bench_load.py --steady`` with ``--registry`` (the same code path, by parameters).
 
-Reported per run: the model time (``kronos_model_step_seconds`` over the measured intervals: the
-model-thread job, the challenger's forecasts included; per forecast and as a share of the time), the
-end-to-end latency percentiles (bar sent until its forecast is read from the output topic), and the
-ratios one / none. Goals: model time <= 2x, p99 latency <= 1.2x.
+Reported per run: the model time (``kronos_model_step_seconds`` plus
+``kronos_challenger_model_seconds_total`` over the measured intervals; per forecast and as a share of
+the time), the end-to-end latency percentiles (bar sent until its forecast is read from the output
+topic), the ratios to the run without a challenger, the commit and the load average before each run.
+Goals: model time <= 2x, p99 latency <= 1.2x.
 
     eval "$(scripts/services env)"
-    .venv/bin/python scripts/bench_challenger.py [--steady 200 --interval 5 --intervals 4]
+    .venv/bin/python scripts/bench_challenger.py [--also-fraction 0.25] [--steady 200 --interval 5 --intervals 4]
 
 Writes results/bench_challenger.json and .md (``--out``).
 """
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -45,22 +48,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=5.0, help="seconds between closes (default 5)")
     p.add_argument("--intervals", type=int, default=4, help="measured intervals (default 4)")
     p.add_argument("--warm-bars", type=int, default=16)
+    p.add_argument("--steady-warmup", type=int, default=8,
+                   help="intervals not measured (default 8: the challenger's forecasts of the warm-up bars, made "
+                   "between rounds, are done before the measured ones)")
     p.add_argument("--max-context", type=int, default=64)
     p.add_argument("--horizon", type=int, default=12)
     p.add_argument("--sample-count", type=int, default=4)
     p.add_argument("--sample-fraction", type=float, default=1.0,
                    help="KRONOS_CHALLENGERS__SAMPLE_FRACTION of the second run (default 1: every symbol)")
+    p.add_argument("--also-fraction", type=float, default=None,
+                   help="a third run: the challenger on this sample fraction of the symbols (e.g. 0.25)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench_challenger.json")
     return p.parse_args(argv)
 
 
-def steady_args(args: argparse.Namespace, registry: Path, label: str) -> argparse.Namespace:
+def steady_args(args: argparse.Namespace, registry: Path, label: str, fraction: float) -> argparse.Namespace:
     return bench_load.parse_args([
         "--steady", str(args.steady), "--interval", str(args.interval), "--intervals", str(args.intervals),
-        "--warm-bars", str(args.warm_bars), "--max-context", str(args.max_context), "--horizon", str(args.horizon),
+        "--steady-warmup", str(args.steady_warmup), "--warm-bars", str(args.warm_bars), "--max-context", str(args.max_context), "--horizon", str(args.horizon),
         "--sample-count", str(args.sample_count), "--modes", "exact", "--model", "demo", "--registry", str(registry),
         "--warm-timeout", "600", "--out", str(REPO / "results" / "tmp" / f"bench_challenger_{label}.json"),
-        "--daemon-env", f"KRONOS_CHALLENGERS__SAMPLE_FRACTION={args.sample_fraction}",
+        "--daemon-env", f"KRONOS_CHALLENGERS__SAMPLE_FRACTION={fraction}",
     ])  # fmt: skip
 
 
@@ -86,6 +94,14 @@ def figures(run: dict[str, Any], measured_s: float) -> dict[str, Any]:
     }
 
 
+def commit() -> str:
+    """The code measured: HEAD, marked when the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                           cwd=REPO, capture_output=True, text=True)  # fmt: skip (results/: this script's own)
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 3)
 
@@ -98,10 +114,14 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "",
         bench_load.machine_line(report["machine"]),
         "",
+        f"Code: commit `{report['commit']}`. Load average (1, 5, 15 min) before each run: "
+        + "; ".join(f"{k} {v}" for k, v in report["load_before_run"].items())
+        + ".",
+        "",
         f"Demo model as champion v1, its weights perturbed as challenger v2 (exact mode; challenger sample fraction "
         f"{s.get('sample_fraction', 1.0)}); {s['steady']} symbols "
         f"warmed up with {s['warm_bars']} bars each, then one bar per symbol every {s['interval']} s (landing "
-        f"within 1 s of the close), 1 interval not measured, {s['intervals']} measured; max_context "
+        f"within 1 s of the close), {s.get('steady_warmup', 1)} interval(s) not measured, {s['intervals']} measured; max_context "
         f"{s['max_context']}, horizon {s['horizon']}, {s['sample_count']} sample paths. Command: "
         f"`{report['command']}`.",
         "",
@@ -109,7 +129,11 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "| forecasts/s | kept up |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for label, f in (("no challenger", none), ("one challenger", one)):
+    rows = [("no challenger", none), ("one challenger", one)]
+    sampled = report["runs"].get("sampled")
+    if sampled is not None:
+        rows.append((f"one challenger on {s['also_fraction']:.0%} of the symbols", sampled))
+    for label, f in rows:
         lat = f["latency_ms"]
         lines.append(
             f"| {label} | {f['model_ms_per_forecast']} | {f['model_busy_share']:.0%} | {f['mean_model_call_ms']} "
@@ -119,20 +143,32 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     lines += [
         "",
         f"Ratios one / none: model time per forecast **{r['model_ms_per_forecast']}x** (goal <= 2), "
-        f"p50 latency {r['latency_p50']}x, p99 latency **{r['latency_p99']}x** (goal <= 1.2).",
+        f"p50 latency {r['latency_p50']}x, p99 latency **{r['latency_p99']}x** (goal <= 1.2)."
+        + (
+            f" With the challenger on {s['also_fraction']:.0%} of the symbols: model time "
+            f"{r['sampled_model_ms_per_forecast']}x, p99 latency {r['sampled_latency_p99']}x."
+            if sampled is not None
+            else ""
+        ),
         "",
         "- *model ms per forecast*: the model thread's time over the measured intervals per bar: the champion's "
-        "calls (`kronos_model_step_seconds`) plus the challenger's calls of the same jobs "
-        "(`kronos_challenger_model_seconds_total`); each job makes the champion's forecasts, hands them to the "
-        "loop to publish, then makes the challenger's of the same windows (one batched call each).",
+        "calls (`kronos_model_step_seconds`) plus the challenger's calls (`kronos_challenger_model_seconds_total`), "
+        "which the daemon makes on the same model thread between the stream's rounds, in chunks, once a bar "
+        "interval's burst of rounds is over (daemon/model/shadow_work.py).",
         "- *latency*: from just before the bar was sent until its (champion's) forecast was read from the output "
         "topic.",
         f"- Challenger active in the second run: {report['challenger_check']}; it made {one['challenger_forecasts']} "
         f"shadow forecasts for {one['bars_sent']} bars in the measured intervals and took {one['challenger_model_s']} s "
-        f"of the job's {one['model_s']} s of model time (the champion's part: {report['champion_part_of_one_s']} s; "
-        f"without a challenger the champion took {none['model_s']} s for as many bars). Within the second run the job "
-        f"cost {ratio(one['model_s'], report['champion_part_of_one_s'])}x the champion's own calls; across the two "
-        "runs the champion's own time moved with the shared machine's load.",
+        f"of the run's {one['model_s']} s of model time (the champion's part: {report['champion_part_of_one_s']} s; "
+        f"without a challenger the champion took {none['model_s']} s for as many bars): the challenger cost "
+        f"{ratio(one['challenger_model_s'], report['champion_part_of_one_s'])}x the champion's calls on the same "
+        "bars; across the runs the champion's own time moved with the shared machine's load."
+        + (
+            f" Sampled run: {sampled['challenger_forecasts']} shadow forecasts for {sampled['bars_sent']} bars, "
+            f"{sampled['challenger_model_s']} s of challenger model time."
+            if sampled is not None
+            else ""
+        ),
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -141,37 +177,48 @@ async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[s
     registry = Registry(str(root))
     runs: dict[str, dict[str, Any]] = {}
     check = "no"
-    for label in ("none", "one"):
+    labels = ["none", "one"] + (["sampled"] if args.also_fraction is not None else [])
+    for label in labels:
         if label == "one":
             listing.challenge(registry, "v2", by="bench")
-        sargs = steady_args(args, root, label)
+        fraction = args.also_fraction if label == "sampled" else args.sample_fraction
+        sargs = steady_args(args, root, label, fraction)
         report = await bench_load.main_async(sargs, command)
         run = report["modes"]["exact"]
         if "error" in run:
             raise SystemExit(f"the {label} run failed: {run['error']}")
         runs[label] = {"figures": figures(run, args.intervals * args.interval), "report": report}
         log = (REPO / "results" / "tmp" / "bench_steady-exact.log").read_text(errors="replace")
-        if label == "one":
+        if label != "none":
             loaded = "challenger loaded" in log
             scored = log.count('"challenger refused"') == 0
-            check = "yes (its log says 'challenger loaded', no refusal)" if loaded and scored else "NO"
+            ok = loaded and scored
+            check = ("yes (its log says 'challenger loaded', no refusal)" if ok else "NO") if label == "one" else check
     none, one = runs["none"]["figures"], runs["one"]["figures"]
+    sampled = runs["sampled"]["figures"] if "sampled" in runs else None
+    extra = {} if sampled is None else {
+        "sampled_model_ms_per_forecast": ratio(sampled["model_ms_per_forecast"], none["model_ms_per_forecast"]),
+        "sampled_latency_p99": ratio(sampled["latency_ms"]["p99"], none["latency_ms"]["p99"]),
+    }  # fmt: skip
     return {
         "command": command,
         "machine": {**runs["none"]["report"]["machine"],
-                    "load_avg_after": runs["one"]["report"]["machine"]["load_avg_after"]},
+                    "load_avg_after": runs[labels[-1]]["report"]["machine"]["load_avg_after"]},
         "settings": {"steady": args.steady, "interval": args.interval, "intervals": args.intervals,
-                     "warm_bars": args.warm_bars, "max_context": args.max_context, "horizon": args.horizon,
+                     "steady_warmup": args.steady_warmup, "warm_bars": args.warm_bars, "max_context": args.max_context, "horizon": args.horizon,
                      "sample_count": args.sample_count, "model": "demo", "mode": "exact",
-                     "sample_fraction": args.sample_fraction},  # fmt: skip
-        "runs": {"none": none, "one": one},
+                     "sample_fraction": args.sample_fraction, "also_fraction": args.also_fraction},  # fmt: skip
+        "runs": {"none": none, "one": one, **({"sampled": sampled} if sampled is not None else {})},
         "ratios": {
             "model_ms_per_forecast": ratio(one["model_ms_per_forecast"], none["model_ms_per_forecast"]),
             "model_busy_share": ratio(one["model_busy_share"], none["model_busy_share"]),
             "latency_p50": ratio(one["latency_ms"]["p50"], none["latency_ms"]["p50"]),
             "latency_p99": ratio(one["latency_ms"]["p99"], none["latency_ms"]["p99"]),
+            **extra,
         },
         "challenger_check": check,
+        "commit": commit(),
+        "load_before_run": {k: v["report"]["machine"]["load_avg_before"] for k, v in runs.items()},
         "champion_part_of_one_s": one["champion_model_s"],
         "steady_reports": {k: v["report"] for k, v in runs.items()},
     }

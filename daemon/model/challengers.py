@@ -8,15 +8,15 @@ leaves the list, or becomes the champion, is unloaded.
 
 Per round of the loop:
 
-1. in the same model-thread job as the champion's call, right after it, each challenger forecasts the
-   same windows (the symbols a stable hash selects, ``KRONOS_CHALLENGERS__SAMPLE_FRACTION``) with its
-   own seed and no token cache of another version (:meth:`ChallengerSet.forecast_in_job`). The
-   champion's forecasts are handed to the loop as soon as they are made (:meth:`champion_done`), so
-   they are published while the challengers' calls run;
-2. once the champion's forecasts are published and stored, the challengers' are calibrated and scored
-   by the same online scorer under their own version (:meth:`ChallengerSet.after_round`), and sent to
-   ``KRONOS_CHALLENGERS__SHADOW_TOPIC`` when it is set. They never reach the output topic nor the
-   latest-forecast keys.
+1. the champion forecasts, publishes and stores the round as without challengers; the windows of the
+   symbols a stable hash selects (``KRONOS_CHALLENGERS__SAMPLE_FRACTION``) join the challengers'
+   backlog (:meth:`ChallengerSet.forecast_in_job`, :meth:`ChallengerSet.after_round`);
+2. between rounds, on the model thread, each challenger forecasts them in chunks, with its own seed
+   and its own token caches (:mod:`daemon.model.shadow_work`: when the stream is quiet; a round that
+   arrives waits for one chunk at most; a challenger that falls too far behind skips bars, counted);
+3. then, still between rounds, the challengers' forecasts are calibrated and scored by the same online
+   scorer under their own version, and sent to ``KRONOS_CHALLENGERS__SHADOW_TOPIC`` when it is set.
+   They never reach the output topic nor the latest-forecast keys.
 
 A challenger's pending forecasts are kept as those of the series ``{symbol}~{version}``, apart from the
 champion's; it is calibrated with its own state, per version (:mod:`daemon.scoring.calibration`,
@@ -33,7 +33,6 @@ import copy
 import dataclasses
 import functools
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daemon.io.messages import build_forecast_message, encode_json
+from daemon.model.shadow_work import Entry, ShadowBacklog, ShadowState, selected
 from daemon.model.vetting import (
     LoadDeferred,
     LoadedModel,
@@ -52,34 +52,13 @@ from daemon.model.vetting import (
 )
 from daemon.settings import Settings
 from daemon.state.base import SymbolState
-from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecaster, derive_seed
+from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecaster, TokenState, derive_seed
 
 log = structlog.get_logger("kronos.challengers")
-
-SEPARATOR = "~"  # a challenger's pending forecasts of a symbol: {symbol}~{version}
-
-
-def selected(symbol: str, fraction: float) -> bool:
-    """Whether challengers forecast ``symbol``: a stable hash, the same on every replica and restart."""
-    return fraction >= 1.0 or zlib.crc32(symbol.encode()) / 2**32 < fraction
-
 
 def _resolve(future: asyncio.Future[list[SeriesForecast]], results: list[SeriesForecast]) -> None:
     if not future.done():
         future.set_result(results)
-
-
-class ShadowState:
-    """A symbol's state as the scorer sees it for one challenger: its own pending list and calibration
-    (``symbol``), the real symbol for pairing losses (``pair_symbol``), the same bars."""
-
-    __slots__ = ("symbol", "pair_symbol", "timestamps", "rows")
-
-    def __init__(self, state: Any, version: str) -> None:
-        self.pair_symbol = state.symbol
-        self.symbol = f"{state.symbol}{SEPARATOR}{version}"
-        self.timestamps = state.timestamps
-        self.rows = state.rows
 
 
 class ChallengerMetrics:
@@ -96,6 +75,11 @@ class ChallengerMetrics:
         self.errors = Counter(
             "kronos_challenger_errors", "Challenger rounds that failed (logged; the champion is not affected).",
             ["stage"], registry=registry,
+        )  # fmt: skip
+        self.skipped = Counter(
+            "kronos_challenger_skipped_forecasts",
+            "Bars a challenger did not forecast: it fell behind the stream (reason behind), the symbol was "
+            "revoked, or the daemon stopped first.", ["model_version", "reason"], registry=registry,
         )  # fmt: skip
         self.model_seconds = Counter(
             "kronos_challenger_model_seconds", "Model-thread seconds spent on challenger forecasts.",
@@ -114,7 +98,7 @@ class ChallengerSet:
         *,
         cache_root: Path,
         states: Callable[[], Mapping[str, SymbolState]] = dict,
-        model_thread: Callable[[Callable[[], LoadedModel]], Awaitable[LoadedModel]] | None = None,
+        model_thread: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
         public_key: Any | None = None,
     ) -> None:
         self.settings = settings
@@ -129,10 +113,17 @@ class ChallengerSet:
         self.bus_out: Any = None  # the producer, for the shadow topic
         self.forecasters: dict[str, StreamForecaster] = {}
         self._failures: dict[str, tuple[int, float]] = {}
-        self._round: list[tuple[str, list[SeriesWindow], list[SeriesForecast | Exception]]] = []
+        self._round: list[SeriesWindow] = []  # this round's windows the challengers forecast
         self._early: asyncio.Future[list[SeriesForecast]] | None = None
         self._job: asyncio.Future[list[SeriesForecast]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.backlog = ShadowBacklog()
+        self._worker: asyncio.Task[None] | None = None
+        self._scoring = asyncio.Lock()  # the scorer serves one version at a time: not during a round
+        self._tokens: dict[str, dict[str, TokenState]] = {}  # per version, its token caches (incremental)
+        self._revoked: set[str] = set()
+        self.horizon = settings.model.horizon
+        self.mode: str = settings.mode
         self._wake = asyncio.Event()
         self.checks = 0
 
@@ -152,6 +143,7 @@ class ChallengerSet:
         wanted = [v for v in listed if v != champion][: self.config.max]
         for version in [v for v in self.forecasters if v not in wanted]:
             self.forecasters.pop(version)
+            self._tokens.pop(version, None)
             log.info("challenger unloaded", version=version, champion=champion)
         for version in wanted:
             if version in self.forecasters:
@@ -203,14 +195,21 @@ class ChallengerSet:
             self._wake.clear()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._worker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._skipped(self.backlog.clear(), "stopped")
         self.forecasters.clear()
 
     def drop(self, symbols: Sequence[str]) -> None:
-        """Forget the warm sessions of revoked symbols."""
+        """Forget the warm sessions, token caches and waiting bars of revoked symbols."""
+        self._skipped(self.backlog.drop(symbols), "revoked")
+        self._revoked.update(symbols)  # forecast, not scored yet: not scored (another replica owns them)
+        for tokens in self._tokens.values():
+            for symbol in symbols:
+                tokens.pop(symbol, None)
         for forecaster in self.forecasters.values():
             forget = getattr(forecaster, "drop", None)
             if callable(forget):
@@ -220,8 +219,9 @@ class ChallengerSet:
 
     @property
     def active(self) -> bool:
-        """Whether any challenger is loaded (else the loop's calls run as without challengers)."""
-        return bool(self.forecasters)
+        """Whether any challenger is loaded, or its forecasts are being scored (else the loop's calls run
+        as without challengers)."""
+        return bool(self.forecasters) or self._scoring.locked()
 
     def begin_round(self, loop: asyncio.AbstractEventLoop | None) -> asyncio.Future[list[SeriesForecast]] | None:
         """A new round (forgetting what a round that failed before :meth:`after_round` left); returns the
@@ -230,10 +230,11 @@ class ChallengerSet:
         self._round = []
         self._job = None
         self._early = None if loop is None else loop.create_future()
+        self.backlog.round_begins()
         return self._early
 
     def champion_done(self, results: list[SeriesForecast]) -> None:
-        """On the model thread: the champion's forecasts of this job are made (the challengers' follow)."""
+        """On the model thread: the champion's forecasts of this job are made."""
         early = self._early
         if early is not None and not early.done():
             early.get_loop().call_soon_threadsafe(_resolve, early, results)
@@ -241,75 +242,135 @@ class ChallengerSet:
     async def champion_results(
         self, early: asyncio.Future[list[SeriesForecast]], job: asyncio.Future[list[SeriesForecast]]
     ) -> list[SeriesForecast]:
-        """The champion's forecasts of a job, as soon as they are made: the loop publishes them while the
-        model thread goes on with the challengers' calls of the same job (awaited in :meth:`after_round`)."""
+        """The champion's forecasts of a job, as soon as they are made; a scoring of challengers' forecasts
+        under way ends first (the scorer serves one version at a time)."""
         await asyncio.wait({early, job}, return_when=asyncio.FIRST_COMPLETED)
+        async with self._scoring:
+            pass
         if early.done() and not early.cancelled():
             self._job = job
             return early.result()
         return await job  # the champion's call failed: its error; or the job ended first
 
     def forecast_in_job(self, windows: Sequence[SeriesWindow], horizon: int) -> None:
-        """On the model thread, right after the champion's call on ``windows``: each challenger's
-        forecasts of the selected symbols (kept for :meth:`after_round`)."""
+        """On the model thread, right after the champion's call on ``windows``: keep the windows of the
+        selected symbols for the challengers (they forecast them between rounds: :mod:`daemon.model.shadow_work`)."""
+        self.horizon = horizon
         if not self.forecasters:
             return
-        t0 = time.perf_counter()
-        base = self.settings.model.base_seed
-        for version, forecaster in list(self.forecasters.items()):
-            mine = []
-            for w in windows:
-                if not selected(w.series_id, self.config.sample_fraction):
-                    continue
-                ts = int(w.timestamps[-1].astype("datetime64[ns]").astype("int64"))
-                mine.append(dataclasses.replace(w, token_state=None, seed=derive_seed(w.series_id, ts, version, base)))
-            if not mine:
-                continue
-            try:
-                results: list[SeriesForecast | Exception] = list(forecaster.forecast(mine, horizon))
-                if len(results) != len(mine):
-                    raise ValueError(f"{len(results)} forecasts for {len(mine)} windows")
-            except Exception as exc:
-                self.metrics.errors.labels("forecast").inc()
-                log.warning("challenger forecast failed; its round is skipped", version=version, error=repr(exc))
-                continue
-            self._round.append((version, mine, results))
-        self.metrics.model_seconds.inc(time.perf_counter() - t0)
+        self._round = [w for w in windows if selected(w.series_id, self.config.sample_fraction)]
 
     async def after_round(self, stored: Sequence[tuple[Any, Any]], mode: str) -> None:
-        """After the champion's round is stored: score (and publish to the shadow topic) the challengers'
-        forecasts of it. ``stored``: (the symbol's state with the new bar, the champion's context)."""
-        job, self._job = self._job, None
-        if job is not None:  # the challengers' calls of this round's job
-            with contextlib.suppress(Exception):  # the champion's part was taken already; theirs are caught
-                await job
-        made, self._round = self._round, []
-        by_symbol = {state.symbol: (state, ctx) for state, ctx in stored}
-        for version, windows, results in made:
-            items, contexts = [], []
-            for w, r in zip(windows, results, strict=True):
-                symbol = w.series_id
-                if symbol not in by_symbol or isinstance(r, Exception):
-                    continue  # not stored (refused by the store) or failed
-                state, ctx = by_symbol[symbol]
-                shadow_ctx = copy.copy(ctx)
-                shadow_ctx.seed = w.seed
-                items.append((ShadowState(state, version), w, r))
-                contexts.append(shadow_ctx)
-            if not items:
-                continue
-            self.metrics.forecasts.labels(version).inc(len(items))
+        """After the champion's round is stored: its windows join the challengers' backlog. ``stored``:
+        (the symbol's state with the new bar, the champion's context)."""
+        try:
+            job, self._job = self._job, None
+            if job is not None:
+                with contextlib.suppress(Exception):  # the champion's part was taken already
+                    await job
+            windows, self._round = self._round, []
+            if not windows or not self.forecasters:
+                return
+            self.mode = mode
+            by_symbol = {state.symbol: (state, ctx) for state, ctx in stored}
+            now = time.monotonic()
+            entries = [Entry(w, *by_symbol[w.series_id], now) for w in windows if w.series_id in by_symbol]
+            self._skipped(self.backlog.add(entries), "behind")
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.create_task(self._work_forever(), name="kronos-challengers-shadow")
+        finally:
+            self.backlog.round_ends()
+
+    def _skipped(self, entries: list[Entry], reason: str) -> None:
+        if entries:
+            for version in self.forecasters:
+                self.metrics.skipped.labels(version, reason).inc(len(entries))
+            log.warning("shadow forecasts skipped", reason=reason, bars=len(entries), versions=self.versions)
+
+    async def _work_forever(self) -> None:
+        made: list[tuple[str, list[Entry], list[SeriesWindow], list[SeriesForecast | Exception]]] = []
+        while True:
             try:
-                if self.scorer is not None:
-                    windows_, results_ = [w for _, w, _ in items], [r for _, _, r in items]
-                    await self.scorer.adjust(windows_, results_, version, contexts, champion=False)
-                if self.config.shadow_topic and self.bus_out is not None:
-                    await self._publish(version, items, contexts, mode)
-                if self.scorer is not None:
-                    await self.scorer.stored(items, version)
-            except Exception as exc:
+                chunk = await self.backlog.next_chunk()
+                for version, forecaster in list(self.forecasters.items()):
+                    result = await self._forecast(version, forecaster, chunk)
+                    if result is not None:
+                        made.append((version, chunk, *result))
+                if made and (not len(self.backlog) or len(made) >= 8):
+                    await self._score(made)
+                    made = []
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never stop the challengers for one failure
+                made = []
                 self.metrics.errors.labels("score").inc()
-                log.warning("scoring a challenger's round failed", version=version, error=repr(exc))
+                log.warning("a challenger chunk failed; its forecasts are not scored", error=repr(exc))
+
+    async def _forecast(
+        self, version: str, forecaster: StreamForecaster, chunk: list[Entry]
+    ) -> tuple[list[SeriesWindow], list[SeriesForecast | Exception]] | None:
+        base, tokens = self.settings.model.base_seed, self._tokens.setdefault(version, {})
+        windows = []
+        for e in chunk:
+            w = e.window
+            ts = int(w.timestamps[-1].astype("datetime64[ns]").astype("int64"))
+            seed = derive_seed(w.series_id, ts, version, base)
+            windows.append(dataclasses.replace(w, token_state=tokens.get(w.series_id), seed=seed))
+
+        def call() -> list[SeriesForecast]:
+            t0 = time.perf_counter()
+            try:
+                return list(forecaster.forecast(windows, self.horizon))
+            finally:
+                self.metrics.model_seconds.inc(time.perf_counter() - t0)
+
+        try:
+            run = self._model_thread
+            results: list[SeriesForecast | Exception] = list(await (run(call) if run else asyncio.to_thread(call)))
+            if len(results) != len(windows):
+                raise ValueError(f"{len(results)} forecasts for {len(windows)} windows")
+        except Exception as exc:
+            self.metrics.errors.labels("forecast").inc()
+            log.warning("challenger forecast failed; these bars are skipped", version=version, error=repr(exc))
+            return None
+        for w, r in zip(windows, results, strict=True):  # its own token caches (incremental mode)
+            token_state = getattr(r, "token_state", None)
+            if token_state is not None:
+                tokens[w.series_id] = token_state
+        return windows, results
+
+    async def _score(
+        self, made: list[tuple[str, list[Entry], list[SeriesWindow], list[SeriesForecast | Exception]]]
+    ) -> None:
+        """Score (and publish to the shadow topic) the challengers' forecasts, between the loop's rounds."""
+        await self.backlog.until_no_round()
+        async with self._scoring:
+            for version, chunk, windows, results in made:
+                items, contexts = [], []
+                for e, w, r in zip(chunk, windows, results, strict=True):
+                    if isinstance(r, Exception) or e.window.series_id in self._revoked:
+                        continue
+                    shadow_ctx = copy.copy(e.ctx)
+                    shadow_ctx.seed = w.seed
+                    items.append((ShadowState(e.state, version), w, r))
+                    contexts.append(shadow_ctx)
+                if items:
+                    await self._score_version(version, items, contexts)
+            self._revoked.clear()
+
+    async def _score_version(self, version: str, items: list[tuple[Any, Any, Any]], contexts: list[Any]) -> None:
+        self.metrics.forecasts.labels(version).inc(len(items))
+        try:
+            if self.scorer is not None:
+                windows_, results_ = [w for _, w, _ in items], [r for _, _, r in items]
+                await self.scorer.adjust(windows_, results_, version, contexts, champion=False)
+            if self.config.shadow_topic and self.bus_out is not None:
+                await self._publish(version, items, contexts, self.mode)
+            if self.scorer is not None:
+                await self.scorer.stored(items, version)
+        except Exception as exc:
+            self.metrics.errors.labels("score").inc()
+            log.warning("scoring a challenger's round failed", version=version, error=repr(exc))
 
     async def _publish(self, version: str, items: list[tuple[Any, Any, Any]], contexts: list[Any], mode: str) -> None:
         records = []

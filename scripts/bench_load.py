@@ -87,7 +87,7 @@ MODELS = {
     "tiny": REPO / "tests" / "fixtures" / "kronos-tiny-a",
     "stub": REPO / "tests" / "daemon",  # the deterministic stub forecaster: ~0 model time
 }
-STUB_FACTORY = "stub_forecaster:build"  # tests/daemon/stub_forecaster.py, as scripts/chaos.py loads it
+STUB_FACTORY = "tests.support.stub_forecaster:build"  # tests/daemon/stub_forecaster.py, as scripts/chaos.py loads it
 PROBE_FACTORY = "bench_probe:build"  # scripts/bench_probe.py: counts how incremental calls served each series
 BAR_START = datetime(2024, 1, 2, tzinfo=UTC)  # synthetic clock start; the same bars in every mode
 BAR_INTERVAL_S = 60.0

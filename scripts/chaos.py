@@ -146,7 +146,7 @@ class Chaos:
             "KRONOS_KAFKA__EXACTLY_ONCE": str(self.exactly_once).lower(),
             "KRONOS_REDIS__URL": self.redis.url,
             "KRONOS_REDIS__KEY_PREFIX": "chaos",
-            "KRONOS_MODEL__FACTORY": "stub_forecaster:build",
+            "KRONOS_MODEL__FACTORY": "tests.support.stub_forecaster:build",
             "KRONOS_MODEL__MAX_CONTEXT": str(MAX_CONTEXT),
             "KRONOS_MODEL__HORIZON": "4",
             "KRONOS_MODEL__SAMPLE_COUNT": "4",

@@ -29,14 +29,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchload import cli as bl_cli
+from benchload import harness as bl_harness
+from benchload import report as bl_report
+
+from kronos_contract import challengers as listing
+from kronos_contract.registry import Registry
+from tests.support.hotswap import perturbed_copy, publish
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "daemon")]
-
-import bench_load  # noqa: E402
-from hotswap_helpers import perturbed_copy, publish  # noqa: E402
-
-from kronos_contract import challengers as listing  # noqa: E402
-from kronos_contract.registry import Registry  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def steady_args(args: argparse.Namespace, registry: Path, label: str) -> argparse.Namespace:
-    return bench_load.parse_args([
+    return bl_cli.parse_args([
         "--steady", str(args.steady), "--interval", str(args.interval), "--intervals", str(args.intervals),
         "--warm-bars", str(args.warm_bars), "--max-context", str(args.max_context), "--horizon", str(args.horizon),
         "--sample-count", str(args.sample_count), "--modes", "exact", "--model", "demo", "--registry", str(registry),
@@ -96,7 +97,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     lines = [
         "# One shadow challenger against none (steady state, real Kafka and Redis)",
         "",
-        bench_load.machine_line(report["machine"]),
+        bl_report.machine_line(report["machine"]),
         "",
         f"Demo model as champion v1, its weights perturbed as challenger v2 (exact mode; challenger sample fraction "
         f"{s.get('sample_fraction', 1.0)}); {s['steady']} symbols "
@@ -145,7 +146,7 @@ async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[s
         if label == "one":
             listing.challenge(registry, "v2", by="bench")
         sargs = steady_args(args, root, label)
-        report = await bench_load.main_async(sargs, command)
+        report = await bl_cli.main_async(sargs, command)
         run = report["modes"]["exact"]
         if "error" in run:
             raise SystemExit(f"the {label} run failed: {run['error']}")
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = work / "registry"
         registry = Registry(str(root))
-        demo = bench_load.MODELS["demo"]
+        demo = bl_harness.MODELS["demo"]
         runtime = json.loads((demo / "manifest.json").read_text())["runtime"]  # max_context 128, its zone
         publish(registry, "v1", demo, promote=True, runtime=runtime)
         v2 = perturbed_copy(demo, work / "v2", 0.02, seed=2)

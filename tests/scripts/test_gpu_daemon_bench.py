@@ -16,12 +16,11 @@ import pytest
 from daemon.model.build import build_engine_forecaster, graph_captures
 from daemon.ops.metrics import Metrics
 from daemon.settings import load_settings
+from scripts import gpu_daemon_bench
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_daemon_bench.py"
 TINY = REPO / "tests" / "fixtures" / "kronos-tiny-a"
-sys.path.insert(0, str(REPO / "scripts"))
-import gpu_daemon_bench  # noqa: E402
 
 
 def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

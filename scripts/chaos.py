@@ -27,7 +27,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -45,7 +44,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from daemon.errors import InvalidBar
 from daemon.io.messages import forecast_id, parse_bar
 from daemon.state.base import bars_key, forecast_key, meta_key, tokens_key
-from tests.support.launcher import committed_offsets, end_offsets
+from tests.support.launcher import committed_offsets, end_offsets, launch_daemon
 from tests.support.private_services import PrivateKafka, PrivateRedis, free_port, kafka_jars
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +132,6 @@ class Chaos:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
         env.update({
-            "PYTHONPATH": str(ROOT),
             "KRONOS_KAFKA__BOOTSTRAP_SERVERS": self.kafka.bootstrap,
             "KRONOS_KAFKA__INPUT_TOPIC": self.topics["input"],
             "KRONOS_KAFKA__OUTPUT_TOPIC": self.topics["output"],
@@ -157,10 +155,7 @@ class Chaos:
         return env
 
     def spawn(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "run"], cwd=ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT
-            )
+        self.proc = launch_daemon(self.env(), self.log)
 
     async def supervise(self) -> None:
         """Restart the daemon when it exits unexpectedly (after 1 s, as a pod restart would)."""

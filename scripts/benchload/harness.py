@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.io.feeds import FeedBar
 from daemon.io.messages import bar_to_json, format_ts, to_ns
+from tests.support.launcher import launch_daemon
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = {
@@ -287,16 +287,9 @@ class DaemonProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            profile = self._env.get("BENCH_PROFILE")  # a cProfile dump of the daemon (written at exit)
-            prefix = ["-m", "cProfile", "-o", profile] if profile else []
-            self._proc = subprocess.Popen(
-                [sys.executable, *prefix, "-m", "daemon", "run"],
-                cwd=REPO,
-                env=self._env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        profile = self._env.get("BENCH_PROFILE")  # a cProfile dump of the daemon (written at exit)
+        prefix = ["-m", "cProfile", "-o", profile] if profile else []
+        self._proc = launch_daemon(self._env, self.log_path, python_args=prefix, append=False)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -35,6 +35,7 @@ from tests.support.launcher import (
     daemon_settings,
     forecasts,
     interleave,
+    launch_daemon,
     metric,
     produce,
     read_topic,
@@ -248,7 +249,7 @@ async def test_a_daemon_process_follows_models_promote_through_the_redis_hint(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log = tmp_path / "daemon.log"
     series = _series(20)
-    daemon = _python(["-m", "daemon", "run"], {**env, **settings_env(settings)}, log)
+    daemon = launch_daemon({**env, **settings_env(settings)}, log)
     try:
         await produce(kafka_bootstrap, topics.input, _chunk(series, 0, 10))
         before = forecasts(await read_topic(kafka_bootstrap, topics.output, 30, timeout_s=90))

@@ -257,14 +257,26 @@ def spawn_daemon(
     env.update(settings_env(settings))
     env.update(model_env)
     env["STUB_FORECASTER_DELAY_MS"] = str(delay_ms)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.Popen(
-        [sys.executable, "-m", "daemon", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    return launch_daemon(env, log)
+
+
+def launch_daemon(
+    env: Mapping[str, str], log: Path, *, python_args: Sequence[str] = (), append: bool = True
+) -> subprocess.Popen[bytes]:
+    """The one way the tests, the benchmarks and the chaos run start a daemon process:
+    ``python [python_args] -m daemon run`` from the repository root with exactly ``env`` (plus the
+    repository root on ``PYTHONPATH``, so ``tests.support.stub_forecaster`` loads), its output written to
+    ``log`` (appended, or from the start with ``append=False``)."""
+    full = dict(env)
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full.get("PYTHONPATH")]))
+    with log.open("ab" if append else "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, *python_args, "-m", "daemon", "run"],
+            cwd=ROOT,
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 async def stop_daemon(proc: subprocess.Popen[bytes], sig: int) -> int:

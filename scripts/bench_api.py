@@ -36,11 +36,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import bench_load as bl
 import httpx
 import numpy as np
+from benchload import cli as bl_cli
+from benchload import harness as bl_harness
+from benchload import report as bl_report
+from benchload import steady as bl_steady
 
 from daemon.io.feeds import synthetic_bars
+from daemon.io.messages import bar_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,10 +63,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
     p.add_argument("steady_args", nargs=argparse.REMAINDER, help="after --: more arguments of bench_load.py")
     args = p.parse_args(argv)
     args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    args.port = bl.free_port()
+    args.port = bl_harness.free_port()
     intervals = 2 * args.baseline + len(args.levels) + args.rated
     extra = [a for a in args.steady_args if a != "--"]
-    steady = bl.parse_args([
+    steady = bl_cli.parse_args([
         "--steady", str(args.steady), "--interval", str(args.interval), "--intervals", str(intervals),
         "--modes", "exact", "--max-context", "64", "--horizon", "12", "--sample-count", "4", "--warm-bars", "16",
         "--warm-timeout", "600",
@@ -77,10 +81,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
 
 def request_bodies(count: int, bars: int) -> list[bytes]:
     """One JSON request per API symbol: ``bars`` bars of its own synthetic series."""
-    feed = synthetic_bars(count, None, interval_s=bl.BAR_INTERVAL_S, seed=7, start=bl.BAR_START)
+    feed = synthetic_bars(count, None, interval_s=bl_harness.BAR_INTERVAL_S, seed=7, start=bl_harness.BAR_START)
     history: dict[str, list[dict[str, Any]]] = {}
     for symbol, ts, values in (next(feed) for _ in range(count * bars)):
-        bar = json.loads(bl.bar_to_json(symbol, ts, values))
+        bar = json.loads(bar_to_json(symbol, ts, values))
         history.setdefault(f"API-{bar.pop('symbol')}", []).append(bar)
     return [json.dumps({"symbol": s, "bars": b}).encode() for s, b in history.items()]
 
@@ -138,7 +142,7 @@ async def wait_arrived(s: Any, sent: dict[Any, float], t1: float, timeout_s: flo
         await asyncio.sleep(0.2)
 
 
-def make_during(args: argparse.Namespace, steady: argparse.Namespace, report: dict[str, Any]) -> bl.During:
+def make_during(args: argparse.Namespace, steady: argparse.Namespace, report: dict[str, Any]) -> bl_steady.During:
     async def during(s: Any, sent: dict[Any, float], first_close: float) -> dict[str, Any]:
         load = ApiLoad(args.port, request_bodies(max(args.levels), args.history))
         interval = args.interval
@@ -267,9 +271,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
 
 
 async def main_async(args: argparse.Namespace, steady: argparse.Namespace, report: dict[str, Any]) -> None:
-    bootstrap, redis_url = bl.service_addresses()
+    bootstrap, redis_url = bl_cli.service_addresses()
     uid = uuid.uuid4().hex[:10]
-    report["steady"] = await bl.bench_steady(steady, "exact", bootstrap, redis_url, f"api-{uid}",
+    report["steady"] = await bl_steady.bench_steady(steady, "exact", bootstrap, redis_url, f"api-{uid}",
                                              during=make_during(args, steady, report))  # fmt: skip
 
 
@@ -282,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
                      "baseline": args.baseline, "rated": args.rated, "goal": args.goal, "history": args.history,
                      "ondemand_batch": args.ondemand_batch},  # fmt: skip
     }
-    facts = bl.machine_facts(steady)
+    facts = bl_report.machine_facts(steady)
     asyncio.run(main_async(args, steady, report))
     facts["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-    report["machine"] = bl.machine_line(facts)
+    report["machine"] = bl_report.machine_line(facts)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(args.out, report)

@@ -32,14 +32,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchload import cli as bl_cli
+from benchload import harness as bl_harness
+from benchload import report as bl_report
+
+from kronos_contract import challengers as listing
+from kronos_contract.registry import Registry
+from tests.support.hotswap import perturbed_copy, publish
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "daemon")]
-
-import bench_load  # noqa: E402
-from hotswap_helpers import perturbed_copy, publish  # noqa: E402
-
-from kronos_contract import challengers as listing  # noqa: E402
-from kronos_contract.registry import Registry  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def steady_args(args: argparse.Namespace, registry: Path, label: str, fraction: float) -> argparse.Namespace:
-    return bench_load.parse_args([
+    return bl_cli.parse_args([
         "--steady", str(args.steady), "--interval", str(args.interval), "--intervals", str(args.intervals),
         "--steady-warmup", str(args.steady_warmup), "--warm-bars", str(args.warm_bars), "--max-context", str(args.max_context), "--horizon", str(args.horizon),
         "--sample-count", str(args.sample_count), "--modes", "exact", "--model", "demo", "--registry", str(registry),
@@ -112,7 +113,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     lines = [
         "# One shadow challenger against none (steady state, real Kafka and Redis)",
         "",
-        bench_load.machine_line(report["machine"]),
+        bl_report.machine_line(report["machine"]),
         "",
         f"Code: commit `{report['commit']}`. Load average (1, 5, 15 min) before each run: "
         + "; ".join(f"{k} {v}" for k, v in report["load_before_run"].items())
@@ -183,7 +184,7 @@ async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[s
             listing.challenge(registry, "v2", by="bench")
         fraction = args.also_fraction if label == "sampled" else args.sample_fraction
         sargs = steady_args(args, root, label, fraction)
-        report = await bench_load.main_async(sargs, command)
+        report = await bl_cli.main_async(sargs, command)
         run = report["modes"]["exact"]
         if "error" in run:
             raise SystemExit(f"the {label} run failed: {run['error']}")
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = work / "registry"
         registry = Registry(str(root))
-        demo = bench_load.MODELS["demo"]
+        demo = bl_harness.MODELS["demo"]
         runtime = json.loads((demo / "manifest.json").read_text())["runtime"]  # max_context 128, its zone
         publish(registry, "v1", demo, promote=True, runtime=runtime)
         v2 = perturbed_copy(demo, work / "v2", 0.02, seed=2)

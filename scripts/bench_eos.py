@@ -16,18 +16,15 @@ import asyncio
 import json
 import os
 import platform
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "daemon"))
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-import redis.asyncio as aioredis  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from daemon_helpers import (  # noqa: E402
+from tests.support.launcher import (
     Topics,
     bar_series,
     daemon_settings,
@@ -37,7 +34,9 @@ from daemon_helpers import (  # noqa: E402
     running_daemon,
     wait_committed,
 )
-from stub_forecaster import StubForecaster  # noqa: E402
+from tests.support.stub_forecaster import StubForecaster
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def one_run(bootstrap: str, redis_url: str, exactly_once: bool, symbols: int, bars: int) -> dict[str, Any]:

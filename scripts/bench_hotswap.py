@@ -30,7 +30,6 @@ import math
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -41,15 +40,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from daemon.app import Daemon
+from daemon.logging import configure_logging
+from daemon.settings import load_settings
+from kronos_contract.registry import Registry, publish_hint
+from tests.support.hotswap import TINY, perturbed_copy, publish
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "daemon"))
-
-from hotswap_helpers import TINY, perturbed_copy, publish  # noqa: E402
-
-from daemon.app import Daemon  # noqa: E402
-from daemon.logging import configure_logging  # noqa: E402
-from daemon.settings import load_settings  # noqa: E402
-from kronos_contract.registry import Registry, publish_hint  # noqa: E402
 
 DEMO = REPO / "daemon" / "assets" / "demo-model"
 

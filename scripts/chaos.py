@@ -4,7 +4,7 @@ a daemon process and private Kafka and Redis servers this script starts (never t
     KAFKA_JARS_DIR=... PYTHONPATH=$PWD .venv/bin/python scripts/chaos.py [--quick]
 
 The daemon runs as ``python -m daemon run`` with the deterministic stub forecaster of the tests
-(tests/daemon/stub_forecaster.py): the run exercises the daemon, not the model. A supervisor restarts
+(tests/support/stub_forecaster.py): the run exercises the daemon, not the model. A supervisor restarts
 it whenever it exits, as Kubernetes would, and counts the exits. Phases run one after the other; each
 has its own symbols, so the output topic (read once at the end with ``read_committed``) tells per phase:
 
@@ -27,7 +27,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -38,18 +37,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from daemon.errors import InvalidBar
+from daemon.io.messages import forecast_id, parse_bar
+from daemon.state.base import bars_key, forecast_key, meta_key, tokens_key
+from tests.support.launcher import committed_offsets, end_offsets, launch_daemon
+from tests.support.private_services import PrivateKafka, PrivateRedis, free_port, kafka_jars
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "daemon"))
-
-import redis.asyncio as aioredis  # noqa: E402
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from daemon_helpers import committed_offsets, end_offsets  # noqa: E402
-from private_services import PrivateKafka, PrivateRedis, free_port, kafka_jars  # noqa: E402
-
-from daemon.errors import InvalidBar  # noqa: E402
-from daemon.io.messages import forecast_id, parse_bar  # noqa: E402
-from daemon.state.base import bars_key, forecast_key, meta_key, tokens_key  # noqa: E402
 
 MODEL_VERSION = "stub-1"
 MAX_CONTEXT = 32
@@ -134,7 +132,6 @@ class Chaos:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
         env.update({
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "daemon"), str(ROOT)]),
             "KRONOS_KAFKA__BOOTSTRAP_SERVERS": self.kafka.bootstrap,
             "KRONOS_KAFKA__INPUT_TOPIC": self.topics["input"],
             "KRONOS_KAFKA__OUTPUT_TOPIC": self.topics["output"],
@@ -146,7 +143,7 @@ class Chaos:
             "KRONOS_KAFKA__EXACTLY_ONCE": str(self.exactly_once).lower(),
             "KRONOS_REDIS__URL": self.redis.url,
             "KRONOS_REDIS__KEY_PREFIX": "chaos",
-            "KRONOS_MODEL__FACTORY": "stub_forecaster:build",
+            "KRONOS_MODEL__FACTORY": "tests.support.stub_forecaster:build",
             "KRONOS_MODEL__MAX_CONTEXT": str(MAX_CONTEXT),
             "KRONOS_MODEL__HORIZON": "4",
             "KRONOS_MODEL__SAMPLE_COUNT": "4",
@@ -158,10 +155,7 @@ class Chaos:
         return env
 
     def spawn(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "run"], cwd=ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT
-            )
+        self.proc = launch_daemon(self.env(), self.log)
 
     async def supervise(self) -> None:
         """Restart the daemon when it exits unexpectedly (after 1 s, as a pod restart would)."""
@@ -557,7 +551,7 @@ class Chaos:
                 extra["context_bars_after_wipe"] = sorted(Counter(contexts).items())
             row.update(extra)
             rows.append(row)
-        return {"total_s": round(total_s, 1), "quick": self.quick, "model": "stub forecaster (tests/daemon)",
+        return {"total_s": round(total_s, 1), "quick": self.quick, "model": "stub forecaster (tests/support)",
                 "max_context": MAX_CONTEXT, "phases": rows}  # fmt: skip
 
 

@@ -182,25 +182,10 @@ def services_step(args: argparse.Namespace, log: Path) -> dict[str, str]:
 
 def burst_child(overrides_json: str, argv: list[str]) -> int:
     """Run bench_load's CLI with the daemon's environment amended by ``overrides_json``."""
-    sys.path[:0] = [str(REPO), str(SCRIPTS)]
-    import bench_load
+    from benchload.cli import main
 
     overrides: dict[str, str] = json.loads(overrides_json)
-    original = getattr(bench_load, "daemon_env", None)
-    if original is None:
-        raise SystemExit("scripts/bench_load.py has no daemon_env() any more: update gpu_daemon_bench.burst_child")
-
-    def amended(*a: Any, **kw: Any) -> dict[str, str]:
-        env = dict(original(*a, **kw))
-        for key, value in overrides.items():
-            if value:
-                env[key] = value
-            else:
-                env.pop(key, None)
-        return env
-
-    bench_load.daemon_env = amended
-    return int(bench_load.main(argv))
+    return main(argv, env_overrides=overrides)
 
 
 def bursts_step(args: argparse.Namespace, services: dict[str, str], out: Path, left_s: float) -> dict[str, Any]:

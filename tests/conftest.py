@@ -18,6 +18,8 @@ import pytest
 import redis.asyncio as redis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+pytest_plugins = ["tests.support.fixtures"]  # the daemon's fixtures: models, topics, private services
+
 TopicFactory = Callable[..., Awaitable[str]]
 
 _HOW_TO_START = 'run `make test`, or `make services-up` then `eval "$(scripts/services env)"`'

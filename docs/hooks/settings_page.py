@@ -6,7 +6,7 @@ becomes one row: the environment variable, its default, what it accepts and the 
 
 ``mkdocs build`` and ``mkdocs serve`` regenerate the page before they read the docs (``on_pre_build``);
 ``python docs/hooks/settings_page.py`` does the same by hand. The page is committed so that it reads
-on the forge too; ``tests/daemon/test_daemon_settings_doc.py`` fails when it is stale or misses a setting.
+on the forge too; ``tests/daemon/test_settings_doc.py`` fails when it is stale or misses a setting.
 With ``KRONOS_DOCS_CHECK=1`` (the docs test's build) the hook only checks: a stale page stops the
 build instead of being rewritten, so a test run never edits the working tree.
 """

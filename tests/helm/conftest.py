@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from chart_helpers import CASES, Rendered, find_helm, missing_tool, render
+
+from tests.helm.chart_helpers import CASES, Rendered, find_helm, missing_tool, render
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ plain rules file docs/operations/prometheus-rules.yaml, which ``promtool check r
 fires and one where it does not. promtool: ``$PROMTOOL``, ``.cache/promtool/bin/promtool``
 (``scripts/ensure-promtool``, run by ``scripts/run-tests``) or on PATH; without it these tests skip,
 and fail under CI=true. That the rules and the dashboard name only metrics the daemon exports is
-checked against a running daemon's /metrics in tests/daemon/test_daemon_exported_metrics.py.
+checked against a running daemon's /metrics in tests/scenarios/test_exported_metrics.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_helpers import CHART, NAMESPACE, ROOT, missing_tool, render, run_helm, template_args
+
+from tests.helm.chart_helpers import CHART, NAMESPACE, ROOT, missing_tool, render, run_helm, template_args
 
 PROMTOOL_TESTS = sorted((Path(__file__).parent / "promtool").glob("*.yaml"))
 DASHBOARD = CHART / "dashboards" / "kronos-stream.json"

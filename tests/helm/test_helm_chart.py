@@ -18,7 +18,11 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from chart_helpers import (
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings
+
+from daemon.settings import KafkaSettings, Settings
+from tests.helm.chart_helpers import (
     CASE_IDS,
     CASES,
     CHART,
@@ -34,10 +38,6 @@ from chart_helpers import (
     run_helm,
     template_args,
 )
-from pydantic import BaseModel
-from pydantic_settings import BaseSettings
-
-from daemon.settings import KafkaSettings, Settings
 from trainer.settings import TrainSettings
 
 # The settings classes each component reads: the daemon and the archiver read daemon.settings

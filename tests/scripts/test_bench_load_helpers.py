@@ -1,48 +1,29 @@
-"""Pure logic of scripts/bench_load.py and scripts/bench_probe.py (no broker, no daemon, no timing)."""
+"""Pure logic of scripts/bench_load.py (scripts/benchload/) and its probe (no broker, no daemon, no timing)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
 from kronos_core.stream_types import SeriesForecast, SeriesWindow, TokenState
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def _load(name: str) -> ModuleType:
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))  # bench_load imports bench_probe as the script run does
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("bench_load")
-probe = _load("bench_probe")
+from scripts.benchload import cli, harness, probe, report, steady
 
 
 def test_percentiles_of_known_values_and_of_nothing() -> None:
-    out = bench.percentiles([float(v) for v in range(1, 101)])
+    out = harness.percentiles([float(v) for v in range(1, 101)])
     assert out == {"p50": 50.5, "p90": 90.1, "p99": 99.0, "max": 100.0}
-    assert bench.percentiles([]) == {"p50": None, "p90": None, "p99": None, "max": None}
+    assert harness.percentiles([]) == {"p50": None, "p90": None, "p99": None, "max": None}
 
 
 def test_spread_schedule_sends_every_symbol_once_within_the_spread_in_order() -> None:
-    schedule = bench.spread_schedule(500, 1.0, np.random.default_rng(3))
+    schedule = steady.spread_schedule(500, 1.0, np.random.default_rng(3))
     offsets = [o for o, _ in schedule]
     assert sorted(i for _, i in schedule) == list(range(500))
     assert offsets == sorted(offsets) and offsets[0] >= 0.0 and offsets[-1] < 1.0
     assert offsets[-1] - offsets[0] > 0.9  # spread over the second, not bunched at one instant
-    assert bench.spread_schedule(3, 0.0, np.random.default_rng(0)) == [(0.0, 0), (0.0, 1), (0.0, 2)]
+    assert steady.spread_schedule(3, 0.0, np.random.default_rng(0)) == [(0.0, 0), (0.0, 1), (0.0, 2)]
 
 
 @pytest.mark.parametrize(
@@ -57,16 +38,16 @@ def test_spread_schedule_sends_every_symbol_once_within_the_spread_in_order() ->
     ],
 )
 def test_kept_up(completions: list[float | None], lag: int, missing: int, expected: bool) -> None:
-    assert bench.kept_up(completions, 10.0, lag, missing) is expected
+    assert steady.kept_up(completions, 10.0, lag, missing) is expected
 
 
 def test_metric_and_count_deltas() -> None:
-    assert bench.metric_delta({"a": 5.0, "b": 1.0}, {"a": 2.0}, "a") == 3.0
-    assert bench.metric_delta({"b": 1.0}, {"a": 2.0}, "b") == 1.0
-    assert bench.metric_delta({}, {}, "x") == 0.0
-    assert bench.count_delta({"warm": 9, "rebuild": 2}, {"warm": 4, "rebuild": 2}) == {"warm": 5, "rebuild": 0}
-    assert bench.served_cell(None) == "-"
-    assert bench.served_cell({"warm": 60, "rebuild": 3, "refresh": 1, "evicted": 2}) == "60/3/1 (2)"
+    assert harness.metric_delta({"a": 5.0, "b": 1.0}, {"a": 2.0}, "a") == 3.0
+    assert harness.metric_delta({"b": 1.0}, {"a": 2.0}, "b") == 1.0
+    assert harness.metric_delta({}, {}, "x") == 0.0
+    assert harness.count_delta({"warm": 9, "rebuild": 2}, {"warm": 4, "rebuild": 2}) == {"warm": 5, "rebuild": 0}
+    assert report.served_cell(None) == "-"
+    assert report.served_cell({"warm": 60, "rebuild": 3, "refresh": 1, "evicted": 2}) == "60/3/1 (2)"
 
 
 def test_phase_ms_per_forecast_reads_the_labelled_sums() -> None:
@@ -77,41 +58,41 @@ def test_phase_ms_per_forecast_reads_the_labelled_sums() -> None:
         "kronos_loop_phase_seconds_sum": 4.7,  # the unlabelled total is not a phase
         'kronos_loop_phase_seconds_count{phase="model"}': 9.0,
     }
-    assert bench.phase_ms_per_forecast(after, before, 1000) == {"model": 2.0, "commit": 0.2}
-    assert bench.phase_ms_per_forecast(after, before, 0) == {}
-    assert bench.phase_lines({"exact": {"measured": {"phase_ms_per_forecast": {"model": 2.0, "x": 0.0}}}}) == [
+    assert harness.phase_ms_per_forecast(after, before, 1000) == {"model": 2.0, "commit": 0.2}
+    assert harness.phase_ms_per_forecast(after, before, 0) == {}
+    assert report.phase_lines({"exact": {"measured": {"phase_ms_per_forecast": {"model": 2.0, "x": 0.0}}}}) == [
         "- exact: the daemon's loop phases (`kronos_loop_phase_seconds`), ms per forecast: model 2.000.", ""
     ]
 
 
 def test_parse_args_steady_defaults_and_refusals(tmp_path: Path) -> None:
-    args = bench.parse_args(["--steady", "--modes", "exact"])
+    args = cli.parse_args(["--steady", "--modes", "exact"])
     assert (args.kind, args.steady, args.max_sessions) == ("steady", 1000, 1000)
     assert args.out == Path("results/bench_steady.json")
-    args = bench.parse_args(["--burst", "512,128", "--model", "stub"])
+    args = cli.parse_args(["--burst", "512,128", "--model", "stub"])
     assert (args.kind, args.burst_sizes, args.max_batch, args.max_sessions) == ("burst", [128, 512], 512, 512)
     for bad in (["--steady", "10", "--burst", "5"], ["--steady", "10", "--interval", "1", "--spread", "2"]):
         with pytest.raises(SystemExit):
-            bench.parse_args(bad)
+            cli.parse_args(bad)
 
 
 def test_daemon_env_pairs_are_parsed_and_applied_last() -> None:
-    assert bench.parse_env_pairs(["A=1", "B=x=y", "A=2", "C="]) == {"A": "2", "B": "x=y", "C": ""}
+    assert cli.parse_env_pairs(["A=1", "B=x=y", "A=2", "C="]) == {"A": "2", "B": "x=y", "C": ""}
     for bad in (["A"], ["=1"], [" A=1"]):
         with pytest.raises(ValueError, match="KEY=VALUE"):
-            bench.parse_env_pairs(bad)
-    args = bench.parse_args([
+            cli.parse_env_pairs(bad)
+    args = cli.parse_args([
         "--steady", "10", "--modes", "incremental", "--model", "stub",
         "--daemon-env", "KRONOS_BATCH__PIPELINE=false", "--daemon-env", "KRONOS_MODEL__HORIZON=3",
     ])  # fmt: skip
-    run = bench.Run("incremental", "u1", 4)
-    env = bench.daemon_env(args, run, "127.0.0.1:9092", "redis://127.0.0.1:6379/0", 8080)
+    run = harness.Run("incremental", "u1", 4)
+    env = harness.daemon_env(args, run, "127.0.0.1:9092", "redis://127.0.0.1:6379/0", 8080)
     assert env["KRONOS_BATCH__PIPELINE"] == "false" and env["KRONOS_MODEL__HORIZON"] == "3"
     # incremental: the probe wraps the stub, and every symbol may keep a warm session
-    assert env["KRONOS_MODEL__FACTORY"] == "bench_probe:build" and env["BENCH_PROBE_INNER"] == "stub_forecaster:build"
+    assert env["KRONOS_MODEL__FACTORY"] == "benchload.probe:build" and env["BENCH_PROBE_INNER"] == "tests.support.stub_forecaster:build"
     assert env["KRONOS_MODEL__MAX_SESSIONS"] == "10" and env["BENCH_PROBE_FILE"] == str(run.probe_file)
     with pytest.raises(SystemExit):
-        bench.parse_args(["--daemon-env", "NOVALUE"])
+        cli.parse_args(["--daemon-env", "NOVALUE"])
 
 
 def _window(token_state: TokenState | None) -> SeriesWindow:

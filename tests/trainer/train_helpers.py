@@ -7,19 +7,14 @@ import argparse
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # started as a script
-    sys.path.insert(0, str(REPO))
-
-from kronos_core import Kronos, KronosTokenizer, PredictorConfig, TokenizerConfig  # noqa: E402
-from trainer.data import SymbolSeries, series_from_frame, walk_forward  # noqa: E402
-from trainer.loop import (  # noqa: E402
+from kronos_core import Kronos, KronosTokenizer, PredictorConfig, TokenizerConfig
+from trainer.data import SymbolSeries, series_from_frame, walk_forward
+from trainer.loop import (
     LoopConfig,
     PhaseConfig,
     Runtime,
@@ -30,6 +25,7 @@ from trainer.loop import (  # noqa: E402
     wrap,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 BARS_CSV = REPO / "daemon" / "assets" / "bars_5min_a_share.csv"
 TINY_TOKENIZER = TokenizerConfig(
     d_in=6, d_model=16, n_heads=2, ff_dim=32, n_enc_layers=2, n_dec_layers=2, s1_bits=4, s2_bits=4, group_size=4

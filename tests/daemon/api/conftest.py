@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import BARS, SYMBOLS, ApiDaemon, api_settings
-from daemon_helpers import (
+
+from daemon.api.auth import key_line, new_key
+from kronos_core.stream_types import StreamForecaster
+from tests.support.api import BARS, SYMBOLS, ApiDaemon, api_settings
+from tests.support.launcher import (
     Topics,
     bar_series,
     interleave,
@@ -17,9 +20,6 @@ from daemon_helpers import (
     running_daemon,
     wait_committed,
 )
-
-from daemon.api.auth import key_line, new_key
-from kronos_core.stream_types import StreamForecaster
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-from api_helpers import SYMBOLS, ApiDaemon, api_settings
-from daemon_helpers import Topics, spawn_daemon, wait_until
 
 from daemon.api.auth import Guard, key_line, new_key
 from daemon.api.errors import ApiError
@@ -26,6 +24,8 @@ from daemon.errors import ConfigError
 from daemon.settings import load_settings
 from kronos_contract.api_client import ApiClient
 from kronos_contract.api_client import ApiError as ClientError
+from tests.support.api import SYMBOLS, ApiDaemon, api_settings
+from tests.support.launcher import Topics, spawn_daemon, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -13,7 +13,6 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
-from api_helpers import ApiDaemon
 from hypothesis import HealthCheck, Phase
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -22,6 +21,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+from tests.support.api import ApiDaemon
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(300)]
 

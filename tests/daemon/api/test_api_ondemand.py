@@ -13,7 +13,12 @@ from typing import Any
 import httpx
 import jsonschema
 import redis.asyncio as redis
-from daemon_helpers import (
+
+from daemon.app import Daemon
+from kronos_contract.api_client import ApiClient, ApiError
+from kronos_contract.messages import SCHEMA_PATH
+from kronos_core.stream_types import StreamForecaster
+from tests.support.launcher import (
     Topics,
     bar_series,
     daemon_settings,
@@ -25,11 +30,6 @@ from daemon_helpers import (
     read_topic,
     running_daemon,
 )
-
-from daemon.app import Daemon
-from kronos_contract.api_client import ApiClient, ApiError
-from kronos_contract.messages import SCHEMA_PATH
-from kronos_core.stream_types import StreamForecaster
 
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
 LIMITS = {"port": 0, "host": "127.0.0.1", "auth": "none", "rate_per_s": 1e6, "burst": 100_000, "max_payload_bytes": 8192, "max_history_bars": 40, "max_horizon": 8, "max_samples": 8,

@@ -11,9 +11,6 @@ from uuid import UUID
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import BARS, SYMBOLS, ApiDaemon
-from daemon_helpers import bar_series, forecasts, produce, read_topic, running_daemon, wait_until
-from stub_forecaster import StubForecaster
 
 from daemon.api.openapi import SCHEMA_FILE
 from daemon.cli.main import main
@@ -21,6 +18,9 @@ from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.state.redis import RedisStateStore
 from daemon.state.redis_stream import stream_key
 from kronos_contract.api_client import ApiClient, ApiError
+from tests.support.api import BARS, SYMBOLS, ApiDaemon
+from tests.support.launcher import bar_series, forecasts, produce, read_topic, running_daemon, wait_until
+from tests.support.stub_forecaster import StubForecaster
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(120)]
 

@@ -26,12 +26,12 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import BARS, SYMBOLS, ApiDaemon
-from daemon_helpers import T0, Topics, bar_record, encode, metric, produce, wait_until
 
 from daemon.api.ui.chart import iso_to_ns
 from daemon.io.messages import quantile_key
 from daemon.state.base import bars_key, decode_bar, forecast_key
+from tests.support.api import BARS, SYMBOLS, ApiDaemon
+from tests.support.launcher import T0, Topics, bar_record, encode, metric, produce, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 

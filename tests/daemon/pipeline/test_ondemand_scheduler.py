@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 import pytest
-from stub_forecaster import StubForecaster
 
 from daemon.api.limits import Ask, History, OnDemandError
 from daemon.model.runner import ModelExecutor
 from daemon.pipeline.ondemand import OnDemandService
 from daemon.settings import ApiSettings
+from tests.support.stub_forecaster import StubForecaster
 
 ASK = Ask(4, 4, (0.1, 0.5, 0.9))
 

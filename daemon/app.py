@@ -325,25 +325,18 @@ class Daemon:
                 self._run_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._run_task
-        if self.shadow is not None:
-            await self.shadow.close()
-        await self.ondemand.close()
-        if self.models is not None:
-            await self.models.close()
         closers: list[tuple[str, Callable[[], Awaitable[None]] | None]] = [
+            ("challengers", None if self.shadow is None else self.shadow.close),
+            ("on-demand", self.ondemand.close),
+            ("models", None if self.models is None else self.models.close),
             ("consumer", None if self.bus_in is None else self.bus_in.stop),
             ("producer", None if self.bus_out is None else self.bus_out.stop),
             ("store", None if self.store is None else self.store.close),
             ("scores", None if self.scorer is None else self.scorer.close),
         ]
         for name, closer in closers:
-            if closer is None:
-                continue
-            try:
-                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                    await closer()
-            except (TimeoutError, DaemonError) as exc:
-                log.warning("closing failed", part=name, error=repr(exc))
+            if closer is not None:
+                await close_within(name, closer, deadline)
         if self._probe_task is not None:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -352,6 +345,20 @@ class Daemon:
         if self.ops is not None:
             await self.ops.stop()
         log.info("daemon closed")
+
+
+async def close_within(name: str, closer: Callable[[], Awaitable[None]], deadline: float) -> None:
+    """Run one part's close until ``deadline`` (at least 0.1 s); one that has not finished by then (a
+    client that swallows its cancellation, say) is cancelled and left behind, so a shutdown never hangs."""
+    task = asyncio.ensure_future(closer())
+    done, _ = await asyncio.wait({task}, timeout=max(0.1, deadline - time.monotonic()))
+    if not done:
+        task.cancel()
+        log.warning("closing did not finish in time; left behind", part=name)
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.warning("closing failed", part=name, error=repr(exc))
 
 
 async def serve_until_signalled(daemon: Daemon) -> int:

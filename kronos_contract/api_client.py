@@ -110,6 +110,19 @@ class ApiClient:
         """``GET /v1/scores``: ``{"hours", "versions": {version: scores}}``."""
         return dict((await self._get("/v1/scores", hours=hours, version=version)).json())
 
+    async def symbols(self) -> list[str]:
+        """``GET /v1/symbols``: the symbols with a latest forecast."""
+        return list((await self._get("/v1/symbols")).json()["symbols"])
+
+    async def bars(self, symbol: str, count: int = 64) -> dict[str, Any]:
+        """``GET /v1/bars/{symbol}``: the last ``count`` bars (closes) of a symbol; ApiError 404 when
+        Redis holds none."""
+        return dict((await self._get(f"/v1/bars/{quote(symbol, safe='')}", count=count)).json())
+
+    async def events(self) -> dict[str, Any]:
+        """``GET /v1/events``: this replica's model swaps and dead letters since it started."""
+        return dict((await self._get("/v1/events")).json())
+
     async def forecast(
         self,
         symbol: str,

@@ -69,6 +69,14 @@ async def test_latest_forecasts_are_what_the_cli_reads(
         with pytest.raises(ApiError) as bad:
             await api.latest_many([])
         assert bad.value.status == 400 and "symbol" in bad.value.message
+        assert set(SYMBOLS) <= set(await api.symbols())
+        bars = await api.bars(SYMBOLS[0], count=3)
+        assert bars["symbol"] == SYMBOLS[0] and 1 <= len(bars["bars"]) <= 3, bars
+        with pytest.raises(ApiError) as missing:
+            await api.bars("NOPE")
+        assert missing.value.status == 404 and "NOPE" in missing.value.message
+        events = await api.events()
+        assert "swaps" in events and "dead_letters" in events, events
 
 
 async def _events(response: httpx.Response, wanted: int) -> list[tuple[str, dict[str, Any]]]:

@@ -13,7 +13,9 @@ the predictor's own block shapes with the prompt's rows (batch x context; float3
 where the CPU has it, same thread count), an exact forecast of the batch and an incremental one
 (one new bar per series on warm sessions). The FLOPs of each forecast come from the model configs
 (:mod:`kronos_core.flops`); achieved GFLOP/s over the float32 peak is the figure that carries from
-machine to machine. ``/proc/loadavg`` is recorded before and after, as the machine may be shared.
+machine to machine. It also times a plain read of a buffer as large as a generated step's traffic
+and states the roofline (:mod:`kronos_core.roofline`): the best ratio any engine could reach on this
+machine, where the generated steps are bound by memory, and the engine's rate over that. ``/proc/loadavg`` is recorded before and after, as the machine may be shared.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from kronos_core.engine import DecodeState, GenerationStats, KronosEngine, Sampl
 from kronos_core.flops import exact_forecast_flops, incremental_forecast_flops
 from kronos_core.presets import build_pair
 from kronos_core.reference_generate import generate_recompute
+from kronos_core.roofline import Floor, exact_floor, incremental_floor
 from kronos_core.stream_types import SeriesWindow
 from kronos_core.streaming import StreamConfig, StreamingForecaster
 
@@ -244,6 +247,33 @@ class MatmulPeak:
         return self.flops / (time.perf_counter() - t0) / 1e9
 
 
+class MemoryRead:
+    """Times a plain read (``sum``) of a float32 buffer of ``nbytes``: the rate a generated step's
+    weights and cache can stream at when the working set has that size."""
+
+    def __init__(self, nbytes: int, device: torch.device):
+        self.buffer = torch.ones(max(nbytes // 4, 1), dtype=torch.float32, device=device)
+        self.nbytes = self.buffer.numel() * 4
+        self.device = device
+        self.round()  # warm-up: pages touched
+
+    def round(self) -> float:
+        """GB/s of one read of the whole buffer."""
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self.buffer.sum()
+        _sync(self.device)
+        return self.nbytes / (time.perf_counter() - t0) / 1e9
+
+
+def _roofline(floor: Floor, peak_gflops: float, achieved_gflops: float) -> dict[str, Any]:
+    return {
+        **floor.to_dict(),
+        "attainable_ratio_to_peak": floor.attainable_gflops / peak_gflops,
+        "achieved_over_attainable": achieved_gflops / floor.attainable_gflops,
+    }
+
+
 def _stream_windows(batch: int, context: int, horizon: int, extra: int, seed: int) -> list[dict[str, np.ndarray]]:
     """Synthetic 5-minute bars per series (a noisy cycle: no drift that would force a refresh),
     ``context + extra`` of them, with ``horizon`` future timestamps past the last."""
@@ -306,6 +336,13 @@ def efficiency(args: argparse.Namespace, engine: KronosEngine, batches: list[int
             "rate over the median peak round; ratio_best_to_best_peak: fastest forecast round over the fastest "
             "peak round (both estimate the machine undisturbed when other jobs share it)"
         ),
+        "roofline_definition": (
+            "the least time of the call on this machine (kronos_core.roofline): the prompt's FLOPs over the "
+            "median fp32 peak, plus each generated step's larger of FLOPs/peak and bytes read (weights once "
+            "per batch, each row's cached keys and values) over the median read rate of a plain sum over a "
+            "buffer as large as the largest step's traffic. attainable_ratio_to_peak: the best ratio_to_peak "
+            "any engine could reach here; achieved_over_attainable: the engine's median rate over that"
+        ),
         "exact_flops_per_forecast": exact_flops.to_dict(),
         "bf16_matmul": with_bf16,
         "by_batch": [],
@@ -316,6 +353,9 @@ def efficiency(args: argparse.Namespace, engine: KronosEngine, batches: list[int
         shapes = block_matmul_shapes(pred_cfg, rows)
         peak32 = MatmulPeak(shapes, torch.float32, device, args.seed)
         peak16 = MatmulPeak(shapes, torch.bfloat16, device, args.seed) if with_bf16 else None
+        floor_args = (pred_cfg, tok_cfg, args.context, args.horizon, batch)
+        working_set = exact_floor(*floor_args, peak_flops=1.0, read_bytes_per_s=1.0).step_bytes_max
+        memory = MemoryRead(working_set, device)
         rng = np.random.default_rng(args.seed)
         xs = [np.clip(rng.standard_normal((args.context, 6)), -5, 5).astype(np.float32) for _ in range(batch)]
         sub = argparse.Namespace(**{**vars(args), "batch": batch})
@@ -326,6 +366,7 @@ def efficiency(args: argparse.Namespace, engine: KronosEngine, batches: list[int
         feed.call()  # warm-up of the append path
         g32: list[float] = []
         g16: list[float] = []
+        reads: list[float] = []
         exact_s: list[float] = []
         inc_s: list[float] = []
         inc_flops: list[int] = []
@@ -333,6 +374,7 @@ def efficiency(args: argparse.Namespace, engine: KronosEngine, batches: list[int
             g32.append(peak32.round())
             if peak16 is not None:
                 g16.append(peak16.round())
+            reads.append(memory.round())
             t0 = time.perf_counter()
             engine.generate(xs, x_st, y_st, args.horizon, params, seeds=seeds)
             _sync(device)
@@ -350,12 +392,20 @@ def efficiency(args: argparse.Namespace, engine: KronosEngine, batches: list[int
         exact_best = batch * exact_flops.total / min(exact_s) / 1e9
         inc_rates = [f / s / 1e9 for f, s in zip(inc_flops, inc_s, strict=True)]
         inc_gflops, inc_best = statistics.median(inc_rates), max(inc_rates)
+        read_gbps = statistics.median(reads)
+        rates = {"peak_flops": peak * 1e9, "read_bytes_per_s": read_gbps * 1e9, "sample_count": args.sample_count}
+        exact_roof = exact_floor(*floor_args, **rates)
+        inc_context = feed.session_tokens[0] if feed.session_tokens else args.context
+        inc_roof = incremental_floor(pred_cfg, tok_cfg, inc_context, args.horizon, batch, **rates)
         entry: dict[str, Any] = {
             "batch": batch,
             "peak_fp32_gflops": peak,
             "peak_fp32_best_gflops": peak_best,
             "peak_fp32_rounds": g32,
             "peak_bf16_gflops": statistics.median(g16) if g16 else None,
+            "memory_read_gbps": read_gbps,
+            "memory_read_rounds": reads,
+            "memory_read_bytes": memory.nbytes,
             "exact": {
                 "seconds": exact_s,
                 "forecasts_per_s": batch / statistics.median(exact_s),
@@ -364,6 +414,7 @@ def efficiency(args: argparse.Namespace, engine: KronosEngine, batches: list[int
                 "ratio_to_peak": exact_gflops / peak,
                 "achieved_best_gflops": exact_best,
                 "ratio_best_to_best_peak": exact_best / peak_best,
+                "roofline": _roofline(exact_roof, peak, exact_gflops),
             },
             "incremental": {
                 "seconds": inc_s,
@@ -375,6 +426,7 @@ def efficiency(args: argparse.Namespace, engine: KronosEngine, batches: list[int
                 "ratio_to_peak": inc_gflops / peak,
                 "achieved_best_gflops": inc_best,
                 "ratio_best_to_best_peak": inc_best / peak_best,
+                "roofline": _roofline(inc_roof, peak, inc_gflops),
             },
         }
         out["by_batch"].append(entry)
@@ -494,6 +546,16 @@ def print_report(result: dict[str, Any]) -> None:
                 f"({ex['ratio_best_to_best_peak']:4.2f})  {ex['forecasts_per_s']:6.2f} | "
                 f"{inc['achieved_gflops']:5.1f} ({inc['achieved_best_gflops']:5.1f})  {inc['ratio_to_peak']:4.2f} "
                 f"({inc['ratio_best_to_best_peak']:4.2f})  {inc['ms_per_bar']:7.2f}"
+            )
+        print("  roofline (memory read at a generated step's working set; attainable = the least time's rate):")
+        print("  batch  read GB/s | exact: attainable GFLOP/s  ratio  achieved/attainable | incr.: attainable  ratio  achieved/attainable")
+        for e in eff["by_batch"]:
+            ex, inc = e["exact"]["roofline"], e["incremental"]["roofline"]
+            print(
+                f"  {e['batch']:5d}  {e['memory_read_gbps']:9.1f} | {ex['attainable_gflops']:25.1f}  "
+                f"{ex['attainable_ratio_to_peak']:5.2f}  {ex['achieved_over_attainable']:19.2f} | "
+                f"{inc['attainable_gflops']:17.1f}  {inc['attainable_ratio_to_peak']:5.2f}  "
+                f"{inc['achieved_over_attainable']:19.2f}"
             )
 
 

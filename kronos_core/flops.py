@@ -67,15 +67,30 @@ def _check(context: int, horizon: int, sample_count: int) -> None:
             raise ValueError(f"{name} must be >= 1, got {value}")
 
 
+def step_weight_macs(p: PredictorConfig, *, fed: bool) -> int:
+    """Multiply-adds of one generated step's projections for one row (each weight used once): the s1
+    head of the last row, the dependency layer's query and output, the s2 head and, when the sampled
+    pair is fed, the token-pair fusion, every block and the dependency keys/values."""
+    d = p.d_model
+    macs = d * p.s1_vocab_size + d * d + d * d + d * p.s2_vocab_size
+    if fed:
+        macs += 2 * d * d + p.n_layers * _block_macs(d, p.ff_dim) + 2 * d * d
+    return macs
+
+
+def step_attention_keys(p: PredictorConfig, context: int, t: int, *, fed: bool) -> int:
+    """Cached rows one path's generated step ``t`` attends over, summed over the layers that attend:
+    the dependency layer over the ``context + t`` rows so far and, when fed, every block over
+    ``context + t + 1`` keys (each key costs ``2 * d_model`` multiply-adds: score and value)."""
+    return (context + t) + (p.n_layers * (context + t + 1) if fed else 0)
+
+
 def _decode_macs(p: PredictorConfig, context: int, horizon: int) -> int:
     """One path's generated steps after ``context`` prompt tokens."""
-    d, nl = p.d_model, p.n_layers
     macs = 0
     for t in range(horizon):
-        # s1 head of the last row, dependency query/attention/output, s2 head.
-        macs += d * p.s1_vocab_size + d * d + 2 * d * (context + t) + d * d + d * p.s2_vocab_size
-        if t + 1 < horizon:  # feed the sampled pair: fusion, blocks + attention, dependency k/v
-            macs += 2 * d * d + nl * (_block_macs(d, p.ff_dim) + 2 * d * (context + t + 1)) + 2 * d * d
+        fed = t + 1 < horizon  # the last step's pair is not fed
+        macs += step_weight_macs(p, fed=fed) + 2 * p.d_model * step_attention_keys(p, context, t, fed=fed)
     return macs
 
 

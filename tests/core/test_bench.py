@@ -45,8 +45,16 @@ def test_bench_reports_peak_and_achieved_rate(tmp_path, capsys) -> None:
         # incremental calls appended one bar to warm sessions: nothing refreshed or rebuilt
         assert inc["last_call_served"] == {"warm": e["batch"], "refreshed": 0, "rebuilt": 0}
         assert 0 < inc["gflop_per_forecast"] < ex["gflop_per_forecast"]
+        # the roofline: the read rate measured in the same rounds, a floor no faster than the peak allows
+        assert len(e["memory_read_rounds"]) == 2 and e["memory_read_gbps"] > 0
+        for mode in (ex, inc):
+            roof = mode["roofline"]
+            assert roof["seconds"] >= roof["compute_s"] > 0 and roof["steps"] >= 6
+            assert roof["attainable_gflops"] <= e["peak_fp32_gflops"] * (1 + 1e-9)
+            assert abs(roof["achieved_over_attainable"] - mode["achieved_gflops"] / roof["attainable_gflops"]) < 1e-9
+        assert ex["roofline"]["flops"] == e["batch"] * tiny.total
     printed = capsys.readouterr().out
-    assert "matrix-multiply peak" in printed and "loadavg" in printed
+    assert "matrix-multiply peak" in printed and "loadavg" in printed and "roofline" in printed
 
 
 def test_block_shapes_follow_the_config() -> None:

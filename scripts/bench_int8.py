@@ -32,7 +32,8 @@ import pandas as pd
 import torch
 
 from kronos_core import Kronos, KronosTokenizer
-from kronos_core.bench import greedy_agreements, load_average
+from kronos_core.bench import greedy_agreements
+from kronos_core.bench_efficiency import load_average
 from kronos_core.engine import KronosEngine, SamplingParams
 from kronos_core.preprocess import denormalize, normalize, time_features
 from kronos_core.presets import build_pair

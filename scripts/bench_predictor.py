@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from kronos_core import Kronos, KronosPredictor, KronosTokenizer
-from kronos_core.bench import load_average
+from kronos_core.bench_efficiency import load_average
 from kronos_core.engine import SamplingParams
 from kronos_core.stream_types import SeriesWindow
 from kronos_core.streaming import StreamConfig, StreamingForecaster

@@ -38,7 +38,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from kronos_core import engine as engine_mod
 from kronos_core import fused_step
-from kronos_core.bench import load_average
+from kronos_core.bench_efficiency import load_average
 from kronos_core.engine import GenerationStats, KronosEngine, SamplingParams
 from kronos_core.flops import exact_forecast_flops
 from kronos_core.presets import build_pair

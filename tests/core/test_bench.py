@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from kronos_core.bench import block_matmul_shapes, main
+from kronos_core.bench import main
+from kronos_core.bench_efficiency import block_matmul_shapes
 from kronos_core.flops import exact_forecast_flops
 from kronos_core.presets import preset_config
 

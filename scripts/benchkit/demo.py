@@ -12,15 +12,18 @@ from kronos_core.preprocess import prepare_series
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "daemon" / "assets"
+DEMO_MODEL = ASSETS / "demo-model"  # tokenizer/ and predictor/
+BARS_CSV = ASSETS / "bars_5min_a_share.csv"
+COLUMNS = ["open", "high", "low", "close", "volume", "amount"]
 
 
 def demo_windows(context: int = 116, horizon: int = 12, step: int = 7) -> tuple[Kronos, KronosTokenizer, list[Any]]:
     """The bundled demo model and windows of the bundled real bars (every ``step``-th bar), prepared
     as the predictor prepares them (normalised, clipped, time features)."""
-    model = Kronos.from_pretrained(ASSETS / "demo-model" / "predictor")
-    tokenizer = KronosTokenizer.from_pretrained(ASSETS / "demo-model" / "tokenizer")
-    bars = pd.read_csv(ASSETS / "bars_5min_a_share.csv", parse_dates=["timestamps"])
-    features = bars[["open", "high", "low", "close", "volume", "amount"]]
+    model = Kronos.from_pretrained(DEMO_MODEL / "predictor")
+    tokenizer = KronosTokenizer.from_pretrained(DEMO_MODEL / "tokenizer")
+    bars = pd.read_csv(BARS_CSV, parse_dates=["timestamps"])
+    features = bars[COLUMNS]
     series = [
         prepare_series(
             features.iloc[o - context : o], bars.timestamps.iloc[o - context : o],

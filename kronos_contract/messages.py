@@ -87,21 +87,38 @@ class ForecastMessage(BaseModel):
         default="model",
         description=(
             "guarded: the close mean and quantiles are the published distribution's (calibrated per symbol, "
-            "combined with the rolling-volatility walk); model: as the model sampled them"
+            "combined with the rolling-volatility walk); model: as the model sampled them; calibrated: "
+            "written only by older releases"
         ),
     )
-    guard: Guard | None = Field(default=None, description="with bands=guarded: the combination's weights")
+    guard: Guard | None = Field(
+        default=None, description="present exactly when bands=guarded (topic and API): the combination's weights"
+    )
     probabilities: Probabilities | None = Field(
-        default=None, description="with bands=guarded: probabilities of the published close distribution"
+        default=None,
+        description=(
+            "with bands=guarded (topic and API): probabilities of the published close distribution; on-demand "
+            "API answers (source.topic api) with bands=model: the model's own, from its sample paths (absent when "
+            "the model returned none); absent on the topic with bands=model"
+        ),
     )
     model_mean: list[float] | None = Field(
-        default=None, description="with bands=guarded: the model's own close mean, one per step"
+        default=None,
+        description="present exactly when bands=guarded (topic and API): the model's own close mean, one per step",
     )
     model_paths: list[list[float]] | None = Field(
-        default=None, description="KRONOS_SCORING__PUBLISH_PATHS of the model's close sample paths, one list per path"
+        default=None,
+        description=(
+            "with bands=guarded and KRONOS_SCORING__PUBLISH_PATHS > 0 (topic and API): that many of the model's "
+            "close sample paths, one list per path; absent otherwise"
+        ),
     )
     model_quantiles: dict[str, list[float]] | None = Field(
-        default=None, description='with bands=guarded: the model\'s own close quantiles, "p10" -> one per step'
+        default=None,
+        description=(
+            'present exactly when bands=guarded (topic and API): the model\'s own close quantiles, "p10" -> one '
+            "per step"
+        ),
     )
     sample_count: int | None = Field(ge=1)
     model_version: str = Field(min_length=1)

@@ -1,7 +1,7 @@
 """The published backtests: the demo model on the bundled file's holdout and on public real bars of
-other markets and intervals (``scripts/public_bars.py``), each through ``kronos-stream backtest``.
+other markets and intervals (``scripts/public_bars.py``, ``scripts/benchkit/public_bars.py``), each through ``kronos-stream backtest``.
 
-    python scripts/backtest_public.py [--only NAME ...] [--out results/backtest]
+    PYTHONPATH=. .venv/bin/python scripts/backtest_public.py [--only NAME ...] [--out results/backtest]
 
 Writes ``OUT/NAME/backtest.{json,md,png}`` per data set and ``OUT/summary.md`` (a table of all).
 The NASDAQ file is the development set the publisher's settings were chosen on; it is run and shown
@@ -17,10 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts.benchkit.public_bars import fetch
 
-from public_bars import fetch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (what, CLI arguments after the CSV path)
 SETS = {

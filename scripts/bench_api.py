@@ -39,7 +39,8 @@ from typing import Any
 import httpx
 import numpy as np
 from benchload import cli as bl_cli
-from benchload import harness as bl_harness
+from benchload import process as bl_process
+from benchload import publishing as bl_publishing
 from benchload import report as bl_report
 from benchload import steady as bl_steady
 
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
     p.add_argument("steady_args", nargs=argparse.REMAINDER, help="after --: more arguments of bench_load.py")
     args = p.parse_args(argv)
     args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    args.port = bl_harness.free_port()
+    args.port = bl_process.free_port()
     intervals = 2 * args.baseline + len(args.levels) + args.rated
     extra = [a for a in args.steady_args if a != "--"]
     steady = bl_cli.parse_args([
@@ -81,7 +82,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Nam
 
 def request_bodies(count: int, bars: int) -> list[bytes]:
     """One JSON request per API symbol: ``bars`` bars of its own synthetic series."""
-    feed = synthetic_bars(count, None, interval_s=bl_harness.BAR_INTERVAL_S, seed=7, start=bl_harness.BAR_START)
+    feed = synthetic_bars(count, None, interval_s=bl_publishing.BAR_INTERVAL_S, seed=7, start=bl_publishing.BAR_START)
     history: dict[str, list[dict[str, Any]]] = {}
     for symbol, ts, values in (next(feed) for _ in range(count * bars)):
         bar = json.loads(bar_to_json(symbol, ts, values))

@@ -28,20 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-from gpu_bench import demo_windows  # noqa: E402
+from kronos_core import bench
+from kronos_core.presets import build_pair
+from scripts.benchkit.demo import demo_windows
 
-from kronos_core import bench  # noqa: E402
-from kronos_core.presets import build_pair  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "bf16": {"dtype": torch.bfloat16},

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchload import cli as bl_cli
-from benchload import harness as bl_harness
+from benchload import process as bl_process
 from benchload import report as bl_report
 
 from kronos_contract import challengers as listing
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = work / "registry"
         registry = Registry(str(root))
-        demo = bl_harness.MODELS["demo"]
+        demo = bl_process.MODELS["demo"]
         runtime = json.loads((demo / "manifest.json").read_text())["runtime"]  # max_context 128, its zone
         publish(registry, "v1", demo, promote=True, runtime=runtime)
         v2 = perturbed_copy(demo, work / "v2", 0.02, seed=2)

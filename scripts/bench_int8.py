@@ -14,7 +14,7 @@ Two measurements, one process:
   batch, float32 and int8 engines interleaved, fastest and median rounds.
 
 Writes ``--out`` (JSON, default ``results/int8.json``) and a Markdown summary beside it, with
-``/proc/loadavg``. Run: ``python scripts/bench_int8.py``.
+``/proc/loadavg``. Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_int8.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,11 @@ from kronos_core.bench_efficiency import load_average
 from kronos_core.engine import KronosEngine, SamplingParams
 from kronos_core.preprocess import denormalize, normalize, time_features
 from kronos_core.presets import build_pair
+from scripts.benchkit.demo import BARS_CSV, COLUMNS
+from scripts.benchkit.demo import DEMO_MODEL as MODEL
+from scripts.benchkit.timing import interleaved_rounds
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "daemon" / "assets" / "demo-model"
-BARS_CSV = REPO / "daemon" / "assets" / "bars_5min_a_share.csv"
-COLUMNS = ["open", "high", "low", "close", "volume", "amount"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -107,14 +106,11 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     st = np.stack([minutes % 60, (minutes // 60) % 24, (minutes // 1440) % 5, 1 + (minutes // 1440) % 28,
                    np.full_like(minutes, 6)], axis=1).astype(np.float32)
     params = SamplingParams()
-    times: dict[str, list[float]] = {k: [] for k in engines}
-    for eng in engines.values():
-        eng.generate(xs, [st[:ctx]] * b, [st[ctx:]] * b, hz, params, seeds=list(range(b)))
-    for _ in range(args.speed_rounds):
-        for name, eng in engines.items():
-            t0 = time.perf_counter()
-            eng.generate(xs, [st[:ctx]] * b, [st[ctx:]] * b, hz, params, seeds=list(range(b)))
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_rounds(
+        {name: lambda eng=eng: eng.generate(xs, [st[:ctx]] * b, [st[ctx:]] * b, hz, params, seeds=list(range(b)))
+         for name, eng in engines.items()},
+        args.speed_rounds,
+    )  # fmt: skip
     return {
         "shape": f"Kronos-small (random weights), batch {b}, context {ctx}, horizon {hz}, 1 path",
         "seconds": times,
@@ -137,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "# int8 dynamic quantization (opt-in) against float32",
         "",
         f"torch {torch.__version__}, {args.threads} threads; loadavg {before} -> {result['loadavg_after']}. "
-        "Command: `python scripts/bench_int8.py`.",
+        "Command: `PYTHONPATH=. .venv/bin/python scripts/bench_int8.py`.",
         "",
         f"**Fidelity** ({f['model']}, {f['series']} windows of the bundled bars, context {args.max_context - args.horizon}, "
         f"horizon {args.horizon}):",

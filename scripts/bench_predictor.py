@@ -16,7 +16,7 @@ It reports both times (median and fastest of the rounds), their ratio, and how f
 mean paths are from the daemon's (they run the same engine). ``predict``, ``predict_samples`` and
 ``predict_quantiles`` on one window are timed against a one-window daemon call the same way. Writes
 ``--out`` (JSON, default ``results/bench_predictor.json``) and a Markdown table beside it, with
-``/proc/loadavg`` before and after (the machine may be shared). Run: ``python scripts/bench_predictor.py``.
+``/proc/loadavg`` before and after (the machine may be shared). Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_predictor.py``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import json
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,11 +39,11 @@ from kronos_core.bench_efficiency import load_average
 from kronos_core.engine import SamplingParams
 from kronos_core.stream_types import SeriesWindow
 from kronos_core.streaming import StreamConfig, StreamingForecaster
+from scripts.benchkit.demo import BARS_CSV, COLUMNS
+from scripts.benchkit.demo import DEMO_MODEL as MODEL
+from scripts.benchkit.timing import interleaved_rounds
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "daemon" / "assets" / "demo-model"
-BARS_CSV = REPO / "daemon" / "assets" / "bars_5min_a_share.csv"
-COLUMNS = ["open", "high", "low", "close", "volume", "amount"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,19 +74,6 @@ def _windows(n: int, lookback: int, horizon: int) -> tuple[list[SeriesWindow], l
         x_ts.append(pd.Series(ts))
         y_ts.append(pd.Series(future))
     return windows, frames, x_ts, y_ts
-
-
-def _rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Each call once per round, interleaved, after one untimed warm-up call each."""
-    for f in calls.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(rounds):
-        for name, f in calls.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         predictor.predict_quantiles(frames[0], x_ts[0], y_ts[0], args.horizon, sample_count=args.paths, seed=seeds[0])
 
     load_before = load_average()
-    burst = _rounds({"daemon": daemon, "library": library}, args.rounds)
-    single = _rounds(
+    burst = interleaved_rounds({"daemon": daemon, "library": library}, args.rounds)
+    single = interleaved_rounds(
         {"daemon": daemon_one, "predict": predict, "predict_samples": samples, "predict_quantiles": quantiles},
         args.rounds,
     )
@@ -168,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "(the machine is shared with other jobs). "
         f"Model {result['model']}, max_context {args.max_context}, horizon {args.horizon}, windows of "
         f"{lookback} bars (what the daemon's exact mode feeds), {args.rounds} interleaved rounds in one process. "
-        f"Command: `python scripts/bench_predictor.py`.",
+        f"Command: `PYTHONPATH=. .venv/bin/python scripts/bench_predictor.py`.",
         "",
         "| call | median ms | fastest ms |",
         "|---|---:|---:|",

@@ -13,7 +13,7 @@ persistence before and after a short fine-tune. Writes ``results/bench_train.jso
    (before) and the candidate (after) on the same held-out windows (the most recent ``val_fraction``
    of the bars): CRPS and close MAE in price units, skill = 1 - model / persistence.
 
-Run: ``python scripts/bench_train.py [--steps 30] [--finetune-steps 100] [--out-dir results]``.
+Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_train.py [--steps 30] [--finetune-steps 100] [--out-dir results]``.
 ``--small-shapes cuda`` instead measures fine-tuning samples/s of the Kronos-small shapes (random
 weights, random-walk bars, window ``--small-lookback`` + 12, bf16 on CUDA) into
 ``bench_train_small.json``.
@@ -34,12 +34,11 @@ from typing import Any
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from kronos_contract.archive import write_bars
+from kronos_contract.registry import Registry
+from trainer.demo_model import BARS_CSV, CALENDAR_TZ, DEFAULT_OUT, read_manifest
 
-from kronos_contract.archive import write_bars  # noqa: E402
-from kronos_contract.registry import Registry  # noqa: E402
-from trainer.demo_model import BARS_CSV, CALENDAR_TZ, DEFAULT_OUT, read_manifest  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def build_archive(root: Path) -> int:

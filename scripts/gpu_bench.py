@@ -23,13 +23,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from kronos_core import Kronos, KronosTokenizer, bench  # noqa: E402
-from kronos_core.preprocess import prepare_series  # noqa: E402
+from kronos_core import bench
+from scripts.benchkit.demo import demo_windows
 
 COMMON = ["--device", "cuda", "--preset", "Kronos-small", "--context", "400", "--horizon", "30"]
 
@@ -87,24 +84,6 @@ def _dry(extra: list[str]) -> list[str]:
         if a == "--batch":
             small[i + 1] = str(min(int(small[i + 1]), 4))
     return argv + small
-
-
-def demo_windows(context: int = 116, horizon: int = 12, step: int = 7) -> tuple[Kronos, KronosTokenizer, list[Any]]:
-    """The bundled demo model and windows of the bundled real bars (every ``step``-th bar), prepared
-    as the predictor prepares them (normalised, clipped, time features)."""
-    assets = REPO / "daemon" / "assets"
-    model = Kronos.from_pretrained(assets / "demo-model" / "predictor")
-    tokenizer = KronosTokenizer.from_pretrained(assets / "demo-model" / "tokenizer")
-    bars = pd.read_csv(assets / "bars_5min_a_share.csv", parse_dates=["timestamps"])
-    features = bars[["open", "high", "low", "close", "volume", "amount"]]
-    series = [
-        prepare_series(
-            features.iloc[o - context : o], bars.timestamps.iloc[o - context : o],
-            bars.timestamps.iloc[o : o + horizon], horizon,
-        )
-        for o in range(context, len(bars) - horizon, step)
-    ]
-    return model, tokenizer, series
 
 
 def demo_model_agreement(device: str) -> dict[str, Any]:

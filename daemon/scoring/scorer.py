@@ -47,6 +47,11 @@ log = structlog.get_logger("kronos.scoring")
 MODEL_BANDS_SUFFIX = "@model"  # scores of the model's own bands, when calibration changes the published ones
 
 
+def _forecast_key(version: str, window: SeriesWindow) -> tuple[str, str, int]:
+    """Which forecast of a round: (model version, symbol, the window's last bar in ns)."""
+    return version, window.series_id, int(np.asarray(window.timestamps[-1:], dtype="datetime64[ns]").astype(np.int64)[0])
+
+
 class OnlineScorer:
     """Scores forecasts as their horizons complete; ``calibrator`` (optional, a
     :class:`~daemon.scoring.calibration.GuardedCalibrator`) publishes the calibrated, guarded
@@ -64,8 +69,9 @@ class OnlineScorer:
         self.cap = horizon + 2
         self.calibrator = calibrator
         self.vol_window = 100  # returns in the walk of the per-forecast losses (KRONOS_SCORING__VOL_WINDOW)
-        # id(result) -> (the model's close quantiles, the published grid, the ticket) of this round
-        self._extra: dict[int, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
+        # (version, symbol, as-of ns) -> (the model's close quantiles, the published grid, the ticket) of
+        # this round's calibrated forecasts, from adjust() to stored() (a round holds one bar per symbol)
+        self._extra: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
 
     async def adjust(
         self,
@@ -107,7 +113,7 @@ class OnlineScorer:
             if done is None:
                 continue
             ticket = {**done.published.ticket.to_dict(), "p_up": done.published.p_up.tolist()}  # P(up) as published
-            self._extra[id(result)] = (done.model_quantiles, done.grid, ticket)
+            self._extra[_forecast_key(version, window)] = (done.model_quantiles, done.grid, ticket)
             if contexts is not None:
                 contexts[i].bands = "guarded"
                 contexts[i].distribution = distribution_fields(done, tuple(result.quantile_levels))
@@ -120,7 +126,7 @@ class OnlineScorer:
     ) -> None:
         """After the round's bars and forecasts are stored: score what is complete, queue the new ones.
         ``items``: (the symbol's state with the new bar appended, its window, its forecast)."""
-        extras = [self._extra.pop(id(result), None) for _, _, result in items]
+        extras = [self._extra.pop(_forecast_key(version, window), None) for _, window, _ in items]
         if not items:
             return
         now = time.time() if now is None else now

@@ -15,26 +15,17 @@ import numpy as np
 from daemon.io.feeds import FeedBar, synthetic_bars
 from daemon.io.messages import to_ns
 
-from .harness import (
+from .harness import Session, daemon_session
+from .measures import count_delta, metric_delta, phase_ms_per_forecast, served_counts
+from .process import PROBE_FACTORY, REPO, DaemonProcess, Run, daemon_env, free_port
+from .publishing import (
     BAR_INTERVAL_S,
     BAR_START,
-    PROBE_FACTORY,
-    REPO,
-    DaemonProcess,
-    Run,
-    Session,
-    count_delta,
-    daemon_env,
-    daemon_session,
     encode_bars,
-    free_port,
     key_of,
-    metric_delta,
-    phase_ms_per_forecast,
     publish_encoded,
     publish_fast,
     round_robin,
-    served_counts,
 )
 
 # -- bursts -----------------------------------------------------------------------------------------

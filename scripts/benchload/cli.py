@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from .bursts import bench_bursts
 from .drain import bench_mode
-from .harness import LOOPBACK, MODELS, REPO
+from .process import LOOPBACK, MODELS, REPO
 from .report import (
     burst_table,
     machine_facts,

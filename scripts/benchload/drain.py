@@ -8,20 +8,11 @@ from typing import Any
 
 from daemon.io.feeds import synthetic_bars
 
-from .harness import (
-    BAR_INTERVAL_S,
-    BAR_START,
-    REPO,
-    Run,
-    daemon_env,
-    daemon_session,
-    free_port,
-    group_lag,
-    percentiles,
-    publish_fast,
-    publish_paced,
-    round_robin,
-)
+from .harness import daemon_session
+from .housekeeping import group_lag
+from .measures import percentiles
+from .process import REPO, Run, daemon_env, free_port
+from .publishing import BAR_INTERVAL_S, BAR_START, publish_fast, publish_paced, round_robin
 
 
 async def bench_mode(

@@ -14,26 +14,12 @@ from aiokafka import AIOKafkaProducer
 from daemon.io.feeds import FeedBar, synthetic_bars
 
 from .bursts import warm_up
-from .harness import (
-    BAR_INTERVAL_S,
-    BAR_START,
-    REPO,
-    Key,
-    Run,
-    Session,
-    count_delta,
-    daemon_env,
-    daemon_session,
-    encode_bars,
-    free_port,
-    group_lag,
-    key_of,
-    metric_delta,
-    percentiles,
-    phase_ms_per_forecast,
-    round_robin,
-    served_counts,
-)
+from .collector import Key
+from .harness import Session, daemon_session
+from .housekeeping import group_lag
+from .measures import count_delta, metric_delta, percentiles, phase_ms_per_forecast, served_counts
+from .process import REPO, Run, daemon_env, free_port
+from .publishing import BAR_INTERVAL_S, BAR_START, encode_bars, key_of, round_robin
 
 # -- steady state -----------------------------------------------------------------------------------
 

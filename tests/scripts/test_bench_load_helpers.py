@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from kronos_core.stream_types import SeriesForecast, SeriesWindow, TokenState
-from scripts.benchload import cli, harness, probe, report, steady
+from scripts.benchload import cli, measures, probe, process, report, steady
 
 
 def test_percentiles_of_known_values_and_of_nothing() -> None:
-    out = harness.percentiles([float(v) for v in range(1, 101)])
+    out = measures.percentiles([float(v) for v in range(1, 101)])
     assert out == {"p50": 50.5, "p90": 90.1, "p99": 99.0, "max": 100.0}
-    assert harness.percentiles([]) == {"p50": None, "p90": None, "p99": None, "max": None}
+    assert measures.percentiles([]) == {"p50": None, "p90": None, "p99": None, "max": None}
 
 
 def test_spread_schedule_sends_every_symbol_once_within_the_spread_in_order() -> None:
@@ -42,10 +42,10 @@ def test_kept_up(completions: list[float | None], lag: int, missing: int, expect
 
 
 def test_metric_and_count_deltas() -> None:
-    assert harness.metric_delta({"a": 5.0, "b": 1.0}, {"a": 2.0}, "a") == 3.0
-    assert harness.metric_delta({"b": 1.0}, {"a": 2.0}, "b") == 1.0
-    assert harness.metric_delta({}, {}, "x") == 0.0
-    assert harness.count_delta({"warm": 9, "rebuild": 2}, {"warm": 4, "rebuild": 2}) == {"warm": 5, "rebuild": 0}
+    assert measures.metric_delta({"a": 5.0, "b": 1.0}, {"a": 2.0}, "a") == 3.0
+    assert measures.metric_delta({"b": 1.0}, {"a": 2.0}, "b") == 1.0
+    assert measures.metric_delta({}, {}, "x") == 0.0
+    assert measures.count_delta({"warm": 9, "rebuild": 2}, {"warm": 4, "rebuild": 2}) == {"warm": 5, "rebuild": 0}
     assert report.served_cell(None) == "-"
     assert report.served_cell({"warm": 60, "rebuild": 3, "refresh": 1, "evicted": 2}) == "60/3/1 (2)"
 
@@ -58,8 +58,8 @@ def test_phase_ms_per_forecast_reads_the_labelled_sums() -> None:
         "kronos_loop_phase_seconds_sum": 4.7,  # the unlabelled total is not a phase
         'kronos_loop_phase_seconds_count{phase="model"}': 9.0,
     }
-    assert harness.phase_ms_per_forecast(after, before, 1000) == {"model": 2.0, "commit": 0.2}
-    assert harness.phase_ms_per_forecast(after, before, 0) == {}
+    assert measures.phase_ms_per_forecast(after, before, 1000) == {"model": 2.0, "commit": 0.2}
+    assert measures.phase_ms_per_forecast(after, before, 0) == {}
     assert report.phase_lines({"exact": {"measured": {"phase_ms_per_forecast": {"model": 2.0, "x": 0.0}}}}) == [
         "- exact: the daemon's loop phases (`kronos_loop_phase_seconds`), ms per forecast: model 2.000.", ""
     ]
@@ -85,8 +85,8 @@ def test_daemon_env_pairs_are_parsed_and_applied_last() -> None:
         "--steady", "10", "--modes", "incremental", "--model", "stub",
         "--daemon-env", "KRONOS_BATCH__PIPELINE=false", "--daemon-env", "KRONOS_MODEL__HORIZON=3",
     ])  # fmt: skip
-    run = harness.Run("incremental", "u1", 4)
-    env = harness.daemon_env(args, run, "127.0.0.1:9092", "redis://127.0.0.1:6379/0", 8080)
+    run = process.Run("incremental", "u1", 4)
+    env = process.daemon_env(args, run, "127.0.0.1:9092", "redis://127.0.0.1:6379/0", 8080)
     assert env["KRONOS_BATCH__PIPELINE"] == "false" and env["KRONOS_MODEL__HORIZON"] == "3"
     # incremental: the probe wraps the stub, and every symbol may keep a warm session
     assert env["KRONOS_MODEL__FACTORY"] == "benchload.probe:build" and env["BENCH_PROBE_INNER"] == "tests.support.stub_forecaster:build"

@@ -3,18 +3,22 @@ and the published (calibrated, guarded) distribution."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from daemon.io.memory import MemoryBroker, MemoryInput, MemoryOutput
 from daemon.io.messages import parse_bar
 from daemon.scoring.calibration import GuardedCalibrator
 from daemon.scoring.metrics import ScoreMetrics
 from daemon.scoring.pending import PendingForecast, realised_closes
+from daemon.scoring.scorer import OnlineScorer
 from daemon.scoring.store import MemoryScoreStore, accumulator_fields, accumulator_from_fields, shape_field
 from daemon.settings import Settings, load_settings
 from daemon.state.memory import MemoryStateStore
@@ -223,6 +227,28 @@ async def test_each_version_has_its_own_calibration_copied_from_the_champion_on_
     fresh.serve("v9")
     await fresh.load(legacy, "v9", ["S"])
     assert fresh.publisher_of("v9").count("S") == 80
+
+
+async def test_calibrated_forecasts_keep_their_extras_by_symbol_and_bar_not_by_object() -> None:
+    """adjust() hands each calibrated forecast's model bands, published grid and ticket to stored() by
+    (version, symbol, bar): an equal copy of the result object gets them, and nothing is left over."""
+    rng, levels = np.random.default_rng(4), (0.1, 0.5, 0.9)
+    scorer = OnlineScorer(MemoryScoreStore(), ScoreMetrics(CollectorRegistry()), 2,
+                          GuardedCalibrator(PublisherConfig(2, min_symbol=20, vol_window=50)))  # fmt: skip
+    closes = {s: 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 60))) for s in ("A", "B")}
+    windows = [_window(s, c, 59, 2) for s, c in closes.items()]
+    results = [_forecast(c[-1], rng.normal(0, 0.002 * c[-1], size=(32, 2)), levels) for c in closes.values()]
+    model_q = [r.quantiles[:, :, 3].copy() for r in results]
+    await scorer.adjust(windows, results, "v1")
+    states = [SimpleNamespace(symbol=w.series_id, timestamps=list(w.timestamps), rows=list(w.values)) for w in windows]
+    await scorer.stored([(s, w, dataclasses.replace(r)) for s, w, r in zip(states, windows, results, strict=True)], "v1")
+    pending = await scorer.store.pending(["A", "B"])
+    for (symbol, raw), q in zip(pending.items(), model_q, strict=True):
+        p = PendingForecast.decode(raw[-1])
+        assert p.ticket is not None and p.ticket["symbol"] == symbol and p.calibrated_paths is not None, symbol
+        np.testing.assert_array_equal(p.model_quantiles, q)  # the model's own, not the published ones
+        assert not np.array_equal(p.quantiles, q)
+    assert scorer._extra == {}
 
 
 async def test_guarded_daemon_keeps_both_scores() -> None:

@@ -89,7 +89,8 @@ class CallCost:
             fixed = t_mean - slope * n_mean
             if slope > 0 and fixed >= 0:
                 return fixed, slope
-        return 0.0, sum(ts) / sum(ns)  # one size only (or a noisy fit): no fixed part, an upper bound beyond it
+        # one size only (or a noisy fit): no fixed part, an upper bound beyond the sizes seen
+        return 0.0, sum(ts) / sum(ns)
 
     def seconds(self, windows: int) -> float | None:
         fitted = self.fit()

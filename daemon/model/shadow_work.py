@@ -33,9 +33,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from daemon.model.challenger_settings import ChallengerSettings
 from daemon.model.shadow_schedule import BurstClock, CallCost
 from kronos_core.stream_types import SeriesWindow
+
+log = structlog.get_logger("kronos.challengers")
 
 SEPARATOR = "~"  # a challenger's pending forecasts of a symbol: {symbol}~{version}
 STALE_ROUND_S = 30.0  # a round begun this long ago and never ended (it failed): no longer in progress
@@ -83,6 +87,7 @@ class ShadowBacklog:
         self._wake = asyncio.Event()
         self.clock = BurstClock(self.config.quiet_s)
         self.cost = CallCost()  # one challenger call's time, by windows (ChallengerSet.observe)
+        self._learned: tuple[float, float] | None = None  # the bursts' (period, jitter), as last logged
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -92,6 +97,14 @@ class ShadowBacklog:
     def round_begins(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         self.clock.round_begins(now, now if self._rounds_open else self._last_round_end)
+        learned = self.clock.period()
+        if (learned is None) != (self._learned is None):
+            if learned is None:
+                log.info("the stream's bursts of rounds are irregular: challengers run within chunk_budget_s")
+            else:
+                log.info("the stream's bursts of rounds learned: challengers run between them",
+                         period_s=round(learned[0], 3), jitter_s=round(learned[1], 3))  # fmt: skip
+        self._learned = learned
         self._rounds_open = 1
         self._round_started = now
 

@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a third run: the challenger on this sample fraction of the symbols (e.g. 0.25)")
     p.add_argument("--repeat", type=int, default=1,
                    help="make the pair of runs (none, one) this many times, alternating (default 1)")
+    p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for every run's daemon (repeatable)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench_challenger.json")
     return p.parse_args(argv)
 
@@ -75,6 +77,7 @@ def steady_args(args: argparse.Namespace, registry: Path, label: str, fraction: 
         "--sample-count", str(args.sample_count), "--modes", "exact", "--model", "demo", "--registry", str(registry),
         "--warm-timeout", "600", "--out", str(REPO / "results" / "tmp" / f"bench_challenger_{label}.json"),
         "--daemon-env", f"KRONOS_CHALLENGERS__SAMPLE_FRACTION={fraction}",
+        *[arg for kv in args.daemon_env for arg in ("--daemon-env", kv)],
     ])  # fmt: skip
 
 

@@ -97,9 +97,13 @@ class CallCost:
         return None if fitted is None else fitted[0] + fitted[1] * windows
 
     def windows_within(self, seconds: float, most: int) -> int:
-        """The most windows (1 to ``most``) one call takes at most ``seconds`` for; 1 before any call."""
+        """The most windows (1 to ``most``) one call takes at most ``seconds`` for; 1 before any call,
+        and one more than the only size measured while that one took less."""
         fitted = self.fit()
         if fitted is None:
             return 1
+        sizes = {n for n, _ in self._calls}
+        if len(sizes) == 1 and fitted[1] * min(sizes) <= seconds:  # one size seen, within the time:
+            return min(most, min(sizes) + 1)  # one more window, to learn the fixed part from the two
         fixed, per_window = fitted
         return max(1, min(most, int((seconds - fixed) / per_window + 1e-9)))

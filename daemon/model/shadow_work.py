@@ -192,14 +192,15 @@ class ShadowBacklog:
         return entries
 
     async def next_chunk(self, calls: int = 1, poll_s: float = 0.02) -> list[Entry]:
-        """The oldest entries (as many as :meth:`chunk_size` allows, one bar per symbol), once the
-        stream lets them run."""
+        """The oldest entries (as many as :meth:`chunk_size` allows), once the stream lets them run:
+        each symbol's oldest waiting bar, so that its bars are forecast (and scored) in order."""
         while True:
             if not self._entries:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            size = self.chunk_size(time.monotonic(), calls)
+            now = time.monotonic()
+            size = self.chunk_size(now, calls)
             if size:
                 break
             await asyncio.sleep(poll_s)
@@ -209,7 +210,10 @@ class ShadowBacklog:
             if len(chunk) == size:
                 break
             if entry.window.series_id in symbols:
-                break  # the same symbol's next bar: in the next call, after this one's
+                continue  # the same symbol's next bar: in a later call, after this one's
             symbols.add(entry.window.series_id)
             chunk.append(self._entries.pop(key))
+        due = self.clock.next_due(now)
+        log.debug("challenger chunk", windows=len(chunk), waiting=len(self._entries),
+                  next_burst_in_s=None if due is None else round(due[0] - now, 3))  # fmt: skip
         return chunk

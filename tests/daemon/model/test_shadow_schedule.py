@@ -20,11 +20,23 @@ def test_call_cost_fits_a_fixed_part_and_a_part_per_window() -> None:
     assert cost.windows_within(0.001, 32) == 1  # never fewer than one window
 
 
-def test_call_cost_of_one_size_only_is_an_upper_bound_beyond_it() -> None:
+def test_call_cost_of_one_size_only_is_an_upper_bound_beyond_it_and_grows_by_one() -> None:
     cost = CallCost()
     cost.observe(2, 0.026)
     assert cost.seconds(2) == pytest.approx(0.026)
     assert cost.seconds(8) == pytest.approx(0.104)  # no fixed part known: 13 ms per window
+    assert cost.windows_within(0.05, 32) == 3  # within the time: one more window, to learn the fixed part
+    assert cost.windows_within(0.02, 32) == 1  # over it: the windows 13 ms each fit in
+    cost.observe(3, 0.029)
+    assert cost.windows_within(0.05, 32) == 10  # 20 ms + 3 ms per window
+
+
+def test_chunks_grow_from_one_window_to_the_budget() -> None:
+    cost, size = CallCost(), 1
+    for _ in range(10):
+        cost.observe(size, 0.020 + 0.003 * size)
+        size = cost.windows_within(0.05, 32)
+    assert size == 10
 
 
 def test_bursts_are_learned_and_one_spurious_start_does_not_delay_the_next() -> None:

@@ -1,5 +1,5 @@
 """The challengers' backlog (daemon/model/shadow_work.py), pure logic: bounded with the oldest skipped,
-chunks of one bar per symbol in arrival order, no chunk while a round of the stream is under way, and,
+chunks of each symbol's oldest bar in arrival order, no chunk while a round of the stream is under way, and,
 once the stream's bursts come regularly, none when the next burst is due, each sized to end before it."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ async def test_chunks_hold_one_bar_per_symbol_oldest_first() -> None:
     got = []
     while len(backlog):
         got.append([(e.window.series_id, e.ctx) for e in await backlog.next_chunk()])
-    assert got == [[("A", 0)], [("A", 1), ("B", 0)], [("C", 0)]]
+    assert got == [[("A", 0), ("B", 0)], [("A", 1), ("C", 0)]]  # a symbol's next bar: in a later chunk
 
 
 async def test_no_chunk_while_a_round_runs_nor_before_the_stream_is_quiet() -> None:

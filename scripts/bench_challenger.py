@@ -52,9 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=5.0, help="seconds between closes (default 5)")
     p.add_argument("--intervals", type=int, default=4, help="measured intervals (default 4)")
     p.add_argument("--warm-bars", type=int, default=16)
-    p.add_argument("--steady-warmup", type=int, default=8,
-                   help="intervals not measured (default 8: the challenger's forecasts of the warm-up bars, made "
-                   "between rounds, are done before the measured ones)")
+    p.add_argument("--steady-warmup", type=int, default=16,
+                   help="intervals not measured (default 16: the challenger's forecasts of the warm-up bars, made "
+                   "in the gaps between the stream's bursts, are done before the measured ones)")
     p.add_argument("--max-context", type=int, default=64)
     p.add_argument("--horizon", type=int, default=12)
     p.add_argument("--sample-count", type=int, default=4)

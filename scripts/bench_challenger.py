@@ -5,8 +5,10 @@ a temporary model registry holds the demo model as the champion (v1) and its wei
 perturbed as v2; the first run serves v1 alone, the second with v2 listed as a challenger
 (``kronos-stream models challenge v2``), so the daemon forecasts every bar with both (v2 between
 the stream's rounds, on the same model thread: daemon/model/shadow_work.py) and scores v2 beside v1.
-With ``--also-fraction F`` a third run gives v2 that sample fraction of the symbols. Every run is
-``bench_load.py --steady`` with ``--registry`` (the same code path, by parameters).
+With ``--repeat N`` the pair of runs (none, one) is made N times, alternating, so that the shared
+machine's drift in load falls on both alike; every run is reported, with the ratio of each pair and the
+median of the pairs' ratios. With ``--also-fraction F`` a last run gives v2 that sample fraction of the
+symbols. Every run is ``bench_load.py --steady`` with ``--registry`` (the same code path, by parameters).
 
 Reported per run: the model time (``kronos_model_step_seconds`` plus
 ``kronos_challenger_model_seconds_total`` over the measured intervals; per forecast and as a share of
@@ -15,7 +17,7 @@ topic), the ratios to the run without a challenger, the commit and the load aver
 Goals: model time <= 2x, p99 latency <= 1.2x.
 
     eval "$(scripts/services env)"
-    .venv/bin/python scripts/bench_challenger.py [--also-fraction 0.25] [--steady 200 --interval 5 --intervals 4]
+    .venv/bin/python scripts/bench_challenger.py [--repeat 3] [--also-fraction 0.25] [--steady 200 --interval 5 --intervals 4]
 
 Writes results/bench_challenger.json and .md (``--out``).
 """
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,9 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=5.0, help="seconds between closes (default 5)")
     p.add_argument("--intervals", type=int, default=4, help="measured intervals (default 4)")
     p.add_argument("--warm-bars", type=int, default=16)
-    p.add_argument("--steady-warmup", type=int, default=8,
-                   help="intervals not measured (default 8: the challenger's forecasts of the warm-up bars, made "
-                   "between rounds, are done before the measured ones)")
+    p.add_argument("--steady-warmup", type=int, default=16,
+                   help="intervals not measured (default 16: the challenger's forecasts of the warm-up bars, made "
+                   "in the gaps between the stream's bursts, are done before the measured ones)")
     p.add_argument("--max-context", type=int, default=64)
     p.add_argument("--horizon", type=int, default=12)
     p.add_argument("--sample-count", type=int, default=4)
@@ -59,6 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="KRONOS_CHALLENGERS__SAMPLE_FRACTION of the second run (default 1: every symbol)")
     p.add_argument("--also-fraction", type=float, default=None,
                    help="a third run: the challenger on this sample fraction of the symbols (e.g. 0.25)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="make the pair of runs (none, one) this many times, alternating (default 1)")
+    p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for every run's daemon (repeatable)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench_challenger.json")
     return p.parse_args(argv)
 
@@ -70,6 +77,7 @@ def steady_args(args: argparse.Namespace, registry: Path, label: str, fraction: 
         "--sample-count", str(args.sample_count), "--modes", "exact", "--model", "demo", "--registry", str(registry),
         "--warm-timeout", "600", "--out", str(REPO / "results" / "tmp" / f"bench_challenger_{label}.json"),
         "--daemon-env", f"KRONOS_CHALLENGERS__SAMPLE_FRACTION={fraction}",
+        *[arg for kv in args.daemon_env for arg in ("--daemon-env", kv)],
     ])  # fmt: skip
 
 
@@ -108,8 +116,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
-    none, one, r = report["runs"]["none"], report["runs"]["one"], report["ratios"]
-    s = report["settings"]
+    runs, r, s = report["runs"], report["ratios"], report["settings"]
     lines = [
         "# One shadow challenger against none (steady state, real Kafka and Redis)",
         "",
@@ -123,64 +130,72 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"{s.get('sample_fraction', 1.0)}); {s['steady']} symbols "
         f"warmed up with {s['warm_bars']} bars each, then one bar per symbol every {s['interval']} s (landing "
         f"within 1 s of the close), {s.get('steady_warmup', 1)} interval(s) not measured, {s['intervals']} measured; max_context "
-        f"{s['max_context']}, horizon {s['horizon']}, {s['sample_count']} sample paths. Command: "
-        f"`{report['command']}`.",
+        f"{s['max_context']}, horizon {s['horizon']}, {s['sample_count']} sample paths. Runs in this order: "
+        f"{', '.join(report['order'])}. Command: `{report['command']}`.",
         "",
         "| run | model ms per forecast | model busy | mean model call ms (batch) | latency p50 ms | p90 ms | p99 ms "
-        "| forecasts/s | kept up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| forecasts/s | kept up | shadow forecasts (challenger model s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    rows = [("no challenger", none), ("one challenger", one)]
-    sampled = report["runs"].get("sampled")
-    if sampled is not None:
-        rows.append((f"one challenger on {s['also_fraction']:.0%} of the symbols", sampled))
-    for label, f in rows:
-        lat = f["latency_ms"]
+    for label in report["order"]:
+        f, lat = runs[label], runs[label]["latency_ms"]
+        name = {"none": "no challenger", "one": "one challenger"}.get(label.split("-")[0], "")
+        name = f"{name} ({label})" if name else f"one challenger on {s['also_fraction']:.0%} of the symbols"
         lines.append(
-            f"| {label} | {f['model_ms_per_forecast']} | {f['model_busy_share']:.0%} | {f['mean_model_call_ms']} "
+            f"| {name} | {f['model_ms_per_forecast']} | {f['model_busy_share']:.0%} | {f['mean_model_call_ms']} "
             f"({f['mean_batch']}) | {lat['p50']} | {lat['p90']} | {lat['p99']} | {f['forecasts_per_s']} | "
-            f"{'yes' if f['kept_up'] else 'no'} |"
+            f"{'yes' if f['kept_up'] else 'no'} | {f['challenger_forecasts']} ({f['challenger_model_s']}) |"
         )
+    lines += ["", "| pair | model time one / none | p50 one / none | p99 one / none |", "|---|---:|---:|---:|"]
+    for p in report["pairs"]:
+        lines.append(f"| {p['none']}, {p['one']} | {p['model_ms_per_forecast']}x | {p['latency_p50']}x | {p['latency_p99']}x |")
     lines += [
         "",
-        f"Ratios one / none: model time per forecast **{r['model_ms_per_forecast']}x** (goal <= 2), "
+        f"Median of the pairs' ratios one / none: model time per forecast **{r['model_ms_per_forecast']}x** (goal <= 2), "
         f"p50 latency {r['latency_p50']}x, p99 latency **{r['latency_p99']}x** (goal <= 1.2)."
         + (
-            f" With the challenger on {s['also_fraction']:.0%} of the symbols: model time "
-            f"{r['sampled_model_ms_per_forecast']}x, p99 latency {r['sampled_latency_p99']}x."
-            if sampled is not None
+            f" With the challenger on {s['also_fraction']:.0%} of the symbols, against the median of the runs without: "
+            f"model time {r['sampled_model_ms_per_forecast']}x, p99 latency {r['sampled_latency_p99']}x."
+            if "sampled" in runs
             else ""
         ),
         "",
         "- *model ms per forecast*: the model thread's time over the measured intervals per bar: the champion's "
         "calls (`kronos_model_step_seconds`) plus the challenger's calls (`kronos_challenger_model_seconds_total`), "
-        "which the daemon makes on the same model thread between the stream's rounds, in chunks, once a bar "
-        "interval's burst of rounds is over (daemon/model/shadow_work.py).",
+        "which the daemon makes on the same model thread in the gaps between the stream's bursts of rounds, in "
+        "chunks sized to end before the next burst is due (daemon/model/shadow_work.py).",
         "- *latency*: from just before the bar was sent until its (champion's) forecast was read from the output "
         "topic.",
-        f"- Challenger active in the second run: {report['challenger_check']}; it made {one['challenger_forecasts']} "
-        f"shadow forecasts for {one['bars_sent']} bars in the measured intervals and took {one['challenger_model_s']} s "
-        f"of the run's {one['model_s']} s of model time (the champion's part: {report['champion_part_of_one_s']} s; "
-        f"without a challenger the champion took {none['model_s']} s for as many bars): the challenger cost "
-        f"{ratio(one['challenger_model_s'], report['champion_part_of_one_s'])}x the champion's calls on the same "
-        "bars; across the runs the champion's own time moved with the shared machine's load."
-        + (
-            f" Sampled run: {sampled['challenger_forecasts']} shadow forecasts for {sampled['bars_sent']} bars, "
-            f"{sampled['challenger_model_s']} s of challenger model time."
-            if sampled is not None
-            else ""
-        ),
+        "- Challenger active: " + "; ".join(report["challenger_check"]) + ".",
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def pair_ratios(none: dict[str, Any], one: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        "model_ms_per_forecast": ratio(one["model_ms_per_forecast"], none["model_ms_per_forecast"]),
+        "model_busy_share": ratio(one["model_busy_share"], none["model_busy_share"]),
+        "latency_p50": ratio(one["latency_ms"]["p50"], none["latency_ms"]["p50"]),
+        "latency_p99": ratio(one["latency_ms"]["p99"], none["latency_ms"]["p99"]),
+    }
+
+
+def median_of(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
 
 
 async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[str, Any]:
     registry = Registry(str(root))
     runs: dict[str, dict[str, Any]] = {}
-    check = "no"
-    labels = ["none", "one"] + (["sampled"] if args.also_fraction is not None else [])
+    checks: list[str] = []
+    labels = [f"{kind}-{i}" for i in range(1, args.repeat + 1) for kind in ("none", "one")]
+    labels += ["sampled"] if args.also_fraction is not None else []
     for label in labels:
-        if label == "one":
+        listed = "v2" in listing.challengers(registry)
+        if label.startswith("none") and listed:
+            listing.withdraw(registry, "v2")
+        elif not label.startswith("none") and not listed:
             listing.challenge(registry, "v2", by="bench")
         fraction = args.also_fraction if label == "sampled" else args.sample_fraction
         sargs = steady_args(args, root, label, fraction)
@@ -190,37 +205,37 @@ async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[s
             raise SystemExit(f"the {label} run failed: {run['error']}")
         runs[label] = {"figures": figures(run, args.intervals * args.interval), "report": report}
         log = (REPO / "results" / "tmp" / "bench_steady-exact.log").read_text(errors="replace")
-        if label != "none":
-            loaded = "challenger loaded" in log
-            scored = log.count('"challenger refused"') == 0
-            ok = loaded and scored
-            check = ("yes (its log says 'challenger loaded', no refusal)" if ok else "NO") if label == "one" else check
-    none, one = runs["none"]["figures"], runs["one"]["figures"]
-    sampled = runs["sampled"]["figures"] if "sampled" in runs else None
+        if not label.startswith("none"):
+            ok = "challenger loaded" in log and log.count('"challenger refused"') == 0
+            checks.append(f"{label}: " + ("yes (its log says 'challenger loaded', no refusal)" if ok else "NO"))
+    figs = {k: v["figures"] for k, v in runs.items()}
+    pairs: list[dict[str, Any]] = [
+        {"none": f"none-{i}", "one": f"one-{i}", **pair_ratios(figs[f"none-{i}"], figs[f"one-{i}"])}
+        for i in range(1, args.repeat + 1)
+    ]
+    medians = {key: median_of([p[key] for p in pairs]) for key in pair_ratios(figs["none-1"], figs["one-1"])}
+    sampled = figs.get("sampled")
+    none_p99 = median_of([figs[p["none"]]["latency_ms"]["p99"] for p in pairs])
+    none_model = median_of([figs[p["none"]]["model_ms_per_forecast"] for p in pairs])
     extra = {} if sampled is None else {
-        "sampled_model_ms_per_forecast": ratio(sampled["model_ms_per_forecast"], none["model_ms_per_forecast"]),
-        "sampled_latency_p99": ratio(sampled["latency_ms"]["p99"], none["latency_ms"]["p99"]),
+        "sampled_model_ms_per_forecast": ratio(sampled["model_ms_per_forecast"], none_model),
+        "sampled_latency_p99": ratio(sampled["latency_ms"]["p99"], none_p99),
     }  # fmt: skip
     return {
         "command": command,
-        "machine": {**runs["none"]["report"]["machine"],
+        "machine": {**runs[labels[0]]["report"]["machine"],
                     "load_avg_after": runs[labels[-1]]["report"]["machine"]["load_avg_after"]},
         "settings": {"steady": args.steady, "interval": args.interval, "intervals": args.intervals,
                      "steady_warmup": args.steady_warmup, "warm_bars": args.warm_bars, "max_context": args.max_context, "horizon": args.horizon,
-                     "sample_count": args.sample_count, "model": "demo", "mode": "exact",
+                     "sample_count": args.sample_count, "model": "demo", "mode": "exact", "repeat": args.repeat,
                      "sample_fraction": args.sample_fraction, "also_fraction": args.also_fraction},  # fmt: skip
-        "runs": {"none": none, "one": one, **({"sampled": sampled} if sampled is not None else {})},
-        "ratios": {
-            "model_ms_per_forecast": ratio(one["model_ms_per_forecast"], none["model_ms_per_forecast"]),
-            "model_busy_share": ratio(one["model_busy_share"], none["model_busy_share"]),
-            "latency_p50": ratio(one["latency_ms"]["p50"], none["latency_ms"]["p50"]),
-            "latency_p99": ratio(one["latency_ms"]["p99"], none["latency_ms"]["p99"]),
-            **extra,
-        },
-        "challenger_check": check,
+        "runs": figs,
+        "order": labels,
+        "pairs": pairs,
+        "ratios": {**medians, **extra},
+        "challenger_check": checks,
         "commit": commit(),
         "load_before_run": {k: v["report"]["machine"]["load_avg_before"] for k, v in runs.items()},
-        "champion_part_of_one_s": one["champion_model_s"],
         "steady_reports": {k: v["report"] for k, v in runs.items()},
     }
 

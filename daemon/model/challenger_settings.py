@@ -66,3 +66,27 @@ class ChallengerSettings(BaseModel):
         default=120.0, gt=0, allow_inf_nan=False,
         description="the Redis lock that makes one replica the decider expires this long after its last renewal",
     )  # fmt: skip
+    chunk_max: int = Field(
+        default=32, ge=1, le=4096, description="windows one challenger model call forecasts at most"
+    )
+    chunk_budget_s: float = Field(
+        default=0.05, gt=0, le=10, allow_inf_nan=False,
+        description="when a bar may arrive at any time (no regular burst schedule learned), a challenger "
+        "call is sized from its measured cost to take about this long: the longest a round waits behind it; "
+        "with a schedule, calls end this long before the next burst is due",
+    )  # fmt: skip
+    quiet_s: float = Field(
+        default=0.25, gt=0, le=60, allow_inf_nan=False,
+        description="no round for this long: a burst of rounds (one bar interval's bars) is over, and "
+        "challenger calls may run",
+    )  # fmt: skip
+    max_defer_s: float = Field(
+        default=1.0, gt=0, le=3600, allow_inf_nan=False,
+        description="in a stream never quiet and without a regular burst schedule, challenger calls run "
+        "between rounds anyway once the oldest waiting bar is this old; the challengers' scoring, waiting "
+        "for a gap long enough, takes any gap after this long",
+    )  # fmt: skip
+    max_backlog: int = Field(
+        default=4096, ge=1, le=1_000_000,
+        description="bars waiting for the challengers at most; beyond, the oldest are skipped and counted",
+    )  # fmt: skip

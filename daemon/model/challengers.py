@@ -12,8 +12,9 @@ Per round of the loop:
    symbols a stable hash selects (``KRONOS_CHALLENGERS__SAMPLE_FRACTION``) join the challengers'
    backlog (:meth:`ChallengerSet.forecast_in_job`, :meth:`ChallengerSet.after_round`);
 2. between rounds, on the model thread, each challenger forecasts them in chunks, with its own seed
-   and its own token caches (:mod:`daemon.model.shadow_work`: when the stream is quiet; a round that
-   arrives waits for one chunk at most; a challenger that falls too far behind skips bars, counted);
+   and its own token caches (:mod:`daemon.model.shadow_work`: in the gaps between the stream's bursts
+   of rounds, in chunks sized from their measured cost so that a round does not wait behind them; a
+   challenger that falls too far behind skips bars, counted);
 3. then, still between rounds, the challengers' forecasts are calibrated and scored by the same online
    scorer under their own version, and sent to ``KRONOS_CHALLENGERS__SHADOW_TOPIC`` when it is set.
    They never reach the output topic nor the latest-forecast keys.
@@ -117,7 +118,8 @@ class ChallengerSet:
         self._early: asyncio.Future[list[SeriesForecast]] | None = None
         self._job: asyncio.Future[list[SeriesForecast]] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.backlog = ShadowBacklog()
+        self.backlog = ShadowBacklog(self.config)
+        self._score_s = 0.0  # seconds per shadow forecast scored (the last scoring's)
         self._worker: asyncio.Task[None] | None = None
         self._scoring = asyncio.Lock()  # the scorer serves one version at a time: not during a round
         self._tokens: dict[str, dict[str, TokenState]] = {}  # per version, its token caches (incremental)
@@ -291,7 +293,7 @@ class ChallengerSet:
         made: list[tuple[str, list[Entry], list[SeriesWindow], list[SeriesForecast | Exception]]] = []
         while True:
             try:
-                chunk = await self.backlog.next_chunk()
+                chunk = await self.backlog.next_chunk(calls=max(1, len(self.forecasters)))
                 for version, forecaster in list(self.forecasters.items()):
                     result = await self._forecast(version, forecaster, chunk)
                     if result is not None:
@@ -317,18 +319,22 @@ class ChallengerSet:
             seed = derive_seed(w.series_id, ts, version, base)
             windows.append(dataclasses.replace(w, token_state=tokens.get(w.series_id), seed=seed))
 
+        took = [0.0]
+
         def call() -> list[SeriesForecast]:
             t0 = time.perf_counter()
             try:
                 return list(forecaster.forecast(windows, self.horizon))
             finally:
-                self.metrics.model_seconds.inc(time.perf_counter() - t0)
+                took[0] = time.perf_counter() - t0
+                self.metrics.model_seconds.inc(took[0])
 
         try:
             run = self._model_thread
             results: list[SeriesForecast | Exception] = list(await (run(call) if run else asyncio.to_thread(call)))
             if len(results) != len(windows):
                 raise ValueError(f"{len(results)} forecasts for {len(windows)} windows")
+            self.backlog.cost.observe(len(windows), took[0])  # sizes the next chunks
         except Exception as exc:
             self.metrics.errors.labels("forecast").inc()
             log.warning("challenger forecast failed; these bars are skipped", version=version, error=repr(exc))
@@ -343,7 +349,9 @@ class ChallengerSet:
         self, made: list[tuple[str, list[Entry], list[SeriesWindow], list[SeriesForecast | Exception]]]
     ) -> None:
         """Score (and publish to the shadow topic) the challengers' forecasts, between the loop's rounds."""
-        await self.backlog.until_no_round()
+        count = sum(len(chunk) for _, chunk, _, _ in made)
+        await self.backlog.until_free(self._score_s * count)  # not into the next burst of rounds
+        started = time.monotonic()
         async with self._scoring:
             for version, chunk, windows, results in made:
                 items, contexts = [], []
@@ -357,6 +365,7 @@ class ChallengerSet:
                 if items:
                     await self._score_version(version, items, contexts)
             self._revoked.clear()
+        self._score_s = (time.monotonic() - started) / max(1, count)
 
     async def _score_version(self, version: str, items: list[tuple[Any, Any, Any]], contexts: list[Any]) -> None:
         self.metrics.forecasts.labels(version).inc(len(items))

@@ -2,14 +2,21 @@
 
 A round's champion forecasts are published, stored and scored by the loop as without challengers;
 the windows the challengers forecast (the same bars) join this backlog (:meth:`ShadowBacklog.add`).
-:meth:`ShadowBacklog.next_chunk` hands them to the model thread in chunks of at most ``CHUNK`` windows,
-and only between rounds: once the stream has been quiet for ``QUIET_S`` (a bar interval's rounds
-come in a burst), or, when it never is, once the oldest waiting window is ``MAX_DEFER_S`` old. A
-round that arrives meanwhile waits for one chunk at most. Running a challenger call while the loop
-encodes, publishes and stores a round would also slow it down: the model's many short operations
-each take the interpreter lock back from the busy event loop.
+:meth:`ShadowBacklog.next_chunk` hands them to the model thread in chunks, only between rounds, and
+sized so that a round does not wait behind them (settings ``KRONOS_CHALLENGERS__*``):
 
-The backlog is bounded: beyond ``MAX_BACKLOG`` windows the oldest are skipped (the challenger fell
+- when the stream's rounds come in regular bursts (one per bar interval: learned from the rounds,
+  :class:`daemon.model.shadow_schedule.BurstClock`), only in the gap after a burst (no round for
+  ``quiet_s``) and before the next is due, less ``chunk_budget_s``; each chunk sized by the measured
+  cost of a call (:class:`~daemon.model.shadow_schedule.CallCost`) to end by then, at most ``chunk_max``;
+- without such a schedule (or when a burst is overdue), once the stream has been quiet for
+  ``quiet_s``, or, when it never is, once the oldest waiting window is ``max_defer_s`` old; each
+  chunk sized to take about ``chunk_budget_s``, the longest a round that arrives meanwhile waits.
+
+Running a challenger call while the loop encodes, publishes and stores a round would also slow it
+down: the model's many short operations each take the interpreter lock back from the busy event loop.
+
+The backlog is bounded: beyond ``max_backlog`` windows the oldest are skipped (the challenger fell
 behind the stream) and counted, per version, in ``kronos_challenger_skipped_forecasts_total``; so are
 those of symbols this replica no longer owns. Skipped bars have no shadow forecast, so the paired
 scores cover exactly the bars both versions forecast.
@@ -18,6 +25,7 @@ scores cover exactly the bars both versions forecast.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import zlib
 from collections import OrderedDict
@@ -25,13 +33,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
+from daemon.model.challenger_settings import ChallengerSettings
+from daemon.model.shadow_schedule import BurstClock, CallCost
 from kronos_core.stream_types import SeriesWindow
 
-CHUNK = 32  # windows per challenger call: a round that arrives waits for one such call at most
-QUIET_S = 0.25  # the stream made no round for this long: its burst is over
-MAX_DEFER_S = 1.0  # ... or the oldest waiting window is this old: run between rounds anyway
+log = structlog.get_logger("kronos.challengers")
+
 SEPARATOR = "~"  # a challenger's pending forecasts of a symbol: {symbol}~{version}
-MAX_BACKLOG = 4096  # windows waiting at most (beyond, the oldest are skipped and counted)
 STALE_ROUND_S = 30.0  # a round begun this long ago and never ended (it failed): no longer in progress
 
 
@@ -65,28 +75,42 @@ class Entry:
 
 
 class ShadowBacklog:
-    """Windows waiting for the challengers, oldest first, and when the stream is busy."""
+    """Windows waiting for the challengers, oldest first, and when the stream lets them run."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: ChallengerSettings | None = None) -> None:
+        self.config = config or ChallengerSettings()
         self._entries: OrderedDict[int, Entry] = OrderedDict()
         self._seq = 0
         self._rounds_open = 0  # 1 from a round's beginning to its end (one that fails: until the next's)
         self._round_started = 0.0
-        self._last_round_end = 0.0
+        self._last_round_end: float | None = None
         self._wake = asyncio.Event()
+        self.clock = BurstClock(self.config.quiet_s)
+        self.cost = CallCost()  # one challenger call's time, by windows (ChallengerSet.observe)
+        self._learned: tuple[float, float] | None = None  # the bursts' (period, jitter), as last logged
 
     def __len__(self) -> int:
         return len(self._entries)
 
     # -- the loop's rounds --------------------------------------------------------------------------
 
-    def round_begins(self) -> None:
+    def round_begins(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.clock.round_begins(now, now if self._rounds_open else self._last_round_end)
+        learned = self.clock.period()
+        if (learned is None) != (self._learned is None):
+            if learned is None:
+                log.info("the stream's bursts of rounds are irregular: challengers run within chunk_budget_s")
+            else:
+                log.info("the stream's bursts of rounds learned: challengers run between them",
+                         period_s=round(learned[0], 3), jitter_s=round(learned[1], 3))  # fmt: skip
+        self._learned = learned
         self._rounds_open = 1
-        self._round_started = time.monotonic()
+        self._round_started = now
 
-    def round_ends(self) -> None:
+    def round_ends(self, now: float | None = None) -> None:
         self._rounds_open = 0
-        self._last_round_end = time.monotonic()
+        self._last_round_end = time.monotonic() if now is None else now
         self._wake.set()
 
     @property
@@ -95,19 +119,63 @@ class ShadowBacklog:
             self._rounds_open = 0  # rounds that failed before they ended
         return self._rounds_open > 0
 
-    async def until_no_round(self, poll_s: float = 0.01) -> None:
-        while self.in_round:
+    def _quiet(self, now: float) -> bool:
+        return self._last_round_end is None or now - self._last_round_end >= self.config.quiet_s
+
+    def available_s(self, now: float) -> float:
+        """How long shadow work started now may take: 0, not now (a round runs, or the stream's bursts
+        come regularly and one is under way, due or overdue); inf, no learned schedule says."""
+        if self.in_round:
+            return 0.0
+        due = self.clock.next_due(now)
+        if due is not None:
+            when, late = due
+            if now < when + late:  # the schedule holds: work in the gap before the next burst only
+                return max(0.0, when - self.config.chunk_budget_s - now) if self._quiet(now) else 0.0
+        return math.inf
+
+    def chunk_size(self, now: float, calls: int = 1) -> int:
+        """How many windows a chunk started now may hold, ``calls`` calls on it (one per challenger);
+        0: not now."""
+        if not self._entries:
+            return 0
+        c = self.config
+        available = self.available_s(now)
+        if available == 0:
+            return 0
+        if math.isinf(available):  # a bar may come any time: once quiet (or old bars), within the budget
+            oldest = next(iter(self._entries.values())).added
+            if not (self._quiet(now) or now - oldest >= c.max_defer_s):
+                return 0
+            return self.cost.windows_within(c.chunk_budget_s / calls, c.chunk_max)
+        one = self.cost.seconds(1)
+        if one is not None and one * calls > available:
+            return 0  # not even one window before the next burst
+        return self.cost.windows_within(available / calls, c.chunk_max)
+
+    async def until_free(self, seconds: float, poll_s: float = 0.01) -> None:
+        """Until work of about ``seconds`` may run (the challengers' scoring): no round under way and,
+        with a burst schedule, it ends before the next burst is due. After ``max_defer_s`` of waiting,
+        in any gap between bursts; after four times that, once no round runs."""
+        waited = time.monotonic()
+        while True:
+            now = time.monotonic()
+            available, late = self.available_s(now), now - waited
+            if available >= seconds or (late >= self.config.max_defer_s and available > 0):
+                return
+            if late >= 4 * self.config.max_defer_s and not self.in_round:
+                return
             await asyncio.sleep(poll_s)
 
     # -- entries ------------------------------------------------------------------------------------
 
     def add(self, entries: Iterable[Entry]) -> list[Entry]:
-        """Queue a round's entries; returns those skipped to keep within ``MAX_BACKLOG`` (oldest first)."""
+        """Queue a round's entries; returns those skipped to keep within ``max_backlog`` (oldest first)."""
         for entry in entries:
             self._seq += 1
             self._entries[self._seq] = entry
         skipped = []
-        while len(self._entries) > MAX_BACKLOG:
+        while len(self._entries) > self.config.max_backlog:
             skipped.append(self._entries.popitem(last=False)[1])
         self._wake.set()
         return skipped
@@ -123,25 +191,29 @@ class ShadowBacklog:
         self._entries.clear()
         return entries
 
-    async def next_chunk(self, poll_s: float = 0.02) -> list[Entry]:
-        """The oldest entries (at most ``CHUNK``, one bar per symbol), once the stream lets them run."""
+    async def next_chunk(self, calls: int = 1, poll_s: float = 0.02) -> list[Entry]:
+        """The oldest entries (as many as :meth:`chunk_size` allows), once the stream lets them run:
+        each symbol's oldest waiting bar, so that its bars are forecast (and scored) in order."""
         while True:
             if not self._entries:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             now = time.monotonic()
-            oldest = next(iter(self._entries.values())).added
-            if not self.in_round and (now - self._last_round_end >= QUIET_S or now - oldest >= MAX_DEFER_S):
+            size = self.chunk_size(now, calls)
+            if size:
                 break
             await asyncio.sleep(poll_s)
         chunk: list[Entry] = []
         symbols: set[str] = set()
         for key, entry in list(self._entries.items()):
-            if len(chunk) == CHUNK:
+            if len(chunk) == size:
                 break
             if entry.window.series_id in symbols:
-                break  # the same symbol's next bar: in the next call, after this one's
+                continue  # the same symbol's next bar: in a later call, after this one's
             symbols.add(entry.window.series_id)
             chunk.append(self._entries.pop(key))
+        due = self.clock.next_due(now)
+        log.debug("challenger chunk", windows=len(chunk), waiting=len(self._entries),
+                  next_burst_in_s=None if due is None else round(due[0] - now, 3))  # fmt: skip
         return chunk

@@ -3,8 +3,10 @@ and the published (calibrated, guarded) distribution."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -73,6 +75,19 @@ def _expected(stub: RecordingStub, records: Sequence[tuple[bytes | None, bytes |
     return acc
 
 
+async def _scored_sums(d: Any, want: dict[str, int], timeout_s: float = 10.0) -> dict[str, Any]:
+    """The daemon's score sums once each version in ``want`` has that many forecasts scored (or the
+    timeout passed: the caller's asserts then say what is missing). A bar's forecast is published
+    before the scores its bar realises are committed, so the last bar's may come just after."""
+    assert d.scorer is not None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        sums = await d.scorer.store.read(None, 1, time.time())
+        if all(v in sums and sums[v].forecasts >= n for v, n in want.items()) or time.monotonic() > deadline:
+            return sums
+        await asyncio.sleep(0.05)
+
+
 async def test_each_forecast_is_scored_once_its_horizon_is_realised() -> None:
     settings = _settings(calibrate=False)
     broker = MemoryBroker(default_partitions=2)
@@ -84,8 +99,7 @@ async def test_each_forecast_is_scored_once_its_horizon_is_realised() -> None:
     parts = {"bus_in": MemoryInput(broker, "in", "g"), "bus_out": MemoryOutput(broker), "store": store}
     async with running_daemon(settings, stub, **parts) as d:
         await wait_until(lambda: len(broker.messages("out")) == 32, 10, "32 forecasts")
-        assert d.scorer is not None
-        sums = await d.scorer.store.read(None, 1, __import__("time").time())
+        sums = await _scored_sums(d, {"stub-1": (20 - H) + (12 - H)})
         text = d.metrics.render()[0].decode()
         scored = metric(d, "kronos_scored_forecasts_total", model_version="stub-1")
         steps1 = metric(d, "kronos_score_steps_total", model_version="stub-1", step="1")
@@ -262,7 +276,7 @@ async def test_guarded_daemon_keeps_both_scores() -> None:
     }) as d:  # fmt: skip
         await wait_until(lambda: len(broker.messages("out")) == 40, 10, "40 forecasts")
         assert d.scorer is not None
-        sums = await d.scorer.store.read(None, 1, __import__("time").time())
+        sums = await _scored_sums(d, {"stub-1": 40 - H, "stub-1@model": 40 - H})
         model_cov = metric(d, "kronos_score_band_coverage", model_version="stub-1", bands="model")
     out = [json.loads(m.value or b"") for m in broker.messages("out")]
     assert set(sums) == {"stub-1", "stub-1@model"}
@@ -284,8 +298,6 @@ async def test_guarded_daemon_keeps_both_scores() -> None:
 
 
 def test_memory_store_caps_pending_and_merges_sums() -> None:
-    import asyncio
-
     store = MemoryScoreStore()
     acc = ScoreAccumulator(2).add(np.array([1.0, 2.0]), 1.0, paths=np.ones((3, 2)))
 

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from kronos_core import bench
+from kronos_core.bench_efficiency import bench_inputs
 from kronos_core.presets import build_pair
 from scripts.benchkit.demo import demo_windows
 
@@ -77,7 +78,7 @@ def demo_workload(device: str, step: int) -> dict[str, Any]:
 def small_workload(device: str, batch: int, context: int, horizon: int, seed: int) -> dict[str, Any]:
     tokenizer, model = build_pair("Kronos-small", seed=seed)
     args = argparse.Namespace(device=device, max_context=512, horizon=horizon, batch=batch, context=context, seed=seed)
-    xs, x_st, y_st = bench._inputs(args)
+    xs, x_st, y_st = bench_inputs(args)
     t0 = time.perf_counter()
     got = bench.greedy_agreements(args, model, tokenizer, VARIANTS, xs, x_st, y_st)
     return {"model": f"Kronos-small shape, random weights (seed {seed})", "inputs": "random bars",

@@ -88,7 +88,7 @@ def engine_step(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from kronos_core import bench
+    from kronos_core.bench_efficiency import bench_inputs
     from kronos_core.engine import GenerationStats, KronosEngine, SamplingParams
     from kronos_core.presets import build_pair
 
@@ -116,7 +116,7 @@ def engine_step(args: argparse.Namespace) -> dict[str, Any]:
 
     def timed(batch: int, repeats: int) -> dict[str, Any]:
         ns = argparse.Namespace(seed=0, batch=batch, context=context, horizon=horizon)
-        xs, x_st, y_st = bench._inputs(ns)
+        xs, x_st, y_st = bench_inputs(ns)
         seconds, loops = [], []
         for r in range(repeats + 1):  # the first call is a warm-up (allocator), not timed
             stats = GenerationStats()

@@ -22,7 +22,14 @@ from kronos_core.exceptions import (
 from kronos_core.model import Kronos
 from kronos_core.predictor import KronosPredictor
 from kronos_core.presets import PRESETS, Preset, build_model, build_pair, get_preset, preset_config
-from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamForecaster, TokenState, derive_seed
+from kronos_core.stream_types import (
+    ContextTokens,
+    SeriesForecast,
+    SeriesWindow,
+    StreamForecaster,
+    TokenState,
+    derive_seed,
+)
 from kronos_core.streaming import StreamConfig, StreamingForecaster
 from kronos_core.tokenizer import KronosTokenizer
 
@@ -30,6 +37,7 @@ __all__ = [
     "PRESETS",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "ContextTokens",
     "GenerationStats",
     "KronosEngine",
     "SamplingParams",

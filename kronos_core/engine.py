@@ -31,6 +31,8 @@ draws then do not depend on the rest of the batch), else ``generator`` or torch'
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -82,6 +84,7 @@ class GenerationStats:
     """What the engine did (token-forwards per stage, wall time per stage)."""
 
     encode_tokens: int = 0
+    given_tokens: int = 0  # context tokens handed in (ids another forecaster encoded), not encoded
     prefill_tokens: int = 0
     step_tokens: int = 0
     recompute_tokens: int = 0
@@ -276,6 +279,17 @@ class KronosEngine:
                 pack=packed,
             )
 
+    @functools.cached_property
+    def tokenizer_key(self) -> str:
+        """A digest of the tokenizer's weights and of how this engine runs it (dtype, device kind,
+        packing, quantization): two engines with the same key encode the same bars into the same ids."""
+        h = hashlib.blake2b(digest_size=12)
+        h.update(f"{self.tokenizer_dtype}|{self.device.type}|{self.packed}|{self.quantize}".encode())
+        for name, tensor in sorted(self.tokenizer.state_dict().items()):
+            h.update(f"|{name}:{tensor.dtype}:{tuple(tensor.shape)}|".encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
     # ------------------------------------------------------------------ cache factories
 
     def predictor_caches(self, rows: int, length: int) -> list[KVCache]:
@@ -459,8 +473,12 @@ class KronosEngine:
         y_stamps: Sequence[np.ndarray],
         horizon: int,
         stats: GenerationStats,
+        given_ids: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
     ) -> DecodeState:
-        """Tokenise every context once and run its last ``max_context`` tokens through the predictor."""
+        """Tokenise every context once and run its last ``max_context`` tokens through the predictor.
+
+        ``given_ids[b]``, when not None: the (s1, s2) ids of ``xs[b]``, already encoded by a tokenizer
+        of the same :attr:`tokenizer_key` (that row is not encoded again)."""
         dev, t0 = self.device, time.perf_counter()
         lengths = [len(x) for x in xs]
         if min(lengths) < 1:
@@ -474,11 +492,9 @@ class KronosEngine:
             stamps_np[b, : lengths[b]] = xs_
             stamps_np[b, lengths[b] : lengths[b] + horizon] = ys_
         x_pad, stamps = torch.from_numpy(x_np).to(dev), torch.from_numpy(stamps_np).to(dev)
-        ctx_s1, ctx_s2 = self.encode(x_pad)  # right padding is harmless: the encoder is causal
         tok1 = torch.zeros(n, l_max + horizon, dtype=torch.long, device=dev)
         tok2 = torch.zeros_like(tok1)
-        tok1[:, :l_max], tok2[:, :l_max] = ctx_s1, ctx_s2
-        stats.encode_tokens += sum(lengths)
+        self._context_ids(x_pad, lengths, given_ids, tok1, tok2, stats)
         stats.add_time("encode", t0)
 
         t1 = time.perf_counter()
@@ -510,6 +526,41 @@ class KronosEngine:
             stamps=stamps,
             lengths=lengths,
         )
+
+    def _context_ids(
+        self,
+        x_pad: Tensor,
+        lengths: list[int],
+        given_ids: Sequence[tuple[np.ndarray, np.ndarray] | None] | None,
+        tok1: Tensor,
+        tok2: Tensor,
+        stats: GenerationStats,
+    ) -> None:
+        """The contexts' ids into ``tok1``/``tok2`` [:, :L_max]: those given copied, the others encoded
+        in one call (right padding is harmless: the encoder is causal)."""
+        n, l_max = x_pad.shape[0], x_pad.shape[1]
+        given = list(given_ids) if given_ids is not None else [None] * n
+        if len(given) != n:
+            raise ValueError(f"got given_ids for {len(given)} series but {n} contexts; pass one entry (or None) each")
+        todo = [b for b, g in enumerate(given) if g is None]
+        if len(todo) == n:
+            tok1[:, :l_max], tok2[:, :l_max] = self.encode(x_pad)
+        elif todo:
+            rows = torch.tensor(todo, device=x_pad.device)
+            tok1[rows, :l_max], tok2[rows, :l_max] = self.encode(x_pad[rows])
+        for b, g in enumerate(given):
+            if g is None:
+                continue
+            s1, s2 = (np.asarray(ids) for ids in g)
+            if s1.shape != (lengths[b],) or s2.shape != (lengths[b],):
+                raise ValueError(
+                    f"given_ids[{b}] has {s1.shape}/{s2.shape} ids for a context of {lengths[b]} bars; "
+                    "pass the ids of exactly that context"
+                )
+            tok1[b, : lengths[b]] = torch.from_numpy(s1.astype(np.int64, copy=False)).to(tok1.device)
+            tok2[b, : lengths[b]] = torch.from_numpy(s2.astype(np.int64, copy=False)).to(tok2.device)
+        stats.encode_tokens += sum(lengths[b] for b in todo)
+        stats.given_tokens += sum(lengths) - sum(lengths[b] for b in todo)
 
     def run_horizon(
         self,

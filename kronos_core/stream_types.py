@@ -93,13 +93,33 @@ class TokenState:
         return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class ContextTokens:
+    """The token ids an exact forecast encoded its context into, and what they depend on.
+
+    ``key`` names the tokenizer (a digest of its weights and of how the engine runs it), the lookback
+    and the clipping: another forecaster whose key is the same (a version fine-tuned with the tokenizer
+    frozen) would encode the same window into the same ids, and takes them instead of encoding it again.
+    """
+
+    key: str
+    s1: np.ndarray  # int64 [L]
+    s2: np.ndarray  # int64 [L]
+
+    def __post_init__(self) -> None:
+        if len(self.s1) != len(self.s2):
+            raise ValueError(f"context tokens are inconsistent: {len(self.s1)} s1 ids but {len(self.s2)} s2 ids")
+
+
 @dataclass
 class SeriesWindow:
     """One series' input to the forecaster for one new bar.
 
     ``values``/``timestamps`` are the raw bars of the window, oldest first, the new bar last
     (at most ``max_context`` rows). ``token_state`` is the token cache from the store (incremental
-    mode; ``None`` on a cold start or in exact mode).
+    mode; ``None`` on a cold start or in exact mode). ``context_tokens``, exact mode: the ids another
+    forecaster encoded the same window into; used instead of encoding it when their key is this
+    forecaster's own, ignored otherwise.
     """
 
     series_id: str
@@ -108,6 +128,7 @@ class SeriesWindow:
     future_timestamps: np.ndarray  # datetime64[ns] [H]
     seed: int
     token_state: TokenState | None = None
+    context_tokens: ContextTokens | None = None
 
 
 @dataclass
@@ -120,6 +141,7 @@ class SeriesForecast:
     quantiles: np.ndarray  # float64 [Q, H, 6], ordered as quantile_levels
     quantile_levels: tuple[float, ...]
     token_state: TokenState | None = None  # the cache to persist (incremental mode)
+    context_tokens: ContextTokens | None = None  # exact mode: the context's ids, for another forecaster
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 

@@ -42,7 +42,7 @@ from kronos_core.engine import DecodeState, GenerationStats, KronosEngine, Sampl
 from kronos_core.kv_cache import key_mask
 from kronos_core.preprocess import PRICE_COLUMNS, STD_EPS, denormalize, normalize, time_features
 from kronos_core.session_pool import PoolViews, SessionPool
-from kronos_core.stream_types import SeriesForecast, SeriesWindow, StreamMode, TokenState
+from kronos_core.stream_types import ContextTokens, SeriesForecast, SeriesWindow, StreamMode, TokenState
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,8 @@ class StreamingForecaster:
         self._pool = SessionPool(engine, max_slots=1)
         self._pool.max_slots = self.config.session_slots(self._pool.slot_bytes)
         self.last_stats = GenerationStats()
+        if self.mode == "exact":
+            _ = engine.tokenizer_key  # digested now, not inside the first forecast call
 
     # ------------------------------------------------------------------ public
 
@@ -178,11 +180,30 @@ class StreamingForecaster:
             [w.timestamps[-lb:] for w in windows] + [w.future_timestamps for w in windows], self.config.calendar_tz
         )
         x_st, y_st = feats[: len(windows)], feats[len(windows) :]
-        state = self.engine.prefill(xs, x_st, y_st, horizon, stats)
-        preds = self.engine.run_horizon(
+        key = self.context_key(horizon)
+        given = [
+            (w.context_tokens.s1, w.context_tokens.s2)
+            if w.context_tokens is not None and w.context_tokens.key == key and len(w.context_tokens.s1) == len(x)
+            else None
+            for w, x in zip(windows, xs, strict=True)
+        ]
+        state = self.engine.prefill(xs, x_st, y_st, horizon, stats, given_ids=given)
+        l_max = max(len(x) for x in xs)
+        ids = torch.stack([state.tok1[:, :l_max], state.tok2[:, :l_max]]).cpu().numpy()  # a copy: generation
+        preds = self.engine.run_horizon(  # writes into tok1/tok2 after the contexts
             state, horizon, self.config.sampling, seeds=[w.seed for w in windows], stats=stats
         )
-        return [self._result(w, preds[i], means[i], stds[i], None) for i, w in enumerate(windows)]
+        out = []
+        for i, w in enumerate(windows):
+            result = self._result(w, preds[i], means[i], stds[i], None)
+            n = len(xs[i])
+            result.context_tokens = ContextTokens(key, ids[0, i, :n], ids[1, i, :n])
+            out.append(result)
+        return out
+
+    def context_key(self, horizon: int) -> str:
+        """The :attr:`ContextTokens.key` of this forecaster's exact forecasts of ``horizon`` steps."""
+        return f"{self.engine.tokenizer_key}|lookback={self.lookback(horizon)}|clip={self.config.clip}"
 
     # ------------------------------------------------------------------ incremental
 

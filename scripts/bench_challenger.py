@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="make the pair of runs (none, one) this many times, alternating (default 1)")
     p.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every run's daemon (repeatable)")
+    p.add_argument("--tokenizer-tuned", action="store_true",
+                   help="perturb the challenger's tokenizer too (default: its predictor only, the tokenizer "
+                   "frozen as the retrain job leaves it, so the challenger takes the champion's context ids)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench_challenger.json")
     return p.parse_args(argv)
 
@@ -86,8 +89,17 @@ def figures(run: dict[str, Any], measured_s: float) -> dict[str, Any]:
     # the model thread's time: the champion's calls (kronos_model_step_seconds, until its forecasts are
     # handed back) plus the challengers' calls of the same jobs (kronos_challenger_model_seconds_total)
     model_s = m["model_s"] + m["challenger_model_s"]
+    bars, shadow = m["bars_sent"], m["challenger_forecasts"]
+    champion_ms = m["model_s"] / bars * 1e3 if bars else None
+    challenger_ms = m["challenger_model_s"] / shadow * 1e3 if shadow else 0.0
     return {
-        "model_ms_per_forecast": round(model_s / m["bars_sent"] * 1e3, 3) if m["bars_sent"] else None,
+        "model_ms_per_forecast": round(model_s / bars * 1e3, 3) if bars else None,
+        # each model's time per forecast it made, summed: what one bar costs in a steady state where the
+        # challenger forecasts exactly the bars sent (the measured intervals may hold more or fewer of its)
+        "model_ms_per_bar_both": None if champion_ms is None else round(champion_ms + challenger_ms, 3),
+        "champion_ms_per_forecast": None if champion_ms is None else round(champion_ms, 3),
+        "challenger_ms_per_forecast": round(challenger_ms, 3) if shadow else None,
+        "challenger_shared_contexts": m.get("challenger_shared_contexts", 0),
         "model_busy_share": round(model_s / measured_s, 3),
         "mean_model_call_ms": m["mean_model_call_ms"],
         "mean_batch": m["mean_batch"],
@@ -126,7 +138,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         + "; ".join(f"{k} {v}" for k, v in report["load_before_run"].items())
         + ".",
         "",
-        f"Demo model as champion v1, its weights perturbed as challenger v2 (exact mode; challenger sample fraction "
+        f"Demo model as champion v1, its {s.get('perturbed', 'tokenizer and predictor')} weights perturbed as challenger "
+        f"v2 (exact mode; challenger sample fraction "
         f"{s.get('sample_fraction', 1.0)}); {s['steady']} symbols "
         f"warmed up with {s['warm_bars']} bars each, then one bar per symbol every {s['interval']} s (landing "
         f"within 1 s of the close), {s.get('steady_warmup', 1)} interval(s) not measured, {s['intervals']} measured; max_context "
@@ -134,8 +147,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"{', '.join(report['order'])}. Command: `{report['command']}`.",
         "",
         "| run | model ms per forecast | model busy | mean model call ms (batch) | latency p50 ms | p90 ms | p99 ms "
-        "| forecasts/s | kept up | shadow forecasts (challenger model s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| forecasts/s | kept up | shadow forecasts (challenger model s) | ms per forecast: champion, challenger "
+        "(shared contexts) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for label in report["order"]:
         f, lat = runs[label], runs[label]["latency_ms"]
@@ -144,14 +158,26 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         lines.append(
             f"| {name} | {f['model_ms_per_forecast']} | {f['model_busy_share']:.0%} | {f['mean_model_call_ms']} "
             f"({f['mean_batch']}) | {lat['p50']} | {lat['p90']} | {lat['p99']} | {f['forecasts_per_s']} | "
-            f"{'yes' if f['kept_up'] else 'no'} | {f['challenger_forecasts']} ({f['challenger_model_s']}) |"
+            f"{'yes' if f['kept_up'] else 'no'} | {f['challenger_forecasts']} ({f['challenger_model_s']}) | "
+            f"{f.get('champion_ms_per_forecast')}, {f.get('challenger_ms_per_forecast')} "
+            f"({f.get('challenger_shared_contexts', 0)}) |"
         )
-    lines += ["", "| pair | model time one / none | p50 one / none | p99 one / none |", "|---|---:|---:|---:|"]
-    for p in report["pairs"]:
-        lines.append(f"| {p['none']}, {p['one']} | {p['model_ms_per_forecast']}x | {p['latency_p50']}x | {p['latency_p99']}x |")
     lines += [
         "",
-        f"Median of the pairs' ratios one / none: model time per forecast **{r['model_ms_per_forecast']}x** (goal <= 2), "
+        "| pair | model time one / none | per bar, each model's own rate: one / none | challenger / champion per "
+        "forecast | p50 one / none | p99 one / none |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in report["pairs"]:
+        lines.append(
+            f"| {p['none']}, {p['one']} | {p['model_ms_per_forecast']}x | {p.get('model_ms_per_bar_both')}x | "
+            f"{p.get('challenger_to_champion')}x | {p['latency_p50']}x | {p['latency_p99']}x |"
+        )
+    lines += [
+        "",
+        f"Median of the pairs' ratios one / none: model time per forecast **{r['model_ms_per_forecast']}x** (goal <= 2; "
+        f"per bar at each model's own rate {r.get('model_ms_per_bar_both')}x, a challenger forecast "
+        f"{r.get('challenger_to_champion')}x a champion forecast), "
         f"p50 latency {r['latency_p50']}x, p99 latency **{r['latency_p99']}x** (goal <= 1.2)."
         + (
             f" With the challenger on {s['also_fraction']:.0%} of the symbols, against the median of the runs without: "
@@ -164,6 +190,10 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "calls (`kronos_model_step_seconds`) plus the challenger's calls (`kronos_challenger_model_seconds_total`), "
         "which the daemon makes on the same model thread in the gaps between the stream's bursts of rounds, in "
         "chunks sized to end before the next burst is due (daemon/model/shadow_work.py).",
+        "- *per bar, each model's own rate*: the champion's model time per bar sent plus the challenger's per "
+        "shadow forecast it made: what a bar costs when the challenger forecasts exactly the bars sent (in the "
+        "measured intervals it may also forecast earlier bars, or fall behind). *shared contexts*: its forecasts that "
+        "took the champion's context ids (`kronos_challenger_shared_contexts_total`: the same tokenizer).",
         "- *latency*: from just before the bar was sent until its (champion's) forecast was read from the output "
         "topic.",
         "- Challenger active: " + "; ".join(report["challenger_check"]) + ".",
@@ -174,6 +204,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
 def pair_ratios(none: dict[str, Any], one: dict[str, Any]) -> dict[str, float | None]:
     return {
         "model_ms_per_forecast": ratio(one["model_ms_per_forecast"], none["model_ms_per_forecast"]),
+        "model_ms_per_bar_both": ratio(one["model_ms_per_bar_both"], none["model_ms_per_bar_both"]),
+        "challenger_to_champion": ratio(one["challenger_ms_per_forecast"], one["champion_ms_per_forecast"]),
         "model_busy_share": ratio(one["model_busy_share"], none["model_busy_share"]),
         "latency_p50": ratio(one["latency_ms"]["p50"], none["latency_ms"]["p50"]),
         "latency_p99": ratio(one["latency_ms"]["p99"], none["latency_ms"]["p99"]),
@@ -228,7 +260,8 @@ async def run_both(args: argparse.Namespace, root: Path, command: str) -> dict[s
         "settings": {"steady": args.steady, "interval": args.interval, "intervals": args.intervals,
                      "steady_warmup": args.steady_warmup, "warm_bars": args.warm_bars, "max_context": args.max_context, "horizon": args.horizon,
                      "sample_count": args.sample_count, "model": "demo", "mode": "exact", "repeat": args.repeat,
-                     "sample_fraction": args.sample_fraction, "also_fraction": args.also_fraction},  # fmt: skip
+                     "sample_fraction": args.sample_fraction, "also_fraction": args.also_fraction,
+                     "perturbed": "tokenizer and predictor" if args.tokenizer_tuned else "predictor"},  # fmt: skip
         "runs": figs,
         "order": labels,
         "pairs": pairs,
@@ -250,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         demo = bl_process.MODELS["demo"]
         runtime = json.loads((demo / "manifest.json").read_text())["runtime"]  # max_context 128, its zone
         publish(registry, "v1", demo, promote=True, runtime=runtime)
-        v2 = perturbed_copy(demo, work / "v2", 0.02, seed=2)
+        parts = ("tokenizer", "predictor") if args.tokenizer_tuned else ("predictor",)
+        v2 = perturbed_copy(demo, work / "v2", 0.02, seed=2, parts=parts)
         publish(registry, "v2", v2, promote=False, runtime=runtime)
         report = asyncio.run(run_both(args, root, command))
     finally:

@@ -67,8 +67,10 @@ class ChallengerSettings(BaseModel):
         description="the Redis lock that makes one replica the decider expires this long after its last renewal",
     )  # fmt: skip
     chunk_max: int = Field(
-        default=32, ge=1, le=4096, description="windows one challenger model call forecasts at most"
-    )
+        default=256, ge=1, le=4096,
+        description="windows one challenger model call forecasts at most (within the time a gap leaves; larger "
+        "calls cost less per window); above KRONOS_BATCH__MAX_BATCH_SIZE a call needs more memory than a round",
+    )  # fmt: skip
     chunk_budget_s: float = Field(
         default=0.05, gt=0, le=10, allow_inf_nan=False,
         description="when a bar may arrive at any time (no regular burst schedule learned), a challenger "

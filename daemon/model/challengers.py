@@ -82,6 +82,11 @@ class ChallengerMetrics:
             "Bars a challenger did not forecast: it fell behind the stream (reason behind), the symbol was "
             "revoked, or the daemon stopped first.", ["model_version", "reason"], registry=registry,
         )  # fmt: skip
+        self.shared_contexts = Counter(
+            "kronos_challenger_shared_contexts",
+            "Shadow forecasts that took the champion's context ids (the same tokenizer: exact mode) instead of "
+            "encoding the window again.", ["model_version"], registry=registry,
+        )  # fmt: skip
         self.model_seconds = Counter(
             "kronos_challenger_model_seconds", "Model-thread seconds spent on challenger forecasts.",
             registry=registry,
@@ -124,6 +129,7 @@ class ChallengerSet:
         self._scoring = asyncio.Lock()  # the scorer serves one version at a time: not during a round
         self._tokens: dict[str, dict[str, TokenState]] = {}  # per version, its token caches (incremental)
         self._revoked: set[str] = set()
+        self._shares_logged: set[str] = set()  # versions whose tokenizer sharing was logged
         self.horizon = settings.model.horizon
         self.mode: str = settings.mode
         self._wake = asyncio.Event()
@@ -146,6 +152,7 @@ class ChallengerSet:
         for version in [v for v in self.forecasters if v not in wanted]:
             self.forecasters.pop(version)
             self._tokens.pop(version, None)
+            self._shares_logged.discard(version)
             log.info("challenger unloaded", version=version, champion=champion)
         for version in wanted:
             if version in self.forecasters:
@@ -254,13 +261,21 @@ class ChallengerSet:
             return early.result()
         return await job  # the champion's call failed: its error; or the job ended first
 
-    def forecast_in_job(self, windows: Sequence[SeriesWindow], horizon: int) -> None:
+    def forecast_in_job(
+        self, windows: Sequence[SeriesWindow], results: Sequence[SeriesForecast], horizon: int
+    ) -> None:
         """On the model thread, right after the champion's call on ``windows``: keep the windows of the
-        selected symbols for the challengers (they forecast them between rounds: :mod:`daemon.model.shadow_work`)."""
+        selected symbols for the challengers (they forecast them between rounds: :mod:`daemon.model.shadow_work`),
+        with the context ids the champion encoded (exact mode): a challenger whose tokenizer is the
+        champion's (fine-tuned with it frozen) takes them instead of encoding the window again."""
         self.horizon = horizon
         if not self.forecasters:
             return
-        self._round = [w for w in windows if selected(w.series_id, self.config.sample_fraction)]
+        self._round = [
+            dataclasses.replace(w, context_tokens=getattr(r, "context_tokens", None))
+            for w, r in zip(windows, results, strict=True)
+            if selected(w.series_id, self.config.sample_fraction)
+        ]
 
     async def after_round(self, stored: Sequence[tuple[Any, Any]], mode: str) -> None:
         """After the champion's round is stored: its windows join the challengers' backlog. ``stored``:
@@ -318,6 +333,7 @@ class ChallengerSet:
             ts = int(w.timestamps[-1].astype("datetime64[ns]").astype("int64"))
             seed = derive_seed(w.series_id, ts, version, base)
             windows.append(dataclasses.replace(w, token_state=tokens.get(w.series_id), seed=seed))
+        shared = self._shared_contexts(version, forecaster, windows)
 
         took = [0.0]
 
@@ -335,6 +351,7 @@ class ChallengerSet:
             if len(results) != len(windows):
                 raise ValueError(f"{len(results)} forecasts for {len(windows)} windows")
             self.backlog.cost.observe(len(windows), took[0])  # sizes the next chunks
+            self.metrics.shared_contexts.labels(version).inc(shared)
         except Exception as exc:
             self.metrics.errors.labels("forecast").inc()
             log.warning("challenger forecast failed; these bars are skipped", version=version, error=repr(exc))
@@ -344,6 +361,23 @@ class ChallengerSet:
             if token_state is not None:
                 tokens[w.series_id] = token_state
         return windows, results
+
+    def _shared_contexts(self, version: str, forecaster: StreamForecaster, windows: list[SeriesWindow]) -> int:
+        """How many of ``windows`` carry context ids this challenger takes (its tokenizer is the
+        champion's); logged once per version whether it does."""
+        context_key = getattr(forecaster, "context_key", None)
+        key = context_key(self.horizon) if callable(context_key) else None
+        offered = [w.context_tokens for w in windows if w.context_tokens is not None]
+        shared = sum(1 for t in offered if t.key == key)
+        if offered and version not in self._shares_logged:
+            self._shares_logged.add(version)
+            if shared:
+                log.info("challenger shares the champion's tokenizer: it takes the champion's context ids",
+                         version=version)  # fmt: skip
+            else:
+                log.info("challenger's tokenizer differs from the champion's: it encodes every window itself",
+                         version=version)  # fmt: skip
+        return shared
 
     async def _score(
         self, made: list[tuple[str, list[Entry], list[SeriesWindow], list[SeriesForecast | Exception]]]

@@ -8,7 +8,8 @@ sized so that a round does not wait behind them (settings ``KRONOS_CHALLENGERS__
 - when the stream's rounds come in regular bursts (one per bar interval: learned from the rounds,
   :class:`daemon.model.shadow_schedule.BurstClock`), only in the gap after a burst (no round for
   ``quiet_s``) and before the next is due, less ``chunk_budget_s``; each chunk sized by the measured
-  cost of a call (:class:`~daemon.model.shadow_schedule.CallCost`) to end by then, at most ``chunk_max``;
+  cost of a call (:class:`~daemon.model.shadow_schedule.CallCost`) to take at most ``GAP_FILL`` of that
+  time, and at most ``chunk_max`` windows (large calls cost less per window than a round's);
 - without such a schedule (or when a burst is overdue), once the stream has been quiet for
   ``quiet_s``, or, when it never is, once the oldest waiting window is ``max_defer_s`` old; each
   chunk sized to take about ``chunk_budget_s``, the longest a round that arrives meanwhile waits.
@@ -43,6 +44,8 @@ log = structlog.get_logger("kronos.challengers")
 
 SEPARATOR = "~"  # a challenger's pending forecasts of a symbol: {symbol}~{version}
 STALE_ROUND_S = 30.0  # a round begun this long ago and never ended (it failed): no longer in progress
+GAP_FILL = 0.8  # a chunk in a gap is sized to take this share of the time left: its cost is a fit, and a
+# call of a second that overran by a fifth would hold up the next burst's first round
 
 
 def selected(symbol: str, fraction: float) -> bool:
@@ -151,7 +154,7 @@ class ShadowBacklog:
         one = self.cost.seconds(1)
         if one is not None and one * calls > available:
             return 0  # not even one window before the next burst
-        return self.cost.windows_within(available / calls, c.chunk_max)
+        return self.cost.windows_within(available * GAP_FILL / calls, c.chunk_max)
 
     async def until_free(self, seconds: float, poll_s: float = 0.01) -> None:
         """Until work of about ``seconds`` may run (the challengers' scoring): no round under way and,

@@ -200,7 +200,7 @@ class RoundRunner:
             )
         if self._cfg.challengers is not None:  # same job, same windows, right after the champion's call
             self._cfg.challengers.champion_done(results)
-            self._cfg.challengers.forecast_in_job(windows, self._cfg.horizon)
+            self._cfg.challengers.forecast_in_job(windows, results, self._cfg.horizon)
         return results
 
     async def _publish_round(

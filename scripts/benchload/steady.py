@@ -146,6 +146,7 @@ async def bench_steady(
             # of the model time, what shadow challengers took (0 without any; daemon/model/challengers.py)
             "challenger_model_s": round(metric_delta(after, before, "kronos_challenger_model_seconds_total"), 3),
             "challenger_forecasts": int(metric_delta(after, before, "kronos_challenger_forecasts_total")),
+            "challenger_shared_contexts": int(metric_delta(after, before, "kronos_challenger_shared_contexts_total")),
             "model_s": round(model_s, 3),
             "phase_ms_per_forecast": phase_ms_per_forecast(after, before, len(measured)),
             "mean_model_call_ms": round(model_s / calls * 1e3, 1) if calls else None,

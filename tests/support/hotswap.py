@@ -16,12 +16,19 @@ from kronos_contract.registry import Registry
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "kronos-tiny-a"
 
 
-def perturbed_copy(src: Path, dest: Path, scale: float, seed: int) -> Path:
-    """``src`` (a checkpoint with tokenizer/ and predictor/) with every weight w -> w + scale*std(w)*noise."""
+def perturbed_copy(
+    src: Path, dest: Path, scale: float, seed: int, parts: tuple[str, ...] = ("tokenizer", "predictor")
+) -> Path:
+    """``src`` (a checkpoint with tokenizer/ and predictor/) with every weight w -> w + scale*std(w)*noise
+    in ``parts``; the other part copied as it is (``parts=("predictor",)``: fine-tuned with the tokenizer
+    frozen, as the retrain job does by default)."""
     from kronos_core import Kronos, KronosTokenizer
 
     gen = torch.Generator().manual_seed(seed)
     for part, cls in (("tokenizer", KronosTokenizer), ("predictor", Kronos)):
+        if part not in parts:
+            shutil.copytree(src / part, dest / part)
+            continue
         model = cls.from_pretrained(src / part)
         with torch.no_grad():
             for p in model.parameters():

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from daemon.model.challenger_settings import ChallengerSettings
-from daemon.model.shadow_work import Entry, ShadowBacklog
+from daemon.model.shadow_work import GAP_FILL, Entry, ShadowBacklog
 from kronos_core.stream_types import SeriesWindow
 
 
@@ -102,15 +102,28 @@ def test_with_a_regular_schedule_no_chunk_when_the_next_burst_is_due() -> None:
     assert backlog.chunk_size(1020.5) == 0
     # the burst is over: full chunks in the gap before the next burst (due at 1025)
     assert backlog.chunk_size(last_end + 0.3) == 32
-    # close to it: only what ends 0.05 s before it; then nothing
+    # close to it: only what ends well before 0.05 s before it (GAP_FILL of the time left); then nothing
     near = 1025.0 - 0.05 - 0.06
     assert 0 < backlog.chunk_size(near) < 32
-    assert backlog.cost.seconds(backlog.chunk_size(near)) <= 0.06  # type: ignore[operator]
+    assert backlog.cost.seconds(backlog.chunk_size(near)) <= 0.06 * GAP_FILL  # type: ignore[operator]
     assert backlog.chunk_size(1025.0 - 0.06) == 0
     assert backlog.chunk_size(1025.2) == 0  # due, not come yet: still expected
     # a burst that never comes: past its lateness, chunks sized by the budget again
     late = 1025.0 + 0.6
     assert 0 < backlog.chunk_size(late) <= backlog.cost.windows_within(0.05, 32)
+
+
+def test_in_a_long_gap_one_large_call_fills_most_of_it() -> None:
+    backlog = ShadowBacklog(ChallengerSettings())  # chunk_max 256: large calls cost less per window
+    for n, t in [(8, 0.17), (32, 0.65)]:  # 20 ms a window, 10 ms fixed
+        backlog.cost.observe(n, t)
+    _bursts(backlog, [1000.0, 1005.0, 1010.0, 1015.0, 1020.0])
+    backlog.add([_entry(f"S{i}", 0) for i in range(400)])
+    start = 1021.2  # the burst ended at 1020.85 (quiet since 0.35 s); the next is due at 1025
+    size = backlog.chunk_size(start)
+    left = 1025.0 - backlog.config.chunk_budget_s - start
+    assert size == int((left * GAP_FILL - 0.01) / 0.02)  # 149 windows: one call of 2.99 s in 3.75 s
+    assert start + backlog.cost.seconds(size) < 1025.0 - backlog.config.chunk_budget_s  # type: ignore[operator]
 
 
 def test_an_irregular_stream_learns_no_schedule() -> None:

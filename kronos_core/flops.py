@@ -85,6 +85,12 @@ def step_attention_keys(p: PredictorConfig, context: int, t: int, *, fed: bool) 
     return (context + t) + (p.n_layers * (context + t + 1) if fed else 0)
 
 
+def step_context_keys(p: PredictorConfig, context: int, *, fed: bool) -> int:
+    """Of :func:`step_attention_keys`, the rows of the ``context`` prompt tokens (the same for every path of
+    a series; the rest are the rows the path generated): once per layer that attends."""
+    return context * (1 + (p.n_layers if fed else 0))
+
+
 def _decode_macs(p: PredictorConfig, context: int, horizon: int) -> int:
     """One path's generated steps after ``context`` prompt tokens."""
     macs = 0

@@ -24,6 +24,7 @@ from kronos_core.flops import (
     exact_forecast_flops,
     incremental_forecast_flops,
     step_attention_keys,
+    step_context_keys,
     step_weight_macs,
 )
 
@@ -57,7 +58,7 @@ def generated_step_traffic(
     for t in range(horizon):
         fed = t + 1 < horizon
         keys = step_attention_keys(p, context, t, fed=fed)
-        context_keys = step_attention_keys(p, context, 0, fed=fed) - (1 if fed else 0) * p.n_layers
+        context_keys = step_context_keys(p, context, fed=fed)
         own_keys = keys - context_keys  # rows this path generated (its own suffix)
         flops = 2 * rows * (step_weight_macs(p, fed=fed) + 2 * d * keys)
         kv_rows = batch * context_keys + rows * own_keys  # a series' context read once for its paths

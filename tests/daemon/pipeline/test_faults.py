@@ -1,4 +1,4 @@
-"""Faults of issue #9 on the in-process bus and store (no services): poison messages, timestamps out of
+"""Faults on the in-process bus and store (pure pipeline logic, no services): poison messages, timestamps out of
 range or in the future, skipped and replayed bars, failing dead-letter sends, a failing series."""
 
 from __future__ import annotations

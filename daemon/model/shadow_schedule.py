@@ -21,6 +21,7 @@ STARTS_KEPT = 9  # burst starts remembered (8 intervals)
 MIN_INTERVALS = 3  # intervals before the schedule is trusted
 MAX_SPREAD = 0.1  # the intervals' median absolute deviation, as a share of their median, to trust them
 COSTS_KEPT = 32  # challenger calls remembered for the cost fit
+SURPRISES_KEPT = 3  # the latest calls whose time against the fit's scales the estimate
 
 
 class BurstClock:
@@ -67,14 +68,24 @@ class BurstClock:
 
 
 class CallCost:
-    """A challenger call's time as ``fixed + per_window * windows``, fitted on recent calls."""
+    """A challenger call's time as ``fixed + per_window * windows``, fitted on recent calls, and scaled
+    up while the latest calls took longer than the fit said (the machine slowed down: a fit over the
+    last ``COSTS_KEPT`` calls lags, and a call sized by it would run into the next burst)."""
 
     def __init__(self) -> None:
         self._calls: deque[tuple[int, float]] = deque(maxlen=COSTS_KEPT)
+        self._surprises: deque[float] = deque(maxlen=SURPRISES_KEPT)  # observed / predicted, latest calls
 
     def observe(self, windows: int, seconds: float) -> None:
         if windows > 0 and seconds >= 0:
+            predicted = self._fitted_seconds(windows)
+            if predicted:
+                self._surprises.append(seconds / predicted)
             self._calls.append((windows, seconds))
+
+    def slowdown(self) -> float:
+        """How much longer than the fit the latest calls took (at least 1)."""
+        return max([1.0, *self._surprises])
 
     def fit(self) -> tuple[float, float] | None:
         """(fixed, per_window) seconds, or None before any call."""
@@ -92,9 +103,14 @@ class CallCost:
         # one size only (or a noisy fit): no fixed part, an upper bound beyond the sizes seen
         return 0.0, sum(ts) / sum(ns)
 
-    def seconds(self, windows: int) -> float | None:
+    def _fitted_seconds(self, windows: int) -> float | None:
         fitted = self.fit()
         return None if fitted is None else fitted[0] + fitted[1] * windows
+
+    def seconds(self, windows: int) -> float | None:
+        """The time a call of ``windows`` is expected to take (the fit, times :meth:`slowdown`)."""
+        fitted = self._fitted_seconds(windows)
+        return None if fitted is None else fitted * self.slowdown()
 
     def windows_within(self, seconds: float, most: int) -> int:
         """The most windows (1 to ``most``) one call takes at most ``seconds`` for; 1 before any call,
@@ -102,8 +118,8 @@ class CallCost:
         fitted = self.fit()
         if fitted is None:
             return 1
-        sizes = {n for n, _ in self._calls}
-        if len(sizes) == 1 and fitted[1] * min(sizes) <= seconds:  # one size seen, within the time:
+        sizes, slow = {n for n, _ in self._calls}, self.slowdown()
+        if len(sizes) == 1 and fitted[1] * min(sizes) * slow <= seconds:  # one size seen, within the time:
             return min(most, min(sizes) + 1)  # one more window, to learn the fixed part from the two
         fixed, per_window = fitted
-        return max(1, min(most, int((seconds - fixed) / per_window + 1e-9)))
+        return max(1, min(most, int((seconds / slow - fixed) / per_window + 1e-9)))

@@ -60,3 +60,20 @@ def test_rounds_within_a_burst_are_not_burst_starts() -> None:
         clock.round_begins(start, start - 2.0)
         clock.round_begins(start + 0.1, start + 0.05)  # 0.05 s after the previous round ended
     assert clock.period() == pytest.approx((5.0, 0.0))
+
+
+def test_calls_slower_than_the_fit_shrink_the_next_until_the_machine_is_fast_again() -> None:
+    cost = CallCost()
+    for n in (10, 50, 100, 200, 10, 50, 100, 200):
+        cost.observe(n, 0.010 + 0.004 * n)  # 4 ms a window on a quiet machine
+    assert cost.slowdown() == pytest.approx(1.0)
+    quiet = cost.windows_within(0.8, 256)
+    assert quiet == 197  # (0.8 - 0.010) / 0.004
+    cost.observe(200, 2 * (0.010 + 0.004 * 200))  # the machine slowed down: twice the time
+    assert cost.slowdown() == pytest.approx(2.0, rel=0.02)
+    slow = cost.windows_within(0.8, 256)
+    assert slow < 0.55 * quiet  # the next call planned for the slower machine (and the fit moved too)
+    assert cost.seconds(slow) <= 0.8  # type: ignore[operator]
+    for _ in range(3):
+        cost.observe(100, 0.010 + 0.004 * 100)  # fast again: three calls on time forget the slow one
+    assert cost.slowdown() < 1.1

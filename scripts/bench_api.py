@@ -19,7 +19,7 @@ generator runs in this process beside the steady state's producer and reader, on
 the daemon, Kafka and Redis: its CPU counts against the daemon's.
 
 Output: ``--out`` (JSON, default results/bench_api.json) and the same path with ``.md``.
-Run: ``eval "$(scripts/services env)"; .venv/bin/python scripts/bench_api.py`` (a few minutes).
+Run: ``eval "$(scripts/services env)"; PYTHONPATH=. .venv/bin/python scripts/bench_api.py`` (a few minutes).
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ from typing import Any
 
 import httpx
 import numpy as np
-from benchload import cli as bl_cli
-from benchload import process as bl_process
-from benchload import publishing as bl_publishing
-from benchload import report as bl_report
-from benchload import steady as bl_steady
 
 from daemon.io.feeds import synthetic_bars
 from daemon.io.messages import bar_to_json
+from scripts.benchload import cli as bl_cli
+from scripts.benchload import process as bl_process
+from scripts.benchload import publishing as bl_publishing
+from scripts.benchload import report as bl_report
+from scripts.benchload import steady as bl_steady
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ topic), the ratios to the run without a challenger, the commit and the load aver
 Goals: model time <= 2x, p99 latency <= 1.2x.
 
     eval "$(scripts/services env)"
-    .venv/bin/python scripts/bench_challenger.py [--repeat 3] [--also-fraction 0.25] [--steady 200 --interval 5 --intervals 4]
+    PYTHONPATH=. .venv/bin/python scripts/bench_challenger.py [--repeat 3] [--also-fraction 0.25] [--steady 200 --interval 5 --intervals 4]
 
 Writes results/bench_challenger.json and .md (``--out``).
 """
@@ -35,12 +35,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchload import cli as bl_cli
-from benchload import process as bl_process
-from benchload import report as bl_report
-
 from kronos_contract import challengers as listing
 from kronos_contract.registry import Registry
+from scripts.benchload import cli as bl_cli
+from scripts.benchload import process as bl_process
+from scripts.benchload import report as bl_report
 from tests.support.hotswap import perturbed_copy, publish
 
 REPO = Path(__file__).resolve().parents[1]

@@ -44,7 +44,7 @@ and the machine facts).
 The code is in ``scripts/benchload/``: the harness, one module per scenario (``drain``, ``bursts``,
 ``steady``) and the reports.
 
-Run: ``.venv/bin/python scripts/bench_load.py`` (defaults: 20 symbols, 20 bars/s, 30 s, both modes,
+Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_load.py`` (defaults: 20 symbols, 20 bars/s, 30 s, both modes,
 the demo model, 4 sample paths, 1 torch thread; a few minutes in all).
 """
 
@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import sys
 
-from benchload.cli import main
+from scripts.benchload.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -182,7 +182,7 @@ def services_step(args: argparse.Namespace, log: Path) -> dict[str, str]:
 
 def burst_child(overrides_json: str, argv: list[str]) -> int:
     """Run bench_load's CLI with the daemon's environment amended by ``overrides_json``."""
-    from benchload.cli import main
+    from scripts.benchload.cli import main
 
     overrides: dict[str, str] = json.loads(overrides_json)
     return main(argv, env_overrides=overrides)

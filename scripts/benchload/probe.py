@@ -1,8 +1,8 @@
 """A counting wrapper around the daemon's forecaster, for scripts/bench_load.py (incremental mode).
 
 The daemon's /metrics say how many series each model call had, not how an incremental call served
-them. The benchmark starts the daemon with ``KRONOS_MODEL__FACTORY=benchload.probe:build`` (``scripts/``
-on ``PYTHONPATH``): the model is the one the daemon would build (kronos_core's engine over
+them. The benchmark starts the daemon with ``KRONOS_MODEL__FACTORY=scripts.benchload.probe:build``
+(the repository on ``PYTHONPATH``): the model is the one the daemon would build (kronos_core's engine over
 ``KRONOS_MODEL__*_DIR``, or ``BENCH_PROBE_INNER=module:callable``, e.g. the stub forecaster), and every
 call tallies how each series was served:
 

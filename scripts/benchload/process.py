@@ -27,7 +27,7 @@ MODELS = {
     "stub": REPO / "tests" / "support",  # the deterministic stub forecaster: ~0 model time
 }
 STUB_FACTORY = "tests.support.stub_forecaster:build"  # as scripts/chaos.py loads it (repository root on the path)
-PROBE_FACTORY = "benchload.probe:build"  # scripts/benchload/probe.py: counts how incremental calls served each series
+PROBE_FACTORY = "scripts.benchload.probe:build"  # scripts/benchload/probe.py: counts how incremental calls served each series
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -110,7 +110,6 @@ def daemon_env(
         env["KRONOS_MODEL__TOKENIZER_DIR"] = str(model_dir / "tokenizer")
         env["KRONOS_MODEL__PREDICTOR_DIR"] = str(model_dir / "predictor")
     if run.mode == "incremental":  # count warm sessions, rebuilds and refreshes (scripts/benchload/probe.py)
-        paths.insert(0, str(REPO / "scripts"))
         env.update({"KRONOS_MODEL__FACTORY": PROBE_FACTORY, "BENCH_PROBE_FILE": str(run.probe_file)})
         if args.model == "stub":
             env["BENCH_PROBE_INNER"] = STUB_FACTORY

@@ -89,7 +89,7 @@ def test_daemon_env_pairs_are_parsed_and_applied_last() -> None:
     env = process.daemon_env(args, run, "127.0.0.1:9092", "redis://127.0.0.1:6379/0", 8080)
     assert env["KRONOS_BATCH__PIPELINE"] == "false" and env["KRONOS_MODEL__HORIZON"] == "3"
     # incremental: the probe wraps the stub, and every symbol may keep a warm session
-    assert env["KRONOS_MODEL__FACTORY"] == "benchload.probe:build" and env["BENCH_PROBE_INNER"] == "tests.support.stub_forecaster:build"
+    assert env["KRONOS_MODEL__FACTORY"] == "scripts.benchload.probe:build" and env["BENCH_PROBE_INNER"] == "tests.support.stub_forecaster:build"
     assert env["KRONOS_MODEL__MAX_SESSIONS"] == "10" and env["BENCH_PROBE_FILE"] == str(run.probe_file)
     with pytest.raises(SystemExit):
         cli.parse_args(["--daemon-env", "NOVALUE"])

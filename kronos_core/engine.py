@@ -559,8 +559,9 @@ class KronosEngine:
                 )
             tok1[b, : lengths[b]] = torch.from_numpy(s1.astype(np.int64, copy=False)).to(tok1.device)
             tok2[b, : lengths[b]] = torch.from_numpy(s2.astype(np.int64, copy=False)).to(tok2.device)
-        stats.encode_tokens += sum(lengths[b] for b in todo)
-        stats.given_tokens += sum(lengths) - sum(lengths[b] for b in todo)
+        encoded = sum(lengths[b] for b in todo)
+        stats.encode_tokens += encoded
+        stats.given_tokens += sum(lengths) - encoded
 
     def run_horizon(
         self,

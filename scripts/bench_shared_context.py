@@ -29,6 +29,7 @@ from kronos_core.bench_efficiency import load_average
 from kronos_core.streaming import StreamConfig, StreamingForecaster
 from scripts.benchkit.demo import BARS_CSV, COLUMNS, DEMO_MODEL, REPO
 from scripts.benchkit.timing import interleaved_rounds
+from tests.support.hotswap import perturb_
 
 MAX_CONTEXT, HORIZON = 64, 12
 
@@ -75,12 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     tokenizer = KronosTokenizer.from_pretrained(DEMO_MODEL / "tokenizer")
     model = Kronos.from_pretrained(DEMO_MODEL / "predictor")
-    tuned = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in tuned.parameters():
-            if p.numel() > 1:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.02 * float(p.std()))
+    tuned = perturb_(copy.deepcopy(model), 0.02, torch.Generator().manual_seed(2))
     champion, challenger = forecaster(model, tokenizer, "v1"), forecaster(tuned, tokenizer, "v2")
     ws = windows(args.batch)
     made = champion.forecast(ws, HORIZON)

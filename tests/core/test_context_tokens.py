@@ -14,6 +14,7 @@ import torch
 from kronos_core.engine import GenerationStats, KronosEngine, SamplingParams
 from kronos_core.stream_types import SeriesWindow, derive_seed
 from kronos_core.streaming import StreamConfig, StreamingForecaster
+from tests.support.hotswap import perturb_
 
 COLUMNS = ["open", "high", "low", "close", "volume", "amount"]
 MAX_CONTEXT, HORIZON = 64, 8
@@ -21,13 +22,7 @@ CONFIG = StreamConfig(mode="exact", sampling=SamplingParams(sample_count=3))
 
 
 def _perturbed(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    out = copy.deepcopy(module)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            if p.numel() > 1:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05 * float(p.std()))
-    return out
+    return perturb_(copy.deepcopy(module), 0.05, torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")

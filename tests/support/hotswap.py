@@ -16,6 +16,15 @@ from kronos_contract.registry import Registry
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "kronos-tiny-a"
 
 
+def perturb_(module: torch.nn.Module, scale: float, generator: torch.Generator) -> torch.nn.Module:
+    """``module`` with every weight w -> w + scale*std(w)*noise, in place (scalars left as they are)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.numel() > 1 and p.dtype.is_floating_point:
+                p.add_(torch.randn(p.shape, generator=generator) * scale * float(p.std()))
+    return module
+
+
 def perturbed_copy(
     src: Path, dest: Path, scale: float, seed: int, parts: tuple[str, ...] = ("tokenizer", "predictor")
 ) -> Path:
@@ -29,12 +38,7 @@ def perturbed_copy(
         if part not in parts:
             shutil.copytree(src / part, dest / part)
             continue
-        model = cls.from_pretrained(src / part)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.numel() > 1 and p.dtype.is_floating_point:
-                    p.add_(torch.randn(p.shape, generator=gen) * scale * float(p.std()))
-        model.save_pretrained(dest / part)
+        perturb_(cls.from_pretrained(src / part), scale, gen).save_pretrained(dest / part)
     return dest
 
 
